@@ -1,0 +1,134 @@
+//! Idempotent Delta appends keyed by Kafka offsets.
+//!
+//! Every commit carries one `txn` action per Kafka partition it covers: app id
+//! `archiver-<topic>-<partition>`, version = the last offset the table holds for that
+//! partition. delta-rs does not refuse a repeated version, so [`OffsetTable::append`] checks the
+//! versions before writing, and after a failed commit re-reads the log to learn whether it
+//! landed before it tries again: the outcome is checked, never guessed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+
+use crate::error::{Error, Result};
+
+/// How often a failing commit is tried before the archiver gives up.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// A Delta table appended to by one writer, with the Kafka offsets it holds per partition.
+#[derive(Debug)]
+pub struct OffsetTable {
+    table: DeltaTable,
+    topic: String,
+    partition_by: &'static str,
+    offsets: BTreeMap<i32, i64>,
+}
+
+/// The app id of a partition's `txn` action.
+pub fn app_id(topic: &str, partition: i32) -> String {
+    format!("archiver-{topic}-{partition}")
+}
+
+impl OffsetTable {
+    /// Wraps `table` and reads the offsets it holds for `partitions` of `topic`.
+    pub async fn load(table: DeltaTable, topic: &str, partitions: &[i32], partition_by: &'static str) -> Result<Self> {
+        let mut this = Self { table, topic: topic.to_owned(), partition_by, offsets: BTreeMap::new() };
+        this.offsets = this.read_offsets(partitions).await?;
+        Ok(this)
+    }
+
+    /// The last offset this table holds for `partition`, if any.
+    pub fn offset(&self, partition: i32) -> Option<i64> {
+        self.offsets.get(&partition).copied()
+    }
+
+    /// The table, at the version of its last commit.
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    fn url(&self) -> String {
+        self.table.table_url().to_string()
+    }
+
+    async fn read_offsets(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
+        let delta = |source| Error::Delta { table: self.url(), source };
+        let state = self.table.snapshot().map_err(delta)?;
+        let log = self.table.log_store();
+        let mut offsets = BTreeMap::new();
+        for &p in partitions {
+            if let Some(v) = state.transaction_version(log.as_ref(), app_id(&self.topic, p)).await.map_err(delta)? {
+                offsets.insert(p, v);
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// Appends `batch`, recording `upto` (partition → last offset covered) in the same commit.
+    /// Partitions whose offset the table already holds are left out of the `txn` actions.
+    pub async fn append(&mut self, batch: RecordBatch, upto: &BTreeMap<i32, i64>) -> Result<()> {
+        let advancing: BTreeMap<i32, i64> =
+            upto.iter().filter(|(p, o)| self.offset(**p).is_none_or(|held| **o > held)).map(|(p, o)| (*p, *o)).collect();
+        if batch.num_rows() == 0 || advancing.is_empty() {
+            return Ok(());
+        }
+        let partitions: Vec<i32> = advancing.keys().copied().collect();
+        self.refresh().await?;
+        let held = self.read_offsets(&partitions).await?;
+        for (p, found) in &held {
+            if Some(*found) != self.offset(*p) {
+                return Err(Error::ConcurrentWriter {
+                    table: self.url(),
+                    partition: *p,
+                    expected: self.offset(*p).unwrap_or(-1),
+                    found: *found,
+                });
+            }
+        }
+        let txns: Vec<Transaction> =
+            advancing.iter().map(|(p, o)| Transaction::new(app_id(&self.topic, *p), *o)).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .table
+                .clone()
+                .write(vec![batch.clone()])
+                .with_partition_columns([self.partition_by])
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(CommitProperties::default().with_application_transactions(txns.clone()))
+                .await;
+            let error = match result {
+                Ok(table) => {
+                    self.table = table;
+                    self.offsets.extend(&advancing);
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            tracing::warn!(table = %self.url(), attempt, %error, "commit failed; checking whether it landed");
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+            if self.refresh().await.is_ok() {
+                let now = self.read_offsets(&partitions).await?;
+                if advancing.iter().all(|(p, o)| now.get(p) == Some(o)) {
+                    tracing::info!(table = %self.url(), "the failed commit had landed");
+                    self.offsets.extend(&advancing);
+                    return Ok(());
+                }
+            }
+            if attempt >= MAX_ATTEMPTS {
+                return Err(Error::CommitRetriesExhausted { table: self.url(), attempts: attempt, source: error });
+            }
+        }
+    }
+
+    async fn refresh(&mut self) -> Result<()> {
+        let url = self.url();
+        self.table.update_state().await.map_err(|source| Error::Delta { table: url, source })
+    }
+}

@@ -1,0 +1,78 @@
+//! The one error type of the batch crate.
+
+/// What can go wrong while archiving or recomputing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Delta table could not be read or written.
+    #[error("delta table {table}: {source}")]
+    Delta {
+        /// The table's URL.
+        table: String,
+        /// What delta-rs said.
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// A query over a Delta table failed.
+    #[error("query over {table}: {source}")]
+    Query {
+        /// The table's URL.
+        table: String,
+        /// What DataFusion said.
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    /// Kafka could not be reached or refused a request.
+    #[error("kafka ({context}): {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// What librdkafka said.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The lake URI is not usable.
+    #[error("lake uri `{uri}`: {message}")]
+    LakeUri {
+        /// The configured URI.
+        uri: String,
+        /// Why it cannot be used.
+        message: String,
+    },
+    /// Another process committed offsets this one was about to commit.
+    #[error(
+        "table {table} already holds partition {partition} up to offset {found}, beyond {expected}: \
+         is a second archiver running against the same lake?"
+    )]
+    ConcurrentWriter {
+        /// The table's URL.
+        table: String,
+        /// Kafka partition.
+        partition: i32,
+        /// The offset this archiver expected the table to hold at most.
+        expected: i64,
+        /// The offset found.
+        found: i64,
+    },
+    /// A commit kept failing.
+    #[error("giving up on a commit to {table} after {attempts} attempts: {source}")]
+    CommitRetriesExhausted {
+        /// The table's URL.
+        table: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// A background task panicked or was cancelled.
+    #[error("{task} task failed: {message}")]
+    Task {
+        /// Which task.
+        task: &'static str,
+        /// The panic or cancellation message.
+        message: String,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

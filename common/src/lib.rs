@@ -1,0 +1,27 @@
+//! The sans-IO core of lambdaflow: everything the archiver, the speed layer and the HTTP
+//! collector must agree on, with no Kafka, Delta or Tokio in sight.
+//!
+//! # Layout
+//! - [`config`]: the typed TOML config of the product contract, with `LAMBDAFLOW_*` overrides.
+//! - [`schema`]: the Arrow schemas of the raw and quarantine tables, derived from the config.
+//! - [`validate`]: message bytes in, a record batch of clean events and a batch of rejects out.
+//! - [`reason`]: the reason codes an invalid event is quarantined with.
+//! - [`mask`]: SHA-256 masking, also of quarantined payloads.
+//! - [`timestamp`]: event-time parsing and UTC date arithmetic.
+//! - [`dedup`]: which events are duplicates of ones already kept.
+//! - [`sample`]: synthetic shop events for the demo, `gen`, benchmarks and tests.
+//!
+//! Data flows one way: bytes → [`validate::Validator`] → [`validate::Validated`] →
+//! [`dedup::SeenIds`] → whatever stores or aggregates the events.
+
+pub mod config;
+pub mod dedup;
+pub mod error;
+pub mod mask;
+pub mod reason;
+pub mod sample;
+pub mod schema;
+pub mod timestamp;
+pub mod validate;
+
+pub use error::{Error, Result};

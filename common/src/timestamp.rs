@@ -1,0 +1,63 @@
+//! Event-time parsing and UTC date arithmetic, in microseconds since the Unix epoch.
+
+use chrono::{DateTime, NaiveDate};
+
+/// Microseconds in one day.
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Parses an RFC 3339 timestamp with offset (`2026-11-20T10:00:00+09:00`) to UTC microseconds.
+pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+}
+
+/// Integer epoch milliseconds to microseconds, if representable.
+pub fn millis_to_micros(ms: i64) -> Option<i64> {
+    ms.checked_mul(1000)
+}
+
+/// The UTC date (days since 1970-01-01) holding `us`.
+pub fn date_of_micros(us: i64) -> i32 {
+    i32::try_from(us.div_euclid(MICROS_PER_DAY)).unwrap_or(if us < 0 { i32::MIN } else { i32::MAX })
+}
+
+/// `YYYY-MM-DD` of a day number, as Delta writes partition values.
+pub fn format_date(days: i32) -> String {
+    NaiveDate::from_epoch_days(days).map_or_else(|| days.to_string(), |d| d.to_string())
+}
+
+/// Now, in UTC microseconds.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// UTC microseconds as RFC 3339 with a `Z` suffix.
+pub fn format_micros(us: i64) -> String {
+    DateTime::from_timestamp_micros(us)
+        .map_or_else(|| us.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_converted_to_utc() {
+        let a = parse_rfc3339_micros("2026-11-20T09:00:00+09:00").unwrap();
+        let b = parse_rfc3339_micros("2026-11-20T00:00:00Z").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(format_date(date_of_micros(a)), "2026-11-20");
+        assert_eq!(format_micros(b), "2026-11-20T00:00:00Z");
+    }
+
+    #[test]
+    fn dates_before_the_epoch_round_down() {
+        assert_eq!(date_of_micros(-1), -1);
+        assert_eq!(format_date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn no_offset_is_not_rfc3339() {
+        assert!(parse_rfc3339_micros("2026-11-20T00:00:00").is_none());
+        assert!(parse_rfc3339_micros("yesterday").is_none());
+    }
+}

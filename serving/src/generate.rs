@@ -1,0 +1,79 @@
+//! `lambdaflow gen` and the demo's producer: synthetic shop events to Kafka at a rate.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::future::join_all;
+use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::timestamp::now_micros;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
+
+/// What to produce.
+#[derive(Debug, Clone, Copy)]
+pub struct GenOptions {
+    /// How many messages; `None` for no end.
+    pub count: Option<u64>,
+    /// Messages per second; `None` for as fast as the broker takes them.
+    pub rate: Option<f64>,
+    /// Fractions of duplicates, late and invalid events.
+    pub mix: Mix,
+    /// Seed of the generator.
+    pub seed: u64,
+}
+
+/// Produces until `count` messages were acknowledged or `shutdown` is cancelled; returns how
+/// many were acknowledged.
+pub async fn produce(producer: &FutureProducer, topic: &str, options: GenOptions, shutdown: &CancellationToken) -> Result<u64> {
+    let mut generator = ShopGenerator::new(options.seed, 3_000, options.mix);
+    let started = tokio::time::Instant::now();
+    let mut sent: u64 = 0;
+    let mut acked: u64 = 0;
+    let mut pending = Vec::new();
+    while options.count.is_none_or(|n| sent < n) && !shutdown.is_cancelled() {
+        if let Some(rate) = options.rate {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate);
+            if due > tokio::time::Instant::now() {
+                acked += settle(&mut pending).await?;
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+        let sample = generator.next_event(now_micros());
+        let mut record = FutureRecord::to(topic).key(&sample.key).payload(&sample.payload);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break pending.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    acked += settle(&mut pending).await?;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(e).context("producing an event"),
+            }
+        }
+        sent += 1;
+        if pending.len() >= 50_000 {
+            acked += settle(&mut pending).await?;
+        }
+    }
+    acked += settle(&mut pending).await?;
+    producer.flush(Timeout::After(Duration::from_secs(30))).context("flushing the producer")?;
+    Ok(acked)
+}
+
+async fn settle(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> Result<u64> {
+    let mut acked = 0;
+    for outcome in join_all(pending.drain(..)).await {
+        match outcome {
+            Ok(Ok(_)) => acked += 1,
+            Ok(Err((e, _))) => return Err(e).context("the broker refused an event"),
+            Err(_) => anyhow::bail!("the producer was dropped before delivery"),
+        }
+    }
+    Ok(acked)
+}

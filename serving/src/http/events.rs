@@ -1,0 +1,134 @@
+//! `POST /v1/events`: the HTTP collector.
+//!
+//! Takes a JSON array or NDJSON, checks each event with the shared validator, produces the
+//! valid ones keyed by event id with the idempotent producer, and answers only after the
+//! broker acknowledged every one of them. Invalid events are reported by index and not
+//! produced; a client that retries a failed request cannot double-count, as the archiver and
+//! the speed layer drop repeated ids.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures::future::join_all;
+use lambdaflow_common::config::Config;
+use lambdaflow_common::timestamp::now_micros;
+use rdkafka::producer::FutureRecord;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+
+/// Collector routes, with the body limit of `serving.max_body_bytes`.
+pub fn router(config: &Config) -> Router<AppState> {
+    Router::new()
+        .route("/v1/events", post(collect))
+        .layer(DefaultBodyLimit::max(config.serving.max_body_bytes))
+}
+
+/// The reply of `POST /v1/events`.
+#[derive(Debug, Serialize)]
+pub struct CollectReply {
+    /// Events produced and acknowledged.
+    pub accepted: usize,
+    /// Events refused.
+    pub rejected: usize,
+    /// Why each refused event was refused.
+    pub errors: Vec<EventError>,
+}
+
+/// One refused event.
+#[derive(Debug, Serialize)]
+pub struct EventError {
+    /// Position in the array, or line number (from 0) among the non-empty NDJSON lines.
+    pub index: usize,
+    /// The SPEC §3 reason code.
+    pub reason: String,
+}
+
+async fn collect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit: state.config.serving.max_body_bytes }
+        } else {
+            ApiError::BadRequest { code: "bad_body", message: rejection.body_text() }
+        }
+    })?;
+    let events = split_events(&headers, &body)?;
+    let now = now_micros();
+    let topic = &state.config.kafka.topic;
+    let mut errors = Vec::new();
+    let mut deliveries = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        match state.validator.check(Some(event), now) {
+            Ok(checked) => {
+                let record = FutureRecord::to(topic).key(checked.id.as_ref()).payload(*event);
+                let delivery = state
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| ApiError::Unavailable(format!("the broker did not take the events: {e}")))?;
+                deliveries.push(delivery);
+            }
+            Err(reason) => errors.push(EventError { index, reason: reason.to_string() }),
+        }
+    }
+    let accepted = deliveries.len();
+    for outcome in join_all(deliveries).await {
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                tracing::warn!(error = %e, "event delivery failed");
+                return Err(ApiError::Unavailable(format!(
+                    "the broker did not acknowledge every event ({e}); retry the request: repeated ids are not counted twice"
+                )));
+            }
+            Err(_) => return Err(ApiError::Internal("the producer was dropped before delivery".into())),
+        }
+    }
+    let rejected = errors.len();
+    Ok((StatusCode::OK, Json(CollectReply { accepted, rejected, errors })))
+}
+
+/// A JSON array (the body starts with `[`) gives its elements; anything else is NDJSON, one
+/// event per non-empty line.
+fn split_events<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<Vec<&'a [u8]>, ApiError> {
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("ndjson") || ct.contains("jsonlines"));
+    let starts_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if starts_array && !ndjson {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::BadRequest { code: "invalid_utf8", message: "the body is not UTF-8".into() })?;
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
+            code: "malformed_json",
+            message: format!("the body starts with `[` but is not a JSON array: {e}"),
+        })?;
+        return Ok(items.into_iter().map(|raw| raw.get().as_bytes()).collect());
+    }
+    Ok(body
+        .split(|b| *b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_and_ndjson_split_into_events() {
+        let h = HeaderMap::new();
+        assert_eq!(split_events(&h, b" [{\"a\":1}, 2 ,\"x\"]").unwrap(), vec![&b"{\"a\":1}"[..], b"2", b"\"x\""]);
+        assert_eq!(split_events(&h, b"{\"a\":1}\r\n\n  \n{\"b\":2}").unwrap(), vec![&b"{\"a\":1}"[..], b"{\"b\":2}"]);
+        assert!(split_events(&h, b"[{\"a\":1}").is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! The HTTP API (SPEC §6): one module per resource, one [`AppState`], one [`app`] used by
+//! `main` and by the tests (through `tower::ServiceExt::oneshot`, no socket needed).
+
+pub mod error;
+pub mod events;
+pub mod health;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use lambdaflow_common::config::Config;
+use lambdaflow_common::validate::Validator;
+use rdkafka::producer::FutureProducer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::error::ApiError;
+
+/// What every handler may read.
+#[derive(Clone)]
+pub struct AppState {
+    /// The deployment's config.
+    pub config: Arc<Config>,
+    /// The shared validator, the same the archiver uses.
+    pub validator: Arc<Validator>,
+    /// Producer for `POST /v1/events`.
+    pub producer: FutureProducer,
+    /// Set once the process can answer queries (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("topic", &self.config.kafka.topic).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State for `config`, producing through `producer`; not ready until [`Self::set_ready`].
+    pub fn new(config: Arc<Config>, producer: FutureProducer) -> Self {
+        let validator = Arc::new(Validator::new(&config.source));
+        Self { config, validator, producer, ready: Arc::default() }
+    }
+
+    /// Marks the process ready for `/readyz`.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(events::router(&state.config))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then lets requests in flight end.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

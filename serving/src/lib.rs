@@ -1,0 +1,17 @@
+//! The `lambdaflow` binary's library: it wires the layers into processes and serves HTTP.
+//!
+//! # Layout
+//! - [`commands`]: one function per CLI subcommand (`run`, `demo`, `archive`, `serve`, `gen`, …).
+//! - [`http`]: the axum API, one module per resource, shared by `main` and the tests.
+//! - [`kafka`]: producer settings, topic creation, and [`kafka::EmbeddedBroker`].
+//! - [`generate`]: producing synthetic shop events at a rate.
+//! - [`shutdown`]: SIGINT/SIGTERM into one cancellation token.
+//!
+//! Every long-running piece is a task in one `TaskTracker` that stops when the shared
+//! `CancellationToken` is cancelled; the process exits non-zero when any of them failed.
+
+pub mod commands;
+pub mod generate;
+pub mod http;
+pub mod kafka;
+pub mod shutdown;

@@ -1,1 +1,202 @@
-//! End-to-end tests live in tests/tests.
+//! Harness for the end-to-end tests in `tests/`: a real tansu broker process, the real
+//! `lambdaflow` binary, and Delta tables read back through deltalake and DataFusion.
+//!
+//! tansu must be on `PATH` (`.ci/run` installs it; see the README).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+
+/// A free loopback port (bound and released; a race is possible but rare on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("binding port 0").local_addr().expect("local addr").port()
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Builds (if needed) and returns the `lambdaflow` binary of this workspace's debug profile.
+pub fn lambdaflow_bin() -> PathBuf {
+    let root = workspace_root();
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Cargo gives a test the package's own CARGO_* variables; passed on, build scripts that
+    // watch them would rebuild half the dependency tree.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_MANIFEST_") || key.starts_with("CARGO_CRATE_")
+            || key.starts_with("CARGO_BIN_") || key == "CARGO_PRIMARY_PACKAGE" || key == "CARGO_TARGET_TMPDIR"
+        {
+            cargo.env_remove(key);
+        }
+    }
+    let status = cargo
+        .args(["build", "--quiet", "-p", "lambdaflow-serving", "--bin", "lambdaflow"])
+        .current_dir(&root)
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building the lambdaflow binary failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    target.join("debug").join("lambdaflow")
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    name: String,
+}
+
+impl Process {
+    /// Starts `command` with stdout and stderr appended to `<log_dir>/<name>.log`.
+    pub fn start(name: &str, command: &mut Command, log_dir: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_dir.join(format!("{name}.log")))
+            .expect("opening the process log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { child: Some(child), name: name.to_owned() }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaping the child");
+        }
+    }
+
+    /// SIGTERM, then waits up to `deadline` for a clean exit; returns whether it exited 0.
+    pub fn terminate(mut self, deadline: Duration) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if let Some(status) = child.try_wait().expect("polling the child") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{} did not stop within {deadline:?} of SIGTERM", self.name);
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A tansu broker on a free loopback port with in-memory storage.
+#[derive(Debug)]
+pub struct Tansu {
+    /// `host:port` for Kafka clients.
+    pub bootstrap: String,
+    _process: Process,
+}
+
+impl Tansu {
+    /// Starts tansu and waits until it accepts connections.
+    pub fn start(log_dir: &Path) -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let process = Process::start(
+            "tansu",
+            Command::new(tansu_bin())
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"]),
+            log_dir,
+        );
+        let bootstrap = format!("127.0.0.1:{port}");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen on {bootstrap} within 30s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { bootstrap, _process: process }
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let status = Command::new(tansu_bin())
+            .args(["topic", "create", topic, "--partitions", &partitions.to_string()])
+            .args(["--broker", &format!("tcp://{}", self.bootstrap)])
+            .stdout(Stdio::null())
+            .status()
+            .expect("running tansu topic create");
+        assert!(status.success(), "tansu topic create failed");
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("tansu"))
+        .find(|p| p.is_file());
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|h| h.join("bin").join("tansu"));
+    on_path
+        .or(cargo_home.filter(|p| p.is_file()))
+        .expect("tansu not found: install it with `cargo install tansu --version 0.6.0 --locked --features dynostore` (.ci/run does)")
+}
+
+/// Runs `sql` over the Delta table at `table_url`, registered as `t`. `None` if the table does
+/// not exist yet.
+pub async fn query_table(table_url: &url::Url, sql: &str) -> Option<Vec<RecordBatch>> {
+    let table = deltalake::open_table(table_url.clone()).await.ok()?;
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).expect("registering the object store");
+    ctx.register_table("t", table.table_provider().await.expect("table provider")).expect("registering the table");
+    Some(ctx.sql(sql).await.expect("planning").collect().await.expect("running the query"))
+}
+
+/// A scratch directory for one test, kept after the test when `LAMBDAFLOW_TEST_KEEP` is set
+/// so that its logs and lake can be inspected.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("lambdaflow-test-")
+        .disable_cleanup(std::env::var_os("LAMBDAFLOW_TEST_KEEP").is_some())
+        .tempdir()
+        .expect("creating a scratch directory")
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

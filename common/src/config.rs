@@ -261,6 +261,15 @@ pub enum Granularity {
 }
 
 impl Granularity {
+    /// The config and API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
     /// Width of a bucket in microseconds, the unit of every timestamp column.
     pub fn micros(self) -> i64 {
         match self {
@@ -307,6 +316,20 @@ pub enum AggKind {
     ApproxDistinct,
 }
 
+impl AggKind {
+    /// The config and API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::Sum => "sum",
+            Self::Min => "min",
+            Self::Max => "max",
+            Self::Avg => "avg",
+            Self::ApproxDistinct => "approx_distinct",
+        }
+    }
+}
+
 impl Config {
     /// Parses TOML text, applies `LAMBDAFLOW_*` overrides from `env`, and checks the result.
     ///
@@ -317,11 +340,11 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self> {
         let mut table: toml::Table = toml::from_str(text)
-            .map_err(|source| Error::Parse { origin: origin.to_owned(), source })?;
+            .map_err(|detail| Error::Parse { origin: origin.to_owned(), detail })?;
         apply_env(&mut table, env)?;
         let config: Config = table
             .try_into()
-            .map_err(|source| Error::Parse { origin: origin.to_owned(), source })?;
+            .map_err(|detail| Error::Parse { origin: origin.to_owned(), detail })?;
         config.check()?;
         Ok(config)
     }
@@ -403,7 +426,7 @@ fn check_measure(source: &SourceConfig, m: &MeasureDef) -> std::result::Result<(
     let field = match (m.agg, &m.field) {
         (AggKind::Count, None) => return Ok(()),
         (AggKind::Count, Some(_)) => return Err("count takes no field".into()),
-        (_, None) => return Err(format!("{:?} needs a field", m.agg).to_lowercase()),
+        (_, None) => return Err(format!("{} needs a field", m.agg.as_str())),
         (_, Some(name)) => name,
     };
     let Some(def) = source.field(field) else {

@@ -4,13 +4,13 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The config file is not valid TOML or does not match the config structure.
-    #[error("config {origin}: {source}")]
+    #[error("config {origin}: {detail}")]
     Parse {
         /// Where the text came from (a path, or "built-in").
         origin: String,
-        /// What the TOML parser or deserializer said.
-        #[source]
-        source: toml::de::Error,
+        /// What the TOML parser or deserializer said; part of the message, not a source, so
+        /// that it is printed once.
+        detail: toml::de::Error,
     },
     /// An environment override names a key path that cannot be applied.
     #[error("environment variable {var}: {message}")]

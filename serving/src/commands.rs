@@ -39,14 +39,14 @@ pub fn check(config: &Config) -> String {
             .measures
             .iter()
             .map(|m| match &m.field {
-                Some(f) => format!("{}={:?}({f})", m.name, m.agg).to_lowercase(),
-                None => format!("{}={:?}", m.name, m.agg).to_lowercase(),
+                Some(f) => format!("{}={}({f})", m.name, m.agg.as_str()),
+                None => format!("{}={}", m.name, m.agg.as_str()),
             })
             .collect();
         out.push_str(&format!(
-            "view {}: {:?} by [{}]{} -> {}\n",
+            "view {}: {} by [{}]{} -> {}\n",
             view.name,
-            view.granularity,
+            view.granularity.as_str(),
             view.dimensions.join(", "),
             view.filter.as_ref().map(|f| format!(" where {f}")).unwrap_or_default(),
             measures.join(", ")

@@ -1,0 +1,112 @@
+//! The HTTP API through `tower::ServiceExt::oneshot`, with events produced to librdkafka's
+//! in-process mock cluster and read back to check what the broker acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use lambdaflow_common::config::Config;
+use lambdaflow_serving::http::{AppState, app};
+use lambdaflow_serving::kafka::{self, EmbeddedBroker};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn state(broker: &EmbeddedBroker, max_body: usize) -> AppState {
+    let mut config = Config::demo();
+    config.kafka.brokers = broker.bootstrap_servers().to_owned();
+    config.serving.max_body_bytes = max_body;
+    AppState::new(Arc::new(config), kafka::producer(broker.bootstrap_servers()).unwrap())
+}
+
+async fn call(state: &AppState, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn post(body: impl Into<Body>, content_type: &str) -> Request<Body> {
+    Request::post("/v1/events").header("content-type", content_type).body(body.into()).unwrap()
+}
+
+fn good(id: &str) -> Value {
+    json!({"event_id": id, "event_time": "2026-01-02T03:04:05Z", "type": "view", "user_id": "u1", "country": "kr"})
+}
+
+/// Keys of every message on the topic, in partition order.
+fn produced_keys(broker: &EmbeddedBroker) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("group.id", "http-test")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset("events", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut keys = Vec::new();
+    while let Some(Ok(m)) = consumer.poll(Duration::from_secs(2)) {
+        keys.push(String::from_utf8(m.key().unwrap().to_vec()).unwrap());
+    }
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn events_are_validated_produced_and_acknowledged() {
+    let broker = EmbeddedBroker::start("events", 4).unwrap();
+    let state = state(&broker, 1 << 20);
+
+    let body = json!([good("a"), {"event_id": "b"}, good("c"), 7]).to_string();
+    let (status, reply) = call(&state, post(body, "application/json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply["accepted"], 2);
+    assert_eq!(reply["rejected"], 2);
+    assert_eq!(reply["errors"], json!([{"index": 1, "reason": "missing_field:event_time"}, {"index": 3, "reason": "not_an_object"}]));
+
+    let ndjson = format!("{}\n\n{{broken\n{}\n", good("d"), good("e"));
+    let (status, reply) = call(&state, post(ndjson, "application/x-ndjson")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply["accepted"], 2);
+    assert_eq!(reply["errors"], json!([{"index": 1, "reason": "malformed_json"}]));
+
+    assert_eq!(produced_keys(&broker), vec!["a", "c", "d", "e"]);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let broker = EmbeddedBroker::start("events", 4).unwrap();
+    let state = state(&broker, 256);
+
+    let big = json!([good("a"), good("b"), good("c")]).to_string();
+    let (status, reply) = call(&state, post(big, "application/json")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply["error"]["code"], "payload_too_large");
+
+    let (status, reply) = call(&state, post("[{\"a\":1}", "application/json")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply["error"]["code"], "malformed_json");
+
+    let (status, reply) = call(&state, Request::get("/v1/nothing").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(reply["error"]["code"], "not_found");
+
+    let (status, _) = call(&state, Request::get("/v1/events").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(produced_keys(&broker).is_empty());
+}
+
+#[tokio::test]
+async fn readiness_follows_the_state() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let state = state(&broker, 1024);
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    assert_eq!(call(&state, get("/healthz")).await.0, StatusCode::OK);
+    assert_eq!(call(&state, get("/readyz")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    state.set_ready();
+    assert_eq!(call(&state, get("/readyz")).await.0, StatusCode::OK);
+}

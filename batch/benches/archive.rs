@@ -24,16 +24,30 @@ const TOPIC: &str = "events";
 const PARTITIONS: i32 = 8;
 
 fn main() {
-    let n: usize = std::env::var("LAMBDAFLOW_BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("LAMBDAFLOW_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
     let brokers = cluster.bootstrap_servers();
 
-    let mut generator = ShopGenerator::new(42, 3_000, Mix { duplicates: 0.01, late: 0.05, invalid: 0.01 });
+    let mut generator = ShopGenerator::new(
+        42,
+        3_000,
+        Mix {
+            duplicates: 0.01,
+            late: 0.05,
+            invalid: 0.01,
+        },
+    );
     let now = now_micros();
     let samples: Vec<_> = (0..n).map(|_| generator.next_event(now)).collect();
     let bytes: usize = samples.iter().map(|s| s.payload.len()).sum();
-    println!("{n} events, {} bytes on average, {PARTITIONS} partitions", bytes / n);
+    println!(
+        "{n} events, {} bytes on average, {PARTITIONS} partitions",
+        bytes / n
+    );
 
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -42,41 +56,68 @@ fn main() {
         .create()
         .expect("producer");
     for s in &samples {
-        while let Err((e, _)) = producer.send(BaseRecord::to(TOPIC).key(&s.key).payload(&s.payload)) {
-            assert!(matches!(e, rdkafka::error::KafkaError::MessageProduction(_)), "{e}");
+        while let Err((e, _)) = producer.send(BaseRecord::to(TOPIC).key(&s.key).payload(&s.payload))
+        {
+            assert!(
+                matches!(e, rdkafka::error::KafkaError::MessageProduction(_)),
+                "{e}"
+            );
             producer.poll(Duration::from_millis(1));
         }
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
 
     let consumer_rate = plain_consumer(&brokers, n);
-    println!("plain rdkafka consumer:       {:>10.0} msgs/s", consumer_rate);
+    println!(
+        "plain rdkafka consumer:       {:>10.0} msgs/s",
+        consumer_rate
+    );
 
     let config = Config::demo();
     let validator = Validator::new(&config.source);
     let started = Instant::now();
     let mut builder = validator.batch_builder(TOPIC, now);
     for (i, s) in samples.iter().enumerate() {
-        let _ = builder.push(Some(&s.payload), Coordinates { partition: 0, offset: i as i64 });
+        let _ = builder.push(
+            Some(&s.payload),
+            Coordinates {
+                partition: 0,
+                offset: i as i64,
+            },
+        );
     }
     let out = builder.finish();
     let validate_rate = n as f64 / started.elapsed().as_secs_f64();
     assert_eq!(out.events.num_rows() + out.rejects.num_rows(), n);
-    println!("validator (1 core):           {:>10.0} events/s  = {:.2}x the plain consumer", validate_rate, validate_rate / consumer_rate);
+    println!(
+        "validator (1 core):           {:>10.0} events/s  = {:.2}x the plain consumer",
+        validate_rate,
+        validate_rate / consumer_rate
+    );
 
     let started = Instant::now();
     let mut fields = 0usize;
     for s in &samples {
-        if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(&s.payload) {
+        if let Ok(serde_json::Value::Object(m)) =
+            serde_json::from_slice::<serde_json::Value>(&s.payload)
+        {
             fields += m.len();
         }
     }
     let value_rate = n as f64 / started.elapsed().as_secs_f64();
     assert!(fields > 0);
-    println!("serde_json::Value parse only: {:>10.0} events/s  (validator = {:.2}x of it)", value_rate, validate_rate / value_rate);
+    println!(
+        "serde_json::Value parse only: {:>10.0} events/s  (validator = {:.2}x of it)",
+        value_rate,
+        validate_rate / value_rate
+    );
 
     let archive_rate = archiver(&brokers, n);
-    println!("archiver end to end:          {:>10.0} events/s  = {:.2}x the plain consumer", archive_rate, archive_rate / consumer_rate);
+    println!(
+        "archiver end to end:          {:>10.0} events/s  = {:.2}x the plain consumer",
+        archive_rate,
+        archive_rate / consumer_rate
+    );
     drop(cluster);
 }
 
@@ -91,7 +132,8 @@ fn plain_consumer(brokers: &str, n: usize) -> f64 {
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).expect("partition");
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
     let started = Instant::now();
@@ -102,7 +144,10 @@ fn plain_consumer(brokers: &str, n: usize) -> f64 {
             bytes += m.payload().map_or(0, <[u8]>::len);
             read += 1;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "only {read} of {n} messages arrived");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {read} of {n} messages arrived"
+        );
     }
     assert!(bytes > 0);
     n as f64 / started.elapsed().as_secs_f64()
@@ -128,7 +173,10 @@ fn archiver(brokers: &str, n: usize) -> f64 {
             if written as usize >= n {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(300), "archived only {written} of {n}");
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "archived only {written} of {n}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let elapsed = started.elapsed();

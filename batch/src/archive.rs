@@ -64,7 +64,11 @@ pub struct Archiver {
 impl Archiver {
     /// An archiver for `config`, reading from `brokers` (the resolved bootstrap servers).
     pub fn new(config: Arc<Config>, brokers: impl Into<String>) -> Self {
-        Self { config, brokers: brokers.into(), stats: Arc::default() }
+        Self {
+            config,
+            brokers: brokers.into(),
+            stats: Arc::default(),
+        }
     }
 
     /// Counters that stay readable while [`Self::run`] runs.
@@ -78,50 +82,79 @@ impl Archiver {
         let topic = config.kafka.topic.clone();
         let lake = Lake::new(&config.lake)?;
         let raw_schema = schema::raw_schema(&config.source);
-        let raw = lake::open_or_create(&lake.raw(&config.source.name), &raw_schema, &[EVENT_DATE]).await?;
-        let quarantine =
-            lake::open_or_create(&lake.quarantine(&config.source.name), &schema::quarantine_schema(), &[INGEST_DATE])
-                .await?;
+        let raw = lake::open_or_create(&lake.raw(&config.source.name), &raw_schema, &[EVENT_DATE])
+            .await?;
+        let quarantine = lake::open_or_create(
+            &lake.quarantine(&config.source.name),
+            &schema::quarantine_schema(),
+            &[INGEST_DATE],
+        )
+        .await?;
 
         let consumer = consumer(&self.brokers, &config.kafka.group_id)?;
         let Some(partitions) = wait_for_partitions(&consumer, &topic, &shutdown).await? else {
             return Ok(());
         };
         let mut raw = OffsetTable::load(raw, &topic, &partitions, EVENT_DATE).await?;
-        let mut quarantine = OffsetTable::load(quarantine, &topic, &partitions, INGEST_DATE).await?;
+        let mut quarantine =
+            OffsetTable::load(quarantine, &topic, &partitions, INGEST_DATE).await?;
 
         let mut assignment = TopicPartitionList::new();
         for &p in &partitions {
-            let held = raw.offset(p).unwrap_or(-1).min(quarantine.offset(p).unwrap_or(-1));
-            let start = if held < 0 { Offset::Beginning } else { Offset::Offset(held + 1) };
+            let held = raw
+                .offset(p)
+                .unwrap_or(-1)
+                .min(quarantine.offset(p).unwrap_or(-1));
+            let start = if held < 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(held + 1)
+            };
             assignment
                 .add_partition_offset(&topic, p, start)
-                .map_err(|source| Error::Kafka { context: "assigning partitions".into(), source })?;
+                .map_err(|source| Error::Kafka {
+                    context: "assigning partitions".into(),
+                    source,
+                })?;
         }
         consumer
             .assign(&assignment)
-            .map_err(|source| Error::Kafka { context: format!("assigning {topic}"), source })?;
+            .map_err(|source| Error::Kafka {
+                context: format!("assigning {topic}"),
+                source,
+            })?;
         tracing::info!(%topic, partitions = partitions.len(), raw_offsets = ?raw_offsets(&raw, &partitions), "archiver resuming");
 
         let (tx, mut rx) = mpsc::channel::<Chunk>(2);
         let validator = Validator::new(&config.source);
-        let limits = (config.archive.commit_interval, config.archive.commit_max_events);
+        let limits = (
+            config.archive.commit_interval,
+            config.archive.commit_max_events,
+        );
         let stats = self.stats.clone();
         let stop = shutdown.clone();
-        let reader = tokio::task::spawn_blocking(move || read_chunks(&consumer, &validator, &topic, limits, &stats, &stop, &tx));
+        let reader = tokio::task::spawn_blocking(move || {
+            read_chunks(&consumer, &validator, &topic, limits, &stats, &stop, &tx)
+        });
 
         let mut seen = SeenIds::new(config.archive.dedup_max_dates);
         let id_field = config.source.id_field.clone();
         let mut outcome = Ok(());
         while let Some(chunk) = rx.recv().await {
-            if let Err(error) = self.write(chunk, &mut raw, &mut quarantine, &mut seen, &id_field).await {
+            if let Err(error) = self
+                .write(chunk, &mut raw, &mut quarantine, &mut seen, &id_field)
+                .await
+            {
                 outcome = Err(error);
                 shutdown.cancel();
                 break;
             }
         }
         drop(rx);
-        reader.await.map_err(|e| Error::Task { task: "kafka reader", message: e.to_string() })?;
+        reader.await.map_err(|e| Error::Task {
+            task: "kafka reader",
+            message: e.to_string(),
+        })?;
         outcome
     }
 
@@ -146,16 +179,29 @@ impl Archiver {
 
         let s = &self.stats;
         s.archived.fetch_add(kept, Ordering::Relaxed);
-        s.duplicates.fetch_add(valid as u64 - kept, Ordering::Relaxed);
+        s.duplicates
+            .fetch_add(valid as u64 - kept, Ordering::Relaxed);
         s.quarantined.fetch_add(rejected, Ordering::Relaxed);
-        s.commits.fetch_add(u64::from(kept > 0) + u64::from(rejected > 0), Ordering::Relaxed);
-        tracing::debug!(kept, duplicates = valid as u64 - kept, rejected, ?upto, "chunk archived");
+        s.commits.fetch_add(
+            u64::from(kept > 0) + u64::from(rejected > 0),
+            Ordering::Relaxed,
+        );
+        tracing::debug!(
+            kept,
+            duplicates = valid as u64 - kept,
+            rejected,
+            ?upto,
+            "chunk archived"
+        );
         Ok(())
     }
 }
 
 fn raw_offsets(table: &OffsetTable, partitions: &[i32]) -> BTreeMap<i32, i64> {
-    partitions.iter().filter_map(|p| table.offset(*p).map(|o| (*p, o))).collect()
+    partitions
+        .iter()
+        .filter_map(|p| table.offset(*p).map(|o| (*p, o)))
+        .collect()
 }
 
 fn consumer(brokers: &str, group_id: &str) -> Result<BaseConsumer> {
@@ -169,17 +215,29 @@ fn consumer(brokers: &str, group_id: &str) -> Result<BaseConsumer> {
         .set("fetch.wait.max.ms", "50")
         .set("queued.min.messages", "200000")
         .create()
-        .map_err(|source| Error::Kafka { context: format!("connecting to {brokers}"), source })
+        .map_err(|source| Error::Kafka {
+            context: format!("connecting to {brokers}"),
+            source,
+        })
 }
 
 /// The topic's partition ids, waiting for the topic to exist. `None` if shut down first.
-async fn wait_for_partitions(consumer: &BaseConsumer, topic: &str, shutdown: &CancellationToken) -> Result<Option<Vec<i32>>> {
+async fn wait_for_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<i32>>> {
     let mut logged = false;
     loop {
         let found = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .ok()
-            .and_then(|m| m.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>()))
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            })
             .filter(|p| !p.is_empty());
         if let Some(mut partitions) = found {
             partitions.sort_unstable();
@@ -214,12 +272,16 @@ fn read_chunks(
             if shutdown.is_cancelled() {
                 break true;
             }
-            if builder.len() >= max_events || (!builder.is_empty() && started.elapsed() >= interval) {
+            if builder.len() >= max_events || (!builder.is_empty() && started.elapsed() >= interval)
+            {
                 break false;
             }
             match consumer.poll(Duration::from_millis(50)) {
                 Some(Ok(message)) => {
-                    let at = Coordinates { partition: message.partition(), offset: message.offset() };
+                    let at = Coordinates {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    };
                     let _ = builder.push(message.payload(), at);
                     upto.insert(at.partition, at.offset);
                     stats.consumed.fetch_add(1, Ordering::Relaxed);
@@ -228,7 +290,14 @@ fn read_chunks(
                 None => {}
             }
         };
-        if !builder.is_empty() && tx.blocking_send(Chunk { validated: builder.finish(), upto }).is_err() {
+        if !builder.is_empty()
+            && tx
+                .blocking_send(Chunk {
+                    validated: builder.finish(),
+                    upto,
+                })
+                .is_err()
+        {
             return;
         }
         if stopping {
@@ -239,24 +308,53 @@ fn read_chunks(
 
 /// The rows whose offset is beyond what `table` holds for their partition: after a restart,
 /// the first chunk may repeat what a commit before the crash already stored.
-fn not_yet_held(batch: &RecordBatch, partition_col: &str, offset_col: &str, table: &OffsetTable) -> RecordBatch {
-    let partitions = batch.column_by_name(partition_col).expect("partition column").as_primitive::<Int32Type>();
-    let offsets = batch.column_by_name(offset_col).expect("offset column").as_primitive::<Int64Type>();
-    if (0..batch.num_rows()).all(|i| table.offset(partitions.value(i)).is_none_or(|held| offsets.value(i) > held)) {
+fn not_yet_held(
+    batch: &RecordBatch,
+    partition_col: &str,
+    offset_col: &str,
+    table: &OffsetTable,
+) -> RecordBatch {
+    let partitions = batch
+        .column_by_name(partition_col)
+        .expect("partition column")
+        .as_primitive::<Int32Type>();
+    let offsets = batch
+        .column_by_name(offset_col)
+        .expect("offset column")
+        .as_primitive::<Int64Type>();
+    if (0..batch.num_rows()).all(|i| {
+        table
+            .offset(partitions.value(i))
+            .is_none_or(|held| offsets.value(i) > held)
+    }) {
         return batch.clone();
     }
     let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| Some(table.offset(partitions.value(i)).is_none_or(|held| offsets.value(i) > held)))
+        .map(|i| {
+            Some(
+                table
+                    .offset(partitions.value(i))
+                    .is_none_or(|held| offsets.value(i) > held),
+            )
+        })
         .collect();
     filter_record_batch(batch, &keep).expect("mask matches the batch")
 }
 
 /// Drops events whose (date, id) the raw table or an earlier row already holds.
-async fn deduplicate(events: RecordBatch, seen: &mut SeenIds, raw: &OffsetTable, id_field: &str) -> Result<RecordBatch> {
+async fn deduplicate(
+    events: RecordBatch,
+    seen: &mut SeenIds,
+    raw: &OffsetTable,
+    id_field: &str,
+) -> Result<RecordBatch> {
     if events.num_rows() == 0 {
         return Ok(events);
     }
-    let dates = events.column_by_name(EVENT_DATE).expect("event_date column").as_primitive::<Date32Type>();
+    let dates = events
+        .column_by_name(EVENT_DATE)
+        .expect("event_date column")
+        .as_primitive::<Date32Type>();
     let needed: BTreeSet<i32> = dates.values().iter().copied().collect();
     for date in seen.dates_to_load(&needed) {
         let ids = stored_ids(raw, id_field, date).await?;
@@ -272,15 +370,37 @@ async fn deduplicate(events: RecordBatch, seen: &mut SeenIds, raw: &OffsetTable,
 
 /// The ids the raw table holds for one event date, read through DataFusion with partition
 /// pruning so that only that date's files are opened.
-async fn stored_ids(raw: &OffsetTable, id_field: &str, date: i32) -> Result<arrow::array::StringArray> {
+async fn stored_ids(
+    raw: &OffsetTable,
+    id_field: &str,
+    date: i32,
+) -> Result<arrow::array::StringArray> {
     let table = raw.table();
     let url = table.table_url().to_string();
-    let query = |source| Error::Query { table: url.clone(), source };
+    let query = |source| Error::Query {
+        table: url.clone(),
+        source,
+    };
     let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state()).map_err(|source| Error::Delta { table: url.clone(), source })?;
-    ctx.register_table("raw", table.table_provider().await.map_err(query)?).map_err(query)?;
-    let sql = format!("SELECT \"{id_field}\" FROM raw WHERE {EVENT_DATE} = DATE '{}'", format_date(date));
-    let batches = ctx.sql(&sql).await.map_err(query)?.collect().await.map_err(query)?;
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|source| Error::Delta {
+            table: url.clone(),
+            source,
+        })?;
+    ctx.register_table("raw", table.table_provider().await.map_err(query)?)
+        .map_err(query)?;
+    let sql = format!(
+        "SELECT \"{id_field}\" FROM raw WHERE {EVENT_DATE} = DATE '{}'",
+        format_date(date)
+    );
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(query)?
+        .collect()
+        .await
+        .map_err(query)?;
     let mut ids = arrow::array::StringBuilder::new();
     for batch in &batches {
         let column = cast(batch.column(0), &DataType::Utf8).map_err(|e| query(e.into()))?;

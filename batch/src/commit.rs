@@ -36,8 +36,18 @@ pub fn app_id(topic: &str, partition: i32) -> String {
 
 impl OffsetTable {
     /// Wraps `table` and reads the offsets it holds for `partitions` of `topic`.
-    pub async fn load(table: DeltaTable, topic: &str, partitions: &[i32], partition_by: &'static str) -> Result<Self> {
-        let mut this = Self { table, topic: topic.to_owned(), partition_by, offsets: BTreeMap::new() };
+    pub async fn load(
+        table: DeltaTable,
+        topic: &str,
+        partitions: &[i32],
+        partition_by: &'static str,
+    ) -> Result<Self> {
+        let mut this = Self {
+            table,
+            topic: topic.to_owned(),
+            partition_by,
+            offsets: BTreeMap::new(),
+        };
         this.offsets = this.read_offsets(partitions).await?;
         Ok(this)
     }
@@ -57,12 +67,19 @@ impl OffsetTable {
     }
 
     async fn read_offsets(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
-        let delta = |source| Error::Delta { table: self.url(), source };
+        let delta = |source| Error::Delta {
+            table: self.url(),
+            source,
+        };
         let state = self.table.snapshot().map_err(delta)?;
         let log = self.table.log_store();
         let mut offsets = BTreeMap::new();
         for &p in partitions {
-            if let Some(v) = state.transaction_version(log.as_ref(), app_id(&self.topic, p)).await.map_err(delta)? {
+            if let Some(v) = state
+                .transaction_version(log.as_ref(), app_id(&self.topic, p))
+                .await
+                .map_err(delta)?
+            {
                 offsets.insert(p, v);
             }
         }
@@ -72,8 +89,11 @@ impl OffsetTable {
     /// Appends `batch`, recording `upto` (partition → last offset covered) in the same commit.
     /// Partitions whose offset the table already holds are left out of the `txn` actions.
     pub async fn append(&mut self, batch: RecordBatch, upto: &BTreeMap<i32, i64>) -> Result<()> {
-        let advancing: BTreeMap<i32, i64> =
-            upto.iter().filter(|(p, o)| self.offset(**p).is_none_or(|held| **o > held)).map(|(p, o)| (*p, *o)).collect();
+        let advancing: BTreeMap<i32, i64> = upto
+            .iter()
+            .filter(|(p, o)| self.offset(**p).is_none_or(|held| **o > held))
+            .map(|(p, o)| (*p, *o))
+            .collect();
         if batch.num_rows() == 0 || advancing.is_empty() {
             return Ok(());
         }
@@ -90,8 +110,10 @@ impl OffsetTable {
                 });
             }
         }
-        let txns: Vec<Transaction> =
-            advancing.iter().map(|(p, o)| Transaction::new(app_id(&self.topic, *p), *o)).collect();
+        let txns: Vec<Transaction> = advancing
+            .iter()
+            .map(|(p, o)| Transaction::new(app_id(&self.topic, *p), *o))
+            .collect();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -101,7 +123,9 @@ impl OffsetTable {
                 .write(vec![batch.clone()])
                 .with_partition_columns([self.partition_by])
                 .with_save_mode(SaveMode::Append)
-                .with_commit_properties(CommitProperties::default().with_application_transactions(txns.clone()))
+                .with_commit_properties(
+                    CommitProperties::default().with_application_transactions(txns.clone()),
+                )
                 .await;
             let error = match result {
                 Ok(table) => {
@@ -122,13 +146,20 @@ impl OffsetTable {
                 }
             }
             if attempt >= MAX_ATTEMPTS {
-                return Err(Error::CommitRetriesExhausted { table: self.url(), attempts: attempt, source: error });
+                return Err(Error::CommitRetriesExhausted {
+                    table: self.url(),
+                    attempts: attempt,
+                    source: error,
+                });
             }
         }
     }
 
     async fn refresh(&mut self) -> Result<()> {
         let url = self.url();
-        self.table.update_state().await.map_err(|source| Error::Delta { table: url, source })
+        self.table
+            .update_state()
+            .await
+            .map_err(|source| Error::Delta { table: url, source })
     }
 }

@@ -9,8 +9,8 @@
 
 use arrow::datatypes::SchemaRef;
 use deltalake::DeltaTable;
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use lambdaflow_common::config::LakeConfig;
 use url::Url;
 
@@ -27,7 +27,10 @@ impl Lake {
     /// the working directory. Local roots are created if missing.
     pub fn new(config: &LakeConfig) -> Result<Self> {
         let uri = config.uri.as_str();
-        let err = |message: String| Error::LakeUri { uri: uri.to_owned(), message };
+        let err = |message: String| Error::LakeUri {
+            uri: uri.to_owned(),
+            message,
+        };
         let mut root = match Url::parse(uri) {
             Ok(url) if url.scheme().len() > 1 => url,
             _ => {
@@ -39,8 +42,11 @@ impl Lake {
             root.set_path(&format!("{}/", root.path()));
         }
         if root.scheme() == "file" {
-            let path = root.to_file_path().map_err(|()| err("not a local path".into()))?;
-            std::fs::create_dir_all(&path).map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
+            let path = root
+                .to_file_path()
+                .map_err(|()| err("not a local path".into()))?;
+            std::fs::create_dir_all(&path)
+                .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
         }
         Ok(Self { root })
     }
@@ -66,23 +72,40 @@ impl Lake {
     }
 
     fn join(&self, relative: &str) -> Url {
-        self.root.join(relative).expect("config names are plain identifiers")
+        self.root
+            .join(relative)
+            .expect("config names are plain identifiers")
     }
 }
 
 /// Opens the Delta table at `url`, creating it with `schema` and `partition_by` if there is none.
-pub async fn open_or_create(url: &Url, schema: &SchemaRef, partition_by: &[&str]) -> Result<DeltaTable> {
-    let delta = |source| Error::Delta { table: url.to_string(), source };
+pub async fn open_or_create(
+    url: &Url,
+    schema: &SchemaRef,
+    partition_by: &[&str],
+) -> Result<DeltaTable> {
+    let delta = |source| Error::Delta {
+        table: url.to_string(),
+        source,
+    };
     if url.scheme() == "file" {
-        let path = url.to_file_path().map_err(|()| Error::LakeUri { uri: url.to_string(), message: "not a local path".into() })?;
-        std::fs::create_dir_all(&path)
-            .map_err(|e| Error::LakeUri { uri: url.to_string(), message: format!("cannot create {}: {e}", path.display()) })?;
+        let path = url.to_file_path().map_err(|()| Error::LakeUri {
+            uri: url.to_string(),
+            message: "not a local path".into(),
+        })?;
+        std::fs::create_dir_all(&path).map_err(|e| Error::LakeUri {
+            uri: url.to_string(),
+            message: format!("cannot create {}: {e}", path.display()),
+        })?;
     }
     let table = DeltaTable::try_from_url(url.clone()).await.map_err(delta)?;
     if table.version().is_some() {
         return Ok(table);
     }
-    let columns: StructType = schema.as_ref().try_into_kernel().map_err(|e| delta(e.into()))?;
+    let columns: StructType = schema
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| delta(e.into()))?;
     table
         .create()
         .with_columns(columns.fields().cloned())
@@ -98,7 +121,10 @@ mod tests {
     #[test]
     fn local_paths_become_directory_urls() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&LakeConfig { uri: dir.path().join("lake").display().to_string() }).unwrap();
+        let lake = Lake::new(&LakeConfig {
+            uri: dir.path().join("lake").display().to_string(),
+        })
+        .unwrap();
         assert!(lake.root().as_str().ends_with("/lake/"));
         assert!(lake.raw("events").as_str().ends_with("/lake/raw/events/"));
         assert!(dir.path().join("lake").is_dir());
@@ -106,7 +132,10 @@ mod tests {
 
     #[test]
     fn urls_are_kept() {
-        let lake = Lake::new(&LakeConfig { uri: "s3://bucket/prefix".into() }).unwrap();
+        let lake = Lake::new(&LakeConfig {
+            uri: "s3://bucket/prefix".into(),
+        })
+        .unwrap();
         assert_eq!(lake.view("v").as_str(), "s3://bucket/prefix/views/v/");
     }
 }

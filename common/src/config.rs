@@ -86,7 +86,10 @@ pub struct ServingConfig {
 
 impl Default for ServingConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body_bytes: default_max_body() }
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+        }
     }
 }
 
@@ -101,7 +104,9 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { schedule: default_schedule() }
+        Self {
+            schedule: default_schedule(),
+        }
     }
 }
 
@@ -339,12 +344,15 @@ impl Config {
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|detail| Error::Parse { origin: origin.to_owned(), detail })?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|detail| Error::Parse {
+            origin: origin.to_owned(),
+            detail,
+        })?;
         apply_env(&mut table, env)?;
-        let config: Config = table
-            .try_into()
-            .map_err(|detail| Error::Parse { origin: origin.to_owned(), detail })?;
+        let config: Config = table.try_into().map_err(|detail| Error::Parse {
+            origin: origin.to_owned(),
+            detail,
+        })?;
         config.check()?;
         Ok(config)
     }
@@ -365,32 +373,56 @@ impl Config {
             return invalid("kafka.topic".into(), "must not be empty".into());
         }
         if self.archive.commit_max_events == 0 || self.archive.dedup_max_dates == 0 {
-            return invalid("archive".into(), "commit_max_events and dedup_max_dates must be positive".into());
+            return invalid(
+                "archive".into(),
+                "commit_max_events and dedup_max_dates must be positive".into(),
+            );
         }
         check_name("source.name", &self.source.name)?;
         check_name("source.id_field", &self.source.id_field)?;
         check_name("source.time_field", &self.source.time_field)?;
         if self.source.id_field == self.source.time_field {
-            return invalid("source.time_field".into(), "must differ from id_field".into());
+            return invalid(
+                "source.time_field".into(),
+                "must differ from id_field".into(),
+            );
         }
         if self.source.max_event_bytes == 0 {
             return invalid("source.max_event_bytes".into(), "must be positive".into());
         }
-        let mut seen: HashSet<&str> =
-            [self.source.id_field.as_str(), self.source.time_field.as_str()].into();
+        let mut seen: HashSet<&str> = [
+            self.source.id_field.as_str(),
+            self.source.time_field.as_str(),
+        ]
+        .into();
         for (i, f) in self.source.fields.iter().enumerate() {
             let key = format!("source.fields[{i}]");
             check_name(&key, &f.name)?;
             if !seen.insert(&f.name) {
-                return invalid(key, format!("field `{}` is declared twice (or is the id or time field)", f.name));
+                return invalid(
+                    key,
+                    format!(
+                        "field `{}` is declared twice (or is the id or time field)",
+                        f.name
+                    ),
+                );
             }
             if f.kind != FieldType::String && (f.normalize.is_some() || f.mask.is_some()) {
-                return invalid(key, format!("field `{}`: normalize and mask apply to string fields only", f.name));
+                return invalid(
+                    key,
+                    format!(
+                        "field `{}`: normalize and mask apply to string fields only",
+                        f.name
+                    ),
+                );
             }
         }
         for reserved in RESERVED_COLUMNS {
             if seen.contains(reserved) {
-                return invalid("source".into(), format!("`{reserved}` is a column lambdaflow adds itself; rename the field"));
+                return invalid(
+                    "source".into(),
+                    format!("`{reserved}` is a column lambdaflow adds itself; rename the field"),
+                );
             }
         }
         let mut view_names = HashSet::new();
@@ -415,7 +447,8 @@ impl Config {
                 if !measure_names.insert(&m.name) || view.dimensions.contains(&m.name) {
                     return invalid(key, "measure name used twice in the view".into());
                 }
-                check_measure(&self.source, m).map_err(|message| Error::Invalid { key, message })?;
+                check_measure(&self.source, m)
+                    .map_err(|message| Error::Invalid { key, message })?;
             }
         }
         Ok(())
@@ -437,13 +470,23 @@ fn check_measure(source: &SourceConfig, m: &MeasureDef) -> std::result::Result<(
         AggKind::Min | AggKind::Max => def.kind.is_numeric() || def.kind == FieldType::Timestamp,
         AggKind::ApproxDistinct | AggKind::Count => true,
     };
-    if ok { Ok(()) } else { Err(format!("field `{field}` of type {:?} cannot be aggregated that way", def.kind).to_lowercase()) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "field `{field}` of type {:?} cannot be aggregated that way",
+            def.kind
+        )
+        .to_lowercase())
+    }
 }
 
 /// Names become column, table and path names: keep them to plain identifiers.
 fn check_name(key: &str, name: &str) -> Result<()> {
     let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && name.len() <= 64;
     if ok {
@@ -451,21 +494,31 @@ fn check_name(key: &str, name: &str) -> Result<()> {
     } else {
         Err(Error::Invalid {
             key: key.to_owned(),
-            message: format!("`{name}` must be a plain identifier: a letter or _, then letters, digits or _"),
+            message: format!(
+                "`{name}` must be a plain identifier: a letter or _, then letters, digits or _"
+            ),
         })
     }
 }
 
 /// Applies `LAMBDAFLOW_<SECTION>__<KEY>=value` overrides. Variables without `__` after the
 /// prefix (such as `LAMBDAFLOW_LOG`) are not config keys and are ignored.
-fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<()> {
     for (var, value) in env {
-        let Some(path) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(path) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         if !path.contains("__") {
             continue;
         }
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-        let env_err = |message: String| Error::Env { var: var.clone(), message };
+        let env_err = |message: String| Error::Env {
+            var: var.clone(),
+            message,
+        };
         let (leaf, sections) = keys.split_last().expect("split yields at least one item");
         let mut node = &mut *table;
         for section in sections {
@@ -544,8 +597,11 @@ mod humantime_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"2s\" or \"1d\": {e}")))
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration like \"2s\" or \"1d\": {e}"
+            ))
+        })
     }
 }
 
@@ -557,7 +613,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -599,14 +658,19 @@ mod tests {
 
     #[test]
     fn views_may_only_reference_declared_fields() {
-        let text = DEMO_CONFIG.replacen("dimensions = [\"country\"]", "dimensions = [\"planet\"]", 1);
+        let text =
+            DEMO_CONFIG.replacen("dimensions = [\"country\"]", "dimensions = [\"planet\"]", 1);
         let err = Config::from_toml(&text, "t", []).unwrap_err().to_string();
         assert!(err.contains("planet"), "{err}");
     }
 
     #[test]
     fn sum_of_a_string_field_is_rejected() {
-        let text = DEMO_CONFIG.replacen("agg = \"sum\", field = \"amount\"", "agg = \"sum\", field = \"country\"", 1);
+        let text = DEMO_CONFIG.replacen(
+            "agg = \"sum\", field = \"amount\"",
+            "agg = \"sum\", field = \"country\"",
+            1,
+        );
         let err = Config::from_toml(&text, "t", []).unwrap_err().to_string();
         assert!(err.contains("country"), "{err}");
     }

@@ -34,13 +34,21 @@ struct DateIds {
 impl SeenIds {
     /// Keeps at most `max_dates` dates in memory between batches.
     pub fn new(max_dates: usize) -> Self {
-        Self { dates: HashMap::new(), max_dates: max_dates.max(1), clock: 0 }
+        Self {
+            dates: HashMap::new(),
+            max_dates: max_dates.max(1),
+            clock: 0,
+        }
     }
 
     /// The dates of `needed` that must be loaded before [`Self::keep`] can decide; evicts
     /// least recently used dates not in `needed` to make room.
     pub fn dates_to_load(&mut self, needed: &BTreeSet<i32>) -> Vec<i32> {
-        let missing: Vec<i32> = needed.iter().copied().filter(|d| !self.dates.contains_key(d)).collect();
+        let missing: Vec<i32> = needed
+            .iter()
+            .copied()
+            .filter(|d| !self.dates.contains_key(d))
+            .collect();
         while self.dates.len() + missing.len() > self.max_dates {
             let victim = self
                 .dates
@@ -77,7 +85,10 @@ impl SeenIds {
         let clock = self.clock;
         (0..ids.len())
             .map(|i| {
-                let set = self.dates.get_mut(&dates.value(i)).expect("date loaded before keep");
+                let set = self
+                    .dates
+                    .get_mut(&dates.value(i))
+                    .expect("date loaded before keep");
                 set.last_used = clock;
                 Some(set.ids.insert(id_hash(ids.value(i))))
             })
@@ -99,7 +110,10 @@ mod tests {
         let ids = StringArray::from(vec!["a", "a", "stored", "a", "b"]);
         let dates = Date32Array::from(vec![1, 1, 1, 2, 2]);
         let keep = seen.keep(&ids, &dates);
-        assert_eq!(keep, BooleanArray::from(vec![true, false, false, true, true]));
+        assert_eq!(
+            keep,
+            BooleanArray::from(vec![true, false, false, true, true])
+        );
         let again = seen.keep(&StringArray::from(vec!["b"]), &Date32Array::from(vec![2]));
         assert_eq!(again, BooleanArray::from(vec![false]));
     }
@@ -115,6 +129,10 @@ mod tests {
         assert_eq!(seen.dates_to_load(&BTreeSet::from([2, 3])), vec![3]);
         seen.load(3, []);
         assert_eq!(seen.loaded_dates(), 2);
-        assert_eq!(seen.dates_to_load(&BTreeSet::from([1])), vec![1], "date 1 was evicted");
+        assert_eq!(
+            seen.dates_to_load(&BTreeSet::from([1])),
+            vec![1],
+            "date 1 was evicted"
+        );
     }
 }

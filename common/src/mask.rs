@@ -21,7 +21,9 @@ pub fn sha256_hex<'a>(value: &[u8], out: &'a mut [u8; 64]) -> &'a str {
 /// Applies a normalisation, borrowing when nothing changes. `lower` and `upper` also trim, as
 /// nobody means " kr" when they ask for upper-case country codes.
 pub fn normalize<'a>(value: &'a str, how: Option<Normalize>) -> Cow<'a, str> {
-    let Some(how) = how else { return Cow::Borrowed(value) };
+    let Some(how) = how else {
+        return Cow::Borrowed(value);
+    };
     let value = value.trim();
     match how {
         Normalize::Trim => Cow::Borrowed(value),
@@ -142,7 +144,10 @@ fn value_span(bytes: &[u8], mut i: usize) -> Option<(usize, usize)> {
             }
         }
     } else {
-        while end < bytes.len() && !matches!(bytes[end], b',' | b'}' | b']') && !bytes[end].is_ascii_whitespace() {
+        while end < bytes.len()
+            && !matches!(bytes[end], b',' | b'}' | b']')
+            && !bytes[end].is_ascii_whitespace()
+        {
             end += 1;
         }
     }
@@ -185,7 +190,11 @@ mod tests {
             &b"{\"email\":\"ann@example.com\xff\"}"[..],
         ] {
             let out = masker().mask(payload);
-            assert!(find(&out, b"ann@exa").is_none(), "{}", String::from_utf8_lossy(&out));
+            assert!(
+                find(&out, b"ann@exa").is_none(),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
         }
     }
 
@@ -197,7 +206,10 @@ mod tests {
 
     #[test]
     fn normalisation_borrows_when_nothing_changes() {
-        assert!(matches!(normalize("KR", Some(Normalize::Upper)), Cow::Borrowed("KR")));
+        assert!(matches!(
+            normalize("KR", Some(Normalize::Upper)),
+            Cow::Borrowed("KR")
+        ));
         assert_eq!(normalize("kr", Some(Normalize::Upper)), "KR");
         assert_eq!(normalize(" a ", Some(Normalize::Trim)), "a");
         assert_eq!(normalize("ÄB", Some(Normalize::Lower)), "äb");

@@ -70,17 +70,30 @@ pub struct ShopGenerator {
 impl ShopGenerator {
     /// A generator of `users` users with the given mix.
     pub fn new(seed: u64, users: u32, mix: Mix) -> Self {
-        Self { rng: SmallRng::seed_from_u64(seed), mix, users: users.max(1), recent: Vec::new(), invalid_turn: 0, counter: 0 }
+        Self {
+            rng: SmallRng::seed_from_u64(seed),
+            mix,
+            users: users.max(1),
+            recent: Vec::new(),
+            invalid_turn: 0,
+            counter: 0,
+        }
     }
 
     /// The next message, as of wall-clock time `now_us`.
     pub fn next_event(&mut self, now_us: i64) -> Sample {
         let roll: f64 = self.rng.random();
         if roll < self.mix.invalid {
-            let payload = INVALID[self.invalid_turn % INVALID.len()].as_bytes().to_vec();
+            let payload = INVALID[self.invalid_turn % INVALID.len()]
+                .as_bytes()
+                .to_vec();
             self.invalid_turn += 1;
             self.counter += 1;
-            return Sample { key: format!("invalid-{}", self.counter), payload, kind: Kind::Invalid };
+            return Sample {
+                key: format!("invalid-{}", self.counter),
+                payload,
+                kind: Kind::Invalid,
+            };
         }
         if roll < self.mix.invalid + self.mix.duplicates && !self.recent.is_empty() {
             let i = self.rng.random_range(0..self.recent.len());
@@ -89,7 +102,11 @@ impl ShopGenerator {
             return copy;
         }
         let late = roll < self.mix.invalid + self.mix.duplicates + self.mix.late;
-        let time = if late { now_us - self.rng.random_range(3_600_000_000..3 * 86_400_000_000) } else { now_us };
+        let time = if late {
+            now_us - self.rng.random_range(3_600_000_000..3 * 86_400_000_000)
+        } else {
+            now_us
+        };
         let sample = Sample {
             payload: self.event(time),
             key: String::new(),
@@ -107,7 +124,11 @@ impl ShopGenerator {
     }
 
     fn last_id(&self) -> String {
-        format!("{:016x}-{:08x}", self.counter, self.counter.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32)
+        format!(
+            "{:016x}-{:08x}",
+            self.counter,
+            self.counter.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
+        )
     }
 
     fn event(&mut self, time_us: i64) -> Vec<u8> {
@@ -165,14 +186,24 @@ mod tests {
     #[test]
     fn kinds_validate_as_they_claim() {
         let validator = Validator::new(&Config::demo().source);
-        let mut generator = ShopGenerator::new(7, 100, Mix { duplicates: 0.1, late: 0.1, invalid: 0.1 });
+        let mut generator = ShopGenerator::new(
+            7,
+            100,
+            Mix {
+                duplicates: 0.1,
+                late: 0.1,
+                invalid: 0.1,
+            },
+        );
         let now = now_micros();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..2_000 {
             let s = generator.next_event(now);
             let checked = validator.check(Some(&s.payload), now);
             match s.kind {
-                Kind::Invalid => assert!(checked.is_err(), "{}", String::from_utf8_lossy(&s.payload)),
+                Kind::Invalid => {
+                    assert!(checked.is_err(), "{}", String::from_utf8_lossy(&s.payload))
+                }
                 Kind::Duplicate => assert!(!seen.insert(checked.unwrap().id.into_owned())),
                 Kind::Valid | Kind::Late => {
                     let c = checked.unwrap();
@@ -186,7 +217,9 @@ mod tests {
     #[test]
     fn events_are_about_two_hundred_bytes() {
         let mut generator = ShopGenerator::new(1, 3000, Mix::default());
-        let total: usize = (0..1000).map(|_| generator.next_event(now_micros()).payload.len()).sum();
+        let total: usize = (0..1000)
+            .map(|_| generator.next_event(now_micros()).payload.len())
+            .sum();
         assert!((150..260).contains(&(total / 1000)), "{}", total / 1000);
     }
 }

@@ -20,7 +20,13 @@ pub const INGEST_TIME: &str = "ingest_time";
 /// Undeclared fields as a JSON object, when `keep_undeclared` is set.
 pub const UNDECLARED: &str = "_undeclared";
 /// Columns lambdaflow adds to the raw table; declared fields may not use these names.
-pub const RESERVED_COLUMNS: [&str; 5] = [EVENT_DATE, KAFKA_PARTITION, KAFKA_OFFSET, INGEST_TIME, UNDECLARED];
+pub const RESERVED_COLUMNS: [&str; 5] = [
+    EVENT_DATE,
+    KAFKA_PARTITION,
+    KAFKA_OFFSET,
+    INGEST_TIME,
+    UNDECLARED,
+];
 
 /// UTC date of ingestion; the quarantine table's partition column.
 pub const INGEST_DATE: &str = "ingest_date";
@@ -48,7 +54,12 @@ pub fn raw_schema(source: &SourceConfig) -> SchemaRef {
         Field::new(&source.id_field, DataType::Utf8, false),
         Field::new(&source.time_field, timestamp_type(), false),
     ];
-    fields.extend(source.fields.iter().map(|f| Field::new(&f.name, field_type(f.kind), true)));
+    fields.extend(
+        source
+            .fields
+            .iter()
+            .map(|f| Field::new(&f.name, field_type(f.kind), true)),
+    );
     if source.keep_undeclared {
         fields.push(Field::new(UNDECLARED, DataType::Utf8, true));
     }

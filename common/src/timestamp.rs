@@ -7,7 +7,9 @@ pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Parses an RFC 3339 timestamp with offset (`2026-11-20T10:00:00+09:00`) to UTC microseconds.
 pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_micros())
 }
 
 /// Integer epoch milliseconds to microseconds, if representable.
@@ -32,8 +34,10 @@ pub fn now_micros() -> i64 {
 
 /// UTC microseconds as RFC 3339 with a `Z` suffix.
 pub fn format_micros(us: i64) -> String {
-    DateTime::from_timestamp_micros(us)
-        .map_or_else(|| us.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    DateTime::from_timestamp_micros(us).map_or_else(
+        || us.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    )
 }
 
 #[cfg(test)]

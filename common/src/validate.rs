@@ -80,8 +80,12 @@ enum Slot {
 impl Validator {
     /// A validator for `source`.
     pub fn new(source: &SourceConfig) -> Self {
-        let mut slots: HashMap<String, Slot> =
-            source.fields.iter().enumerate().map(|(i, f)| (f.name.clone(), Slot::Field(i))).collect();
+        let mut slots: HashMap<String, Slot> = source
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), Slot::Field(i)))
+            .collect();
         slots.insert(source.id_field.clone(), Slot::Id);
         slots.insert(source.time_field.clone(), Slot::Time);
         Self {
@@ -111,15 +115,21 @@ impl Validator {
         }
         let text = std::str::from_utf8(bytes).map_err(|_| Reason::InvalidUtf8)?;
         let in_object = Cell::new(false);
-        let seed = EventSeed { validator: self, in_object: &in_object };
+        let seed = EventSeed {
+            validator: self,
+            in_object: &in_object,
+        };
         let mut de = serde_json::Deserializer::from_str(text);
-        let parsed = seed.deserialize(&mut de).and_then(|p| de.end().map(|()| p)).map_err(|e| {
-            if e.classify() == serde_json::error::Category::Data && !in_object.get() {
-                Reason::NotAnObject
-            } else {
-                Reason::MalformedJson
-            }
-        })?;
+        let parsed = seed
+            .deserialize(&mut de)
+            .and_then(|p| de.end().map(|()| p))
+            .map_err(|e| {
+                if e.classify() == serde_json::error::Category::Data && !in_object.get() {
+                    Reason::NotAnObject
+                } else {
+                    Reason::MalformedJson
+                }
+            })?;
         let source = &*self.source;
         let id = match parsed.id {
             Scalar::Str(id) => id,
@@ -131,7 +141,9 @@ impl Validator {
             Scalar::Int(ms) => millis_to_micros(ms).ok_or(Reason::BadTimestamp)?,
             Scalar::UInt(_) | Scalar::Float(_) => return Err(Reason::BadTimestamp),
             Scalar::Null => return Err(Reason::MissingField(source.time_field.clone())),
-            Scalar::Bool(_) | Scalar::Compound => return Err(Reason::WrongType(source.time_field.clone())),
+            Scalar::Bool(_) | Scalar::Compound => {
+                return Err(Reason::WrongType(source.time_field.clone()));
+            }
         };
         if time_us > now_us.saturating_add(self.max_future_us) {
             return Err(Reason::TimeInFuture);
@@ -139,7 +151,12 @@ impl Validator {
         for (def, value) in source.fields.iter().zip(&parsed.values) {
             check_value(def, value)?;
         }
-        Ok(Checked { id, time_us, values: parsed.values, undeclared: parsed.undeclared })
+        Ok(Checked {
+            id,
+            time_us,
+            values: parsed.values,
+            undeclared: parsed.undeclared,
+        })
     }
 
     /// A builder that collects messages validated at `now_us` (also their ingest time) from
@@ -151,7 +168,13 @@ impl Validator {
 
 fn check_value(def: &FieldDef, value: &Scalar<'_>) -> Result<(), Reason> {
     let ok = match (def.kind, value) {
-        (_, Scalar::Null) => return if def.required { Err(Reason::MissingField(def.name.clone())) } else { Ok(()) },
+        (_, Scalar::Null) => {
+            return if def.required {
+                Err(Reason::MissingField(def.name.clone()))
+            } else {
+                Ok(())
+            };
+        }
         (FieldType::String, Scalar::Str(_)) => true,
         (FieldType::Int, Scalar::Int(_)) => true,
         (FieldType::Float, Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_)) => true,
@@ -160,7 +183,11 @@ fn check_value(def: &FieldDef, value: &Scalar<'_>) -> Result<(), Reason> {
         (FieldType::Timestamp, Scalar::Int(ms)) => millis_to_micros(*ms).is_some(),
         _ => false,
     };
-    if ok { Ok(()) } else { Err(Reason::WrongType(def.name.clone())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Reason::WrongType(def.name.clone()))
+    }
 }
 
 /// Collects clean events and rejects column by column.
@@ -181,7 +208,10 @@ pub struct BatchBuilder<'v> {
 
 impl fmt::Debug for BatchBuilder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BatchBuilder").field("valid", &self.valid).field("rejected", &self.rejects.len).finish()
+        f.debug_struct("BatchBuilder")
+            .field("valid", &self.valid)
+            .field("rejected", &self.rejects.len)
+            .finish()
     }
 }
 
@@ -200,7 +230,9 @@ impl ColumnBuilder {
             FieldType::Int => Self::Int(Int64Builder::new()),
             FieldType::Float => Self::Float(Float64Builder::new()),
             FieldType::Bool => Self::Bool(BooleanBuilder::new()),
-            FieldType::Timestamp => Self::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            FieldType::Timestamp => {
+                Self::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+            }
         }
     }
 
@@ -232,7 +264,12 @@ impl<'v> BatchBuilder<'v> {
             now_us,
             id: StringBuilder::new(),
             time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
-            fields: validator.source.fields.iter().map(|f| ColumnBuilder::new(f.kind)).collect(),
+            fields: validator
+                .source
+                .fields
+                .iter()
+                .map(|f| ColumnBuilder::new(f.kind))
+                .collect(),
             undeclared: validator.source.keep_undeclared.then(StringBuilder::new),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
@@ -276,7 +313,14 @@ impl<'v> BatchBuilder<'v> {
     fn append(&mut self, event: &Checked<'_>, at: Coordinates) {
         self.id.append_value(&event.id);
         self.time.append_value(event.time_us);
-        for ((def, value), column) in self.validator.source.fields.iter().zip(&event.values).zip(&mut self.fields) {
+        for ((def, value), column) in self
+            .validator
+            .source
+            .fields
+            .iter()
+            .zip(&event.values)
+            .zip(&mut self.fields)
+        {
             append_value(column, def, value);
         }
         if let Some(builder) = &mut self.undeclared {
@@ -289,7 +333,8 @@ impl<'v> BatchBuilder<'v> {
                     if i > 0 {
                         self.scratch.push(',');
                     }
-                    self.scratch.push_str(&serde_json::to_string(key).expect("a string serialises"));
+                    self.scratch
+                        .push_str(&serde_json::to_string(key).expect("a string serialises"));
                     self.scratch.push(':');
                     self.scratch.push_str(raw.get());
                 }
@@ -329,13 +374,18 @@ impl<'v> BatchBuilder<'v> {
             columns.push(Arc::new(b.finish()));
         }
         let ingest = |len: usize| {
-            Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![self.now_us; len]).with_timezone("UTC"))
-                as ArrayRef
+            Arc::new(
+                arrow::array::TimestampMicrosecondArray::from(vec![self.now_us; len])
+                    .with_timezone("UTC"),
+            ) as ArrayRef
         };
-        let dates: Date32Builder = time.values().iter().fold(Date32Builder::with_capacity(n), |mut b, us| {
-            b.append_value(date_of_micros(*us));
-            b
-        });
+        let dates: Date32Builder =
+            time.values()
+                .iter()
+                .fold(Date32Builder::with_capacity(n), |mut b, us| {
+                    b.append_value(date_of_micros(*us));
+                    b
+                });
         let mut dates = dates;
         columns.extend([
             Arc::new(self.partition.finish()) as ArrayRef,
@@ -542,7 +592,10 @@ mod tests {
     }
 
     fn reason(payload: &[u8]) -> String {
-        validator().check(Some(payload), NOW).unwrap_err().to_string()
+        validator()
+            .check(Some(payload), NOW)
+            .unwrap_err()
+            .to_string()
     }
 
     const GOOD: &str = r#"{"event_id":"e1","event_time":"2025-11-19T23:00:00Z","type":"Purchase","user_id":"u1","country":" kr","amount":12,"quantity":2,"email":"Ann@Example.com","extra":[1,2]}"#;
@@ -551,7 +604,10 @@ mod tests {
     fn a_good_event_is_accepted() {
         let checked = validator().check(Some(GOOD.as_bytes()), NOW).unwrap();
         assert_eq!(checked.id, "e1");
-        assert_eq!(checked.time_us, parse_rfc3339_micros("2025-11-19T23:00:00Z").unwrap());
+        assert_eq!(
+            checked.time_us,
+            parse_rfc3339_micros("2025-11-19T23:00:00Z").unwrap()
+        );
     }
 
     #[test]
@@ -579,29 +635,57 @@ mod tests {
             (br#"{"event_id":"a","event_time":"2025-11-19T23:00:00Z","type":"view","user_id":["u"],"country":"kr"}"#, "wrong_type:user_id"),
         ];
         for (payload, expected) in cases {
-            assert_eq!(reason(payload), *expected, "{}", String::from_utf8_lossy(payload));
+            assert_eq!(
+                reason(payload),
+                *expected,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
         }
         let mut big = GOOD.as_bytes().to_vec();
         big.resize(70_000, b' ');
         assert_eq!(reason(&big), "too_large");
-        assert_eq!(validator().check(None, NOW).unwrap_err(), Reason::MalformedJson);
+        assert_eq!(
+            validator().check(None, NOW).unwrap_err(),
+            Reason::MalformedJson
+        );
     }
 
     #[test]
     fn epoch_millis_and_offsets_are_accepted() {
         let v = validator();
         let ms = br#"{"event_id":"a","event_time":1763590000000,"type":"view","user_id":"u","country":"kr"}"#;
-        assert_eq!(v.check(Some(ms), NOW).unwrap().time_us, 1_763_590_000_000_000);
+        assert_eq!(
+            v.check(Some(ms), NOW).unwrap().time_us,
+            1_763_590_000_000_000
+        );
         let off = br#"{"event_id":"a","event_time":"2025-11-20T08:00:00+09:00","type":"view","user_id":"u","country":"kr"}"#;
-        assert_eq!(v.check(Some(off), NOW).unwrap().time_us, parse_rfc3339_micros("2025-11-19T23:00:00Z").unwrap());
+        assert_eq!(
+            v.check(Some(off), NOW).unwrap().time_us,
+            parse_rfc3339_micros("2025-11-19T23:00:00Z").unwrap()
+        );
     }
 
     #[test]
     fn batches_hold_clean_masked_normalised_events() {
         let v = validator();
         let mut b = v.batch_builder("events", NOW);
-        b.push(Some(GOOD.as_bytes()), Coordinates { partition: 3, offset: 17 }).unwrap();
-        b.push(Some(b"nope"), Coordinates { partition: 1, offset: 5 }).unwrap_err();
+        b.push(
+            Some(GOOD.as_bytes()),
+            Coordinates {
+                partition: 3,
+                offset: 17,
+            },
+        )
+        .unwrap();
+        b.push(
+            Some(b"nope"),
+            Coordinates {
+                partition: 1,
+                offset: 5,
+            },
+        )
+        .unwrap_err();
         let out = b.finish();
         let e = &out.events;
         assert_eq!(e.num_rows(), 1);
@@ -611,11 +695,24 @@ mod tests {
         assert_eq!(col("amount").as_primitive::<Float64Type>().value(0), 12.0);
         assert_eq!(col("quantity").as_primitive::<Int64Type>().value(0), 2);
         let mut buf = [0u8; 64];
-        assert_eq!(col("email").as_string::<i32>().value(0), mask::sha256_hex(b"ann@example.com", &mut buf));
+        assert_eq!(
+            col("email").as_string::<i32>().value(0),
+            mask::sha256_hex(b"ann@example.com", &mut buf)
+        );
         assert!(col("product").is_null(0));
         assert_eq!(col("kafka_offset").as_primitive::<Int64Type>().value(0), 17);
-        assert_eq!(col("event_date").as_primitive::<arrow::datatypes::Date32Type>().value(0), date_of_micros(parse_rfc3339_micros("2025-11-19T23:00:00Z").unwrap()));
-        assert_eq!(col("ingest_time").as_primitive::<TimestampMicrosecondType>().value(0), NOW);
+        assert_eq!(
+            col("event_date")
+                .as_primitive::<arrow::datatypes::Date32Type>()
+                .value(0),
+            date_of_micros(parse_rfc3339_micros("2025-11-19T23:00:00Z").unwrap())
+        );
+        assert_eq!(
+            col("ingest_time")
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0),
+            NOW
+        );
 
         let r = &out.rejects;
         assert_eq!(r.num_rows(), 1);
@@ -628,12 +725,23 @@ mod tests {
     fn rejected_payloads_are_masked_in_quarantine() {
         let v = validator();
         let mut b = v.batch_builder("events", NOW);
-        let bad = br#"{"event_id":"a","email":"Secret@Example.com","event_time":"2030-01-01T00:00:00Z"}"#;
-        b.push(Some(bad), Coordinates { partition: 0, offset: 0 }).unwrap_err();
+        let bad =
+            br#"{"event_id":"a","email":"Secret@Example.com","event_time":"2030-01-01T00:00:00Z"}"#;
+        b.push(
+            Some(bad),
+            Coordinates {
+                partition: 0,
+                offset: 0,
+            },
+        )
+        .unwrap_err();
         let out = b.finish();
         let stored = out.rejects.column(0).as_binary::<i32>().value(0).to_vec();
         let text = String::from_utf8(stored).unwrap();
-        assert!(!text.to_lowercase().contains("secret@example.com"), "{text}");
+        assert!(
+            !text.to_lowercase().contains("secret@example.com"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -642,9 +750,22 @@ mod tests {
         source.keep_undeclared = true;
         let v = Validator::new(&source);
         let mut b = v.batch_builder("events", NOW);
-        b.push(Some(GOOD.as_bytes()), Coordinates { partition: 0, offset: 0 }).unwrap();
+        b.push(
+            Some(GOOD.as_bytes()),
+            Coordinates {
+                partition: 0,
+                offset: 0,
+            },
+        )
+        .unwrap();
         let out = b.finish();
-        let extra = out.events.column_by_name(schema::UNDECLARED).unwrap().as_string::<i32>().value(0).to_owned();
+        let extra = out
+            .events
+            .column_by_name(schema::UNDECLARED)
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_owned();
         assert_eq!(extra, r#"{"extra":[1,2]}"#);
     }
 

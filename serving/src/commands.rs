@@ -20,8 +20,13 @@ use crate::kafka::{self, EmbeddedBroker};
 
 /// Reads a config file and applies the `LAMBDAFLOW_*` environment.
 pub fn load_config(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-    Ok(Config::from_toml(&text, &path.display().to_string(), std::env::vars())?)
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    Ok(Config::from_toml(
+        &text,
+        &path.display().to_string(),
+        std::env::vars(),
+    )?)
 }
 
 /// `lambdaflow check`: the config is valid; print what it declares.
@@ -48,7 +53,10 @@ pub fn check(config: &Config) -> String {
             view.name,
             view.granularity.as_str(),
             view.dimensions.join(", "),
-            view.filter.as_ref().map(|f| format!(" where {f}")).unwrap_or_default(),
+            view.filter
+                .as_ref()
+                .map(|f| format!(" where {f}"))
+                .unwrap_or_default(),
             measures.join(", ")
         ));
     }
@@ -77,10 +85,18 @@ struct Tasks {
 
 impl Tasks {
     fn new(shutdown: CancellationToken) -> Self {
-        Self { tracker: TaskTracker::new(), shutdown, handles: Vec::new() }
+        Self {
+            tracker: TaskTracker::new(),
+            shutdown,
+            handles: Vec::new(),
+        }
     }
 
-    fn spawn(&mut self, name: &'static str, task: impl Future<Output = Result<()>> + Send + 'static) {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = Result<()>> + Send + 'static,
+    ) {
         let shutdown = self.shutdown.clone();
         let handle = self.tracker.spawn(async move {
             let result = task.await;
@@ -97,7 +113,10 @@ impl Tasks {
         self.tracker.close();
         let mut first = Ok(());
         for (name, handle) in self.handles {
-            let result = handle.await.with_context(|| format!("{name} task panicked")).and_then(|r| r.with_context(|| format!("{name} failed")));
+            let result = handle
+                .await
+                .with_context(|| format!("{name} task panicked"))
+                .and_then(|r| r.with_context(|| format!("{name} failed")));
             if first.is_ok() {
                 first = result;
             }
@@ -123,7 +142,11 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
 
 /// `lambdaflow run` (and the core of `demo`): archiver and HTTP API in one process, plus a
 /// generator when `generator` is given.
-pub async fn run(config: Arc<Config>, shutdown: CancellationToken, generator: Option<GenOptions>) -> Result<()> {
+pub async fn run(
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    generator: Option<GenOptions>,
+) -> Result<()> {
     let (brokers, broker) = connect(&config).await?;
     let mut tasks = Tasks::new(shutdown.clone());
     let archiver = Archiver::new(config.clone(), brokers.clone());
@@ -137,17 +160,29 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken, generator: Op
         let topic = config.kafka.topic.clone();
         let shutdown = shutdown.clone();
         tasks.spawn("generator", async move {
-            generate::produce(&producer, &topic, options, &shutdown).await.map(drop)
+            generate::produce(&producer, &topic, options, &shutdown)
+                .await
+                .map(drop)
         });
     }
-    println!("lambdaflow is running: API http://{addr}/  broker {brokers}  topic {}  lake {}", config.kafka.topic, config.lake.uri);
-    tracing::info!("the batch and speed layers are not part of this build yet: the raw table is the output");
+    println!(
+        "lambdaflow is running: API http://{addr}/  broker {brokers}  topic {}  lake {}",
+        config.kafka.topic, config.lake.uri
+    );
+    tracing::info!(
+        "the batch and speed layers are not part of this build yet: the raw table is the output"
+    );
     let outcome = tasks.join().await;
     drop(broker);
     outcome
 }
 
-async fn spawn_http(tasks: &mut Tasks, config: Arc<Config>, brokers: &str, shutdown: CancellationToken) -> Result<SocketAddr> {
+async fn spawn_http(
+    tasks: &mut Tasks,
+    config: Arc<Config>,
+    brokers: &str,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr> {
     let listener = TcpListener::bind(&config.serving.listen)
         .await
         .with_context(|| format!("listening on {}", config.serving.listen))?;
@@ -155,7 +190,9 @@ async fn spawn_http(tasks: &mut Tasks, config: Arc<Config>, brokers: &str, shutd
     let state = AppState::new(config, kafka::producer(brokers)?);
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
-    tasks.spawn("http", async move { Ok(http::serve(listener, state, shutdown).await?) });
+    tasks.spawn("http", async move {
+        Ok(http::serve(listener, state, shutdown).await?)
+    });
     Ok(addr)
 }
 
@@ -173,30 +210,51 @@ pub struct DemoOptions {
 /// `lambdaflow demo`: the built-in shop config, the embedded broker, a lake in a data dir and
 /// a generator, all in one process.
 pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> Result<()> {
-    let mut config = Config::from_toml(lambdaflow_common::config::DEMO_CONFIG, "built-in demo config", std::env::vars())?;
+    let mut config = Config::from_toml(
+        lambdaflow_common::config::DEMO_CONFIG,
+        "built-in demo config",
+        std::env::vars(),
+    )?;
     let temp = match &options.data_dir {
         Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("lambdaflow-demo-").tempdir()?),
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("lambdaflow-demo-")
+                .tempdir()?,
+        ),
     };
-    let data_dir = options.data_dir.clone().unwrap_or_else(|| temp.as_ref().expect("temp dir").path().to_path_buf());
+    let data_dir = options
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.as_ref().expect("temp dir").path().to_path_buf());
     config.lake.uri = data_dir.join("lake").display().to_string();
     if let Some(listen) = options.listen {
         config.serving.listen = listen;
     }
     if !config.kafka.is_embedded() {
-        bail!("the demo runs its own embedded broker; unset LAMBDAFLOW_KAFKA__BROKERS or use `lambdaflow run`");
+        bail!(
+            "the demo runs its own embedded broker; unset LAMBDAFLOW_KAFKA__BROKERS or use `lambdaflow run`"
+        );
     }
     let generator = GenOptions {
         count: None,
         rate: Some(options.rate),
-        mix: Mix { duplicates: 0.02, late: 0.05, invalid: 0.01 },
+        mix: Mix {
+            duplicates: 0.02,
+            late: 0.05,
+            invalid: 0.01,
+        },
         seed: rand::random(),
     };
     run(Arc::new(config), shutdown, Some(generator)).await
 }
 
 /// `lambdaflow gen`: produce synthetic events to the configured broker.
-pub async fn gen_events(config: &Config, options: GenOptions, shutdown: CancellationToken) -> Result<u64> {
+pub async fn gen_events(
+    config: &Config,
+    options: GenOptions,
+    shutdown: CancellationToken,
+) -> Result<u64> {
     if config.kafka.is_embedded() {
         bail!(
             "`gen` needs a broker it can reach: the embedded one lives inside `run` or `demo`; \

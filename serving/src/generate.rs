@@ -26,7 +26,12 @@ pub struct GenOptions {
 
 /// Produces until `count` messages were acknowledged or `shutdown` is cancelled; returns how
 /// many were acknowledged.
-pub async fn produce(producer: &FutureProducer, topic: &str, options: GenOptions, shutdown: &CancellationToken) -> Result<u64> {
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    options: GenOptions,
+    shutdown: &CancellationToken,
+) -> Result<u64> {
     let mut generator = ShopGenerator::new(options.seed, 3_000, options.mix);
     let started = tokio::time::Instant::now();
     let mut sent: u64 = 0;
@@ -44,7 +49,9 @@ pub async fn produce(producer: &FutureProducer, topic: &str, options: GenOptions
             }
         }
         let sample = generator.next_event(now_micros());
-        let mut record = FutureRecord::to(topic).key(&sample.key).payload(&sample.payload);
+        let mut record = FutureRecord::to(topic)
+            .key(&sample.key)
+            .payload(&sample.payload);
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => break pending.push(delivery),
@@ -62,7 +69,9 @@ pub async fn produce(producer: &FutureProducer, topic: &str, options: GenOptions
         }
     }
     acked += settle(&mut pending).await?;
-    producer.flush(Timeout::After(Duration::from_secs(30))).context("flushing the producer")?;
+    producer
+        .flush(Timeout::After(Duration::from_secs(30)))
+        .context("flushing the producer")?;
     Ok(acked)
 }
 

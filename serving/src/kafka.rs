@@ -38,7 +38,11 @@ pub async fn ensure_topic(kafka: &KafkaConfig, brokers: &str) -> Result<()> {
     let exists = tokio::task::spawn_blocking(move || {
         probe
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map(|m| m.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            })
     })
     .await?
     .with_context(|| format!("reading metadata from {brokers}"))?;
@@ -51,7 +55,10 @@ pub async fn ensure_topic(kafka: &KafkaConfig, brokers: &str) -> Result<()> {
         .with_context(|| format!("connecting to {brokers}"))?;
     let new = NewTopic::new(&kafka.topic, kafka.partitions, TopicReplication::Fixed(1));
     let results = admin
-        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .with_context(|| format!("creating topic {}", kafka.topic))?;
     for result in results {
@@ -82,23 +89,29 @@ impl EmbeddedBroker {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let topic = topic.to_owned();
-        let thread = std::thread::Builder::new().name("embedded-broker".into()).spawn(move || {
-            let cluster = match MockCluster::new(1) {
-                Ok(c) => c,
-                Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
-            };
-            if let Err(e) = cluster.create_topic(&topic, partitions, 1) {
-                return drop(ready_tx.send(Err(e.to_string())));
-            }
-            let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
-            let _ = stop_rx.recv();
-        })?;
+        let thread = std::thread::Builder::new()
+            .name("embedded-broker".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(c) => c,
+                    Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+                };
+                if let Err(e) = cluster.create_topic(&topic, partitions, 1) {
+                    return drop(ready_tx.send(Err(e.to_string())));
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                let _ = stop_rx.recv();
+            })?;
         let bootstrap = ready_rx
             .recv()
             .context("the embedded broker thread died while starting")?
             .map_err(anyhow::Error::msg)
             .context("starting the embedded broker")?;
-        Ok(Self { bootstrap, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Self {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
     }
 
     /// The `bootstrap.servers` of the cluster.

@@ -98,7 +98,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAMBDAFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,deltalake_core::writer::stats=error,lambdaflow=info,lambdaflow_serving=info,lambdaflow_batch=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -119,17 +122,52 @@ async fn dispatch(command: Command) -> Result<()> {
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
     match command {
-        Command::Demo { data_dir, listen, rate } => commands::demo(DemoOptions { data_dir, listen, rate }, token).await,
+        Command::Demo {
+            data_dir,
+            listen,
+            rate,
+        } => {
+            commands::demo(
+                DemoOptions {
+                    data_dir,
+                    listen,
+                    rate,
+                },
+                token,
+            )
+            .await
+        }
         Command::Run(c) => commands::run(c.load()?, token, None).await,
         Command::Archive(c) => commands::archive(c.load()?, token).await,
         Command::Serve(c) => commands::serve(c.load()?, token).await,
-        Command::Batch { command: BatchCommand::Run(c) | BatchCommand::Schedule(c) } => {
+        Command::Batch {
+            command: BatchCommand::Run(c) | BatchCommand::Schedule(c),
+        } => {
             c.load()?;
-            anyhow::bail!("the batch layer is not available in this build yet: the raw table under <lake>/raw is the output for now")
+            anyhow::bail!(
+                "the batch layer is not available in this build yet: the raw table under <lake>/raw is the output for now"
+            )
         }
-        Command::Gen { config, count, rate, duplicates, late, invalid, seed } => {
+        Command::Gen {
+            config,
+            count,
+            rate,
+            duplicates,
+            late,
+            invalid,
+            seed,
+        } => {
             let config = config.load()?;
-            let options = GenOptions { count: Some(count), rate, mix: Mix { duplicates, late, invalid }, seed };
+            let options = GenOptions {
+                count: Some(count),
+                rate,
+                mix: Mix {
+                    duplicates,
+                    late,
+                    invalid,
+                },
+                seed,
+            };
             let acked = commands::gen_events(&config, options, token).await?;
             println!("produced {acked} events to {}", config.kafka.topic);
             Ok(())

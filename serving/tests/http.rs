@@ -18,18 +18,26 @@ fn state(broker: &EmbeddedBroker, max_body: usize) -> AppState {
     let mut config = Config::demo();
     config.kafka.brokers = broker.bootstrap_servers().to_owned();
     config.serving.max_body_bytes = max_body;
-    AppState::new(Arc::new(config), kafka::producer(broker.bootstrap_servers()).unwrap())
+    AppState::new(
+        Arc::new(config),
+        kafka::producer(broker.bootstrap_servers()).unwrap(),
+    )
 }
 
 async fn call(state: &AppState, request: Request<Body>) -> (StatusCode, Value) {
     let response = app(state.clone()).oneshot(request).await.unwrap();
     let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 fn post(body: impl Into<Body>, content_type: &str) -> Request<Body> {
-    Request::post("/v1/events").header("content-type", content_type).body(body.into()).unwrap()
+    Request::post("/v1/events")
+        .header("content-type", content_type)
+        .body(body.into())
+        .unwrap()
 }
 
 fn good(id: &str) -> Value {
@@ -45,7 +53,8 @@ fn produced_keys(broker: &EmbeddedBroker) -> Vec<String> {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..4 {
-        tpl.add_partition_offset("events", p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset("events", p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut keys = Vec::new();
@@ -66,13 +75,19 @@ async fn events_are_validated_produced_and_acknowledged() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(reply["accepted"], 2);
     assert_eq!(reply["rejected"], 2);
-    assert_eq!(reply["errors"], json!([{"index": 1, "reason": "missing_field:event_time"}, {"index": 3, "reason": "not_an_object"}]));
+    assert_eq!(
+        reply["errors"],
+        json!([{"index": 1, "reason": "missing_field:event_time"}, {"index": 3, "reason": "not_an_object"}])
+    );
 
     let ndjson = format!("{}\n\n{{broken\n{}\n", good("d"), good("e"));
     let (status, reply) = call(&state, post(ndjson, "application/x-ndjson")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(reply["accepted"], 2);
-    assert_eq!(reply["errors"], json!([{"index": 1, "reason": "malformed_json"}]));
+    assert_eq!(
+        reply["errors"],
+        json!([{"index": 1, "reason": "malformed_json"}])
+    );
 
     assert_eq!(produced_keys(&broker), vec!["a", "c", "d", "e"]);
 }
@@ -91,11 +106,19 @@ async fn bad_requests_get_json_errors() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(reply["error"]["code"], "malformed_json");
 
-    let (status, reply) = call(&state, Request::get("/v1/nothing").body(Body::empty()).unwrap()).await;
+    let (status, reply) = call(
+        &state,
+        Request::get("/v1/nothing").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(reply["error"]["code"], "not_found");
 
-    let (status, _) = call(&state, Request::get("/v1/events").body(Body::empty()).unwrap()).await;
+    let (status, _) = call(
+        &state,
+        Request::get("/v1/events").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(produced_keys(&broker).is_empty());
 }
@@ -106,7 +129,10 @@ async fn readiness_follows_the_state() {
     let state = state(&broker, 1024);
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
     assert_eq!(call(&state, get("/healthz")).await.0, StatusCode::OK);
-    assert_eq!(call(&state, get("/readyz")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        call(&state, get("/readyz")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     state.set_ready();
     assert_eq!(call(&state, get("/readyz")).await.0, StatusCode::OK);
 }

@@ -13,12 +13,19 @@ use datafusion::prelude::SessionContext;
 
 /// A free loopback port (bound and released; a race is possible but rare on a test machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("binding port 0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Builds (if needed) and returns the `lambdaflow` binary of this workspace's debug profile.
@@ -28,19 +35,31 @@ pub fn lambdaflow_bin() -> PathBuf {
     // Cargo gives a test the package's own CARGO_* variables; passed on, build scripts that
     // watch them would rebuild half the dependency tree.
     for (key, _) in std::env::vars() {
-        if key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_MANIFEST_") || key.starts_with("CARGO_CRATE_")
-            || key.starts_with("CARGO_BIN_") || key == "CARGO_PRIMARY_PACKAGE" || key == "CARGO_TARGET_TMPDIR"
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_CRATE_")
+            || key.starts_with("CARGO_BIN_")
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "CARGO_TARGET_TMPDIR"
         {
             cargo.env_remove(key);
         }
     }
     let status = cargo
-        .args(["build", "--quiet", "-p", "lambdaflow-serving", "--bin", "lambdaflow"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "lambdaflow-serving",
+            "--bin",
+            "lambdaflow",
+        ])
         .current_dir(&root)
         .status()
         .expect("running cargo build");
     assert!(status.success(), "building the lambdaflow binary failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     target.join("debug").join("lambdaflow")
 }
 
@@ -65,7 +84,10 @@ impl Process {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Self { child: Some(child), name: name.to_owned() }
+        Self {
+            child: Some(child),
+            name: name.to_owned(),
+        }
     }
 
     /// SIGKILL, no chance to clean up.
@@ -78,7 +100,9 @@ impl Process {
 
     /// SIGTERM, then waits up to `deadline` for a clean exit; returns whether it exited 0.
     pub fn terminate(mut self, deadline: Duration) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
         let pid = child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let started = Instant::now();
@@ -95,7 +119,9 @@ impl Process {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 }
 
@@ -124,23 +150,41 @@ impl Tansu {
         let process = Process::start(
             "tansu",
             Command::new(tansu_bin())
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
                 .args(["--storage-engine", "memory://tansu/"]),
             log_dir,
         );
         let bootstrap = format!("127.0.0.1:{port}");
         let started = Instant::now();
         while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen on {bootstrap} within 30s");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tansu did not listen on {bootstrap} within 30s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self { bootstrap, _process: process }
+        Self {
+            bootstrap,
+            _process: process,
+        }
     }
 
     /// Creates a topic with `partitions` partitions.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
         let status = Command::new(tansu_bin())
-            .args(["topic", "create", topic, "--partitions", &partitions.to_string()])
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                &partitions.to_string(),
+            ])
             .args(["--broker", &format!("tcp://{}", self.bootstrap)])
             .stdout(Stdio::null())
             .status()
@@ -169,9 +213,19 @@ fn tansu_bin() -> PathBuf {
 pub async fn query_table(table_url: &url::Url, sql: &str) -> Option<Vec<RecordBatch>> {
     let table = deltalake::open_table(table_url.clone()).await.ok()?;
     let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state()).expect("registering the object store");
-    ctx.register_table("t", table.table_provider().await.expect("table provider")).expect("registering the table");
-    Some(ctx.sql(sql).await.expect("planning").collect().await.expect("running the query"))
+    table
+        .update_datafusion_session(&ctx.state())
+        .expect("registering the object store");
+    ctx.register_table("t", table.table_provider().await.expect("table provider"))
+        .expect("registering the table");
+    Some(
+        ctx.sql(sql)
+            .await
+            .expect("planning")
+            .collect()
+            .await
+            .expect("running the query"),
+    )
 }
 
 /// A scratch directory for one test, kept after the test when `LAMBDAFLOW_TEST_KEEP` is set

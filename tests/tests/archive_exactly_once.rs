@@ -52,10 +52,16 @@ fn wave(w: usize, rng: &mut StdRng, truth: &mut Truth) -> Vec<(String, Vec<u8>)>
     for i in 0..VALID_PER_WAVE {
         let id = format!("w{w}-e{i}");
         let late = rng.random_bool(0.15);
-        let time = if late { now - rng.random_range(HOUR_US..48 * HOUR_US) } else { now - rng.random_range(0..60_000_000) };
+        let time = if late {
+            now - rng.random_range(HOUR_US..48 * HOUR_US)
+        } else {
+            now - rng.random_range(0..60_000_000)
+        };
         let email = format!("secret-{w}-{i}@example.com");
         let payload = event(&id, time, &email, rng.random_range(1.0..500.0));
-        truth.raw.insert((id.clone(), format_date(date_of_micros(time))));
+        truth
+            .raw
+            .insert((id.clone(), format_date(date_of_micros(time))));
         truth.sent.push((id.clone(), payload.clone()));
         out.push((id, payload));
     }
@@ -67,7 +73,9 @@ fn wave(w: usize, rng: &mut StdRng, truth: &mut Truth) -> Vec<(String, Vec<u8>)>
         let id = format!("w{w}-e{i}");
         let time = now - 72 * HOUR_US;
         let email = format!("secret-again-{w}-{i}@example.com");
-        truth.raw.insert((id.clone(), format_date(date_of_micros(time))));
+        truth
+            .raw
+            .insert((id.clone(), format_date(date_of_micros(time))));
         out.push((id.clone(), event(&id, time, &email, 1.0)));
     }
     let leak = format!("leak-{w}@example.com");
@@ -99,30 +107,46 @@ async fn produce(producer: &FutureProducer, messages: &[(String, Vec<u8>)]) {
     let deliveries: Vec<_> = messages
         .iter()
         .map(|(key, payload)| {
-            producer.send_result(FutureRecord::to(TOPIC).key(key).payload(payload)).map_err(|(e, _)| e).expect("queueing a message")
+            producer
+                .send_result(FutureRecord::to(TOPIC).key(key).payload(payload))
+                .map_err(|(e, _)| e)
+                .expect("queueing a message")
         })
         .collect();
     for d in deliveries {
-        d.await.expect("delivery future").map_err(|(e, _)| e).expect("the broker acknowledged");
+        d.await
+            .expect("delivery future")
+            .map_err(|(e, _)| e)
+            .expect("the broker acknowledged");
     }
 }
 
 async fn raw_rows(lake: &url::Url) -> Vec<(String, String)> {
     let sql = "SELECT event_id, CAST(event_date AS VARCHAR) AS d FROM t";
-    let Some(batches) = query_table(&lake.join("raw/events/").unwrap(), sql).await else { return Vec::new() };
+    let Some(batches) = query_table(&lake.join("raw/events/").unwrap(), sql).await else {
+        return Vec::new();
+    };
     let mut rows = Vec::new();
     for b in &batches {
         let ids = cast(b.column(0), &DataType::Utf8).unwrap();
         let dates = cast(b.column(1), &DataType::Utf8).unwrap();
         for i in 0..b.num_rows() {
-            rows.push((ids.as_string::<i32>().value(i).to_owned(), dates.as_string::<i32>().value(i).to_owned()));
+            rows.push((
+                ids.as_string::<i32>().value(i).to_owned(),
+                dates.as_string::<i32>().value(i).to_owned(),
+            ));
         }
     }
     rows
 }
 
 async fn quarantine_reasons(lake: &url::Url) -> Vec<String> {
-    let Some(batches) = query_table(&lake.join("quarantine/events/").unwrap(), "SELECT reason FROM t").await else {
+    let Some(batches) = query_table(
+        &lake.join("quarantine/events/").unwrap(),
+        "SELECT reason FROM t",
+    )
+    .await
+    else {
         return Vec::new();
     };
     let mut reasons: Vec<String> = batches
@@ -136,8 +160,19 @@ async fn quarantine_reasons(lake: &url::Url) -> Vec<String> {
     reasons
 }
 
-fn start_archiver(bin: &std::path::Path, config: &std::path::Path, logs: &std::path::Path) -> Process {
-    Process::start("archive", Command::new(bin).args(["archive", "--config"]).arg(config).env("LAMBDAFLOW_LOG", "info"), logs)
+fn start_archiver(
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    logs: &std::path::Path,
+) -> Process {
+    Process::start(
+        "archive",
+        Command::new(bin)
+            .args(["archive", "--config"])
+            .arg(config)
+            .env("LAMBDAFLOW_LOG", "info"),
+        logs,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,8 +187,14 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
     let lake = url::Url::from_directory_path(&lake_dir).unwrap();
     let config = dir.path().join("lambdaflow.toml");
     let demo = lambdaflow_common::config::DEMO_CONFIG
-        .replace("brokers = \"embedded\"", &format!("brokers = \"{}\"", tansu.bootstrap))
-        .replace("uri = \"file:///tmp/lambdaflow/lake\"", &format!("uri = \"{lake}\""))
+        .replace(
+            "brokers = \"embedded\"",
+            &format!("brokers = \"{}\"", tansu.bootstrap),
+        )
+        .replace(
+            "uri = \"file:///tmp/lambdaflow/lake\"",
+            &format!("uri = \"{lake}\""),
+        )
         .replace("commit_interval = \"1s\"", "commit_interval = \"250ms\"")
         .replace("commit_max_events = 100000", "commit_max_events = 300")
         .replace("max_event_bytes = 65536", "max_event_bytes = 4096");
@@ -168,8 +209,14 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
         .set("linger.ms", "0")
         .create()
         .unwrap();
-    let seed: u64 = std::env::var("LAMBDAFLOW_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed {seed} (set LAMBDAFLOW_TEST_SEED to replay), logs in {}", logs.display());
+    let seed: u64 = std::env::var("LAMBDAFLOW_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!(
+        "seed {seed} (set LAMBDAFLOW_TEST_SEED to replay), logs in {}",
+        logs.display()
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     let mut truth = Truth::default();
 
@@ -192,7 +239,10 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
         let expected_q = truth.reasons.len();
         let started = Instant::now();
         loop {
-            let (r, q) = (raw_rows(&lake).await.len(), quarantine_reasons(&lake).await.len());
+            let (r, q) = (
+                raw_rows(&lake).await.len(),
+                quarantine_reasons(&lake).await.len(),
+            );
             if r >= expected_raw && q >= expected_q {
                 break;
             }
@@ -205,7 +255,10 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
         }
         println!("caught up at {:?}", test_started.elapsed());
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(archiver.terminate(Duration::from_secs(30)), "the archiver did not exit cleanly on SIGTERM");
+        assert!(
+            archiver.terminate(Duration::from_secs(30)),
+            "the archiver did not exit cleanly on SIGTERM"
+        );
     }
 
     let rows = raw_rows(&lake).await;
@@ -218,7 +271,10 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
     let stored: BTreeSet<(String, String)> = rows.into_iter().collect();
     let lost: Vec<_> = truth.raw.difference(&stored).take(5).collect();
     let extra: Vec<_> = stored.difference(&truth.raw).take(5).collect();
-    assert!(lost.is_empty() && extra.is_empty(), "lost {lost:?}, unexpected {extra:?}");
+    assert!(
+        lost.is_empty() && extra.is_empty(),
+        "lost {lost:?}, unexpected {extra:?}"
+    );
 
     let mut expected_reasons = truth.reasons.clone();
     expected_reasons.sort();
@@ -228,21 +284,43 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
     // it data, statistics or the log.
     for file in files_under(&lake_dir) {
         let bytes = std::fs::read(&file).unwrap();
-        assert!(!bytes.windows(12).any(|w| w == b"@example.com"), "a clear-text email in {}", file.display());
+        assert!(
+            !bytes.windows(12).any(|w| w == b"@example.com"),
+            "a clear-text email in {}",
+            file.display()
+        );
     }
-    let emails = query_table(&lake.join("raw/events/").unwrap(), "SELECT email FROM t").await.unwrap();
+    let emails = query_table(&lake.join("raw/events/").unwrap(), "SELECT email FROM t")
+        .await
+        .unwrap();
     for b in &emails {
         let c = cast(b.column(0), &DataType::Utf8).unwrap();
         for v in c.as_string::<i32>().iter().flatten() {
-            assert!(v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()), "unmasked email {v}");
+            assert!(
+                v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()),
+                "unmasked email {v}"
+            );
         }
     }
-    let raws = query_table(&lake.join("quarantine/events/").unwrap(), "SELECT raw FROM t").await.unwrap();
+    let raws = query_table(
+        &lake.join("quarantine/events/").unwrap(),
+        "SELECT raw FROM t",
+    )
+    .await
+    .unwrap();
     for b in &raws {
         let c = cast(b.column(0), &DataType::Binary).unwrap();
         for v in c.as_binary::<i32>().iter().flatten() {
-            assert!(!v.windows(12).any(|w| w == b"@example.com"), "clear email in quarantine: {}", String::from_utf8_lossy(v));
+            assert!(
+                !v.windows(12).any(|w| w == b"@example.com"),
+                "clear email in quarantine: {}",
+                String::from_utf8_lossy(v)
+            );
         }
     }
-    println!("{} unique events, {} rejects, {kills} SIGKILLs", truth.raw.len(), truth.reasons.len());
+    println!(
+        "{} unique events, {} rejects, {kills} SIGKILLs",
+        truth.raw.len(),
+        truth.reasons.len()
+    );
 }

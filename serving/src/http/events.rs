@@ -56,9 +56,14 @@ async fn collect(
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge { limit: state.config.serving.max_body_bytes }
+            ApiError::PayloadTooLarge {
+                limit: state.config.serving.max_body_bytes,
+            }
         } else {
-            ApiError::BadRequest { code: "bad_body", message: rejection.body_text() }
+            ApiError::BadRequest {
+                code: "bad_body",
+                message: rejection.body_text(),
+            }
         }
     })?;
     let events = split_events(&headers, &body)?;
@@ -69,14 +74,18 @@ async fn collect(
     for (index, event) in events.iter().enumerate() {
         match state.validator.check(Some(event), now) {
             Ok(checked) => {
-                let record = FutureRecord::to(topic).key(checked.id.as_ref()).payload(*event);
-                let delivery = state
-                    .producer
-                    .send_result(record)
-                    .map_err(|(e, _)| ApiError::Unavailable(format!("the broker did not take the events: {e}")))?;
+                let record = FutureRecord::to(topic)
+                    .key(checked.id.as_ref())
+                    .payload(*event);
+                let delivery = state.producer.send_result(record).map_err(|(e, _)| {
+                    ApiError::Unavailable(format!("the broker did not take the events: {e}"))
+                })?;
                 deliveries.push(delivery);
             }
-            Err(reason) => errors.push(EventError { index, reason: reason.to_string() }),
+            Err(reason) => errors.push(EventError {
+                index,
+                reason: reason.to_string(),
+            }),
         }
     }
     let accepted = deliveries.len();
@@ -89,11 +98,22 @@ async fn collect(
                     "the broker did not acknowledge every event ({e}); retry the request: repeated ids are not counted twice"
                 )));
             }
-            Err(_) => return Err(ApiError::Internal("the producer was dropped before delivery".into())),
+            Err(_) => {
+                return Err(ApiError::Internal(
+                    "the producer was dropped before delivery".into(),
+                ));
+            }
         }
     }
     let rejected = errors.len();
-    Ok((StatusCode::OK, Json(CollectReply { accepted, rejected, errors })))
+    Ok((
+        StatusCode::OK,
+        Json(CollectReply {
+            accepted,
+            rejected,
+            errors,
+        }),
+    ))
 }
 
 /// A JSON array (the body starts with `[`) gives its elements; anything else is NDJSON, one
@@ -105,12 +125,15 @@ fn split_events<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<Vec<&'a [u8]>
         .is_some_and(|ct| ct.contains("ndjson") || ct.contains("jsonlines"));
     let starts_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     if starts_array && !ndjson {
-        let text = std::str::from_utf8(body)
-            .map_err(|_| ApiError::BadRequest { code: "invalid_utf8", message: "the body is not UTF-8".into() })?;
-        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
-            code: "malformed_json",
-            message: format!("the body starts with `[` but is not a JSON array: {e}"),
+        let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest {
+            code: "invalid_utf8",
+            message: "the body is not UTF-8".into(),
         })?;
+        let items: Vec<&RawValue> =
+            serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
+                code: "malformed_json",
+                message: format!("the body starts with `[` but is not a JSON array: {e}"),
+            })?;
         return Ok(items.into_iter().map(|raw| raw.get().as_bytes()).collect());
     }
     Ok(body
@@ -127,8 +150,14 @@ mod tests {
     #[test]
     fn arrays_and_ndjson_split_into_events() {
         let h = HeaderMap::new();
-        assert_eq!(split_events(&h, b" [{\"a\":1}, 2 ,\"x\"]").unwrap(), vec![&b"{\"a\":1}"[..], b"2", b"\"x\""]);
-        assert_eq!(split_events(&h, b"{\"a\":1}\r\n\n  \n{\"b\":2}").unwrap(), vec![&b"{\"a\":1}"[..], b"{\"b\":2}"]);
+        assert_eq!(
+            split_events(&h, b" [{\"a\":1}, 2 ,\"x\"]").unwrap(),
+            vec![&b"{\"a\":1}"[..], b"2", b"\"x\""]
+        );
+        assert_eq!(
+            split_events(&h, b"{\"a\":1}\r\n\n  \n{\"b\":2}").unwrap(),
+            vec![&b"{\"a\":1}"[..], b"{\"b\":2}"]
+        );
         assert!(split_events(&h, b"[{\"a\":1}").is_err());
     }
 }

@@ -32,7 +32,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("topic", &self.config.kafka.topic).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("topic", &self.config.kafka.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,7 +42,12 @@ impl AppState {
     /// State for `config`, producing through `producer`; not ready until [`Self::set_ready`].
     pub fn new(config: Arc<Config>, producer: FutureProducer) -> Self {
         let validator = Arc::new(Validator::new(&config.source));
-        Self { config, validator, producer, ready: Arc::default() }
+        Self {
+            config,
+            validator,
+            producer,
+            ready: Arc::default(),
+        }
     }
 
     /// Marks the process ready for `/readyz`.
@@ -59,6 +66,12 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets requests in flight end.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }

@@ -1,5 +1,7 @@
 //! Harness for the end-to-end tests in `tests/`: a real tansu broker process, the real
-//! `lambdaflow` binary, and Delta tables read back through deltalake and DataFusion.
+//! `lambdaflow` binary (built by this package as `lambdaflow-e2e` from `serving/src/main.rs`,
+//! found through `CARGO_BIN_EXE_lambdaflow-e2e`), and Delta tables read back through deltalake
+//! and DataFusion.
 //!
 //! tansu must be on `PATH` (`.ci/run` installs it; see the README).
 
@@ -18,49 +20,6 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("local addr")
         .port()
-}
-
-/// The workspace root.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// Builds (if needed) and returns the `lambdaflow` binary of this workspace's debug profile.
-pub fn lambdaflow_bin() -> PathBuf {
-    let root = workspace_root();
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    // Cargo gives a test the package's own CARGO_* variables; passed on, build scripts that
-    // watch them would rebuild half the dependency tree.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || key.starts_with("CARGO_CRATE_")
-            || key.starts_with("CARGO_BIN_")
-            || key == "CARGO_PRIMARY_PACKAGE"
-            || key == "CARGO_TARGET_TMPDIR"
-        {
-            cargo.env_remove(key);
-        }
-    }
-    let status = cargo
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "lambdaflow-serving",
-            "--bin",
-            "lambdaflow",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building the lambdaflow binary failed");
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    target.join("debug").join("lambdaflow")
 }
 
 /// A child process killed when dropped, so a failing test leaves nothing behind.

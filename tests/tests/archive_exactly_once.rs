@@ -11,7 +11,7 @@ use arrow::array::{Array, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use lambdaflow_common::timestamp::{date_of_micros, format_date, format_micros, now_micros};
-use lambdaflow_tests::{Process, Tansu, files_under, lambdaflow_bin, query_table, scratch_dir};
+use lambdaflow_tests::{Process, Tansu, files_under, query_table, scratch_dir};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
@@ -177,7 +177,7 @@ fn start_archiver(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_survives_sigkill_with_exactly_once_results() {
-    let bin = lambdaflow_bin();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"));
     let dir = scratch_dir();
     let logs = dir.path();
     let test_started = Instant::now();
@@ -223,7 +223,7 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
     let mut kills = 0;
     for w in 0..WAVES {
         println!("wave {w} at {:?}", test_started.elapsed());
-        let archiver = start_archiver(&bin, &config, logs);
+        let archiver = start_archiver(bin, &config, logs);
         let messages = wave(w, &mut rng, &mut truth);
         let (first, second) = messages.split_at(messages.len() / 2);
         produce(&producer, first).await;

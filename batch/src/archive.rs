@@ -84,9 +84,10 @@ impl Archiver {
         let raw_schema = schema::raw_schema(&config.source);
         let raw = lake::open_or_create(&lake.raw(&config.source.name), &raw_schema, &[EVENT_DATE])
             .await?;
+        let quarantine_schema = schema::quarantine_schema();
         let quarantine = lake::open_or_create(
             &lake.quarantine(&config.source.name),
-            &schema::quarantine_schema(),
+            &quarantine_schema,
             &[INGEST_DATE],
         )
         .await?;
@@ -95,9 +96,14 @@ impl Archiver {
         let Some(partitions) = wait_for_partitions(&consumer, &topic, &shutdown).await? else {
             return Ok(());
         };
-        let mut raw = OffsetTable::load(raw, &topic, &partitions, EVENT_DATE).await?;
-        let mut quarantine =
-            OffsetTable::load(quarantine, &topic, &partitions, INGEST_DATE).await?;
+        let mut raw = OffsetTable::load(raw, (raw_schema, EVENT_DATE), &topic, &partitions).await?;
+        let mut quarantine = OffsetTable::load(
+            quarantine,
+            (quarantine_schema, INGEST_DATE),
+            &topic,
+            &partitions,
+        )
+        .await?;
 
         let mut assignment = TopicPartitionList::new();
         for &p in &partitions {
@@ -140,7 +146,9 @@ impl Archiver {
         let mut seen = SeenIds::new(config.archive.dedup_max_dates);
         let id_field = config.source.id_field.clone();
         let mut outcome = Ok(());
+        let mut read = BTreeMap::new();
         while let Some(chunk) = rx.recv().await {
+            read.extend(&chunk.upto);
             if let Err(error) = self
                 .write(chunk, &mut raw, &mut quarantine, &mut seen, &id_field)
                 .await
@@ -149,6 +157,9 @@ impl Archiver {
                 shutdown.cancel();
                 break;
             }
+        }
+        if outcome.is_ok() {
+            outcome = seal(&mut raw, &mut quarantine, &read).await;
         }
         drop(rx);
         reader.await.map_err(|e| Error::Task {
@@ -195,6 +206,17 @@ impl Archiver {
         );
         Ok(())
     }
+}
+
+/// On a clean stop, records every offset read in both tables, so that the next start re-reads
+/// nothing.
+async fn seal(
+    raw: &mut OffsetTable,
+    quarantine: &mut OffsetTable,
+    read: &BTreeMap<i32, i64>,
+) -> Result<()> {
+    raw.seal(read).await?;
+    quarantine.seal(read).await
 }
 
 fn raw_offsets(table: &OffsetTable, partitions: &[i32]) -> BTreeMap<i32, i64> {

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
@@ -26,6 +27,7 @@ pub struct OffsetTable {
     table: DeltaTable,
     topic: String,
     partition_by: &'static str,
+    schema: SchemaRef,
     offsets: BTreeMap<i32, i64>,
 }
 
@@ -35,17 +37,19 @@ pub fn app_id(topic: &str, partition: i32) -> String {
 }
 
 impl OffsetTable {
-    /// Wraps `table` and reads the offsets it holds for `partitions` of `topic`.
+    /// Wraps `table` (of `schema`, partitioned by `partition_by`) and reads the offsets it
+    /// holds for `partitions` of `topic`.
     pub async fn load(
         table: DeltaTable,
+        (schema, partition_by): (SchemaRef, &'static str),
         topic: &str,
         partitions: &[i32],
-        partition_by: &'static str,
     ) -> Result<Self> {
         let mut this = Self {
             table,
             topic: topic.to_owned(),
             partition_by,
+            schema,
             offsets: BTreeMap::new(),
         };
         this.offsets = this.read_offsets(partitions).await?;
@@ -88,13 +92,28 @@ impl OffsetTable {
 
     /// Appends `batch`, recording `upto` (partition → last offset covered) in the same commit.
     /// Partitions whose offset the table already holds are left out of the `txn` actions.
+    /// An empty batch is not committed: re-reading its messages after a crash is harmless.
     pub async fn append(&mut self, batch: RecordBatch, upto: &BTreeMap<i32, i64>) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.commit(batch, upto).await
+    }
+
+    /// Records `upto` with no rows, so that a restart after a clean stop resumes after every
+    /// message read, including those that gave this table nothing.
+    pub async fn seal(&mut self, upto: &BTreeMap<i32, i64>) -> Result<()> {
+        let empty = RecordBatch::new_empty(self.schema.clone());
+        self.commit(empty, upto).await
+    }
+
+    async fn commit(&mut self, batch: RecordBatch, upto: &BTreeMap<i32, i64>) -> Result<()> {
         let advancing: BTreeMap<i32, i64> = upto
             .iter()
             .filter(|(p, o)| self.offset(**p).is_none_or(|held| **o > held))
             .map(|(p, o)| (*p, *o))
             .collect();
-        if batch.num_rows() == 0 || advancing.is_empty() {
+        if advancing.is_empty() {
             return Ok(());
         }
         let partitions: Vec<i32> = advancing.keys().copied().collect();

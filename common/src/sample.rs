@@ -80,6 +80,11 @@ impl ShopGenerator {
         }
     }
 
+    /// Changes the mix from the next message on.
+    pub fn set_mix(&mut self, mix: Mix) {
+        self.mix = mix;
+    }
+
     /// The next message, as of wall-clock time `now_us`.
     pub fn next_event(&mut self, now_us: i64) -> Sample {
         let roll: f64 = self.rng.random();

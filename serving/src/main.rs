@@ -97,7 +97,7 @@ impl ConfigArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAMBDAFLOW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,deltalake_core::writer::stats=error,lambdaflow=info,lambdaflow_serving=info,lambdaflow_batch=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,buoyant_kernel=off,deltalake_core::writer::stats=error,lambdaflow=info,lambdaflow_serving=info,lambdaflow_batch=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<()> {
     let token = CancellationToken::new();
-    shutdown::cancel_on_signal(token.clone());
+    let _signals = shutdown::cancel_on_signal(token.clone());
     match command {
         Command::Demo {
             data_dir,

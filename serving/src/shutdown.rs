@@ -1,9 +1,12 @@
 //! SIGINT (Ctrl-C) and SIGTERM cancel one token that every task watches.
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
-/// Cancels `token` on the first SIGINT or SIGTERM; a second signal exits at once.
-pub fn cancel_on_signal(token: CancellationToken) {
+/// Cancels `token` on the first SIGINT or SIGTERM; a second signal exits at once. The watcher
+/// stops when the returned handle is dropped.
+#[must_use = "the watcher stops when the handle is dropped"]
+pub fn cancel_on_signal(token: CancellationToken) -> AbortOnDropHandle<()> {
     let watcher = async move {
         wait_for_signal().await;
         tracing::info!("shutting down: finishing in-flight work (signal again to exit now)");
@@ -12,8 +15,7 @@ pub fn cancel_on_signal(token: CancellationToken) {
         tracing::warn!("second signal: exiting without draining");
         std::process::exit(130);
     };
-    // The watcher lives as long as the runtime; it owns nothing that needs draining.
-    drop(tokio::spawn(watcher));
+    AbortOnDropHandle::new(tokio::spawn(watcher))
 }
 
 async fn wait_for_signal() {

@@ -147,8 +147,10 @@ impl Archiver {
         let id_field = config.source.id_field.clone();
         let mut outcome = Ok(());
         let mut read = BTreeMap::new();
+        let mut report = Report::new();
         while let Some(chunk) = rx.recv().await {
             read.extend(&chunk.upto);
+            report.maybe_log(&self.stats, &read);
             if let Err(error) = self
                 .write(chunk, &mut raw, &mut quarantine, &mut seen, &id_field)
                 .await
@@ -205,6 +207,44 @@ impl Archiver {
             "chunk archived"
         );
         Ok(())
+    }
+}
+
+/// A progress line every [`Report::EVERY`], so that an operator sees the archiver move.
+struct Report {
+    since: Instant,
+    consumed: u64,
+}
+
+impl Report {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            consumed: 0,
+        }
+    }
+
+    fn maybe_log(&mut self, stats: &ArchiveStats, read: &BTreeMap<i32, i64>) {
+        let elapsed = self.since.elapsed();
+        if elapsed < Self::EVERY {
+            return;
+        }
+        let consumed = stats.consumed.load(Ordering::Relaxed);
+        tracing::info!(
+            rate = format!("{:.0}/s", (consumed - self.consumed) as f64 / elapsed.as_secs_f64()),
+            consumed,
+            archived = stats.archived.load(Ordering::Relaxed),
+            duplicates = stats.duplicates.load(Ordering::Relaxed),
+            quarantined = stats.quarantined.load(Ordering::Relaxed),
+            offsets = ?read,
+            "archiving"
+        );
+        *self = Self {
+            since: Instant::now(),
+            consumed,
+        };
     }
 }
 

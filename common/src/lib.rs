@@ -7,6 +7,7 @@
 //! - [`validate`]: message bytes in, a record batch of clean events and a batch of rejects out.
 //! - [`reason`]: the reason codes an invalid event is quarantined with.
 //! - [`mask`]: SHA-256 masking, also of quarantined payloads.
+//! - [`sketch`]: the HyperLogLog sketch of `approx_distinct`, byte-identical across layers.
 //! - [`timestamp`]: event-time parsing and UTC date arithmetic.
 //! - [`dedup`]: which events are duplicates of ones already kept.
 //! - [`sample`]: synthetic shop events for the demo, `gen`, benchmarks and tests.
@@ -21,6 +22,7 @@ pub mod mask;
 pub mod reason;
 pub mod sample;
 pub mod schema;
+pub mod sketch;
 pub mod timestamp;
 pub mod validate;
 

@@ -129,7 +129,7 @@ impl Archiver {
                 context: format!("assigning {topic}"),
                 source,
             })?;
-        tracing::info!(%topic, partitions = partitions.len(), raw_offsets = ?raw_offsets(&raw, &partitions), "archiver resuming");
+        tracing::info!(%topic, partitions = partitions.len(), raw_offsets = ?raw.offsets(), "archiver resuming");
 
         let (tx, mut rx) = mpsc::channel::<Chunk>(2);
         let validator = Validator::new(&config.source);
@@ -259,13 +259,6 @@ async fn seal(
     quarantine.seal(read).await
 }
 
-fn raw_offsets(table: &OffsetTable, partitions: &[i32]) -> BTreeMap<i32, i64> {
-    partitions
-        .iter()
-        .filter_map(|p| table.offset(*p).map(|o| (*p, o)))
-        .collect()
-}
-
 fn consumer(brokers: &str, group_id: &str) -> Result<BaseConsumer> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -384,13 +377,6 @@ fn not_yet_held(
         .column_by_name(offset_col)
         .expect("offset column")
         .as_primitive::<Int64Type>();
-    if (0..batch.num_rows()).all(|i| {
-        table
-            .offset(partitions.value(i))
-            .is_none_or(|held| offsets.value(i) > held)
-    }) {
-        return batch.clone();
-    }
     let keep: BooleanArray = (0..batch.num_rows())
         .map(|i| {
             Some(
@@ -400,6 +386,9 @@ fn not_yet_held(
             )
         })
         .collect();
+    if keep.true_count() == batch.num_rows() {
+        return batch.clone();
+    }
     filter_record_batch(batch, &keep).expect("mask matches the batch")
 }
 

@@ -61,6 +61,11 @@ impl OffsetTable {
         self.offsets.get(&partition).copied()
     }
 
+    /// Every partition's last offset this table holds.
+    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.offsets
+    }
+
     /// The table, at the version of its last commit.
     pub fn table(&self) -> &DeltaTable {
         &self.table

@@ -28,6 +28,9 @@ pub struct OffsetTable {
     topic: String,
     partition_by: &'static str,
     schema: SchemaRef,
+    /// Every partition of the topic; each gets a `txn` in the first commit (`-1` while nothing
+    /// was read), so that readers find the partitions by probing 0, 1, … until one is missing.
+    partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
 }
 
@@ -50,6 +53,7 @@ impl OffsetTable {
             topic: topic.to_owned(),
             partition_by,
             schema,
+            partitions: partitions.to_vec(),
             offsets: BTreeMap::new(),
         };
         this.offsets = this.read_offsets(partitions).await?;
@@ -113,13 +117,18 @@ impl OffsetTable {
     }
 
     async fn commit(&mut self, batch: RecordBatch, upto: &BTreeMap<i32, i64>) -> Result<()> {
-        let advancing: BTreeMap<i32, i64> = upto
+        let mut advancing: BTreeMap<i32, i64> = upto
             .iter()
             .filter(|(p, o)| self.offset(**p).is_none_or(|held| **o > held))
             .map(|(p, o)| (*p, *o))
             .collect();
         if advancing.is_empty() {
             return Ok(());
+        }
+        for p in &self.partitions {
+            if self.offset(*p).is_none() {
+                advancing.entry(*p).or_insert(-1);
+            }
         }
         let partitions: Vec<i32> = advancing.keys().copied().collect();
         self.refresh().await?;

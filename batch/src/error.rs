@@ -64,6 +64,31 @@ pub enum Error {
         #[source]
         source: deltalake::DeltaTableError,
     },
+    /// A table holds something lambdaflow cannot read back.
+    #[error("delta table {table}: {message}")]
+    Corrupt {
+        /// The table's URL.
+        table: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The platform's own files under `<lake>/_lambdaflow/` could not be read or written.
+    #[error("{context}: {source}")]
+    Store {
+        /// What was being done.
+        context: String,
+        /// What the object store said.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Another batch run holds the lock.
+    #[error("batch run {running} is in progress (since {since}); runs never overlap")]
+    RunInProgress {
+        /// The id of the run holding the lock.
+        running: String,
+        /// When it took the lock.
+        since: String,
+    },
     /// A background task panicked or was cancelled.
     #[error("{task} task failed: {message}")]
     Task {

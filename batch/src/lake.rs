@@ -16,7 +16,11 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+/// The directory of the platform's own files under the lake root.
+const PLATFORM: &str = "_lambdaflow";
+
 /// The lake root, always ending in `/` so that table paths join under it.
+
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: Url,
@@ -45,7 +49,7 @@ impl Lake {
             let path = root
                 .to_file_path()
                 .map_err(|()| err("not a local path".into()))?;
-            std::fs::create_dir_all(&path)
+            std::fs::create_dir_all(path.join(PLATFORM))
                 .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
         }
         Ok(Self { root })
@@ -69,6 +73,11 @@ impl Lake {
     /// `<lake>/views/<view>/`
     pub fn view(&self, view: &str) -> Url {
         self.join(&format!("views/{view}/"))
+    }
+
+    /// `<lake>/_lambdaflow/`: batch run history and the run lock.
+    pub fn platform(&self) -> Url {
+        self.join(&format!("{PLATFORM}/"))
     }
 
     fn join(&self, relative: &str) -> Url {

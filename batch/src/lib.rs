@@ -5,6 +5,10 @@
 //! - [`archive`]: the archiver — Kafka → validated, deduplicated, masked events in the raw
 //!   table and refused ones in the quarantine table, exactly once.
 //! - [`commit`]: idempotent Delta appends keyed by Kafka offsets (`txn` actions).
+//! - [`run`]: a batch run — every view brought up to the raw table's version and published
+//!   with its watermark; [`recompute`] is a view as a DataFusion plan, [`sketch_udf`] the
+//!   HyperLogLog functions it uses, [`watermark`] reads what a table covers and what changed.
+//! - [`history`]: run records and the run lock under `<lake>/_lambdaflow/`.
 //!
 //! Data flow: Kafka messages → [`lambdaflow_common::validate`] → dedup against the raw table's
 //! ids ([`lambdaflow_common::dedup`]) → one Delta commit per table per chunk, each carrying, per
@@ -15,6 +19,11 @@
 pub mod archive;
 pub mod commit;
 pub mod error;
+pub mod history;
 pub mod lake;
+pub mod recompute;
+pub mod run;
+pub mod sketch_udf;
+pub mod watermark;
 
 pub use error::{Error, Result};

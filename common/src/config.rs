@@ -6,12 +6,14 @@
 //! back to a default.
 
 use std::collections::HashSet;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::schema::RESERVED_COLUMNS;
+use crate::view::{ViewLayout, parse_filter};
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "LAMBDAFLOW_";
@@ -100,6 +102,13 @@ pub struct BatchConfig {
     /// Cron expression with seconds, in UTC.
     #[serde(default = "default_schedule")]
     pub schedule: String,
+}
+
+impl BatchConfig {
+    /// The parsed schedule; [`Config::check`] has made sure it parses.
+    pub fn cron(&self) -> cron::Schedule {
+        cron::Schedule::from_str(&self.schedule).expect("checked when the config was loaded")
+    }
 }
 
 impl Default for BatchConfig {
@@ -425,6 +434,15 @@ impl Config {
                 );
             }
         }
+        if let Err(e) = cron::Schedule::from_str(&self.batch.schedule) {
+            return invalid(
+                "batch.schedule".into(),
+                format!(
+                    "`{}` is not a cron expression with seconds (e.g. \"0 0 2 * * *\"): {e}",
+                    self.batch.schedule
+                ),
+            );
+        }
         let mut view_names = HashSet::new();
         for view in &self.views {
             let key = format!("views.{}", view.name);
@@ -449,6 +467,16 @@ impl Config {
                 }
                 check_measure(&self.source, m)
                     .map_err(|message| Error::Invalid { key, message })?;
+            }
+            ViewLayout::new(&self.source, view).map_err(|message| Error::Invalid {
+                key: key.clone(),
+                message,
+            })?;
+            if let Some(filter) = &view.filter {
+                parse_filter(&self.source, filter).map_err(|message| Error::Invalid {
+                    key: format!("{key}.filter"),
+                    message,
+                })?;
             }
         }
         Ok(())

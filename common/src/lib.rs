@@ -10,6 +10,8 @@
 //! - [`sketch`]: the HyperLogLog sketch of `approx_distinct`, byte-identical across layers.
 //! - [`timestamp`]: event-time parsing and UTC date arithmetic.
 //! - [`dedup`]: which events are duplicates of ones already kept.
+//! - [`view`]: a view's table layout (state and value columns) and its parsed filter.
+//! - [`watermark`]: the Kafka offsets a batch view covers; where the speed layer starts.
 //! - [`sample`]: synthetic shop events for the demo, `gen`, benchmarks and tests.
 //!
 //! Data flows one way: bytes → [`validate::Validator`] → [`validate::Validated`] →
@@ -25,5 +27,7 @@ pub mod schema;
 pub mod sketch;
 pub mod timestamp;
 pub mod validate;
+pub mod view;
+pub mod watermark;
 
 pub use error::{Error, Result};

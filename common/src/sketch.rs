@@ -17,6 +17,10 @@
 
 use std::fmt;
 
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{
+    DataType, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Bits of the hash that pick a register.
@@ -26,11 +30,25 @@ const REGISTERS: usize = 1 << PRECISION;
 const MAX_RANK: u8 = (64 - PRECISION + 1) as u8;
 const SPARSE: u8 = 1;
 const DENSE: u8 = 2;
+/// A sketch is sparse, in memory and in bytes, while fewer than a third of its registers are
+/// set: the form is a function of the registers, so equal sketches compare and encode equal.
+const SPARSE_MAX: usize = REGISTERS.div_ceil(3);
 
 /// A HyperLogLog sketch with [`PRECISION`] bits of register index.
+///
+/// Small sketches (one per bucket and dimension values, most of them holding a handful of
+/// values) keep only their set registers; a sketch turns dense once that stops saving memory.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sketch {
-    registers: Box<[u8]>,
+    registers: Registers,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Registers {
+    /// Set registers as `index << 8 | rank`, sorted by index.
+    Sparse(Vec<u32>),
+    /// Every register.
+    Dense(Box<[u8]>),
 }
 
 impl fmt::Debug for Sketch {
@@ -47,47 +65,43 @@ impl Default for Sketch {
     }
 }
 
-/// Why bytes could not be read as a sketch.
+/// Why bytes could not be read as a sketch, or values not hashed into one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SketchError {
     /// The bytes do not follow the encoding of [`Sketch::to_bytes`].
     #[error("not a lambdaflow HyperLogLog sketch: {0}")]
     Malformed(&'static str),
+    /// `approx_distinct` has no hash for values of this type.
+    #[error("approx_distinct cannot hash values of type {0}")]
+    Unsupported(DataType),
 }
 
 impl Sketch {
     /// An empty sketch.
     pub fn new() -> Self {
         Self {
-            registers: vec![0; REGISTERS].into_boxed_slice(),
+            registers: Registers::Sparse(Vec::new()),
         }
     }
 
     /// Adds a string value.
     pub fn insert_str(&mut self, value: &str) {
-        self.insert_hash(xxh3_64(value.as_bytes()));
+        self.insert_hash(hash_str(value));
     }
 
-    /// Adds an integer value.
+    /// Adds an integer value (also timestamps, as epoch microseconds).
     pub fn insert_i64(&mut self, value: i64) {
-        self.insert_hash(xxh3_64(&value.to_le_bytes()));
+        self.insert_hash(hash_i64(value));
     }
 
     /// Adds a float value; `-0.0` counts as `0.0` and all NaNs as one value.
     pub fn insert_f64(&mut self, value: f64) {
-        let canonical = if value == 0.0 {
-            0.0f64
-        } else if value.is_nan() {
-            f64::NAN
-        } else {
-            value
-        };
-        self.insert_hash(xxh3_64(&canonical.to_bits().to_le_bytes()));
+        self.insert_hash(hash_f64(value));
     }
 
     /// Adds a boolean value.
     pub fn insert_bool(&mut self, value: bool) {
-        self.insert_hash(xxh3_64(&[u8::from(value)]));
+        self.insert_hash(hash_bool(value));
     }
 
     /// Adds a value by its 64-bit hash.
@@ -95,30 +109,96 @@ impl Sketch {
         let index = (hash >> (64 - PRECISION)) as usize;
         let rest = (hash << PRECISION) | (1 << (PRECISION - 1));
         let rank = rest.leading_zeros() as u8 + 1;
-        let register = &mut self.registers[index];
-        if rank > *register {
-            *register = rank;
+        self.set(index, rank);
+    }
+
+    fn set(&mut self, index: usize, rank: u8) {
+        match &mut self.registers {
+            Registers::Dense(registers) => {
+                let register = &mut registers[index];
+                *register = (*register).max(rank);
+            }
+            Registers::Sparse(entries) => {
+                match entries.binary_search_by_key(&(index as u32), |e| e >> 8) {
+                    Ok(at) => {
+                        if rank > entries[at] as u8 {
+                            entries[at] = (index as u32) << 8 | u32::from(rank);
+                        }
+                    }
+                    Err(at) => {
+                        entries.insert(at, (index as u32) << 8 | u32::from(rank));
+                        if entries.len() >= SPARSE_MAX {
+                            self.densify();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn densify(&mut self) {
+        if let Registers::Sparse(entries) = &self.registers {
+            let mut dense = vec![0u8; REGISTERS].into_boxed_slice();
+            for e in entries {
+                dense[(e >> 8) as usize] = *e as u8;
+            }
+            self.registers = Registers::Dense(dense);
         }
     }
 
     /// Folds `other` in: the result is the sketch of the union of both inputs.
     pub fn merge(&mut self, other: &Sketch) {
-        for (mine, theirs) in self.registers.iter_mut().zip(other.registers.iter()) {
-            *mine = (*mine).max(*theirs);
+        match (&mut self.registers, &other.registers) {
+            (Registers::Dense(mine), Registers::Dense(theirs)) => {
+                for (m, t) in mine.iter_mut().zip(theirs.iter()) {
+                    *m = (*m).max(*t);
+                }
+            }
+            (_, Registers::Sparse(theirs)) => {
+                for e in theirs {
+                    self.set((e >> 8) as usize, *e as u8);
+                }
+            }
+            (Registers::Sparse(_), Registers::Dense(_)) => {
+                let mut merged = other.clone();
+                merged.merge(self);
+                *self = merged;
+            }
         }
     }
 
     /// Whether nothing was inserted.
     pub fn is_empty(&self) -> bool {
-        self.registers.iter().all(|r| *r == 0)
+        match &self.registers {
+            Registers::Sparse(entries) => entries.is_empty(),
+            Registers::Dense(registers) => registers.iter().all(|r| *r == 0),
+        }
+    }
+
+    /// Bytes held in memory, for state size reports.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.registers {
+            Registers::Sparse(entries) => entries.capacity() * 4,
+            Registers::Dense(_) => REGISTERS,
+        }
     }
 
     /// The estimated number of distinct values inserted.
     pub fn estimate(&self) -> u64 {
         let m = REGISTERS as f64;
         let mut counts = [0u32; MAX_RANK as usize + 1];
-        for r in self.registers.iter() {
-            counts[*r as usize] += 1;
+        match &self.registers {
+            Registers::Sparse(entries) => {
+                counts[0] = (REGISTERS - entries.len()) as u32;
+                for e in entries {
+                    counts[(*e as u8) as usize] += 1;
+                }
+            }
+            Registers::Dense(registers) => {
+                for r in registers.iter() {
+                    counts[*r as usize] += 1;
+                }
+            }
         }
         let q = usize::from(MAX_RANK) - 1;
         let mut z = m * tau(1.0 - f64::from(counts[q + 1]) / m);
@@ -132,53 +212,148 @@ impl Sketch {
 
     /// The canonical encoding: equal register states give equal bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let used = self.registers.iter().filter(|r| **r != 0).count();
-        if used * 3 < REGISTERS {
-            let mut out = Vec::with_capacity(1 + used * 3);
-            out.push(SPARSE);
-            for (i, r) in self.registers.iter().enumerate().filter(|(_, r)| **r != 0) {
-                out.extend_from_slice(&(i as u16).to_le_bytes());
-                out.push(*r);
+        let mut out = Vec::new();
+        self.write_bytes(&mut out);
+        out
+    }
+
+    /// Appends [`Self::to_bytes`] to `out`, for building binary columns without a copy.
+    pub fn write_bytes(&self, out: &mut Vec<u8>) {
+        match &self.registers {
+            Registers::Sparse(entries) => {
+                out.reserve(1 + entries.len() * 3);
+                out.push(SPARSE);
+                for e in entries {
+                    out.extend_from_slice(&((e >> 8) as u16).to_le_bytes());
+                    out.push(*e as u8);
+                }
             }
-            out
-        } else {
-            let mut out = Vec::with_capacity(1 + REGISTERS);
-            out.push(DENSE);
-            out.extend_from_slice(&self.registers);
-            out
+            Registers::Dense(registers) => {
+                out.reserve(1 + REGISTERS);
+                out.push(DENSE);
+                out.extend_from_slice(registers);
+            }
         }
     }
 
     /// Reads [`Self::to_bytes`] back.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SketchError> {
         let (kind, body) = bytes.split_first().ok_or(SketchError::Malformed("empty"))?;
-        let mut sketch = Self::new();
         match *kind {
-            SPARSE if body.len() % 3 == 0 => {
-                let mut last = None;
+            SPARSE if body.len() % 3 == 0 && body.len() / 3 < SPARSE_MAX => {
+                let mut entries = Vec::with_capacity(body.len() / 3);
                 for entry in body.chunks_exact(3) {
-                    let index = usize::from(u16::from_le_bytes([entry[0], entry[1]]));
-                    if index >= REGISTERS || last.is_some_and(|l| l >= index) {
+                    let index = u32::from(u16::from_le_bytes([entry[0], entry[1]]));
+                    if index as usize >= REGISTERS
+                        || entries.last().is_some_and(|l: &u32| l >> 8 >= index)
+                    {
                         return Err(SketchError::Malformed("sparse indexes out of order"));
                     }
                     if entry[2] == 0 || entry[2] > MAX_RANK {
                         return Err(SketchError::Malformed("register out of range"));
                     }
-                    sketch.registers[index] = entry[2];
-                    last = Some(index);
+                    entries.push(index << 8 | u32::from(entry[2]));
                 }
+                Ok(Self {
+                    registers: Registers::Sparse(entries),
+                })
             }
             DENSE if body.len() == REGISTERS => {
                 if body.iter().any(|r| *r > MAX_RANK) {
                     return Err(SketchError::Malformed("register out of range"));
                 }
-                sketch.registers.copy_from_slice(body);
+                if body.iter().filter(|r| **r != 0).count() < SPARSE_MAX {
+                    return Err(SketchError::Malformed("dense encoding of a sparse sketch"));
+                }
+                Ok(Self {
+                    registers: Registers::Dense(body.into()),
+                })
             }
-            SPARSE | DENSE => return Err(SketchError::Malformed("wrong length")),
-            _ => return Err(SketchError::Malformed("unknown version")),
+            SPARSE | DENSE => Err(SketchError::Malformed("wrong length")),
+            _ => Err(SketchError::Malformed("unknown version")),
         }
-        Ok(sketch)
     }
+}
+
+fn hash_str(value: &str) -> u64 {
+    xxh3_64(value.as_bytes())
+}
+
+fn hash_i64(value: i64) -> u64 {
+    xxh3_64(&value.to_le_bytes())
+}
+
+fn hash_f64(value: f64) -> u64 {
+    let canonical = if value == 0.0 {
+        0.0f64
+    } else if value.is_nan() {
+        f64::NAN
+    } else {
+        value
+    };
+    xxh3_64(&canonical.to_bits().to_le_bytes())
+}
+
+fn hash_bool(value: bool) -> u64 {
+    xxh3_64(&[u8::from(value)])
+}
+
+/// Calls `each(row, hash)` for every non-null value of `array`, hashed exactly as the
+/// `insert_*` methods do. Both layers hash columns through this one function.
+pub fn for_each_hash(
+    array: &dyn Array,
+    mut each: impl FnMut(usize, u64),
+) -> Result<(), SketchError> {
+    fn rows<T>(
+        array: &dyn Array,
+        value: impl Fn(usize) -> T,
+        hash: impl Fn(T) -> u64,
+        each: &mut impl FnMut(usize, u64),
+    ) {
+        if array.null_count() == 0 {
+            (0..array.len()).for_each(|i| each(i, hash(value(i))));
+        } else {
+            (0..array.len())
+                .filter(|i| array.is_valid(*i))
+                .for_each(|i| each(i, hash(value(i))));
+        }
+    }
+    match array.data_type() {
+        DataType::Utf8 => {
+            let a = array.as_string::<i32>();
+            rows(array, |i| a.value(i), hash_str, &mut each);
+        }
+        DataType::LargeUtf8 => {
+            let a = array.as_string::<i64>();
+            rows(array, |i| a.value(i), hash_str, &mut each);
+        }
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            rows(array, |i| a.value(i), hash_str, &mut each);
+        }
+        DataType::Int64 => {
+            let a = array.as_primitive::<Int64Type>();
+            rows(array, |i| a.value(i), hash_i64, &mut each);
+        }
+        DataType::Int32 => {
+            let a = array.as_primitive::<Int32Type>();
+            rows(array, |i| i64::from(a.value(i)), hash_i64, &mut each);
+        }
+        DataType::Float64 => {
+            let a = array.as_primitive::<Float64Type>();
+            rows(array, |i| a.value(i), hash_f64, &mut each);
+        }
+        DataType::Boolean => {
+            let a = array.as_boolean();
+            rows(array, |i| a.value(i), hash_bool, &mut each);
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            let a = array.as_primitive::<TimestampMicrosecondType>();
+            rows(array, |i| a.value(i), hash_i64, &mut each);
+        }
+        other => return Err(SketchError::Unsupported(other.clone())),
+    }
+    Ok(())
 }
 
 fn sigma(mut x: f64) -> f64 {
@@ -250,10 +425,71 @@ mod tests {
         }
         assert_eq!(of(0..10).to_bytes()[0], SPARSE);
         assert_eq!(of(0..100_000).to_bytes().len(), 1 + REGISTERS);
+        assert!(of(0..10).heap_bytes() < 100);
+    }
+
+    #[test]
+    fn array_hashes_equal_the_scalar_inserts() {
+        use std::sync::Arc;
+
+        use arrow::array::{
+            ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, StringViewArray,
+        };
+
+        let arrays: Vec<(ArrayRef, Sketch)> = vec![
+            (
+                Arc::new(StringArray::from(vec![Some("a"), None, Some("b")])),
+                {
+                    let mut s = Sketch::new();
+                    s.insert_str("a");
+                    s.insert_str("b");
+                    s
+                },
+            ),
+            (
+                Arc::new(StringViewArray::from(vec![Some("a"), Some("b"), None])),
+                {
+                    let mut s = Sketch::new();
+                    s.insert_str("a");
+                    s.insert_str("b");
+                    s
+                },
+            ),
+            (Arc::new(Int64Array::from(vec![Some(7), None])), {
+                let mut s = Sketch::new();
+                s.insert_i64(7);
+                s
+            }),
+            (Arc::new(Float64Array::from(vec![Some(-0.0), Some(1.5)])), {
+                let mut s = Sketch::new();
+                s.insert_f64(0.0);
+                s.insert_f64(1.5);
+                s
+            }),
+            (Arc::new(BooleanArray::from(vec![true, false])), {
+                let mut s = Sketch::new();
+                s.insert_bool(false);
+                s.insert_bool(true);
+                s
+            }),
+        ];
+        for (array, expected) in arrays {
+            let mut got = Sketch::new();
+            for_each_hash(array.as_ref(), |_, h| got.insert_hash(h)).unwrap();
+            assert_eq!(
+                got.to_bytes(),
+                expected.to_bytes(),
+                "{:?}",
+                array.data_type()
+            );
+        }
+        let dates = arrow::array::Date32Array::from(vec![1]);
+        assert!(for_each_hash(&dates, |_, _| ()).is_err());
     }
 
     #[test]
     fn malformed_bytes_are_refused() {
+        let dense_but_empty = [[DENSE].as_slice(), &[0u8; REGISTERS]].concat();
         for bytes in [
             &[][..],
             &[9],
@@ -261,6 +497,7 @@ mod tests {
             &[SPARSE, 0, 0, 0],
             &[SPARSE, 5, 0, 1, 4, 0, 1],
             &[DENSE, 1],
+            &dense_but_empty,
         ] {
             assert!(Sketch::from_bytes(bytes).is_err(), "{bytes:?}");
         }
@@ -281,6 +518,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn sparse_and_dense_sketches_merge_to_the_whole(big in 5_000u64..20_000, small in 0u64..3_000) {
+            let whole = of(0..big + small);
+            let mut a = of(0..small);
+            a.merge(&of(small..small + big));
+            let mut b = of(small..small + big);
+            b.merge(&of(0..small));
+            prop_assert_eq!(a.to_bytes(), whole.to_bytes());
+            prop_assert_eq!(&b, &whole);
+        }
+
         #[test]
         fn merging_any_split_gives_the_bytes_of_the_whole(values in proptest::collection::vec(0u32..5_000, 0..400), cut in 0usize..400) {
             let cut = cut.min(values.len());

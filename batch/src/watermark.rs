@@ -1,0 +1,154 @@
+//! Reading watermarks and what changed since one, from the Delta logs themselves.
+//!
+//! - The raw table's watermark at a version is the archiver's `txn` actions at that version
+//!   ([`crate::commit`]): every archiver commit covers every partition of the topic, so the
+//!   partitions are found by probing 0, 1, … until one has no `txn`.
+//! - A view's watermark lives in the `commitInfo` of the commit that published it, under the
+//!   key `lambdaflow` ([`ViewCommit`]): it is written in the same atomic commit as the view's
+//!   rows, and any Delta reader sees it in the table history (`DESCRIBE HISTORY`,
+//!   `DeltaTable.history()`).
+//! - The event dates changed between two raw versions are the `event_date` partition values of
+//!   the files added or removed by the commits in between, read from those commits alone.
+
+use std::collections::BTreeSet;
+
+use chrono::NaiveDate;
+use deltalake::DeltaTable;
+use deltalake::kernel::Version;
+use lambdaflow_common::schema::EVENT_DATE;
+use lambdaflow_common::watermark::Watermark;
+use serde::{Deserialize, Serialize};
+
+use crate::commit::app_id;
+use crate::error::{Error, Result};
+
+/// The `commitInfo` key under which a view commit records what it covers.
+pub const COMMIT_KEY: &str = "lambdaflow";
+
+/// How far back a view's history is searched for its last lambdaflow commit (other writers,
+/// such as an OPTIMIZE run by hand, may have committed since).
+const HISTORY_DEPTH: u64 = 100;
+
+/// What a view commit records about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewCommit {
+    /// The raw version and Kafka offsets the view covers.
+    pub watermark: Watermark,
+    /// [`lambdaflow_common::view::fingerprint`] of the definition it was computed under.
+    pub definition: String,
+    /// The batch run that wrote it.
+    pub run_id: String,
+}
+
+fn delta(table: &DeltaTable) -> impl Fn(deltalake::DeltaTableError) -> Error + '_ {
+    |source| Error::Delta {
+        table: table.table_url().to_string(),
+        source,
+    }
+}
+
+/// The watermark of `raw` at its loaded version.
+pub async fn raw_watermark(raw: &DeltaTable, topic: &str) -> Result<Watermark> {
+    let snapshot = raw.snapshot().map_err(delta(raw))?;
+    let log = raw.log_store();
+    let mut watermark = Watermark {
+        raw_version: snapshot.version(),
+        offsets: Default::default(),
+    };
+    for partition in 0.. {
+        match snapshot
+            .transaction_version(log.as_ref(), app_id(topic, partition))
+            .await
+            .map_err(delta(raw))?
+        {
+            Some(offset) => watermark.offsets.insert(partition, offset),
+            None => break,
+        };
+    }
+    Ok(watermark)
+}
+
+/// The lambdaflow record of the newest commit of `view` that has one.
+pub async fn view_commit(view: &DeltaTable) -> Result<Option<ViewCommit>> {
+    let Some(latest) = view.version() else {
+        return Ok(None);
+    };
+    let log = view.log_store();
+    let oldest = (latest as u64).saturating_sub(HISTORY_DEPTH) as Version;
+    for version in (oldest..=latest).rev() {
+        let Some(bytes) = log.read_commit_entry(version).await.map_err(delta(view))? else {
+            break;
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(record) = action.pointer(&format!("/commitInfo/{COMMIT_KEY}")) {
+                return serde_json::from_value(record.clone())
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt {
+                        table: view.table_url().to_string(),
+                        message: format!("version {version}: unreadable {COMMIT_KEY} record: {e}"),
+                    });
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The event dates (days since the epoch) of the rows added or removed by the commits after
+/// `since` up to and including `upto`; `None` when a commit in between can no longer be read
+/// (the log was cleaned up), in which case the caller recomputes everything.
+pub async fn dates_changed(
+    raw: &DeltaTable,
+    since: Version,
+    upto: Version,
+) -> Result<Option<BTreeSet<i32>>> {
+    let log = raw.log_store();
+    let mut dates = BTreeSet::new();
+    for version in since + 1..=upto {
+        let Some(bytes) = log.read_commit_entry(version).await.map_err(delta(raw))? else {
+            return Ok(None);
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value =
+                serde_json::from_slice(line).map_err(|e| Error::Corrupt {
+                    table: raw.table_url().to_string(),
+                    message: format!("version {version}: {e}"),
+                })?;
+            for kind in ["add", "remove"] {
+                let pointer = format!("/{kind}/partitionValues/{EVENT_DATE}");
+                if let Some(text) = action.pointer(&pointer).and_then(|v| v.as_str()) {
+                    dates.insert(parse_date(text).ok_or_else(|| Error::Corrupt {
+                        table: raw.table_url().to_string(),
+                        message: format!("version {version}: bad {EVENT_DATE} `{text}`"),
+                    })?);
+                }
+            }
+        }
+    }
+    Ok(Some(dates))
+}
+
+/// Days since the epoch of a `YYYY-MM-DD` partition value.
+pub fn parse_date(text: &str) -> Option<i32> {
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    Some((date - NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_dates_parse_to_epoch_days() {
+        assert_eq!(parse_date("1970-01-02"), Some(1));
+        assert_eq!(parse_date("2026-11-23"), Some(20_780));
+        assert_eq!(parse_date("1969-12-31"), Some(-1));
+        assert_eq!(parse_date("nope"), None);
+        assert_eq!(
+            lambdaflow_common::timestamp::format_date(20_780),
+            "2026-11-23"
+        );
+    }
+}

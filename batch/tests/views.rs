@@ -1,0 +1,427 @@
+//! Batch views against the truth: random events appended to the raw table in random chunks,
+//! with incremental runs in between, give the same view tables as one full recompute and as a
+//! direct aggregation of the events in plain Rust (sketches byte for byte).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow::compute::cast;
+use datafusion::common::ScalarValue;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use lambdaflow_batch::commit::OffsetTable;
+use lambdaflow_batch::history::{History, Mode, RunStatus};
+use lambdaflow_batch::lake::{Lake, open_or_create};
+use lambdaflow_batch::run::BatchRun;
+use lambdaflow_common::config::{AggKind, Config, ViewDef};
+use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
+use lambdaflow_common::sketch::Sketch;
+use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
+use lambdaflow_common::validate::{Coordinates, Validator};
+use lambdaflow_common::view::{Role, ViewLayout};
+use proptest::prelude::*;
+
+/// 2026-11-20T00:00:00Z in epoch microseconds.
+const BASE_US: i64 = 20_777 * MICROS_PER_DAY;
+const PARTITIONS: i32 = 3;
+const TYPES: [&str; 3] = ["purchase", "view", "cart"];
+const COUNTRIES: [&str; 3] = ["kr", "US", " de "];
+
+#[derive(Debug, Clone)]
+struct Event {
+    id: usize,
+    time_us: i64,
+    kind: usize,
+    user: usize,
+    country: usize,
+    product: Option<usize>,
+    /// Quarters, so that float sums are exact in any order.
+    amount: Option<u32>,
+    quantity: Option<i64>,
+}
+
+impl Event {
+    fn json(&self) -> Vec<u8> {
+        let mut v = serde_json::json!({
+            "event_id": format!("e{}", self.id),
+            "event_time": self.time_us / 1000,
+            "type": TYPES[self.kind],
+            "user_id": format!("u{}", self.user),
+            "country": COUNTRIES[self.country],
+        });
+        if let Some(p) = self.product {
+            v["product"] = format!("p{p}").into();
+        }
+        if let Some(a) = self.amount {
+            v["amount"] = (f64::from(a) / 4.0).into();
+        }
+        if let Some(q) = self.quantity {
+            v["quantity"] = q.into();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// The value of a field as the validator stores it (normalised).
+    fn field(&self, name: &str) -> ScalarValue {
+        match name {
+            "type" => ScalarValue::Utf8(Some(TYPES[self.kind].into())),
+            "user_id" => ScalarValue::Utf8(Some(format!("u{}", self.user))),
+            "country" => ScalarValue::Utf8(Some(COUNTRIES[self.country].trim().to_uppercase())),
+            "product" => ScalarValue::Utf8(self.product.map(|p| format!("p{p}"))),
+            "amount" => ScalarValue::Float64(self.amount.map(|a| f64::from(a) / 4.0)),
+            "quantity" => ScalarValue::Int64(self.quantity),
+            other => panic!("field {other} not generated"),
+        }
+    }
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    (
+        0i64..3 * 24 * 60,
+        0usize..3,
+        0usize..12,
+        0usize..3,
+        proptest::option::of(0usize..3),
+        proptest::option::of(0u32..400),
+        proptest::option::of(0i64..5),
+    )
+        .prop_map(
+            |(minute, kind, user, country, product, amount, quantity)| Event {
+                id: 0,
+                time_us: BASE_US + minute * 60_000_000 + 17_000_000,
+                kind,
+                user,
+                country,
+                product,
+                amount,
+                quantity,
+            },
+        )
+}
+
+/// The rows of `view` over `events`, computed directly: key (bucket, dimensions) → row.
+fn direct(config: &Config, view: &ViewDef, events: &[Event]) -> Vec<Vec<ScalarValue>> {
+    let layout = ViewLayout::new(&config.source, view).unwrap();
+    if let Some(filter) = &view.filter {
+        assert_eq!(
+            filter, "type = 'purchase'",
+            "the reference knows one filter"
+        );
+    }
+    let mut groups: BTreeMap<(i64, Vec<String>), Vec<&Event>> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| view.filter.is_none() || e.kind == 0)
+    {
+        let dims = view
+            .dimensions
+            .iter()
+            .map(|d| format!("{:?}", e.field(d)))
+            .collect();
+        groups
+            .entry((view.granularity.truncate(e.time_us), dims))
+            .or_default()
+            .push(e);
+    }
+    let mut rows = Vec::new();
+    for ((bucket, _), members) in groups {
+        let mut row = vec![ScalarValue::TimestampMicrosecond(
+            Some(bucket),
+            Some("UTC".into()),
+        )];
+        row.extend(view.dimensions.iter().map(|d| members[0].field(d)));
+        for c in &layout.measures {
+            let m = &view.measures[c.measure];
+            let values: Vec<ScalarValue> = m
+                .field
+                .as_deref()
+                .map(|f| {
+                    members
+                        .iter()
+                        .map(|e| e.field(f))
+                        .filter(|v| !v.is_null())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let fold = |pick: fn(&ScalarValue, &ScalarValue) -> bool| {
+                values.iter().fold(None::<ScalarValue>, |acc, v| match acc {
+                    Some(a) if !pick(v, &a) => Some(a),
+                    _ => Some(v.clone()),
+                })
+            };
+            let float_sum = || {
+                values
+                    .iter()
+                    .map(|v| {
+                        f64::try_from(v.clone())
+                            .unwrap_or_else(|_| i64::try_from(v.clone()).unwrap() as f64)
+                    })
+                    .sum::<f64>()
+            };
+            let value = match c.role {
+                Role::Count => ScalarValue::Int64(Some(members.len() as i64)),
+                Role::Sum if values.is_empty() => ScalarValue::try_from(&c.data_type).unwrap(),
+                Role::Sum if c.data_type == arrow::datatypes::DataType::Int64 => {
+                    ScalarValue::Int64(Some(
+                        values
+                            .iter()
+                            .map(|v| i64::try_from(v.clone()).unwrap())
+                            .sum(),
+                    ))
+                }
+                Role::Sum => ScalarValue::Float64(Some(float_sum())),
+                Role::Min => {
+                    fold(|v, a| v < a).unwrap_or(ScalarValue::try_from(&c.data_type).unwrap())
+                }
+                Role::Max => {
+                    fold(|v, a| v > a).unwrap_or(ScalarValue::try_from(&c.data_type).unwrap())
+                }
+                Role::AvgSum => ScalarValue::Float64((!values.is_empty()).then(float_sum)),
+                Role::AvgCount => ScalarValue::Int64(Some(values.len() as i64)),
+                Role::Avg => ScalarValue::Float64(
+                    (!values.is_empty()).then(|| float_sum() / values.len() as f64),
+                ),
+                Role::Sketch | Role::Estimate => {
+                    assert_eq!(m.agg, AggKind::ApproxDistinct);
+                    let mut s = Sketch::new();
+                    for v in &values {
+                        s.insert_str(&v.to_string());
+                    }
+                    if c.role == Role::Sketch {
+                        ScalarValue::Binary(Some(s.to_bytes()))
+                    } else {
+                        ScalarValue::Int64(Some(s.estimate() as i64))
+                    }
+                }
+            };
+            row.push(value);
+        }
+        row.push(ScalarValue::Date32(Some(
+            bucket.div_euclid(MICROS_PER_DAY) as i32
+        )));
+        rows.push(row);
+    }
+    sorted(rows)
+}
+
+fn sorted(mut rows: Vec<Vec<ScalarValue>>) -> Vec<Vec<ScalarValue>> {
+    rows.sort_by_key(|r| format!("{r:?}"));
+    rows
+}
+
+/// Every row of a view table, cast to the view's declared types.
+async fn read_view(lake: &Lake, config: &Config, view: &ViewDef) -> Vec<Vec<ScalarValue>> {
+    let layout = ViewLayout::new(&config.source, view).unwrap();
+    let table = DeltaTable::try_from_url(lake.view(&view.name))
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("v", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx
+        .sql("SELECT * FROM v")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in batches {
+        let columns: Vec<_> = layout
+            .schema
+            .fields()
+            .iter()
+            .map(|f| cast(batch.column_by_name(f.name()).unwrap(), f.data_type()).unwrap())
+            .collect();
+        for i in 0..batch.num_rows() {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|c| ScalarValue::try_from_array(c, i).unwrap())
+                    .collect(),
+            );
+        }
+    }
+    sorted(rows)
+}
+
+struct Lakehouse {
+    _dir: tempfile::TempDir,
+    config: Arc<Config>,
+    lake: Lake,
+    raw: OffsetTable,
+    next_offset: BTreeMap<i32, i64>,
+}
+
+impl Lakehouse {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::demo();
+        config.lake.uri = dir.path().to_str().unwrap().to_owned();
+        let lake = Lake::new(&config.lake).unwrap();
+        let schema = raw_schema(&config.source);
+        let table = open_or_create(&lake.raw(&config.source.name), &schema, &[EVENT_DATE])
+            .await
+            .unwrap();
+        let partitions: Vec<i32> = (0..PARTITIONS).collect();
+        let raw = OffsetTable::load(
+            table,
+            (schema, EVENT_DATE),
+            &config.kafka.topic,
+            &partitions,
+        )
+        .await
+        .unwrap();
+        Self {
+            _dir: dir,
+            config: Arc::new(config),
+            lake,
+            raw,
+            next_offset: BTreeMap::new(),
+        }
+    }
+
+    /// Appends `events` as the archiver would: one commit, offsets per partition.
+    async fn append(&mut self, events: &[Event]) {
+        let validator = Validator::new(&self.config.source);
+        let mut builder = validator.batch_builder(&self.config.kafka.topic, now_micros());
+        let mut upto = BTreeMap::new();
+        for e in events {
+            let partition = e.id as i32 % PARTITIONS;
+            let offset = self.next_offset.entry(partition).or_insert(0);
+            builder
+                .push(
+                    Some(&e.json()),
+                    Coordinates {
+                        partition,
+                        offset: *offset,
+                    },
+                )
+                .unwrap();
+            upto.insert(partition, *offset);
+            *offset += 1;
+        }
+        let validated = builder.finish();
+        assert_eq!(validated.events.num_rows(), events.len());
+        self.raw.append(validated.events, &upto).await.unwrap();
+    }
+
+    fn run(&self) -> BatchRun {
+        BatchRun::new(
+            self.config.clone(),
+            self.lake.clone(),
+            History::new(&self.lake).unwrap(),
+        )
+    }
+
+    async fn views(&self) -> Vec<Vec<Vec<ScalarValue>>> {
+        let mut all = Vec::new();
+        for view in &self.config.views {
+            all.push(read_view(&self.lake, &self.config, view).await);
+        }
+        all
+    }
+}
+
+async fn check(mut events: Vec<Event>, cuts: Vec<usize>, runs: Vec<bool>) {
+    for (i, e) in events.iter_mut().enumerate() {
+        e.id = i;
+    }
+    let mut house = Lakehouse::new().await;
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (events.len() + 1)).collect();
+    bounds.extend([0, events.len()]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    for (i, pair) in bounds.windows(2).enumerate() {
+        house.append(&events[pair[0]..pair[1]]).await;
+        if runs.get(i).copied().unwrap_or(false) {
+            let record = house.run().run().await.unwrap();
+            assert_eq!(record.status, RunStatus::Succeeded);
+        }
+    }
+    let last = house.run().run().await.unwrap();
+    assert_eq!(
+        last.watermark.as_ref().unwrap().offsets.len(),
+        PARTITIONS as usize
+    );
+    let incremental = house.views().await;
+    let expected: Vec<_> = house
+        .config
+        .views
+        .iter()
+        .map(|v| direct(&house.config, v, &events))
+        .collect();
+    assert!(!expected[1].is_empty(), "every event is traffic");
+    for ((view, got), want) in house.config.views.iter().zip(&incremental).zip(&expected) {
+        assert_eq!(got.len(), want.len(), "{}: row count", view.name);
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g, w, "{}", view.name);
+        }
+    }
+    let unchanged = house.run().run().await.unwrap();
+    assert!(unchanged.views.iter().all(|v| v.mode == Mode::Unchanged));
+    let full = house.run().with_full(true).run().await.unwrap();
+    assert!(full.views.iter().all(|v| v.mode == Mode::Full));
+    assert_eq!(
+        house.views().await,
+        incremental,
+        "full recompute differs from incremental"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, max_shrink_iters: 20, .. ProptestConfig::default() })]
+    #[test]
+    fn incremental_runs_equal_a_full_recompute_and_direct_aggregation(
+        events in proptest::collection::vec(event(), 1..150),
+        cuts in proptest::collection::vec(0usize..1000, 0..4),
+        runs in proptest::collection::vec(any::<bool>(), 5),
+    ) {
+        tokio::runtime::Runtime::new().unwrap().block_on(check(events, cuts, runs));
+    }
+}
+
+#[tokio::test]
+async fn a_late_event_recomputes_its_date_only() {
+    let mut house = Lakehouse::new().await;
+    let day = |d: i64, id: usize| Event {
+        id,
+        time_us: BASE_US + d * MICROS_PER_DAY + 3_600_000_000,
+        kind: 0,
+        user: id,
+        country: 0,
+        product: Some(1),
+        amount: Some(4),
+        quantity: Some(1),
+    };
+    house.append(&[day(0, 0), day(1, 1), day(2, 2)]).await;
+    let first = house.run().run().await.unwrap();
+    assert!(
+        first
+            .views
+            .iter()
+            .all(|v| v.mode == Mode::Full && v.dates == 3)
+    );
+    house.append(&[day(1, 3)]).await;
+    let second = house.run().run().await.unwrap();
+    assert_eq!(second.dates, ["2026-11-21"]);
+    for v in &second.views {
+        assert_eq!(
+            (v.mode, v.dates, v.rows_read),
+            (Mode::Incremental, 1, 2),
+            "{}",
+            v.name
+        );
+    }
+    let dates: HashSet<_> = house.views().await[2]
+        .iter()
+        .map(|r| r.last().cloned())
+        .collect();
+    assert_eq!(dates.len(), 3);
+    let history = History::new(&house.lake).unwrap();
+    let listed = history.list(10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].id, second.id);
+    assert_eq!(listed[0].status, RunStatus::Succeeded);
+}

@@ -89,6 +89,9 @@ pub enum Error {
         /// When it took the lock.
         since: String,
     },
+    /// The process is stopping.
+    #[error("cancelled: the process is stopping")]
+    Cancelled,
     /// A background task panicked or was cancelled.
     #[error("{task} task failed: {message}")]
     Task {

@@ -5,8 +5,9 @@
 //!   listing them in reverse order lists the newest first.
 //! - `batch.lock`: held by the running run, created with a conditional put (`PutMode::Create`)
 //!   so that two processes never run at once, and refreshed every [`HEARTBEAT`]. A lock not
-//!   refreshed for [`LOCK_TTL`] belongs to a process that died (kill -9): the next run takes it
-//!   over and marks the dead run `failed`.
+//!   refreshed for [`LOCK_TTL`], or held by a process of this host that no longer exists,
+//!   belongs to a run that died (kill -9): the next run takes it over and marks the dead run
+//!   `failed`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +169,27 @@ struct LockRecord {
     since: String,
     heartbeat: String,
     pid: u32,
+    /// The holder's host name: on the same host, a holder whose process is gone (kill -9)
+    /// releases the lock at once instead of after [`LOCK_TTL`].
+    #[serde(default)]
+    host: String,
+}
+
+impl LockRecord {
+    fn is_stale(&self) -> bool {
+        let gone = !self.host.is_empty()
+            && self.host == host_name()
+            && self.pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+            && std::path::Path::new("/proc/self").exists();
+        gone || is_stale(&self.heartbeat)
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Run records and the run lock of one lake.
@@ -263,6 +285,7 @@ impl History {
             since: since.to_owned(),
             heartbeat: now(),
             pid: std::process::id(),
+            host: host_name(),
         };
         let body = |r: &LockRecord| PutPayload::from(serde_json::to_vec(r).expect("serialises"));
         for _ in 0..2 {
@@ -298,13 +321,13 @@ impl History {
                 Err(object_store::Error::AlreadyExists { .. }) => {
                     let held = self.read_lock().await?;
                     let Some(held) = held else { continue };
-                    if !is_stale(&held.heartbeat) {
+                    if !held.is_stale() {
                         return Err(Error::RunInProgress {
                             running: held.run_id,
                             since: held.since,
                         });
                     }
-                    tracing::warn!(run = %held.run_id, heartbeat = %held.heartbeat, "taking over the lock of a batch run that stopped without finishing");
+                    tracing::warn!(run = %held.run_id, heartbeat = %held.heartbeat, pid = held.pid, "taking over the lock of a batch run that stopped without finishing");
                     if let Some(mut dead) = self.get(&held.run_id).await?
                         && matches!(dead.status, RunStatus::Queued | RunStatus::Running)
                     {
@@ -332,6 +355,15 @@ impl History {
         })
     }
 
+    /// The id of the run holding the lock, unless the lock is free or stale.
+    pub async fn running(&self) -> Result<Option<String>> {
+        Ok(self
+            .read_lock()
+            .await?
+            .filter(|held| !held.is_stale())
+            .map(|held| held.run_id))
+    }
+
     async fn read_lock(&self) -> Result<Option<LockRecord>> {
         let bytes = match self.store.get(&Path::from(LOCK)).await {
             Ok(found) => found.bytes().await,
@@ -345,6 +377,7 @@ impl History {
             since: String::new(),
             heartbeat: String::new(),
             pid: 0,
+            host: String::new(),
         })))
     }
 }
@@ -423,6 +456,7 @@ mod tests {
             since: "2020-01-01T00:00:00Z".into(),
             heartbeat: "2020-01-01T00:00:00Z".into(),
             pid: 1,
+            host: String::new(),
         };
         history
             .store

@@ -8,6 +8,7 @@
 //! - [`run`]: a batch run — every view brought up to the raw table's version and published
 //!   with its watermark; [`recompute`] is a view as a DataFusion plan, [`sketch_udf`] the
 //!   HyperLogLog functions it uses, [`watermark`] reads what a table covers and what changed.
+//! - [`schedule`]: runs on the cron schedule or on request, never two at once.
 //! - [`history`]: run records and the run lock under `<lake>/_lambdaflow/`.
 //!
 //! Data flow: Kafka messages → [`lambdaflow_common::validate`] → dedup against the raw table's
@@ -23,6 +24,7 @@ pub mod history;
 pub mod lake;
 pub mod recompute;
 pub mod run;
+pub mod schedule;
 pub mod sketch_udf;
 pub mod watermark;
 

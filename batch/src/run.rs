@@ -30,6 +30,7 @@ use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::timestamp::format_date;
 use lambdaflow_common::view::{ViewLayout, fingerprint};
 use lambdaflow_common::watermark::Watermark;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::history::{History, Mode, RunRecord, RunStatus, Trigger, ViewOutcome, now};
@@ -48,6 +49,7 @@ pub struct BatchRun {
     lake: Lake,
     history: History,
     record: RunRecord,
+    cancel: CancellationToken,
 }
 
 impl BatchRun {
@@ -58,7 +60,14 @@ impl BatchRun {
             lake,
             history,
             record: RunRecord::queued(Trigger::Cli, false),
+            cancel: CancellationToken::new(),
         }
+    }
+
+    /// Stops the run (recorded as failed, nothing half-published) when `cancel` fires.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// Recomputes every date of every view.
@@ -91,7 +100,11 @@ impl BatchRun {
         self.record.status = RunStatus::Running;
         self.record.started_at = Some(now());
         self.history.save(&self.record).await?;
-        let outcome = self.views().await;
+        let cancel = self.cancel.clone();
+        let outcome = tokio::select! {
+            outcome = self.views() => outcome,
+            () = cancel.cancelled() => Err(Error::Cancelled),
+        };
         self.record.finished_at = Some(now());
         self.record.progress = None;
         match &outcome {

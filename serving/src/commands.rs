@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use lambdaflow_batch::archive::Archiver;
+use lambdaflow_batch::history::{RunRecord, Trigger};
+use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::Mix;
 use tokio::net::TcpListener;
@@ -132,12 +134,31 @@ pub async fn archive(config: Arc<Config>, shutdown: CancellationToken) -> Result
     Ok(())
 }
 
-/// `lambdaflow serve`: the HTTP API.
+/// `lambdaflow serve`: the HTTP API (batch runs it is asked for run in this process).
 pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
     let (brokers, _broker) = connect(&config).await?;
+    let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
-    spawn_http(&mut tasks, config, &brokers, shutdown).await?;
-    tasks.join().await
+    spawn_http(&mut tasks, config, &brokers, batches.clone(), shutdown).await?;
+    let outcome = tasks.join().await;
+    batches.drain().await;
+    outcome
+}
+
+/// `lambdaflow batch run`: one run now; the summary on stdout.
+pub async fn batch_run(
+    config: Arc<Config>,
+    full: bool,
+    shutdown: CancellationToken,
+) -> Result<RunRecord> {
+    let batches = Batches::new(config, shutdown)?;
+    Ok(batches.run(Trigger::Cli, full).await?)
+}
+
+/// `lambdaflow batch schedule`: runs on the cron schedule until stopped.
+pub async fn batch_schedule(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
+    let batches = Batches::new(config, shutdown)?;
+    Ok(batches.schedule().await?)
 }
 
 /// `lambdaflow run` (and the core of `demo`): archiver and HTTP API in one process, plus a
@@ -148,13 +169,25 @@ pub async fn run(
     generator: Option<GenOptions>,
 ) -> Result<()> {
     let (brokers, broker) = connect(&config).await?;
+    let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
     let archiver = Archiver::new(config.clone(), brokers.clone());
     tasks.spawn("archiver", {
         let shutdown = shutdown.clone();
         async move { Ok(archiver.run(shutdown).await?) }
     });
-    let addr = spawn_http(&mut tasks, config.clone(), &brokers, shutdown.clone()).await?;
+    tasks.spawn("batch scheduler", {
+        let batches = batches.clone();
+        async move { Ok(batches.schedule().await?) }
+    });
+    let addr = spawn_http(
+        &mut tasks,
+        config.clone(),
+        &brokers,
+        batches.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     if let Some(options) = generator {
         let producer = kafka::producer(&brokers)?;
         let topic = config.kafka.topic.clone();
@@ -170,9 +203,10 @@ pub async fn run(
         config.kafka.topic, config.lake.uri
     );
     tracing::info!(
-        "the batch and speed layers are not part of this build yet: the raw table is the output"
+        "the speed layer is not part of this build yet: answers come from the batch views"
     );
     let outcome = tasks.join().await;
+    batches.drain().await;
     drop(broker);
     outcome
 }
@@ -181,13 +215,14 @@ async fn spawn_http(
     tasks: &mut Tasks,
     config: Arc<Config>,
     brokers: &str,
+    batches: Arc<Batches>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
     let listener = TcpListener::bind(&config.serving.listen)
         .await
         .with_context(|| format!("listening on {}", config.serving.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(config, kafka::producer(brokers)?);
+    let state = AppState::new(config, kafka::producer(brokers)?, batches);
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
     tasks.spawn("http", async move {

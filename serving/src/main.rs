@@ -75,8 +75,14 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BatchCommand {
-    /// One batch run now.
-    Run(ConfigArg),
+    /// One batch run now; exit 0 on success.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Recompute every date of every view, not only the dates with new raw rows.
+        #[arg(long)]
+        full: bool,
+    },
     /// Batch runs on the configured cron schedule until stopped.
     Schedule(ConfigArg),
 }
@@ -141,13 +147,15 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Archive(c) => commands::archive(c.load()?, token).await,
         Command::Serve(c) => commands::serve(c.load()?, token).await,
         Command::Batch {
-            command: BatchCommand::Run(c) | BatchCommand::Schedule(c),
+            command: BatchCommand::Run { config, full },
         } => {
-            c.load()?;
-            anyhow::bail!(
-                "the batch layer is not available in this build yet: the raw table under <lake>/raw is the output for now"
-            )
+            let record = commands::batch_run(config.load()?, full, token).await?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
+            Ok(())
         }
+        Command::Batch {
+            command: BatchCommand::Schedule(c),
+        } => commands::batch_schedule(c.load()?, token).await,
         Command::Gen {
             config,
             count,

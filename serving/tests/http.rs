@@ -6,21 +6,29 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use lambdaflow_batch::history::History;
+use lambdaflow_batch::lake::Lake;
+use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_serving::http::{AppState, app};
 use lambdaflow_serving::kafka::{self, EmbeddedBroker};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-fn state(broker: &EmbeddedBroker, max_body: usize) -> AppState {
+fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> AppState {
     let mut config = Config::demo();
     config.kafka.brokers = broker.bootstrap_servers().to_owned();
     config.serving.max_body_bytes = max_body;
+    config.lake.uri = lake.path().display().to_string();
+    let config = Arc::new(config);
+    let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
     AppState::new(
-        Arc::new(config),
+        config,
         kafka::producer(broker.bootstrap_servers()).unwrap(),
+        batches,
     )
 }
 
@@ -68,7 +76,8 @@ fn produced_keys(broker: &EmbeddedBroker) -> Vec<String> {
 #[tokio::test]
 async fn events_are_validated_produced_and_acknowledged() {
     let broker = EmbeddedBroker::start("events", 4).unwrap();
-    let state = state(&broker, 1 << 20);
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 1 << 20, &lake);
 
     let body = json!([good("a"), {"event_id": "b"}, good("c"), 7]).to_string();
     let (status, reply) = call(&state, post(body, "application/json")).await;
@@ -95,7 +104,8 @@ async fn events_are_validated_produced_and_acknowledged() {
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
     let broker = EmbeddedBroker::start("events", 4).unwrap();
-    let state = state(&broker, 256);
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 256, &lake);
 
     let big = json!([good("a"), good("b"), good("c")]).to_string();
     let (status, reply) = call(&state, post(big, "application/json")).await;
@@ -126,7 +136,8 @@ async fn bad_requests_get_json_errors() {
 #[tokio::test]
 async fn readiness_follows_the_state() {
     let broker = EmbeddedBroker::start("events", 1).unwrap();
-    let state = state(&broker, 1024);
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 1024, &lake);
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
     assert_eq!(call(&state, get("/healthz")).await.0, StatusCode::OK);
     assert_eq!(
@@ -135,4 +146,54 @@ async fn readiness_follows_the_state() {
     );
     state.set_ready();
     assert_eq!(call(&state, get("/readyz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn batch_runs_are_triggered_listed_and_never_overlap() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 1024, &lake);
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    let trigger = |body: &'static str| Request::post("/v1/batch/runs").body(Body::from(body)).unwrap();
+
+    let history = History::new(&Lake::new(&state.config.lake).unwrap()).unwrap();
+    let held = history.lock("20260101T000000000Z-other").await.unwrap();
+    let (status, reply) = call(&state, trigger("")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(reply["error"]["code"], "run_in_progress");
+    assert_eq!(reply["error"]["id"], "20260101T000000000Z-other");
+    held.release().await.unwrap();
+
+    let (status, reply) = call(&state, trigger(r#"{"full": true}"#)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    let id = reply["id"].as_str().unwrap().to_owned();
+    let mut record = Value::Null;
+    for _ in 0..600 {
+        record = call(&state, get(&format!("/v1/batch/runs/{id}"))).await.1;
+        if record["status"] == "succeeded" || record["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["full"], true);
+    assert_eq!(record["trigger"], "api");
+    assert_eq!(record["watermark"]["raw_version"], 0);
+    assert_eq!(record["views"].as_array().unwrap().len(), 3);
+
+    let (status, list) = call(&state, get("/v1/batch/runs?limit=5")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["runs"][0]["id"], id.as_str());
+
+    for (request, status, code) in [
+        (trigger("{\"full\": 1}"), StatusCode::BAD_REQUEST, "invalid_json"),
+        (trigger("{\"fast\": true}"), StatusCode::BAD_REQUEST, "invalid_json"),
+        (get("/v1/batch/runs?limit=0"), StatusCode::BAD_REQUEST, "invalid_query"),
+        (get("/v1/batch/runs?limit=x"), StatusCode::BAD_REQUEST, "invalid_query"),
+        (get("/v1/batch/runs/..%2Fetc"), StatusCode::BAD_REQUEST, "invalid_run_id"),
+        (get("/v1/batch/runs/20990101T000000000Z-000000"), StatusCode::NOT_FOUND, "not_found"),
+    ] {
+        let (got, reply) = call(&state, request).await;
+        assert_eq!((got, reply["error"]["code"].as_str()), (status, Some(code)), "{reply}");
+    }
 }

@@ -213,3 +213,83 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Appends events to a lake's raw table the way the archiver does (validated, one commit per
+/// chunk, a `txn` per partition), without a broker: for batch tests that need a raw table of a
+/// known content quickly.
+pub struct RawWriter {
+    table: lambdaflow_batch::commit::OffsetTable,
+    validator: lambdaflow_common::validate::Validator,
+    topic: String,
+    partitions: i32,
+    next_offset: std::collections::BTreeMap<i32, i64>,
+}
+
+impl RawWriter {
+    /// Opens (creating) the raw table of `config`'s lake, with `partitions` Kafka partitions.
+    pub async fn open(config: &lambdaflow_common::config::Config, partitions: i32) -> Self {
+        use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
+        let lake = lambdaflow_batch::lake::Lake::new(&config.lake).expect("lake");
+        let schema = raw_schema(&config.source);
+        let table = lambdaflow_batch::lake::open_or_create(
+            &lake.raw(&config.source.name),
+            &schema,
+            &[EVENT_DATE],
+        )
+        .await
+        .expect("raw table");
+        let all: Vec<i32> = (0..partitions).collect();
+        let table = lambdaflow_batch::commit::OffsetTable::load(
+            table,
+            (schema, EVENT_DATE),
+            &config.kafka.topic,
+            &all,
+        )
+        .await
+        .expect("raw offsets");
+        Self {
+            table,
+            validator: lambdaflow_common::validate::Validator::new(&config.source),
+            topic: config.kafka.topic.clone(),
+            partitions,
+            next_offset: Default::default(),
+        }
+    }
+
+    /// Validates `payloads` (round-robin over partitions) and appends the valid ones in one
+    /// commit; returns them as stored.
+    pub async fn append(&mut self, payloads: &[Vec<u8>]) -> RecordBatch {
+        let now = lambdaflow_common::timestamp::now_micros();
+        let mut builder = self.validator.batch_builder(&self.topic, now);
+        let mut upto = std::collections::BTreeMap::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            let partition = i as i32 % self.partitions;
+            let offset = self.next_offset.entry(partition).or_insert(0);
+            let at = lambdaflow_common::validate::Coordinates {
+                partition,
+                offset: *offset,
+            };
+            // Invalid payloads go nowhere here; the quarantine is the archiver's business.
+            let _ = builder.push(Some(payload), at);
+            upto.insert(partition, *offset);
+            *offset += 1;
+        }
+        let events = builder.finish().events;
+        self.table
+            .append(events.clone(), &upto)
+            .await
+            .expect("appending to the raw table");
+        events
+    }
+
+    /// The raw table version after the last append.
+    pub fn version(&self) -> u64 {
+        self.table.table().version().expect("loaded")
+    }
+}
+
+/// The Python interpreter with `deltalake`, `duckdb` and `duckdb_extension_delta`:
+/// `LAMBDAFLOW_PYTHON`, or `python3`.
+pub fn python() -> Command {
+    Command::new(std::env::var("LAMBDAFLOW_PYTHON").unwrap_or_else(|_| "python3".into()))
+}

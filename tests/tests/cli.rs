@@ -80,8 +80,28 @@ fn environment_overrides_reach_the_config() {
 }
 
 #[test]
-fn commands_of_layers_not_built_yet_fail_clearly() {
-    let out = lambdaflow(&["batch", "run", "--config", "deploy/lambdaflow.toml"], &[]);
+fn batch_run_prints_its_record_or_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake = lake.to_str().unwrap();
+    let out = lambdaflow(
+        &["batch", "run", "--config", "deploy/lambdaflow.toml"],
+        &[("LAMBDAFLOW_LAKE__URI", lake)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["trigger"], "cli");
+    assert!(!record["views"].as_array().unwrap().is_empty());
+
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let out = lambdaflow(
+        &["batch", "run", "--config", "deploy/lambdaflow.toml"],
+        &[("LAMBDAFLOW_LAKE__URI", blocker.to_str().unwrap())],
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: lake uri"), "{stderr}");
 }

@@ -20,6 +20,14 @@ pub enum ApiError {
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with work in progress, named by `id`.
+    #[error("{message}")]
+    Conflict {
+        /// What is in the way.
+        message: String,
+        /// The id of the work in progress.
+        id: String,
+    },
     /// The body is over the limit.
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -39,6 +47,7 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict { .. } => (StatusCode::CONFLICT, "run_in_progress"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -55,10 +64,10 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        (
-            status,
-            Json(json!({ "error": { "code": code, "message": message } })),
-        )
-            .into_response()
+        let mut error = json!({ "code": code, "message": message });
+        if let Self::Conflict { id, .. } = &self {
+            error["id"] = id.clone().into();
+        }
+        (status, Json(json!({ "error": error }))).into_response()
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API (SPEC §6): one module per resource, one [`AppState`], one [`app`] used by
 //! `main` and by the tests (through `tower::ServiceExt::oneshot`, no socket needed).
 
+pub mod batch;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::validate::Validator;
 use rdkafka::producer::FutureProducer;
@@ -28,6 +30,8 @@ pub struct AppState {
     pub producer: FutureProducer,
     /// Set once the process can answer queries (`/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// Batch runs started through the API, and the run history.
+    pub batches: Arc<Batches>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -39,14 +43,16 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for `config`, producing through `producer`; not ready until [`Self::set_ready`].
-    pub fn new(config: Arc<Config>, producer: FutureProducer) -> Self {
+    /// State for `config`, producing through `producer` and running batches through
+    /// `batches`; not ready until [`Self::set_ready`].
+    pub fn new(config: Arc<Config>, producer: FutureProducer, batches: Arc<Batches>) -> Self {
         let validator = Arc::new(Validator::new(&config.source));
         Self {
             config,
             validator,
             producer,
             ready: Arc::default(),
+            batches,
         }
     }
 
@@ -61,6 +67,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(events::router(&state.config))
+        .merge(batch::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

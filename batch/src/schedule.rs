@@ -134,7 +134,9 @@ impl Batches {
                     tracing::info!(%running, "scheduled batch run skipped: a run is in progress");
                 }
                 Err(Error::Cancelled) => break,
-                Err(error) => tracing::warn!(%error, "scheduled batch run failed; the next one retries"),
+                Err(error) => {
+                    tracing::warn!(%error, "scheduled batch run failed; the next one retries")
+                }
             }
         }
         self.tasks.close();

@@ -425,3 +425,65 @@ async fn a_late_event_recomputes_its_date_only() {
     assert_eq!(listed[0].id, second.id);
     assert_eq!(listed[0].status, RunStatus::Succeeded);
 }
+
+#[tokio::test]
+async fn new_views_are_backfilled_changed_ones_recomputed_removed_ones_left_alone() {
+    let mut house = Lakehouse::new().await;
+    let events: Vec<Event> = (0..40)
+        .map(|i| Event {
+            id: i,
+            time_us: BASE_US + i as i64 * 3_000_000_000,
+            kind: i % 3,
+            user: i % 7,
+            country: i % 3,
+            product: Some(i % 2),
+            amount: Some(i as u32),
+            quantity: Some(1),
+        })
+        .collect();
+    house.append(&events).await;
+    let mut config = (*house.config).clone();
+    let all_views = config.views.clone();
+    config.views.truncate(2);
+    house.config = Arc::new(config.clone());
+    house.run().run().await.unwrap();
+
+    config.views = all_views;
+    config.views[0].filter = Some("type = 'purchase' AND amount >= 5".into());
+    config.views.remove(1);
+    config.check().unwrap();
+    house.config = Arc::new(config.clone());
+    let record = house.run().run().await.unwrap();
+    let modes: Vec<(&str, Mode)> = record
+        .views
+        .iter()
+        .map(|v| (v.name.as_str(), v.mode))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("sales_by_country", Mode::Full),
+            ("products_by_day", Mode::Full)
+        ]
+    );
+    let sales = read_view(&house.lake, &config, &config.views[0]).await;
+    let orders: i64 = sales
+        .iter()
+        .map(|r| i64::try_from(r[2].clone()).unwrap())
+        .sum();
+    let expected = events
+        .iter()
+        .filter(|e| e.kind == 0 && e.amount.unwrap() >= 20)
+        .count();
+    assert_eq!(
+        orders as usize, expected,
+        "the changed filter applies to every date"
+    );
+    let demo = Config::demo();
+    let left_alone = read_view(&house.lake, &demo, &demo.views[1]).await;
+    assert_eq!(
+        left_alone,
+        direct(&demo, &demo.views[1], &events),
+        "a view removed from the config keeps its table"
+    );
+}

@@ -154,7 +154,11 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 1024, &lake);
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
-    let trigger = |body: &'static str| Request::post("/v1/batch/runs").body(Body::from(body)).unwrap();
+    let trigger = |body: &'static str| {
+        Request::post("/v1/batch/runs")
+            .body(Body::from(body))
+            .unwrap()
+    };
 
     let history = History::new(&Lake::new(&state.config.lake).unwrap()).unwrap();
     let held = history.lock("20260101T000000000Z-other").await.unwrap();
@@ -186,14 +190,42 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
     assert_eq!(list["runs"][0]["id"], id.as_str());
 
     for (request, status, code) in [
-        (trigger("{\"full\": 1}"), StatusCode::BAD_REQUEST, "invalid_json"),
-        (trigger("{\"fast\": true}"), StatusCode::BAD_REQUEST, "invalid_json"),
-        (get("/v1/batch/runs?limit=0"), StatusCode::BAD_REQUEST, "invalid_query"),
-        (get("/v1/batch/runs?limit=x"), StatusCode::BAD_REQUEST, "invalid_query"),
-        (get("/v1/batch/runs/..%2Fetc"), StatusCode::BAD_REQUEST, "invalid_run_id"),
-        (get("/v1/batch/runs/20990101T000000000Z-000000"), StatusCode::NOT_FOUND, "not_found"),
+        (
+            trigger("{\"full\": 1}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            trigger("{\"fast\": true}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            get("/v1/batch/runs?limit=0"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            get("/v1/batch/runs?limit=x"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            get("/v1/batch/runs/..%2Fetc"),
+            StatusCode::BAD_REQUEST,
+            "invalid_run_id",
+        ),
+        (
+            get("/v1/batch/runs/20990101T000000000Z-000000"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
     ] {
         let (got, reply) = call(&state, request).await;
-        assert_eq!((got, reply["error"]["code"].as_str()), (status, Some(code)), "{reply}");
+        assert_eq!(
+            (got, reply["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{reply}"
+        );
     }
 }

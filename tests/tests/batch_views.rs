@@ -104,7 +104,10 @@ async fn read_views(
     reads: Arc<AtomicU64>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        for (view, column, pick) in [("traffic_by_minute", "events", 0), ("sales_by_country", "orders", 1)] {
+        for (view, column, pick) in [
+            ("traffic_by_minute", "events", 0),
+            ("sales_by_country", "orders", 1),
+        ] {
             let Ok(table) = deltalake::open_table(lake.view(view)).await else {
                 continue;
             };
@@ -113,19 +116,26 @@ async fn read_views(
             };
             let ctx = SessionContext::new();
             table.update_datafusion_session(&ctx.state()).unwrap();
-            ctx.register_table("v", table.table_provider().await.unwrap()).unwrap();
+            ctx.register_table("v", table.table_provider().await.unwrap())
+                .unwrap();
             let sum = ctx
-                .sql(&format!("SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM v"))
+                .sql(&format!(
+                    "SELECT CAST(COALESCE(SUM({column}), 0) AS BIGINT) FROM v"
+                ))
                 .await
                 .unwrap()
                 .collect()
                 .await
                 .unwrap();
-            let seen = sum[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0) as u64;
+            let seen = sum[0]
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0) as u64;
             let expected = truth.lock().unwrap()[&commit.watermark.raw_version];
             let expected = if pick == 0 { expected.0 } else { expected.1 };
             assert_eq!(
-                seen, expected,
+                seen,
+                expected,
                 "{view} at version {:?} (raw version {}) is partial",
                 table.version(),
                 commit.watermark.raw_version
@@ -152,22 +162,41 @@ async fn killed_runs_publish_nothing_partial_and_the_next_run_equals_a_clean_one
     let config = config_for(&lake_dir);
     let lake = Lake::new(&config.lake).unwrap();
 
-    let mut generator = ShopGenerator::new(seed, 5_000, Mix { duplicates: 0.0, late: 0.3, invalid: 0.0 });
+    let mut generator = ShopGenerator::new(
+        seed,
+        5_000,
+        Mix {
+            duplicates: 0.0,
+            late: 0.3,
+            invalid: 0.0,
+        },
+    );
     let mut raw = RawWriter::open(&config, PARTITIONS).await;
     let mut truth = BTreeMap::new();
     let mut totals = (0u64, 0u64);
     let first = raw.append(&payloads(&mut generator, 40_000)).await;
-    totals = (totals.0 + first.num_rows() as u64, totals.1 + count_of(&first, "type", "purchase"));
+    totals = (
+        totals.0 + first.num_rows() as u64,
+        totals.1 + count_of(&first, "type", "purchase"),
+    );
     truth.insert(raw.version(), totals);
     let clean = batch_run_ok(&config_file, &lake_dir, &logs, "first-run");
 
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
     let truth = Arc::new(std::sync::Mutex::new(truth));
-    let reader = tokio::spawn(read_views(lake.clone(), truth.clone(), stop.clone(), reads.clone()));
+    let reader = tokio::spawn(read_views(
+        lake.clone(),
+        truth.clone(),
+        stop.clone(),
+        reads.clone(),
+    ));
     for attempt in 0..4 {
         let more = raw.append(&payloads(&mut generator, 20_000)).await;
-        totals = (totals.0 + more.num_rows() as u64, totals.1 + count_of(&more, "type", "purchase"));
+        totals = (
+            totals.0 + more.num_rows() as u64,
+            totals.1 + count_of(&more, "type", "purchase"),
+        );
         truth.lock().unwrap().insert(raw.version(), totals);
         let process = batch_run(&config_file, &lake_dir, &logs, &format!("killed-{attempt}"));
         let wait = rng.random_range(50..(clean.as_millis() as u64 * 3 / 2).max(100));
@@ -188,16 +217,22 @@ async fn killed_runs_publish_nothing_partial_and_the_next_run_equals_a_clean_one
     for view in &config.views {
         let sql = "SELECT * FROM t";
         let ours = query_table(&lake.view(&view.name), sql).await.unwrap();
-        let theirs = query_table(&clean_lake.view(&view.name), sql).await.unwrap();
+        let theirs = query_table(&clean_lake.view(&view.name), sql)
+            .await
+            .unwrap();
         let (ours, theirs) = (canonical(&ours), canonical(&theirs));
         assert!(!ours.is_empty(), "{} is empty", view.name);
         assert_eq!(ours, theirs, "{} differs from a clean run", view.name);
     }
     let history = lambdaflow_batch::history::History::new(&lake).unwrap();
     let runs = history.list(100).await.unwrap();
-    assert_eq!(runs[0].status, lambdaflow_batch::history::RunStatus::Succeeded);
+    assert_eq!(
+        runs[0].status,
+        lambdaflow_batch::history::RunStatus::Succeeded
+    );
     assert!(
-        runs.iter().all(|r| r.status != lambdaflow_batch::history::RunStatus::Running),
+        runs.iter()
+            .all(|r| r.status != lambdaflow_batch::history::RunStatus::Running),
         "a killed run is still recorded as running"
     );
 
@@ -257,7 +292,10 @@ fn readable_from_python(lake_dir: &Path, totals: &(u64, u64), raw_version: u64) 
         String::from_utf8_lossy(&out.stderr)
     );
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for (view, expected) in [("traffic_by_minute", totals.0), ("sales_by_country", totals.1)] {
+    for (view, expected) in [
+        ("traffic_by_minute", totals.0),
+        ("sales_by_country", totals.1),
+    ] {
         let v = &got[view];
         assert_eq!(v["deltalake_sum"], expected, "{view}: {v}");
         assert_eq!(v["duckdb_sum"], expected, "{view}: {v}");

@@ -89,7 +89,11 @@ fn batch_run_prints_its_record_or_fails_with_the_reason() {
         &[("LAMBDAFLOW_LAKE__URI", lake)],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let record: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["trigger"], "cli");

@@ -1,0 +1,227 @@
+//! Batch recompute benchmark: a full recompute of the three demo views from a raw table of
+//! generated shop events, next to DuckDB running the equivalent SQL over the same Parquet
+//! files in the same run.
+//!
+//! `cargo bench -p lambdaflow-batch --bench recompute`. Environment:
+//! - `LAMBDAFLOW_BENCH_EVENTS`: raw events (default 10,000,000), spread over 30 days;
+//! - `LAMBDAFLOW_BENCH_DIR`: keep the lake there and reuse its raw table on the next run;
+//! - `LAMBDAFLOW_PYTHON`: a Python with `duckdb` and `deltalake` (`.ci/run` makes one).
+//!
+//! Both sides read every raw file and write their results (lambdaflow: three Delta view
+//! tables; DuckDB: three Parquet files); DuckDB's `approx_count_distinct` stands in for our
+//! sketch, and its buckets are taken on the UTC time as a plain `TIMESTAMP` (on a
+//! `TIMESTAMPTZ` DuckDB goes through its ICU calendar and is about three times slower, which
+//! would flatter us). Each side runs three times; the median is reported.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lambdaflow_batch::commit::OffsetTable;
+use lambdaflow_batch::history::History;
+use lambdaflow_batch::lake::{Lake, open_or_create};
+use lambdaflow_batch::run::BatchRun;
+use lambdaflow_common::config::Config;
+use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
+use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
+use lambdaflow_common::validate::{Coordinates, Validator};
+
+const PARTITIONS: i32 = 8;
+const CHUNK: usize = 500_000;
+const DAYS: i64 = 30;
+const RUNS: usize = 3;
+
+/// The demo views in DuckDB's SQL, each written to Parquet.
+const DUCKDB: &str = r#"
+import json, statistics, sys, time
+import duckdb
+from deltalake import DeltaTable
+
+raw, out, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+files = DeltaTable(raw).file_uris()
+src = "read_parquet({}, hive_partitioning = true)".format(json.dumps(files).replace('"', "'"))
+queries = {
+    "sales_by_country": f"""SELECT time_bucket(INTERVAL 1 hour, event_time::TIMESTAMP) AS bucket, country,
+        count(*) AS orders, sum(amount) AS revenue, max(amount) AS max_order, min(amount) AS min_order,
+        sum(amount) AS avg_order__sum, count(amount) AS avg_order__count,
+        sum(amount) / count(amount) AS avg_order, approx_count_distinct(user_id) AS buyers
+        FROM {src} WHERE type = 'purchase' GROUP BY ALL""",
+    "traffic_by_minute": f"""SELECT time_bucket(INTERVAL 1 minute, event_time::TIMESTAMP) AS bucket, type,
+        count(*) AS events, approx_count_distinct(user_id) AS visitors
+        FROM {src} GROUP BY ALL""",
+    "products_by_day": f"""SELECT time_bucket(INTERVAL 1 day, event_time::TIMESTAMP) AS bucket, product, country,
+        count(*) AS orders, sum(quantity) AS units, sum(amount) AS revenue
+        FROM {src} WHERE type = 'purchase' GROUP BY ALL""",
+}
+times = []
+for _ in range(runs):
+    con = duckdb.connect()
+    started = time.perf_counter()
+    for name, sql in queries.items():
+        con.execute(f"COPY ({sql}) TO '{out}/{name}.parquet' (FORMAT parquet)")
+    times.append(time.perf_counter() - started)
+    con.close()
+print(json.dumps({"seconds": statistics.median(times), "threads": duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0]}))
+"#;
+
+fn main() {
+    let n: usize = std::env::var("LAMBDAFLOW_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
+    let kept = std::env::var_os("LAMBDAFLOW_BENCH_DIR").map(std::path::PathBuf::from);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let mut config = Config::demo();
+    config.lake.uri = dir.join("lake").display().to_string();
+    let config = Arc::new(config);
+    let lake = Lake::new(&config.lake).expect("lake");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+
+    let raw_url = lake.raw(&config.source.name);
+    let existing = runtime.block_on(async {
+        let table = open_or_create(&raw_url, &raw_schema(&config.source), &[EVENT_DATE])
+            .await
+            .expect("raw table");
+        table
+            .snapshot()
+            .expect("snapshot")
+            .log_data()
+            .iter()
+            .map(|f| f.num_records().unwrap_or(0))
+            .sum::<usize>()
+    });
+    if existing == 0 {
+        let started = Instant::now();
+        runtime.block_on(fill_raw(&config, n));
+        println!(
+            "wrote {n} raw events in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("reusing {existing} raw events in {}", dir.display());
+    }
+    let events = if existing == 0 { n } else { existing };
+
+    let mut ours = Vec::new();
+    for _ in 0..RUNS {
+        let run = BatchRun::new(
+            config.clone(),
+            lake.clone(),
+            History::new(&lake).expect("history"),
+        )
+        .with_full(true);
+        let started = Instant::now();
+        let record = runtime.block_on(run.run()).expect("batch run");
+        ours.push(started.elapsed());
+        assert_eq!(record.rows_read as usize, events * config.views.len());
+    }
+    ours.sort();
+    let ours = ours[RUNS / 2];
+    println!(
+        "lambdaflow full recompute: {:.2} s (median of {RUNS})",
+        ours.as_secs_f64()
+    );
+
+    let out = dir.join("duckdb-out");
+    std::fs::create_dir_all(&out).expect("duckdb output dir");
+    let python = std::env::var("LAMBDAFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let peer = Command::new(&python)
+        .args(["-c", DUCKDB])
+        .arg(raw_url.to_file_path().expect("local lake"))
+        .arg(&out)
+        .arg(RUNS.to_string())
+        .output()
+        .expect("running the DuckDB peer");
+    assert!(
+        peer.status.success(),
+        "DuckDB peer failed (LAMBDAFLOW_PYTHON needs duckdb and deltalake): {}",
+        String::from_utf8_lossy(&peer.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&peer.stdout);
+    let reply: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no result from the DuckDB peer: {stdout}"));
+    let duck = Duration::from_secs_f64(reply["seconds"].as_f64().expect("seconds"));
+
+    println!();
+    println!(
+        "| full recompute of the 3 demo views | seconds (median of {RUNS}) | M raw events/s | ratio to DuckDB |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for (name, t) in [
+        ("lambdaflow (DataFusion → Delta)", ours),
+        (
+            &*format!("DuckDB {} threads (Parquet → Parquet)", reply["threads"]),
+            duck,
+        ),
+    ] {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2}x |",
+            t.as_secs_f64(),
+            events as f64 / t.as_secs_f64() / 1e6,
+            t.as_secs_f64() / duck.as_secs_f64()
+        );
+    }
+}
+
+/// Writes `n` valid events spread over [`DAYS`] days (5% hours to days late) in chunks of
+/// [`CHUNK`], as the archiver would.
+async fn fill_raw(config: &Config, n: usize) {
+    let lake = Lake::new(&config.lake).expect("lake");
+    let schema = raw_schema(&config.source);
+    let table = open_or_create(&lake.raw(&config.source.name), &schema, &[EVENT_DATE])
+        .await
+        .expect("raw table");
+    let partitions: Vec<i32> = (0..PARTITIONS).collect();
+    let mut raw = OffsetTable::load(
+        table,
+        (schema, EVENT_DATE),
+        &config.kafka.topic,
+        &partitions,
+    )
+    .await
+    .expect("offsets");
+    let validator = Validator::new(&config.source);
+    let mut generator = ShopGenerator::new(
+        7,
+        200_000,
+        Mix {
+            duplicates: 0.0,
+            late: 0.05,
+            invalid: 0.0,
+        },
+    );
+    let end = now_micros();
+    let start = end - DAYS * MICROS_PER_DAY;
+    let step = (end - start) / n as i64;
+    let mut offsets = vec![0i64; PARTITIONS as usize];
+    let mut written = 0;
+    while written < n {
+        let len = CHUNK.min(n - written);
+        let mut builder = validator.batch_builder(&config.kafka.topic, end);
+        let mut upto = std::collections::BTreeMap::new();
+        for i in written..written + len {
+            let sample = generator.next_event(start + i as i64 * step);
+            let partition = (i % PARTITIONS as usize) as i32;
+            let offset = &mut offsets[partition as usize];
+            builder
+                .push(
+                    Some(&sample.payload),
+                    Coordinates {
+                        partition,
+                        offset: *offset,
+                    },
+                )
+                .expect("generated events are valid");
+            upto.insert(partition, *offset);
+            *offset += 1;
+        }
+        raw.append(builder.finish().events, &upto)
+            .await
+            .expect("append");
+        written += len;
+    }
+}

@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
-use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::functions::expr_fn::nullif;
@@ -105,18 +104,4 @@ pub fn view_frame(
     }
     outputs.push(cast(column(BUCKET), DataType::Date32).alias(EVENT_DATE));
     frame.select(outputs)
-}
-
-/// Collects [`view_frame`].
-pub async fn recompute(
-    ctx: &SessionContext,
-    raw: Arc<dyn TableProvider>,
-    source: &SourceConfig,
-    view: &ViewDef,
-    layout: &ViewLayout,
-    dates: Option<&BTreeSet<i32>>,
-) -> datafusion::error::Result<Vec<RecordBatch>> {
-    view_frame(ctx, raw, source, view, layout, dates)?
-        .collect()
-        .await
 }

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::history::{History, Mode, RunRecord, RunStatus, Trigger, ViewOutcome, now};
 use crate::lake::{Lake, open_or_create};
-use crate::recompute::recompute;
+use crate::recompute::view_frame;
 use crate::sketch_udf;
 use crate::watermark::{COMMIT_KEY, ViewCommit, dates_changed, raw_watermark, view_commit};
 
@@ -222,8 +222,9 @@ impl BatchRun {
         let (rows_read, scanned) = raw_rows(raw, dates.as_ref())?;
         outcome.rows_read = rows_read;
         outcome.dates = scanned.len();
-        let compute = recompute(ctx, provider, source, view, &layout, dates.as_ref());
-        let batches = with_progress(&view.name, compute)
+        let frame = view_frame(ctx, provider, source, view, &layout, dates.as_ref())
+            .map_err(|source| query_err(&url, source))?;
+        let batches = with_progress(&view.name, frame.collect())
             .await
             .map_err(|source| query_err(&url, source))?;
         outcome.rows_written = batches.iter().map(|b| b.num_rows() as u64).sum();

@@ -74,7 +74,7 @@ pub async fn view_commit(view: &DeltaTable) -> Result<Option<ViewCommit>> {
         return Ok(None);
     };
     let log = view.log_store();
-    let oldest = (latest as u64).saturating_sub(HISTORY_DEPTH) as Version;
+    let oldest = latest.saturating_sub(HISTORY_DEPTH);
     for version in (oldest..=latest).rev() {
         let Some(bytes) = log.read_commit_entry(version).await.map_err(delta(view))? else {
             break;

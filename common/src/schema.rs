@@ -47,9 +47,8 @@ pub fn field_type(kind: FieldType) -> DataType {
     }
 }
 
-/// The raw table: id, time, declared fields, optionally undeclared fields, then the columns
-/// lambdaflow adds. Partitioned by [`EVENT_DATE`].
-pub fn raw_schema(source: &SourceConfig) -> SchemaRef {
+/// The columns of an event as users declare it: the id, the time and every declared field.
+pub fn event_fields(source: &SourceConfig) -> Vec<Field> {
     let mut fields = vec![
         Field::new(&source.id_field, DataType::Utf8, false),
         Field::new(&source.time_field, timestamp_type(), false),
@@ -60,6 +59,13 @@ pub fn raw_schema(source: &SourceConfig) -> SchemaRef {
             .iter()
             .map(|f| Field::new(&f.name, field_type(f.kind), true)),
     );
+    fields
+}
+
+/// The raw table: id, time, declared fields, optionally undeclared fields, then the columns
+/// lambdaflow adds. Partitioned by [`EVENT_DATE`].
+pub fn raw_schema(source: &SourceConfig) -> SchemaRef {
+    let mut fields = event_fields(source);
     if source.keep_undeclared {
         fields.push(Field::new(UNDECLARED, DataType::Utf8, true));
     }

@@ -20,7 +20,7 @@ use datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AggKind, FieldType, SourceConfig, ViewDef};
-use crate::schema::{EVENT_DATE, field_type, timestamp_type};
+use crate::schema::{EVENT_DATE, event_fields, field_type, timestamp_type};
 
 /// The bucket column: event time truncated to the view's granularity, UTC.
 pub const BUCKET: &str = "bucket";
@@ -173,17 +173,7 @@ pub fn fingerprint(source: &SourceConfig, view: &ViewDef) -> String {
 
 /// The schema a filter is read against: the id, the time and every declared field.
 pub fn filter_schema(source: &SourceConfig) -> SchemaRef {
-    let mut fields = vec![
-        Field::new(&source.id_field, DataType::Utf8, false),
-        Field::new(&source.time_field, timestamp_type(), false),
-    ];
-    fields.extend(
-        source
-            .fields
-            .iter()
-            .map(|f| Field::new(&f.name, field_type(f.kind), true)),
-    );
-    Arc::new(Schema::new(fields))
+    Arc::new(Schema::new(event_fields(source)))
 }
 
 /// Parses a view filter into a DataFusion expression over [`filter_schema`]: it must be a

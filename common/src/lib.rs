@@ -11,6 +11,9 @@
 //! - [`timestamp`]: event-time parsing and UTC date arithmetic.
 //! - [`dedup`]: which events are duplicates of ones already kept.
 //! - [`view`]: a view's table layout (state and value columns) and its parsed filter.
+//! - [`state`]: the monoid states of a view per group; folded from events, loaded from a
+//!   view table, merged.
+//! - [`query`]: answering a view query from merged states.
 //! - [`watermark`]: the Kafka offsets a batch view covers; where the speed layer starts.
 //! - [`sample`]: synthetic shop events for the demo, `gen`, benchmarks and tests.
 //!
@@ -21,9 +24,11 @@ pub mod config;
 pub mod dedup;
 pub mod error;
 pub mod mask;
+pub mod query;
 pub mod reason;
 pub mod sample;
 pub mod schema;
+pub mod state;
 pub mod sketch;
 pub mod timestamp;
 pub mod validate;

@@ -1,0 +1,447 @@
+//! Aggregate states: the monoids both layers keep per view, bucket and dimension values.
+//!
+//! A [`ViewState`] is a map from a group (bucket, dimension values) to one [`State`] per
+//! measure. The speed layer folds validated events into one ([`ViewState::fold`]); the
+//! serving layer loads a batch view table into another ([`ViewState::from_view_batch`]); a
+//! query merges both per group ([`ViewState::merge_into`]) before it rolls groups up and
+//! finalises values. Every state is a commutative monoid (count, sum, min, max, (sum, count),
+//! HyperLogLog registers), so the split between the two sides never changes an answer.
+//!
+//! Null conventions are those of SQL, as the batch layer's DataFusion plan has them: `sum`,
+//! `min` and `max` of no non-null value are null; `count` and an average's count are 0.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{
+    DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
+use arrow::error::ArrowError;
+
+use crate::config::{AggKind, FieldType, SourceConfig, ViewDef};
+use crate::sketch::{Sketch, SketchError, for_each_hash};
+use crate::view::{BUCKET, Role, ViewLayout};
+
+/// Why a batch could not be folded or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A column is missing or of an unexpected type.
+    #[error("column `{column}`: {message}")]
+    Column {
+        /// The column.
+        column: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A stored sketch is unreadable.
+    #[error(transparent)]
+    Sketch(#[from] SketchError),
+    /// An Arrow kernel failed.
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+/// A dimension value: hashable and ordered, floats by their bits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dim {
+    /// Null or absent.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer, or a timestamp in epoch microseconds.
+    Int(i64),
+    /// A float, as `f64::to_bits` of its canonical form (`-0.0` as `0.0`).
+    Float(u64),
+    /// A string.
+    Str(Box<str>),
+}
+
+/// A number of a sum, min or max.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Num {
+    /// Integers and timestamps (epoch microseconds).
+    Int(i64),
+    /// Floats.
+    Float(f64),
+}
+
+impl Num {
+    fn cmp(self, other: Num) -> Ordering {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a.cmp(&b),
+            (a, b) => a.as_f64().total_cmp(&b.as_f64()),
+        }
+    }
+
+    fn add(self, other: Num) -> Num {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Num::Int(a.wrapping_add(b)),
+            (a, b) => Num::Float(a.as_f64() + b.as_f64()),
+        }
+    }
+
+    /// The value as a float.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(v) => v as f64,
+            Num::Float(v) => v,
+        }
+    }
+}
+
+/// One measure's mergeable state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// Number of events.
+    Count(i64),
+    /// Sum of non-null values; `None` while there is none.
+    Sum(Option<Num>),
+    /// Smallest non-null value.
+    Min(Option<Num>),
+    /// Largest non-null value.
+    Max(Option<Num>),
+    /// Sum and count of non-null values.
+    Avg {
+        /// Sum, `None` while `count` is 0.
+        sum: Option<f64>,
+        /// Number of non-null values.
+        count: i64,
+    },
+    /// HyperLogLog sketch of the non-null values.
+    Distinct(Sketch),
+}
+
+impl State {
+    fn empty(agg: AggKind) -> Self {
+        match agg {
+            AggKind::Count => State::Count(0),
+            AggKind::Sum => State::Sum(None),
+            AggKind::Min => State::Min(None),
+            AggKind::Max => State::Max(None),
+            AggKind::Avg => State::Avg { sum: None, count: 0 },
+            AggKind::ApproxDistinct => State::Distinct(Sketch::new()),
+        }
+    }
+
+    /// Folds `other` (a state of the same measure) in.
+    pub fn merge(&mut self, other: &State) {
+        fn pick(mine: &mut Option<Num>, theirs: Option<Num>, keep: Ordering) {
+            if let Some(t) = theirs
+                && mine.is_none_or(|m| t.cmp(m) == keep)
+            {
+                *mine = Some(t);
+            }
+        }
+        match (self, other) {
+            (State::Count(a), State::Count(b)) => *a += b,
+            (State::Sum(a), State::Sum(b)) => {
+                *a = match (*a, *b) {
+                    (Some(x), Some(y)) => Some(x.add(y)),
+                    (x, y) => x.or(y),
+                }
+            }
+            (State::Min(a), State::Min(b)) => pick(a, *b, Ordering::Less),
+            (State::Max(a), State::Max(b)) => pick(a, *b, Ordering::Greater),
+            (State::Avg { sum, count }, State::Avg { sum: s, count: c }) => {
+                *sum = match (*sum, *s) {
+                    (Some(x), Some(y)) => Some(x + y),
+                    (x, y) => x.or(y),
+                };
+                *count += c;
+            }
+            (State::Distinct(a), State::Distinct(b)) => a.merge(b),
+            (mine, theirs) => panic!("merging states of different measures: {mine:?} and {theirs:?}"),
+        }
+    }
+
+    /// Bytes held beyond the enum itself.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            State::Distinct(s) => s.heap_bytes(),
+            _ => 0,
+        }
+    }
+}
+
+/// A group: the bucket start (epoch microseconds) and the dimension values in declared order.
+pub type GroupKey = (i64, Box<[Dim]>);
+
+/// Per group, one state per measure of a view.
+#[derive(Debug, Clone, Default)]
+pub struct ViewState {
+    index: HashMap<GroupKey, usize>,
+    keys: Vec<GroupKey>,
+    states: Vec<Box<[State]>>,
+}
+
+impl ViewState {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there is no group.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Every group with its states, in no particular order.
+    pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &[State])> {
+        self.keys.iter().zip(self.states.iter().map(|s| &**s))
+    }
+
+    /// Approximate bytes held: keys, states and sketches.
+    pub fn heap_bytes(&self) -> usize {
+        let per_group = std::mem::size_of::<GroupKey>() * 2 + std::mem::size_of::<usize>();
+        self.groups()
+            .map(|((_, dims), states)| {
+                per_group
+                    + dims.len() * std::mem::size_of::<Dim>()
+                    + dims
+                        .iter()
+                        .map(|d| if let Dim::Str(s) = d { s.len() } else { 0 })
+                        .sum::<usize>()
+                    + states.len() * std::mem::size_of::<State>()
+                    + states.iter().map(State::heap_bytes).sum::<usize>()
+            })
+            .sum()
+    }
+
+    fn group(&mut self, view: &ViewDef, key: GroupKey) -> usize {
+        if let Some(i) = self.index.get(&key) {
+            return *i;
+        }
+        let i = self.keys.len();
+        self.index.insert(key.clone(), i);
+        self.keys.push(key);
+        self.states
+            .push(view.measures.iter().map(|m| State::empty(m.agg)).collect());
+        i
+    }
+
+    /// Folds `other` into `self`.
+    pub fn merge_into(&mut self, view: &ViewDef, other: &ViewState) {
+        for (key, states) in other.groups() {
+            let g = self.group(view, key.clone());
+            for (mine, theirs) in self.states[g].iter_mut().zip(states) {
+                mine.merge(theirs);
+            }
+        }
+    }
+
+    /// Folds the rows of `events` (raw-table columns) selected by `selected` into the view.
+    pub fn fold(
+        &mut self,
+        source: &SourceConfig,
+        view: &ViewDef,
+        events: &RecordBatch,
+        selected: &BooleanArray,
+    ) -> Result<(), StateError> {
+        let rows: Vec<usize> = (0..events.num_rows())
+            .filter(|i| selected.is_valid(*i) && selected.value(*i))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let time = column(events, &source.time_field)?;
+        let time = timestamps(&time, &source.time_field)?;
+        let dims: Vec<ArrayRef> = view
+            .dimensions
+            .iter()
+            .map(|d| column(events, d))
+            .collect::<Result<_, _>>()?;
+        let mut group_of = vec![usize::MAX; events.num_rows()];
+        for &row in &rows {
+            let bucket = view.granularity.truncate(time.value(row));
+            let key: Box<[Dim]> = dims.iter().map(|d| dim(d.as_ref(), row)).collect();
+            group_of[row] = self.group(view, (bucket, key));
+        }
+        for (m, measure) in view.measures.iter().enumerate() {
+            let Some(field) = &measure.field else {
+                for &row in &rows {
+                    if let State::Count(c) = &mut self.states[group_of[row]][m] {
+                        *c += 1;
+                    }
+                }
+                continue;
+            };
+            let values = column(events, field)?;
+            if measure.agg == AggKind::ApproxDistinct {
+                let states = &mut self.states;
+                for_each_hash(values.as_ref(), |row, hash| {
+                    if group_of[row] != usize::MAX
+                        && let State::Distinct(s) = &mut states[group_of[row]][m]
+                    {
+                        s.insert_hash(hash);
+                    }
+                })?;
+                continue;
+            }
+            let kind = source
+                .field(field)
+                .map(|f| f.kind)
+                .ok_or_else(|| StateError::Column {
+                    column: field.clone(),
+                    message: "not a declared field".into(),
+                })?;
+            for &row in &rows {
+                let Some(v) = num(values.as_ref(), row, kind) else {
+                    continue;
+                };
+                let single = match measure.agg {
+                    AggKind::Sum => State::Sum(Some(v)),
+                    AggKind::Min => State::Min(Some(v)),
+                    AggKind::Max => State::Max(Some(v)),
+                    AggKind::Avg => State::Avg {
+                        sum: Some(v.as_f64()),
+                        count: 1,
+                    },
+                    AggKind::Count | AggKind::ApproxDistinct => unreachable!("handled above"),
+                };
+                self.states[group_of[row]][m].merge(&single);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the rows of a view table (as [`ViewLayout`] lays it out; strings and binaries
+    /// may come back as views) into a state.
+    pub fn from_view_batch(
+        &mut self,
+        source: &SourceConfig,
+        view: &ViewDef,
+        batch: &RecordBatch,
+    ) -> Result<(), StateError> {
+        let layout = ViewLayout::new(source, view).map_err(|message| StateError::Column {
+            column: view.name.clone(),
+            message,
+        })?;
+        let typed = |name: &str, data_type: &DataType| -> Result<ArrayRef, StateError> {
+            Ok(cast(&column(batch, name)?, data_type)?)
+        };
+        let bucket = typed(BUCKET, &crate::schema::timestamp_type())?;
+        let bucket = timestamps(&bucket, BUCKET)?;
+        let dims: Vec<ArrayRef> = layout
+            .dimensions
+            .iter()
+            .map(|(d, t)| typed(d, t))
+            .collect::<Result<_, _>>()?;
+        let mut state_columns = Vec::new();
+        for c in layout.measures.iter().filter(|c| c.role.is_state()) {
+            let data_type = if c.data_type.is_temporal() {
+                DataType::Int64
+            } else {
+                c.data_type.clone()
+            };
+            state_columns.push((c, typed(&c.name, &data_type)?));
+        }
+        for row in 0..batch.num_rows() {
+            let key: Box<[Dim]> = dims.iter().map(|d| dim(d.as_ref(), row)).collect();
+            let g = self.group(view, (bucket.value(row), key));
+            let mut loaded: Vec<State> = view.measures.iter().map(|m| State::empty(m.agg)).collect();
+            for (c, array) in &state_columns {
+                let value = |kind| num(array.as_ref(), row, kind);
+                let state = &mut loaded[c.measure];
+                match (c.role, state) {
+                    (Role::Count, State::Count(n)) if array.is_valid(row) => {
+                        *n = array.as_primitive::<Int64Type>().value(row);
+                    }
+                    (Role::Sum, State::Sum(s)) => *s = value(kind_of(&c.data_type)),
+                    (Role::Min, State::Min(s)) => *s = value(kind_of(&c.data_type)),
+                    (Role::Max, State::Max(s)) => *s = value(kind_of(&c.data_type)),
+                    (Role::AvgSum, State::Avg { sum, .. }) => *sum = value(FieldType::Float).map(Num::as_f64),
+                    (Role::AvgCount, State::Avg { count, .. }) if array.is_valid(row) => {
+                        *count = array.as_primitive::<Int64Type>().value(row);
+                    }
+                    (Role::Sketch, State::Distinct(s)) if array.is_valid(row) => {
+                        *s = Sketch::from_bytes(array.as_binary::<i32>().value(row))?;
+                    }
+                    _ => {}
+                }
+            }
+            for (mine, theirs) in self.states[g].iter_mut().zip(&loaded) {
+                mine.merge(theirs);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kind_of(data_type: &DataType) -> FieldType {
+    match data_type {
+        DataType::Float64 => FieldType::Float,
+        _ => FieldType::Int,
+    }
+}
+
+fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef, StateError> {
+    batch
+        .column_by_name(name)
+        .cloned()
+        .ok_or_else(|| StateError::Column {
+            column: name.to_owned(),
+            message: "missing".into(),
+        })
+}
+
+fn timestamps<'a>(
+    array: &'a ArrayRef,
+    name: &str,
+) -> Result<&'a arrow::array::TimestampMicrosecondArray, StateError> {
+    match array.data_type() {
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            Ok(array.as_primitive::<TimestampMicrosecondType>())
+        }
+        other => Err(StateError::Column {
+            column: name.to_owned(),
+            message: format!("expected a microsecond timestamp, found {other}"),
+        }),
+    }
+}
+
+/// The dimension value of `row`.
+pub fn dim(array: &dyn Array, row: usize) -> Dim {
+    if array.is_null(row) {
+        return Dim::Null;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Dim::Str(array.as_string::<i32>().value(row).into()),
+        DataType::Utf8View => Dim::Str(array.as_string_view().value(row).into()),
+        DataType::LargeUtf8 => Dim::Str(array.as_string::<i64>().value(row).into()),
+        DataType::Int64 => Dim::Int(array.as_primitive::<Int64Type>().value(row)),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            Dim::Int(array.as_primitive::<TimestampMicrosecondType>().value(row))
+        }
+        DataType::Float64 => {
+            let v = array.as_primitive::<Float64Type>().value(row);
+            Dim::Float(if v == 0.0 { 0.0f64 } else { v }.to_bits())
+        }
+        DataType::Boolean => Dim::Bool(array.as_boolean().value(row)),
+        _ => Dim::Null,
+    }
+}
+
+/// The number at `row` of a numeric or timestamp column, read as `kind`.
+fn num(array: &dyn Array, row: usize, kind: FieldType) -> Option<Num> {
+    if array.is_null(row) {
+        return None;
+    }
+    Some(match array.data_type() {
+        DataType::Int64 if kind == FieldType::Float => {
+            Num::Float(array.as_primitive::<Int64Type>().value(row) as f64)
+        }
+        DataType::Int64 => Num::Int(array.as_primitive::<Int64Type>().value(row)),
+        DataType::Float64 => Num::Float(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            Num::Int(array.as_primitive::<TimestampMicrosecondType>().value(row))
+        }
+        _ => return None,
+    })
+}

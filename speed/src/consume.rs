@@ -1,0 +1,223 @@
+//! The speed layer's Kafka side: consume every partition from the lowest batch watermark,
+//! validate in micro-batches, load the raw ids deduplication needs, fold, and apply batch
+//! swaps between micro-batches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use lambdaflow_common::config::Config;
+use lambdaflow_common::timestamp::{format_date, now_micros};
+use lambdaflow_common::validate::{Coordinates, Validated, Validator};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::lambda::{BatchView, Speed};
+
+/// Longest a consumed message waits before it is folded: the floor of produce-to-visible
+/// latency.
+const MICRO_BATCH: Duration = Duration::from_millis(20);
+/// Most messages in one micro-batch.
+const MICRO_BATCH_MAX: usize = 20_000;
+
+/// Where deduplication reads the ids the raw table holds for a date at a version.
+pub trait RawIds: Send + Sync {
+    /// The ids of `date` (days since the epoch) in the raw table at `version`.
+    fn ids(&self, version: u64, date: i32) -> BoxFuture<'_, Result<Vec<String>, String>>;
+}
+
+/// New batch versions, one entry per view (`None`: unchanged).
+pub type Swap = Vec<Option<Arc<BatchView>>>;
+
+/// The running speed layer.
+pub struct SpeedLayer {
+    config: Arc<Config>,
+    brokers: String,
+    speed: Speed,
+    raw_ids: Arc<dyn RawIds>,
+    swaps: mpsc::Receiver<Swap>,
+}
+
+impl std::fmt::Debug for SpeedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeedLayer")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Micro {
+    validated: Validated,
+    consumed: BTreeMap<i32, i64>,
+}
+
+impl SpeedLayer {
+    /// A speed layer reading `brokers`, folding into `speed`, swapping what `swaps` sends.
+    pub fn new(
+        config: Arc<Config>,
+        brokers: impl Into<String>,
+        speed: Speed,
+        raw_ids: Arc<dyn RawIds>,
+        swaps: mpsc::Receiver<Swap>,
+    ) -> Self {
+        Self {
+            config,
+            brokers: brokers.into(),
+            speed,
+            raw_ids,
+            swaps,
+        }
+    }
+
+    /// Consumes until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let topic = self.config.kafka.topic.clone();
+        let kafka = |context: &str| {
+            let context = context.to_owned();
+            move |source| Error::Kafka { context, source }
+        };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("{}-speed", self.config.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(kafka("creating the speed consumer"))?;
+        let partitions = loop {
+            let found = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+                })
+                .filter(|p| !p.is_empty());
+            if let Some(mut partitions) = found {
+                partitions.sort_unstable();
+                break partitions;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+        let starts = self.speed.start_offsets(&partitions);
+        let mut heads = BTreeMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for (&p, &start) in &starts {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .map_err(kafka("reading partition bounds"))?;
+            if start < low {
+                tracing::warn!(partition = p, watermark_next = start, first_kept = low, "the broker no longer holds offsets the batch views do not cover: events before {low} in partition {p} are missing until a batch run covers them");
+            }
+            heads.insert(p, high);
+            let offset = if start == 0 { Offset::Beginning } else { Offset::Offset(start) };
+            assignment
+                .add_partition_offset(&topic, p, offset)
+                .map_err(kafka("assigning partitions"))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(kafka("assigning partitions"))?;
+        self.speed.shared().write().expect("not poisoned").start_head = heads.clone();
+        tracing::info!(%topic, from = ?starts, head = ?heads, "speed layer consuming");
+
+        let (tx, mut rx) = mpsc::channel::<Micro>(4);
+        let validator = Validator::new(&self.config.source);
+        let stop = shutdown.clone();
+        let reader_topic = topic.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            read_micro_batches(&consumer, &validator, &reader_topic, &stop, &tx);
+        });
+        let mut outcome = Ok(());
+        loop {
+            tokio::select! {
+                micro = rx.recv() => {
+                    let Some(micro) = micro else { break };
+                    if let Err(e) = self.fold(micro).await {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+                Some(swap) = self.swaps.recv() => {
+                    if let Err(e) = self.speed.swap(swap) {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        shutdown.cancel();
+        drop(rx);
+        reader.await.map_err(|e| Error::Task {
+            task: "speed consumer",
+            message: e.to_string(),
+        })?;
+        outcome
+    }
+
+    async fn fold(&mut self, micro: Micro) -> Result<()> {
+        let events = micro.validated.events;
+        for date in self.speed.dates_to_load(&events) {
+            let version = self.speed.raw_version();
+            let ids = self
+                .raw_ids
+                .ids(version, date)
+                .await
+                .map_err(|message| Error::RawIds {
+                    date: format_date(date),
+                    message,
+                })?;
+            self.speed.load_ids(date, ids.iter().map(String::as_str));
+        }
+        self.speed.fold(events, &micro.consumed)
+    }
+}
+
+fn read_micro_batches(
+    consumer: &BaseConsumer,
+    validator: &Validator,
+    topic: &str,
+    shutdown: &CancellationToken,
+    tx: &mpsc::Sender<Micro>,
+) {
+    while !shutdown.is_cancelled() {
+        let mut builder = validator.batch_builder(topic, now_micros());
+        let mut consumed = BTreeMap::new();
+        let started = Instant::now();
+        let mut messages = 0;
+        while started.elapsed() < MICRO_BATCH && messages < MICRO_BATCH_MAX {
+            match consumer.poll(Duration::from_millis(5)) {
+                Some(Ok(message)) => {
+                    let at = Coordinates {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    };
+                    let _ = builder.push(message.payload(), at);
+                    consumed.insert(at.partition, at.offset);
+                    messages += 1;
+                }
+                Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
+                None => {}
+            }
+        }
+        if consumed.is_empty() {
+            continue;
+        }
+        let micro = Micro {
+            validated: builder.finish(),
+            consumed,
+        };
+        if tx.blocking_send(micro).is_err() {
+            return;
+        }
+    }
+}

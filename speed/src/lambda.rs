@@ -1,0 +1,356 @@
+//! The state queries read: per view, the loaded batch version and the speed state of the
+//! offsets beyond its watermark, swapped together.
+//!
+//! One writer ([`Speed`], driven by the consumer loop) and many readers (queries, through
+//! [`Shared`]). The speed side keeps every first occurrence of a valid event since the lowest
+//! watermark of any view ("retained" Arrow batches), so that when a view gets a new batch
+//! version its speed state is refolded from memory — no Kafka replay — and swapped with the
+//! batch version under one write lock: a query holds the read lock for its whole run and sees
+//! one (batch, speed) pair per view, never a mix.
+//!
+//! Deduplication (SPEC §3) is exact: an event is a first occurrence unless its (date, id) is
+//! in the raw table at the lowest watermark's version or among the first occurrences retained
+//! since; both together cover every offset before it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{and, filter_record_batch};
+use arrow::datatypes::{Date32Type, Int32Type, Int64Type};
+use datafusion::common::DFSchema;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use lambdaflow_common::config::Config;
+use lambdaflow_common::dedup::SeenIds;
+use lambdaflow_common::schema::{EVENT_DATE, KAFKA_OFFSET, KAFKA_PARTITION, raw_schema};
+use lambdaflow_common::state::ViewState;
+use lambdaflow_common::view::parse_filter;
+use lambdaflow_common::watermark::Watermark;
+
+use crate::error::{Error, Result};
+
+/// A view's batch side at one version of its table.
+#[derive(Debug, Default)]
+pub struct BatchView {
+    /// The view table version loaded; `None` before the first batch run.
+    pub version: Option<u64>,
+    /// What it covers; `None` (nothing) before the first batch run.
+    pub watermark: Option<Watermark>,
+    /// Its rows as states.
+    pub state: ViewState,
+}
+
+impl BatchView {
+    fn next_offset(&self, partition: i32) -> i64 {
+        self.watermark.as_ref().map_or(0, |w| w.next_offset(partition))
+    }
+}
+
+/// One view as queries see it.
+#[derive(Debug, Default)]
+pub struct ViewPair {
+    /// The batch side.
+    pub batch: Arc<BatchView>,
+    /// Events beyond the batch watermark.
+    pub speed: ViewState,
+}
+
+/// What queries read, under one lock.
+#[derive(Debug, Default)]
+pub struct Lambda {
+    /// Per view, in config order.
+    pub views: Vec<ViewPair>,
+    /// Last offset consumed per partition.
+    pub consumed: BTreeMap<i32, i64>,
+    /// The head of each partition when the speed layer started (the first offset not yet
+    /// written); caught up once every partition is consumed that far.
+    pub start_head: BTreeMap<i32, i64>,
+    /// First occurrences retained in memory.
+    pub retained_events: usize,
+}
+
+impl Lambda {
+    /// Whether the speed layer has consumed everything the topic held when it started.
+    pub fn caught_up(&self) -> bool {
+        self.start_head
+            .iter()
+            .all(|(p, head)| *head == 0 || self.consumed.get(p).is_some_and(|o| o + 1 >= *head))
+    }
+}
+
+/// The shared state.
+pub type Shared = Arc<RwLock<Lambda>>;
+
+/// The writer side: validation output in, states out.
+pub struct Speed {
+    config: Arc<Config>,
+    shared: Shared,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    retained: Vec<RecordBatch>,
+    seen: SeenIds,
+    /// The lowest watermark over views: where retention and the raw ids start.
+    floor: Watermark,
+}
+
+impl std::fmt::Debug for Speed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Speed")
+            .field("retained", &self.retained.len())
+            .field("floor", &self.floor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The lowest of the views' watermarks: per partition the smallest next offset, at the
+/// smallest raw version.
+fn floor(batches: &[Arc<BatchView>], partitions: &BTreeSet<i32>) -> Watermark {
+    let raw_version = batches
+        .iter()
+        .map(|b| b.watermark.as_ref().map_or(0, |w| w.raw_version))
+        .min()
+        .unwrap_or(0);
+    let offsets = partitions
+        .iter()
+        .map(|p| {
+            let next = batches.iter().map(|b| b.next_offset(*p)).min().unwrap_or(0);
+            (*p, next - 1)
+        })
+        .collect();
+    Watermark {
+        raw_version,
+        offsets,
+    }
+}
+
+impl Speed {
+    /// A speed layer for `config` over `batches` (one per view, in config order), publishing
+    /// into `shared`.
+    pub fn new(config: Arc<Config>, shared: Shared, batches: Vec<Arc<BatchView>>) -> Result<Self> {
+        let schema = raw_schema(&config.source);
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let ctx = SessionContext::new();
+        let mut filters = Vec::new();
+        for view in &config.views {
+            filters.push(match &view.filter {
+                Some(sql) => {
+                    let expr = parse_filter(&config.source, sql).map_err(Error::Filter)?;
+                    Some(ctx.create_physical_expr(expr, &df_schema)?)
+                }
+                None => None,
+            });
+        }
+        let partitions = batches
+            .iter()
+            .filter_map(|b| b.watermark.as_ref())
+            .flat_map(|w| w.offsets.keys().copied())
+            .collect();
+        let floor = floor(&batches, &partitions);
+        {
+            let mut lambda = shared.write().expect("not poisoned");
+            lambda.views = batches
+                .into_iter()
+                .map(|batch| ViewPair {
+                    batch,
+                    speed: ViewState::new(),
+                })
+                .collect();
+        }
+        Ok(Self {
+            seen: SeenIds::new(config.archive.dedup_max_dates),
+            config,
+            shared,
+            filters,
+            retained: Vec::new(),
+            floor,
+        })
+    }
+
+    /// The state queries read.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The raw version whose ids deduplication needs ([`Self::load_ids`]).
+    pub fn raw_version(&self) -> u64 {
+        self.floor.raw_version
+    }
+
+    /// The first offset to consume from each of `partitions`.
+    pub fn start_offsets(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+        let lambda = self.shared.read().expect("not poisoned");
+        partitions
+            .iter()
+            .map(|p| {
+                let next = lambda
+                    .views
+                    .iter()
+                    .map(|v| v.batch.next_offset(*p))
+                    .min()
+                    .unwrap_or(0);
+                (*p, next)
+            })
+            .collect()
+    }
+
+    /// The event dates of `events` whose ids must be loaded before [`Self::fold`].
+    pub fn dates_to_load(&mut self, events: &RecordBatch) -> Vec<i32> {
+        let needed: BTreeSet<i32> = dates(events).values().iter().copied().collect();
+        self.seen.dates_to_load(&needed)
+    }
+
+    /// Records the ids the raw table holds for `date` at [`Self::raw_version`]; the retained
+    /// first occurrences of that date are added here.
+    pub fn load_ids<'a>(&mut self, date: i32, raw_ids: impl IntoIterator<Item = &'a str>) {
+        self.seen.load(date, raw_ids);
+        let id_field = 0;
+        for batch in &self.retained {
+            let ds = dates(batch);
+            let ids = batch.column(id_field).as_string::<i32>();
+            self.seen.load(
+                date,
+                (0..batch.num_rows())
+                    .filter(|i| ds.value(*i) == date)
+                    .map(|i| ids.value(i)),
+            );
+        }
+    }
+
+    /// Folds validated events (raw-table columns, in offset order per partition) into every
+    /// view: first occurrences only, and per view only offsets beyond its watermark.
+    /// `consumed` is the last offset read per partition, including messages that gave nothing.
+    pub fn fold(&mut self, events: RecordBatch, consumed: &BTreeMap<i32, i64>) -> Result<()> {
+        let first = if events.num_rows() == 0 {
+            events
+        } else {
+            let keep = self
+                .seen
+                .keep(events.column(0).as_string::<i32>(), dates(&events));
+            filter_record_batch(&events, &keep)?
+        };
+        let masks = self.masks(&first)?;
+        let mut lambda = self.shared.write().expect("not poisoned");
+        for ((pair, view), mask) in lambda.views.iter_mut().zip(&self.config.views).zip(&masks) {
+            let mask = and(mask, &beyond(&first, |p| pair.batch.next_offset(p)))?;
+            pair.speed.fold(&self.config.source, view, &first, &mask)?;
+        }
+        for (p, o) in consumed {
+            let entry = lambda.consumed.entry(*p).or_insert(*o);
+            *entry = (*entry).max(*o);
+        }
+        lambda.retained_events += first.num_rows();
+        drop(lambda);
+        if first.num_rows() > 0 {
+            self.retained.push(first);
+        }
+        Ok(())
+    }
+
+    fn masks(&self, events: &RecordBatch) -> Result<Vec<BooleanArray>> {
+        self.filters
+            .iter()
+            .map(|f| match f {
+                None => Ok(BooleanArray::from(vec![true; events.num_rows()])),
+                Some(expr) => {
+                    let value = expr.evaluate(events)?.into_array(events.num_rows())?;
+                    let mask = value.as_boolean();
+                    // A null filter result excludes the event, as SQL's WHERE does.
+                    Ok(mask
+                        .iter()
+                        .map(|v| Some(v.unwrap_or(false)))
+                        .collect())
+                }
+            })
+            .collect()
+    }
+
+    /// Swaps in new batch versions (`None` keeps a view's current one): each changed view's
+    /// speed state is refolded from the retained events beyond its new watermark, and both
+    /// replace the old pair in one step. Retention and deduplication then start at the new
+    /// lowest watermark; the caller reloads ids at [`Self::raw_version`] as they are asked for.
+    pub fn swap(&mut self, batches: Vec<Option<Arc<BatchView>>>) -> Result<()> {
+        let current: Vec<Arc<BatchView>> = {
+            let lambda = self.shared.read().expect("not poisoned");
+            lambda.views.iter().map(|v| v.batch.clone()).collect()
+        };
+        let next: Vec<Arc<BatchView>> = current
+            .iter()
+            .zip(&batches)
+            .map(|(old, new)| new.clone().unwrap_or_else(|| old.clone()))
+            .collect();
+        let mut partitions: BTreeSet<i32> = self.floor.offsets.keys().copied().collect();
+        partitions.extend(
+            next.iter()
+                .filter_map(|b| b.watermark.as_ref())
+                .flat_map(|w| w.offsets.keys().copied()),
+        );
+        let floor = floor(&next, &partitions);
+        if floor
+            .offsets
+            .iter()
+            .any(|(p, o)| *o < self.floor.offsets.get(p).copied().unwrap_or(-1))
+        {
+            return Err(Error::WatermarkMovedBack {
+                before: self.floor.clone(),
+                after: floor,
+            });
+        }
+        let mut refolded = Vec::new();
+        for ((i, new), view) in batches.iter().enumerate().zip(&self.config.views) {
+            let Some(new) = new else { continue };
+            let mut state = ViewState::new();
+            for events in &self.retained {
+                let mask = and(
+                    &self.masks(events)?[i],
+                    &beyond(events, |p| new.next_offset(p)),
+                )?;
+                state.fold(&self.config.source, view, events, &mask)?;
+            }
+            refolded.push((i, new.clone(), state));
+        }
+        {
+            let mut lambda = self.shared.write().expect("not poisoned");
+            for (i, batch, speed) in refolded {
+                lambda.views[i] = ViewPair { batch, speed };
+            }
+        }
+        let mut kept = Vec::new();
+        for events in self.retained.drain(..) {
+            let mask = beyond(&events, |p| floor.next_offset(p));
+            let events = filter_record_batch(&events, &mask)?;
+            if events.num_rows() > 0 {
+                kept.push(events);
+            }
+        }
+        self.retained = kept;
+        let retained_events = self.retained.iter().map(RecordBatch::num_rows).sum();
+        self.shared.write().expect("not poisoned").retained_events = retained_events;
+        if floor.raw_version != self.floor.raw_version {
+            self.seen = SeenIds::new(self.config.archive.dedup_max_dates);
+        }
+        self.floor = floor;
+        Ok(())
+    }
+}
+
+fn dates(events: &RecordBatch) -> &arrow::array::Date32Array {
+    events
+        .column_by_name(EVENT_DATE)
+        .expect("validated events carry event_date")
+        .as_primitive::<Date32Type>()
+}
+
+/// Rows whose offset is at or beyond `next(partition)`.
+fn beyond(events: &RecordBatch, next: impl Fn(i32) -> i64) -> BooleanArray {
+    let partitions = events
+        .column_by_name(KAFKA_PARTITION)
+        .expect("validated events carry their partition")
+        .as_primitive::<Int32Type>();
+    let offsets = events
+        .column_by_name(KAFKA_OFFSET)
+        .expect("validated events carry their offset")
+        .as_primitive::<Int64Type>();
+    (0..events.num_rows())
+        .map(|i| Some(offsets.value(i) >= next(partitions.value(i))))
+        .collect()
+}

@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, BooleanArray};
-use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{DataType, Date32Type, Int32Type, Int64Type};
+use arrow::array::{AsArray, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Date32Type, Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
-use datafusion::prelude::SessionContext;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::dedup::SeenIds;
 use lambdaflow_common::schema::{self, EVENT_DATE, INGEST_DATE, KAFKA_OFFSET, KAFKA_PARTITION};
-use lambdaflow_common::timestamp::{format_date, now_micros};
+use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::{Coordinates, Validated, Validator};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -408,7 +407,7 @@ async fn deduplicate(
         .as_primitive::<Date32Type>();
     let needed: BTreeSet<i32> = dates.values().iter().copied().collect();
     for date in seen.dates_to_load(&needed) {
-        let ids = stored_ids(raw, id_field, date).await?;
+        let ids = crate::lake::stored_ids(raw.table(), id_field, date).await?;
         seen.load(date, ids.iter().flatten());
     }
     let ids = events.column(0).as_string::<i32>();
@@ -417,49 +416,4 @@ async fn deduplicate(
         return Ok(events);
     }
     Ok(filter_record_batch(&events, &keep).expect("mask matches the batch"))
-}
-
-/// The ids the raw table holds for one event date, read through DataFusion with partition
-/// pruning so that only that date's files are opened.
-async fn stored_ids(
-    raw: &OffsetTable,
-    id_field: &str,
-    date: i32,
-) -> Result<arrow::array::StringArray> {
-    let table = raw.table();
-    let url = table.table_url().to_string();
-    let query = |source| Error::Query {
-        table: url.clone(),
-        source,
-    };
-    let ctx = SessionContext::new();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|source| Error::Delta {
-            table: url.clone(),
-            source,
-        })?;
-    ctx.register_table("raw", table.table_provider().await.map_err(query)?)
-        .map_err(query)?;
-    let sql = format!(
-        "SELECT \"{id_field}\" FROM raw WHERE {EVENT_DATE} = DATE '{}'",
-        format_date(date)
-    );
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(query)?
-        .collect()
-        .await
-        .map_err(query)?;
-    let mut ids = arrow::array::StringBuilder::new();
-    for batch in &batches {
-        let column = cast(batch.column(0), &DataType::Utf8).map_err(|e| query(e.into()))?;
-        for id in column.as_string::<i32>().iter().flatten() {
-            ids.append_value(id);
-        }
-    }
-    let ids = ids.finish();
-    tracing::debug!(date = %format_date(date), ids = ids.len(), "loaded stored ids for deduplication");
-    Ok(ids)
 }

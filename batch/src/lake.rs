@@ -7,11 +7,16 @@
 //! <lake>/_lambdaflow/           run history and other platform state
 //! ```
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, AsArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use lambdaflow_common::config::LakeConfig;
+use lambdaflow_common::schema::EVENT_DATE;
+use lambdaflow_common::timestamp::format_date;
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -121,6 +126,50 @@ pub async fn open_or_create(
         .with_partition_columns(partition_by.iter().copied())
         .await
         .map_err(delta)
+}
+
+/// The ids the raw table (at its loaded version) holds for one event date, read through DataFusion with partition
+/// pruning so that only that date's files are opened.
+pub async fn stored_ids(
+    table: &DeltaTable,
+    id_field: &str,
+    date: i32,
+) -> Result<arrow::array::StringArray> {
+    let url = table.table_url().to_string();
+    let query = |source| Error::Query {
+        table: url.clone(),
+        source,
+    };
+    let ctx = SessionContext::new();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|source| Error::Delta {
+            table: url.clone(),
+            source,
+        })?;
+    ctx.register_table("raw", table.table_provider().await.map_err(query)?)
+        .map_err(query)?;
+    let sql = format!(
+        "SELECT \"{id_field}\" FROM raw WHERE {EVENT_DATE} = DATE '{}'",
+        format_date(date)
+    );
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(query)?
+        .collect()
+        .await
+        .map_err(query)?;
+    let mut ids = arrow::array::StringBuilder::new();
+    for batch in &batches {
+        let column = cast(batch.column(0), &DataType::Utf8).map_err(|e| query(e.into()))?;
+        for id in column.as_string::<i32>().iter().flatten() {
+            ids.append_value(id);
+        }
+    }
+    let ids = ids.finish();
+    tracing::debug!(date = %format_date(date), ids = ids.len(), "loaded stored ids for deduplication");
+    Ok(ids)
 }
 
 #[cfg(test)]

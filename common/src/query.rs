@@ -91,7 +91,12 @@ pub struct Row {
 }
 
 /// Answers `query` over the merge of `parts`.
-pub fn answer(source: &SourceConfig, view: &ViewDef, parts: &[&ViewState], query: &Query) -> Vec<Row> {
+pub fn answer(
+    source: &SourceConfig,
+    view: &ViewDef,
+    parts: &[&ViewState],
+    query: &Query,
+) -> Vec<Row> {
     let mut groups: HashMap<(Option<i64>, Vec<Dim>), Vec<State>> = HashMap::new();
     for part in parts {
         for ((bucket, dims), states) in part.groups() {
@@ -109,7 +114,10 @@ pub fn answer(source: &SourceConfig, view: &ViewDef, parts: &[&ViewState], query
                 Rollup::Buckets(g) => Some(g.truncate(*bucket)),
                 Rollup::All => None,
             };
-            let key = (rolled, query.group_by.iter().map(|d| dims[*d].clone()).collect());
+            let key = (
+                rolled,
+                query.group_by.iter().map(|d| dims[*d].clone()).collect(),
+            );
             match groups.get_mut(&key) {
                 Some(merged) => {
                     for (mine, m) in merged.iter_mut().zip(&query.measures) {
@@ -117,7 +125,10 @@ pub fn answer(source: &SourceConfig, view: &ViewDef, parts: &[&ViewState], query
                     }
                 }
                 None => {
-                    groups.insert(key, query.measures.iter().map(|m| states[*m].clone()).collect());
+                    groups.insert(
+                        key,
+                        query.measures.iter().map(|m| states[*m].clone()).collect(),
+                    );
                 }
             }
         }
@@ -136,7 +147,10 @@ pub fn answer(source: &SourceConfig, view: &ViewDef, parts: &[&ViewState], query
         .collect();
     let compare = |a: &Row, b: &Row| -> Ordering {
         if query.order_by.is_empty() {
-            return a.bucket.cmp(&b.bucket).then_with(|| a.dimensions.cmp(&b.dimensions));
+            return a
+                .bucket
+                .cmp(&b.bucket)
+                .then_with(|| a.dimensions.cmp(&b.dimensions));
         }
         for (key, desc) in &query.order_by {
             let o = match key {
@@ -149,7 +163,9 @@ pub fn answer(source: &SourceConfig, view: &ViewDef, parts: &[&ViewState], query
                 return o;
             }
         }
-        a.bucket.cmp(&b.bucket).then_with(|| a.dimensions.cmp(&b.dimensions))
+        a.bucket
+            .cmp(&b.bucket)
+            .then_with(|| a.dimensions.cmp(&b.dimensions))
     };
     rows.sort_by(compare);
     if let Some(limit) = query.limit {
@@ -176,9 +192,13 @@ pub fn finalise(source: &SourceConfig, view: &ViewDef, m: usize, state: &State) 
         (AggKind::Count, State::Count(n)) => Value::Int(*n),
         (AggKind::Sum, State::Sum(s)) => number(*s),
         (AggKind::Min, State::Min(s)) | (AggKind::Max, State::Max(s)) => number(*s),
-        (AggKind::Avg, State::Avg { sum: Some(s), count }) if *count > 0 => {
-            Value::Float(s / *count as f64)
-        }
+        (
+            AggKind::Avg,
+            State::Avg {
+                sum: Some(s),
+                count,
+            },
+        ) if *count > 0 => Value::Float(s / *count as f64),
         (AggKind::Avg, State::Avg { .. }) => Value::Null,
         (AggKind::ApproxDistinct, State::Distinct(s)) => Value::Int(s.estimate() as i64),
         (agg, state) => panic!("state {state:?} does not belong to a {agg:?} measure"),

@@ -15,9 +15,7 @@ use std::collections::HashMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{
-    DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
-};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 
 use crate::config::{AggKind, FieldType, SourceConfig, ViewDef};
@@ -120,7 +118,10 @@ impl State {
             AggKind::Sum => State::Sum(None),
             AggKind::Min => State::Min(None),
             AggKind::Max => State::Max(None),
-            AggKind::Avg => State::Avg { sum: None, count: 0 },
+            AggKind::Avg => State::Avg {
+                sum: None,
+                count: 0,
+            },
             AggKind::ApproxDistinct => State::Distinct(Sketch::new()),
         }
     }
@@ -152,7 +153,9 @@ impl State {
                 *count += c;
             }
             (State::Distinct(a), State::Distinct(b)) => a.merge(b),
-            (mine, theirs) => panic!("merging states of different measures: {mine:?} and {theirs:?}"),
+            (mine, theirs) => {
+                panic!("merging states of different measures: {mine:?} and {theirs:?}")
+            }
         }
     }
 
@@ -345,7 +348,8 @@ impl ViewState {
         for row in 0..batch.num_rows() {
             let key: Box<[Dim]> = dims.iter().map(|d| dim(d.as_ref(), row)).collect();
             let g = self.group(view, (bucket.value(row), key));
-            let mut loaded: Vec<State> = view.measures.iter().map(|m| State::empty(m.agg)).collect();
+            let mut loaded: Vec<State> =
+                view.measures.iter().map(|m| State::empty(m.agg)).collect();
             for (c, array) in &state_columns {
                 let value = |kind| num(array.as_ref(), row, kind);
                 let state = &mut loaded[c.measure];
@@ -356,7 +360,9 @@ impl ViewState {
                     (Role::Sum, State::Sum(s)) => *s = value(kind_of(&c.data_type)),
                     (Role::Min, State::Min(s)) => *s = value(kind_of(&c.data_type)),
                     (Role::Max, State::Max(s)) => *s = value(kind_of(&c.data_type)),
-                    (Role::AvgSum, State::Avg { sum, .. }) => *sum = value(FieldType::Float).map(Num::as_f64),
+                    (Role::AvgSum, State::Avg { sum, .. }) => {
+                        *sum = value(FieldType::Float).map(Num::as_f64)
+                    }
                     (Role::AvgCount, State::Avg { count, .. }) if array.is_valid(row) => {
                         *count = array.as_primitive::<Int64Type>().value(row);
                     }

@@ -12,6 +12,7 @@ use lambdaflow_batch::history::{RunRecord, Trigger};
 use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::Mix;
+use lambdaflow_speed::lambda::Shared;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::generate::{self, GenOptions};
 use crate::http::{self, AppState};
 use crate::kafka::{self, EmbeddedBroker};
+use crate::lambda;
 
 /// Reads a config file and applies the `LAMBDAFLOW_*` environment.
 pub fn load_config(path: &Path) -> Result<Config> {
@@ -134,12 +136,22 @@ pub async fn archive(config: Arc<Config>, shutdown: CancellationToken) -> Result
     Ok(())
 }
 
-/// `lambdaflow serve`: the HTTP API (batch runs it is asked for run in this process).
+/// `lambdaflow serve`: the speed layer and the HTTP API (batch runs it is asked for run in
+/// this process).
 pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
     let (brokers, _broker) = connect(&config).await?;
     let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
-    spawn_http(&mut tasks, config, &brokers, batches.clone(), shutdown).await?;
+    let lambda = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
+    spawn_http(
+        &mut tasks,
+        config,
+        &brokers,
+        batches.clone(),
+        lambda,
+        shutdown,
+    )
+    .await?;
     let outcome = tasks.join().await;
     batches.drain().await;
     outcome
@@ -180,11 +192,13 @@ pub async fn run(
         let batches = batches.clone();
         async move { Ok(batches.schedule().await?) }
     });
+    let lambda = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
     let addr = spawn_http(
         &mut tasks,
         config.clone(),
         &brokers,
         batches.clone(),
+        lambda,
         shutdown.clone(),
     )
     .await?;
@@ -202,13 +216,22 @@ pub async fn run(
         "lambdaflow is running: API http://{addr}/  broker {brokers}  topic {}  lake {}",
         config.kafka.topic, config.lake.uri
     );
-    tracing::info!(
-        "the speed layer is not part of this build yet: answers come from the batch views"
-    );
     let outcome = tasks.join().await;
     batches.drain().await;
     drop(broker);
     outcome
+}
+
+async fn spawn_speed(
+    tasks: &mut Tasks,
+    config: &Arc<Config>,
+    brokers: &str,
+    shutdown: &CancellationToken,
+) -> Result<Shared> {
+    let (shared, task) =
+        lambda::start(config.clone(), brokers.to_owned(), shutdown.clone()).await?;
+    tasks.spawn("speed layer", task);
+    Ok(shared)
 }
 
 async fn spawn_http(
@@ -216,13 +239,14 @@ async fn spawn_http(
     config: Arc<Config>,
     brokers: &str,
     batches: Arc<Batches>,
+    lambda: Shared,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
     let listener = TcpListener::bind(&config.serving.listen)
         .await
         .with_context(|| format!("listening on {}", config.serving.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(config, kafka::producer(brokers)?, batches);
+    let state = AppState::new(config, kafka::producer(brokers)?, batches, lambda);
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
     tasks.spawn("http", async move {

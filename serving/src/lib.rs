@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`commands`]: one function per CLI subcommand (`run`, `demo`, `archive`, `serve`, `gen`, …).
 //! - [`http`]: the axum API, one module per resource, shared by `main` and the tests.
+//! - [`lambda`]: batch views loaded per version, raw ids for deduplication, and the watcher
+//!   that hands new versions to the speed layer.
 //! - [`kafka`]: producer settings, topic creation, and [`kafka::EmbeddedBroker`].
 //! - [`generate`]: producing synthetic shop events at a rate.
 //! - [`shutdown`]: SIGINT/SIGTERM into one cancellation token.
@@ -14,4 +16,5 @@ pub mod commands;
 pub mod generate;
 pub mod http;
 pub mod kafka;
+pub mod lambda;
 pub mod shutdown;

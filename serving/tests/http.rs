@@ -12,6 +12,7 @@ use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_serving::http::{AppState, app};
 use lambdaflow_serving::kafka::{self, EmbeddedBroker};
+use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
@@ -25,10 +26,18 @@ fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> 
     config.lake.uri = lake.path().display().to_string();
     let config = Arc::new(config);
     let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
+    let lambda = Shared::default();
+    let empty = config
+        .views
+        .iter()
+        .map(|_| Arc::new(BatchView::default()))
+        .collect();
+    Speed::new(config.clone(), lambda.clone(), empty).unwrap();
     AppState::new(
         config,
         kafka::producer(broker.bootstrap_servers()).unwrap(),
         batches,
+        lambda,
     )
 }
 

@@ -116,10 +116,19 @@ impl SpeedLayer {
                 .fetch_watermarks(&topic, p, Duration::from_secs(10))
                 .map_err(kafka("reading partition bounds"))?;
             if start < low {
-                tracing::warn!(partition = p, watermark_next = start, first_kept = low, "the broker no longer holds offsets the batch views do not cover: events before {low} in partition {p} are missing until a batch run covers them");
+                tracing::warn!(
+                    partition = p,
+                    watermark_next = start,
+                    first_kept = low,
+                    "the broker no longer holds offsets the batch views do not cover: events before {low} in partition {p} are missing until a batch run covers them"
+                );
             }
             heads.insert(p, high);
-            let offset = if start == 0 { Offset::Beginning } else { Offset::Offset(start) };
+            let offset = if start == 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(start)
+            };
             assignment
                 .add_partition_offset(&topic, p, offset)
                 .map_err(kafka("assigning partitions"))?;
@@ -127,7 +136,11 @@ impl SpeedLayer {
         consumer
             .assign(&assignment)
             .map_err(kafka("assigning partitions"))?;
-        self.speed.shared().write().expect("not poisoned").start_head = heads.clone();
+        self.speed
+            .shared()
+            .write()
+            .expect("not poisoned")
+            .start_head = heads.clone();
         tracing::info!(%topic, from = ?starts, head = ?heads, "speed layer consuming");
 
         let (tx, mut rx) = mpsc::channel::<Micro>(4);

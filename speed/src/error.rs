@@ -36,7 +36,9 @@ pub enum Error {
     },
     /// A new batch version covers less than the current one: the view tables were replaced
     /// by older ones. Restart the process to rebuild from the new watermark.
-    #[error("batch watermark moved back from {before:?} to {after:?}; restart to rebuild the speed layer")]
+    #[error(
+        "batch watermark moved back from {before:?} to {after:?}; restart to rebuild the speed layer"
+    )]
     WatermarkMovedBack {
         /// The lowest watermark before.
         before: Watermark,

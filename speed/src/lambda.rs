@@ -43,7 +43,9 @@ pub struct BatchView {
 
 impl BatchView {
     fn next_offset(&self, partition: i32) -> i64 {
-        self.watermark.as_ref().map_or(0, |w| w.next_offset(partition))
+        self.watermark
+            .as_ref()
+            .map_or(0, |w| w.next_offset(partition))
     }
 }
 
@@ -255,10 +257,7 @@ impl Speed {
                     let value = expr.evaluate(events)?.into_array(events.num_rows())?;
                     let mask = value.as_boolean();
                     // A null filter result excludes the event, as SQL's WHERE does.
-                    Ok(mask
-                        .iter()
-                        .map(|v| Some(v.unwrap_or(false)))
-                        .collect())
+                    Ok(mask.iter().map(|v| Some(v.unwrap_or(false))).collect())
                 }
             })
             .collect()

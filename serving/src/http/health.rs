@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process is up) and `GET /readyz` (it can answer queries).
+//! `GET /healthz` (the process is up) and `GET /readyz` (it can answer queries: the speed
+//! layer has consumed what the topic held when it started, and the batch views are loaded).
 
 use std::sync::atomic::Ordering;
 
@@ -22,7 +23,11 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.ready.load(Ordering::Acquire) {
+    let lambda_ready = {
+        let lambda = state.lambda.read().expect("not poisoned");
+        lambda.views.len() == state.config.views.len() && lambda.caught_up()
+    };
+    if state.ready.load(Ordering::Acquire) && lambda_ready {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     } else {
         (

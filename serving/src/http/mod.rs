@@ -5,6 +5,7 @@ pub mod batch;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use axum::Router;
 use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::validate::Validator;
+use lambdaflow_speed::lambda::Shared;
 use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Batch runs started through the API, and the run history.
     pub batches: Arc<Batches>,
+    /// The (batch, speed) pairs queries read.
+    pub lambda: Shared,
 }
 
 impl std::fmt::Debug for AppState {
@@ -43,9 +47,15 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for `config`, producing through `producer` and running batches through
-    /// `batches`; not ready until [`Self::set_ready`].
-    pub fn new(config: Arc<Config>, producer: FutureProducer, batches: Arc<Batches>) -> Self {
+    /// State for `config`, producing through `producer`, running batches through `batches`
+    /// and answering queries from `lambda`; not ready until [`Self::set_ready`] and the speed
+    /// layer has caught up.
+    pub fn new(
+        config: Arc<Config>,
+        producer: FutureProducer,
+        batches: Arc<Batches>,
+        lambda: Shared,
+    ) -> Self {
         let validator = Arc::new(Validator::new(&config.source));
         Self {
             config,
@@ -53,6 +63,7 @@ impl AppState {
             producer,
             ready: Arc::default(),
             batches,
+            lambda,
         }
     }
 
@@ -68,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(events::router(&state.config))
         .merge(batch::router())
+        .merge(views::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

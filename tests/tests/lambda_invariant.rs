@@ -1,0 +1,401 @@
+//! The lambda invariant (SPEC §3) as a property: random events (late, duplicated, invalid) on
+//! random partitions, archived and batched at random points, with the speed layer swapping in
+//! each new batch version and restarting at random; at every check, batch ⊕ speed equals a
+//! direct aggregation of the deduplicated valid events consumed — every group's states (HLL
+//! sketches byte for byte) and every query at every granularity and group_by subset.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use lambdaflow_batch::commit::OffsetTable;
+use lambdaflow_batch::history::History;
+use lambdaflow_batch::lake::{Lake, open_or_create, stored_ids};
+use lambdaflow_batch::run::BatchRun;
+use lambdaflow_common::config::{Config, Granularity};
+use lambdaflow_common::query::{Query, Rollup, Value, answer};
+use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
+use lambdaflow_common::state::{State, ViewState};
+use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
+use lambdaflow_common::validate::{Coordinates, Validator};
+use lambdaflow_serving::lambda::load_batch_view;
+use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
+use proptest::prelude::*;
+
+const PARTITIONS: usize = 3;
+/// 2026-11-20T00:00:00Z.
+const BASE_US: i64 = 20_777 * MICROS_PER_DAY;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Produce(Vec<Message>),
+    Archive,
+    Batch,
+    Restart,
+    Check,
+}
+
+#[derive(Debug, Clone)]
+struct Message {
+    id: u16,
+    minute: i64,
+    kind: usize,
+    user: u8,
+    amount: Option<u16>,
+    broken: bool,
+}
+
+impl Message {
+    fn payload(&self) -> Vec<u8> {
+        if self.broken {
+            return format!("{{\"event_id\": \"e{}\", \"event_time\": 12", self.id).into_bytes();
+        }
+        let kind = ["purchase", "view", "cart"][self.kind];
+        let country = ["kr", "us"][usize::from(self.user) % 2];
+        let mut v = serde_json::json!({
+            "event_id": format!("e{}", self.id),
+            "event_time": (BASE_US + self.minute * 60_000_000) / 1000,
+            "type": kind,
+            "user_id": format!("u{}", self.user),
+            "country": country,
+            "product": format!("p{}", self.id % 3),
+        });
+        if let Some(a) = self.amount {
+            v["amount"] = (f64::from(a) / 8.0).into();
+            v["quantity"] = i64::from(a % 4).into();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// Copies of an event share a key, so a partition.
+    fn partition(&self) -> usize {
+        usize::from(self.id) % PARTITIONS
+    }
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (
+        0u16..60,
+        0i64..3 * 24 * 60,
+        0usize..3,
+        0u8..9,
+        proptest::option::of(0u16..800),
+        proptest::bool::weighted(0.05),
+    )
+        .prop_map(|(id, minute, kind, user, amount, broken)| Message {
+            id,
+            minute,
+            kind,
+            user,
+            amount,
+            broken,
+        })
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => proptest::collection::vec(message(), 1..40).prop_map(Step::Produce),
+        2 => Just(Step::Archive),
+        2 => Just(Step::Batch),
+        1 => Just(Step::Restart),
+        2 => Just(Step::Check),
+    ]
+}
+
+/// The world: a topic in memory, a lake on disk, a speed layer.
+struct World {
+    _dir: tempfile::TempDir,
+    config: Arc<Config>,
+    lake: Lake,
+    validator: Validator,
+    topic: Vec<Vec<Vec<u8>>>,
+    raw: OffsetTable,
+    archived: Vec<usize>,
+    archived_ids: HashSet<(i32, String)>,
+    speed: Speed,
+    shared: Shared,
+    consumed: Vec<usize>,
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::demo();
+        config.lake.uri = dir.path().display().to_string();
+        let config = Arc::new(config);
+        let lake = Lake::new(&config.lake).unwrap();
+        let schema = raw_schema(&config.source);
+        let table = open_or_create(&lake.raw(&config.source.name), &schema, &[EVENT_DATE])
+            .await
+            .unwrap();
+        let partitions: Vec<i32> = (0..PARTITIONS as i32).collect();
+        let raw = OffsetTable::load(
+            table,
+            (schema, EVENT_DATE),
+            &config.kafka.topic,
+            &partitions,
+        )
+        .await
+        .unwrap();
+        let shared = Shared::default();
+        let speed = Speed::new(
+            config.clone(),
+            shared.clone(),
+            batch_views(&config, &lake).await,
+        )
+        .unwrap();
+        Self {
+            _dir: dir,
+            validator: Validator::new(&config.source),
+            config,
+            lake,
+            topic: vec![Vec::new(); PARTITIONS],
+            raw,
+            archived: vec![0; PARTITIONS],
+            archived_ids: HashSet::new(),
+            speed,
+            shared,
+            consumed: vec![0; PARTITIONS],
+        }
+    }
+
+    /// Validates messages `from[p]..` of every partition.
+    fn validated(&self, from: &[usize]) -> (arrow::array::RecordBatch, BTreeMap<i32, i64>) {
+        let mut builder = self
+            .validator
+            .batch_builder(&self.config.kafka.topic, now_micros());
+        let mut upto = BTreeMap::new();
+        for (p, messages) in self.topic.iter().enumerate() {
+            for (offset, payload) in messages.iter().enumerate().skip(from[p]) {
+                let _ = builder.push(
+                    Some(payload),
+                    Coordinates {
+                        partition: p as i32,
+                        offset: offset as i64,
+                    },
+                );
+                upto.insert(p as i32, offset as i64);
+            }
+        }
+        (builder.finish().events, upto)
+    }
+
+    /// The archiver: first occurrences of everything produced, one commit.
+    async fn archive(&mut self) {
+        let (events, upto) = self.validated(&self.archived.clone());
+        let keep: arrow::array::BooleanArray = first_occurrences(&events, &mut self.archived_ids);
+        let events = arrow::compute::filter_record_batch(&events, &keep).unwrap();
+        self.raw.append(events, &upto).await.unwrap();
+        self.archived = self.topic.iter().map(Vec::len).collect();
+    }
+
+    /// The speed layer consumes everything produced since it last did.
+    async fn consume(&mut self) {
+        let (events, upto) = self.validated(&self.consumed.clone());
+        self.consumed = self.topic.iter().map(Vec::len).collect();
+        for date in self.speed.dates_to_load(&events) {
+            let table =
+                deltalake::DeltaTableBuilder::from_url(self.lake.raw(&self.config.source.name))
+                    .unwrap()
+                    .with_version(self.speed.raw_version())
+                    .load()
+                    .await
+                    .unwrap();
+            let ids = stored_ids(&table, &self.config.source.id_field, date)
+                .await
+                .unwrap();
+            self.speed.load_ids(date, ids.iter().flatten());
+        }
+        self.speed.fold(events, &upto).unwrap();
+    }
+
+    async fn restart(&mut self) {
+        self.shared = Shared::default();
+        let batches = batch_views(&self.config, &self.lake).await;
+        self.speed = Speed::new(self.config.clone(), self.shared.clone(), batches).unwrap();
+        let starts = self
+            .speed
+            .start_offsets(&(0..PARTITIONS as i32).collect::<Vec<_>>());
+        self.consumed = starts.values().map(|o| *o as usize).collect();
+        self.consume().await;
+    }
+
+    async fn batch(&mut self) {
+        let history = History::new(&self.lake).unwrap();
+        BatchRun::new(self.config.clone(), self.lake.clone(), history)
+            .run()
+            .await
+            .unwrap();
+        let swap = batch_views(&self.config, &self.lake)
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.speed.swap(swap).unwrap();
+    }
+
+    /// Direct aggregation of every first occurrence consumed, per view.
+    fn direct(&self) -> Vec<ViewState> {
+        let (events, _) = self.validated(&[0; PARTITIONS]);
+        let keep = first_occurrences(&events, &mut HashSet::new());
+        self.config
+            .views
+            .iter()
+            .map(|view| {
+                let mut state = ViewState::new();
+                let filtered = match &view.filter {
+                    Some(_) => {
+                        let kinds = events.column_by_name("type").unwrap();
+                        let kinds = arrow::array::AsArray::as_string::<i32>(kinds.as_ref());
+                        let purchase: arrow::array::BooleanArray =
+                            kinds.iter().map(|k| Some(k == Some("purchase"))).collect();
+                        arrow::compute::and(&keep, &purchase).unwrap()
+                    }
+                    None => keep.clone(),
+                };
+                state
+                    .fold(&self.config.source, view, &events, &filtered)
+                    .unwrap();
+                state
+            })
+            .collect()
+    }
+
+    fn check(&self) {
+        let direct = self.direct();
+        let lambda = self.shared.read().unwrap();
+        for ((view, pair), want) in self.config.views.iter().zip(&lambda.views).zip(&direct) {
+            let mut merged = ViewState::new();
+            merged.merge_into(view, &pair.batch.state);
+            merged.merge_into(view, &pair.speed);
+            assert_states_equal(&view.name, &merged, want);
+            let rollups = [Granularity::Minute, Granularity::Hour, Granularity::Day]
+                .into_iter()
+                .filter(|g| *g >= view.granularity)
+                .map(Rollup::Buckets)
+                .chain([Rollup::All]);
+            for rollup in rollups {
+                for mask in 0..(1usize << view.dimensions.len()) {
+                    let query = Query {
+                        from: None,
+                        to: None,
+                        rollup,
+                        group_by: (0..view.dimensions.len())
+                            .filter(|d| mask & (1 << d) != 0)
+                            .collect(),
+                        filters: Vec::new(),
+                        measures: (0..view.measures.len()).collect(),
+                        order_by: Vec::new(),
+                        limit: None,
+                    };
+                    let got = answer(
+                        &self.config.source,
+                        view,
+                        &[&pair.batch.state, &pair.speed],
+                        &query,
+                    );
+                    let expected = answer(&self.config.source, view, &[want], &query);
+                    assert_eq!(got.len(), expected.len(), "{} {rollup:?} {mask}", view.name);
+                    for (g, e) in got.iter().zip(&expected) {
+                        assert_eq!((g.bucket, &g.dimensions), (e.bucket, &e.dimensions));
+                        for (a, b) in g.values.iter().zip(&e.values) {
+                            assert!(close(a, b), "{} {rollup:?}: {a:?} != {b:?}", view.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn batch_views(config: &Config, lake: &Lake) -> Vec<Arc<BatchView>> {
+    let mut out = Vec::new();
+    for view in &config.views {
+        out.push(Arc::new(load_batch_view(config, lake, view).await.unwrap()));
+    }
+    out
+}
+
+/// Rows whose (event date, id) was not seen, remembering them.
+fn first_occurrences(
+    events: &arrow::array::RecordBatch,
+    seen: &mut HashSet<(i32, String)>,
+) -> arrow::array::BooleanArray {
+    use arrow::array::AsArray;
+    let ids = events.column(0).as_string::<i32>();
+    let dates = events
+        .column_by_name(EVENT_DATE)
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Date32Type>();
+    (0..events.num_rows())
+        .map(|i| Some(seen.insert((dates.value(i), ids.value(i).to_owned()))))
+        .collect()
+}
+
+fn close(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Float(x), Value::Float(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    }
+}
+
+fn assert_states_equal(view: &str, got: &ViewState, want: &ViewState) {
+    let index: BTreeMap<_, _> = want.groups().collect();
+    assert_eq!(got.len(), want.len(), "{view}: group count");
+    for (key, states) in got.groups() {
+        let expected = index
+            .get(key)
+            .unwrap_or_else(|| panic!("{view}: unexpected group {key:?}"));
+        for (g, e) in states.iter().zip(expected.iter()) {
+            let same = match (g, e) {
+                (State::Distinct(a), State::Distinct(b)) => a.to_bytes() == b.to_bytes(),
+                (State::Sum(Some(a)), State::Sum(Some(b))) => {
+                    (a.as_f64() - b.as_f64()).abs() <= 1e-9 * a.as_f64().abs().max(1.0)
+                }
+                (
+                    State::Avg {
+                        sum: Some(a),
+                        count: c,
+                    },
+                    State::Avg {
+                        sum: Some(b),
+                        count: d,
+                    },
+                ) => c == d && (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+                _ => g == e,
+            };
+            assert!(same, "{view} {key:?}: {g:?} != {e:?}");
+        }
+    }
+}
+
+async fn play(steps: Vec<Step>) {
+    let mut world = World::new().await;
+    for step in steps {
+        match step {
+            Step::Produce(messages) => {
+                for m in messages {
+                    let p = m.partition();
+                    world.topic[p].push(m.payload());
+                }
+                world.consume().await;
+            }
+            Step::Archive => world.archive().await,
+            Step::Batch => world.batch().await,
+            Step::Restart => world.restart().await,
+            Step::Check => world.check(),
+        }
+    }
+    world.archive().await;
+    world.batch().await;
+    world.check();
+    world.restart().await;
+    world.check();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, max_shrink_iters: 30, .. ProptestConfig::default() })]
+    #[test]
+    fn batch_plus_speed_equals_direct_aggregation(steps in proptest::collection::vec(step(), 1..14)) {
+        tokio::runtime::Runtime::new().unwrap().block_on(play(steps));
+    }
+}

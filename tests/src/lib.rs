@@ -293,3 +293,43 @@ impl RawWriter {
 pub fn python() -> Command {
     Command::new(std::env::var("LAMBDAFLOW_PYTHON").unwrap_or_else(|_| "python3".into()))
 }
+
+/// Per view, the aggregation of every first occurrence among `messages` (partition, offset,
+/// payload), computed in one piece by the speed layer's fold with no batch side: the answer
+/// any split into batch ⊕ speed must give.
+pub fn direct_views(
+    config: &std::sync::Arc<lambdaflow_common::config::Config>,
+    messages: &[(i32, i64, Vec<u8>)],
+) -> Vec<lambdaflow_common::state::ViewState> {
+    use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
+    let shared = Shared::default();
+    let empty = config
+        .views
+        .iter()
+        .map(|_| std::sync::Arc::new(BatchView::default()))
+        .collect();
+    let mut speed = Speed::new(config.clone(), shared.clone(), empty).expect("speed state");
+    let mut ordered: Vec<_> = messages.iter().collect();
+    ordered.sort_by_key(|(p, o, _)| (*p, *o));
+    let validator = lambdaflow_common::validate::Validator::new(&config.source);
+    let mut builder = validator.batch_builder(
+        &config.kafka.topic,
+        lambdaflow_common::timestamp::now_micros(),
+    );
+    for (partition, offset, payload) in ordered {
+        let at = lambdaflow_common::validate::Coordinates {
+            partition: *partition,
+            offset: *offset,
+        };
+        let _ = builder.push(Some(payload), at);
+    }
+    let events = builder.finish().events;
+    for date in speed.dates_to_load(&events) {
+        speed.load_ids(date, []);
+    }
+    speed
+        .fold(events, &Default::default())
+        .expect("folding the truth");
+    let lambda = shared.read().expect("not poisoned");
+    lambda.views.iter().map(|v| v.speed.clone()).collect()
+}

@@ -238,3 +238,128 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
         );
     }
 }
+
+#[tokio::test]
+async fn views_are_listed_and_bad_queries_are_named() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 1 << 16, &lake);
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    let query = |body: Value| {
+        Request::post("/v1/views/sales_by_country/query")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+
+    let (status, views) = call(&state, get("/v1/views")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(views["views"].as_array().unwrap().len(), 3);
+    assert_eq!(views["views"][0]["measures"][5]["agg"], "approx_distinct");
+    let (status, one) = call(&state, get("/v1/views/traffic_by_minute")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["watermark"], Value::Null);
+    assert_eq!(one["rows"]["speed"], 0);
+
+    let (status, answer) = call(&state, query(json!({"granularity": "day", "group_by": ["country"], "order_by": [{"field": "orders", "desc": true}], "limit": 5}))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["rows"], json!([]));
+    assert_eq!(answer["granularity"], "day");
+    let (status, _) = call(&state, get("/v1/views/sales_by_country/query?granularity=all&group_by=country&measures=orders,buyers")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    for (request, status, code, needle) in [
+        (
+            get("/v1/views/nope"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "nope",
+        ),
+        (
+            get("/v1/views/nope/query"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "nope",
+        ),
+        (
+            query(json!({"granularity": "minute"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_granularity",
+            "hour",
+        ),
+        (
+            query(json!({"granularity": "week"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_granularity",
+            "week",
+        ),
+        (
+            query(json!({"group_by": ["colour"]})),
+            StatusCode::BAD_REQUEST,
+            "unknown_dimension",
+            "colour",
+        ),
+        (
+            query(json!({"filters": {"product": ["x"]}})),
+            StatusCode::BAD_REQUEST,
+            "unknown_dimension",
+            "product",
+        ),
+        (
+            query(json!({"filters": {"country": [7]}})),
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+            "country",
+        ),
+        (
+            query(json!({"measures": ["profit"]})),
+            StatusCode::BAD_REQUEST,
+            "unknown_measure",
+            "profit",
+        ),
+        (
+            query(json!({"from": "yesterday"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "yesterday",
+        ),
+        (
+            query(json!({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "before",
+        ),
+        (
+            query(json!({"order_by": [{"field": "country"}]})),
+            StatusCode::BAD_REQUEST,
+            "invalid_order",
+            "country",
+        ),
+        (
+            query(json!({"limit": 100_001})),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit",
+        ),
+        (
+            query(json!({"fields": []})),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "fields",
+        ),
+        (
+            get("/v1/views/sales_by_country/query?limit=x"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit",
+        ),
+    ] {
+        let (got, reply) = call(&state, request).await;
+        assert_eq!(got, status, "{reply}");
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+        assert!(
+            reply["error"]["message"].as_str().unwrap().contains(needle),
+            "{reply}"
+        );
+    }
+}

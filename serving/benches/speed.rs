@@ -1,0 +1,421 @@
+//! Speed layer and query benchmarks, each next to its peer in the same run:
+//! - speed layer events/s (consume, validate, deduplicate, filter, fold into three views)
+//!   against a plain rdkafka consumer reading the same topic;
+//! - produce-to-visible latency: from handing an event to the producer to its offset being
+//!   folded into the state queries read;
+//! - query latency over HTTP for a 30-day hourly query grouped by country, under an open-loop
+//!   load of 2,000 queries/s from 16 connections.
+//!
+//! `cargo bench -p lambdaflow-serving --bench speed` (`LAMBDAFLOW_BENCH_EVENTS` sets the
+//! event count, default 200,000). The broker is librdkafka's in-process mock cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use lambdaflow_batch::schedule::Batches;
+use lambdaflow_common::config::Config;
+use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
+use lambdaflow_common::validate::{Coordinates, Validator};
+use lambdaflow_serving::http::{AppState, app};
+use lambdaflow_serving::kafka;
+use lambdaflow_speed::consume::{RawIds, SpeedLayer};
+use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+const TOPIC: &str = "events";
+const PARTITIONS: i32 = 12;
+
+/// A fresh topic: nothing is stored yet.
+struct NoRawIds;
+
+impl RawIds for NoRawIds {
+    fn ids(&self, _version: u64, _date: i32) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn main() {
+    let n: usize = std::env::var("LAMBDAFLOW_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let mut generator = ShopGenerator::new(
+        42,
+        3_000,
+        Mix {
+            duplicates: 0.01,
+            late: 0.05,
+            invalid: 0.01,
+        },
+    );
+    let now = now_micros();
+    for _ in 0..n {
+        let s = generator.next_event(now);
+        while let Err((e, _)) = producer.send(BaseRecord::to(TOPIC).key(&s.key).payload(&s.payload))
+        {
+            assert!(
+                matches!(e, rdkafka::error::KafkaError::MessageProduction(_)),
+                "{e}"
+            );
+            producer.poll(Duration::from_millis(1));
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    println!("{n} events, {PARTITIONS} partitions");
+
+    let plain = (0..3)
+        .map(|i| plain_consumer(&brokers, n, i))
+        .fold(0.0, f64::max);
+    println!("plain rdkafka consumer: {plain:>10.0} msgs/s (best of 3)");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut config = Config::demo();
+    config.kafka.brokers = brokers.clone();
+    let config = Arc::new(config);
+    let speed = (0..3)
+        .map(|_| runtime.block_on(speed_layer(&config, &brokers, n)))
+        .fold(0.0, f64::max);
+    println!(
+        "speed layer:            {speed:>10.0} events/s (best of 3) = {:.2}x the plain consumer",
+        speed / plain
+    );
+
+    let (validate, fold) = fold_only(&config, n);
+    println!(
+        "  of which, on one core: validate {validate:>10.0} events/s, deduplicate + filter + fold into 3 views {fold:>10.0} events/s"
+    );
+
+    let latencies = runtime.block_on(produce_to_visible(&config, &brokers));
+    println!(
+        "produce-to-visible:     p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events, one at a time)",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+        latencies.len()
+    );
+
+    runtime.block_on(query_load(&config, &brokers));
+    drop(cluster);
+}
+
+fn plain_consumer(brokers: &str, n: usize, run: usize) -> f64 {
+    let started = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-plain-{run}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    consumer
+        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut read = 0;
+    while read < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            std::hint::black_box(m.payload());
+            read += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {read} of {n}"
+        );
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The speed layer's two CPU stages without Kafka: validation, then deduplication, filters and
+/// folding, in micro-batches of 20,000.
+fn fold_only(config: &Arc<Config>, n: usize) -> (f64, f64) {
+    let validator = Validator::new(&config.source);
+    let mut generator = ShopGenerator::new(
+        42,
+        3_000,
+        Mix {
+            duplicates: 0.01,
+            late: 0.05,
+            invalid: 0.01,
+        },
+    );
+    let now = now_micros();
+    let samples: Vec<_> = (0..n).map(|_| generator.next_event(now)).collect();
+    let started = Instant::now();
+    let mut chunks = Vec::new();
+    for (c, chunk) in samples.chunks(20_000).enumerate() {
+        let mut builder = validator.batch_builder(TOPIC, now);
+        for (i, s) in chunk.iter().enumerate() {
+            let _ = builder.push(
+                Some(&s.payload),
+                Coordinates {
+                    partition: 0,
+                    offset: (c * 20_000 + i) as i64,
+                },
+            );
+        }
+        chunks.push(builder.finish().events);
+    }
+    let validate = n as f64 / started.elapsed().as_secs_f64();
+    let (_shared, mut speed) = empty_speed(config);
+    let started = Instant::now();
+    for events in chunks {
+        for date in speed.dates_to_load(&events) {
+            speed.load_ids(date, []);
+        }
+        speed.fold(events, &BTreeMap::new()).expect("fold");
+    }
+    (validate, n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn empty_speed(config: &Arc<Config>) -> (Shared, Speed) {
+    let shared = Shared::default();
+    let empty = config
+        .views
+        .iter()
+        .map(|_| Arc::new(BatchView::default()))
+        .collect();
+    let speed = Speed::new(config.clone(), shared.clone(), empty).expect("speed");
+    (shared, speed)
+}
+
+fn consumed(shared: &Shared) -> i64 {
+    let lambda = shared.read().expect("not poisoned");
+    lambda.consumed.values().map(|o| o + 1).sum()
+}
+
+/// Start-up (metadata, assignment) to the last message folded, as the plain consumer.
+async fn speed_layer(config: &Arc<Config>, brokers: &str, n: usize) -> f64 {
+    let (shared, speed) = empty_speed(config);
+    let (_swaps, rx) = tokio::sync::mpsc::channel(1);
+    let layer = SpeedLayer::new(config.clone(), brokers, speed, Arc::new(NoRawIds), rx);
+    let token = CancellationToken::new();
+    let started = Instant::now();
+    let run = tokio::spawn(layer.run(token.clone()));
+    while (consumed(&shared) as usize) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "speed layer stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    token.cancel();
+    run.await.expect("task").expect("speed layer");
+    n as f64 / elapsed.as_secs_f64()
+}
+
+async fn produce_to_visible(config: &Arc<Config>, brokers: &str) -> Vec<Duration> {
+    let (shared, speed) = empty_speed(config);
+    let (_swaps, rx) = tokio::sync::mpsc::channel(1);
+    let layer = SpeedLayer::new(config.clone(), brokers, speed, Arc::new(NoRawIds), rx);
+    let token = CancellationToken::new();
+    let run = tokio::spawn(layer.run(token.clone()));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    while !shared.read().expect("not poisoned").caught_up() || consumed(&shared) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut generator = ShopGenerator::new(7, 1_000, Mix::default());
+    let mut latencies = Vec::new();
+    for _ in 0..1_000 {
+        let s = generator.next_event(now_micros());
+        let sent = Instant::now();
+        let delivery = producer
+            .send(
+                FutureRecord::to(TOPIC).key(&s.key).payload(&s.payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+        loop {
+            let visible = shared
+                .read()
+                .expect("not poisoned")
+                .consumed
+                .get(&delivery.partition)
+                .is_some_and(|o| *o >= delivery.offset);
+            if visible {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        latencies.push(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    token.cancel();
+    run.await.expect("task").expect("speed layer");
+    latencies.sort();
+    latencies
+}
+
+/// A batch side of 30 days of hourly groups (every hour has events in several countries), a
+/// speed side of the last hour, and the API on a loopback port under open-loop load.
+async fn query_load(config: &Arc<Config>, brokers: &str) {
+    let view = &config.views[0];
+    let validator = Validator::new(&config.source);
+    let mut generator = ShopGenerator::new(3, 5_000, Mix::default());
+    let end = now_micros();
+    let start = end - 30 * MICROS_PER_DAY;
+    let mut batch_state = lambdaflow_common::state::ViewState::new();
+    for chunk in 0..30 {
+        let mut builder = validator.batch_builder(TOPIC, end);
+        for i in 0..20_000i64 {
+            let t = start + (chunk * 20_000 + i) * (end - start) / 600_000;
+            let s = generator.next_event(t);
+            let _ = builder.push(
+                Some(&s.payload),
+                Coordinates {
+                    partition: 0,
+                    offset: chunk * 20_000 + i,
+                },
+            );
+        }
+        let events = builder.finish().events;
+        let all = arrow::array::BooleanArray::from(vec![true; events.num_rows()]);
+        let kinds = arrow::compute::cast(
+            events.column_by_name("type").expect("type"),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .expect("cast");
+        let purchases = arrow::compute::kernels::cmp::eq(
+            &kinds,
+            &arrow::array::StringArray::new_scalar("purchase"),
+        )
+        .expect("eq");
+        let selected = arrow::compute::and(&all, &purchases).expect("and");
+        batch_state
+            .fold(&config.source, view, &events, &selected)
+            .expect("fold");
+    }
+    let groups = batch_state.len();
+    let (shared, _speed) = empty_speed(config);
+    shared.write().expect("not poisoned").views[0].batch = Arc::new(BatchView {
+        version: Some(1),
+        watermark: Some(Default::default()),
+        state: batch_state,
+    });
+    let lake = tempfile::tempdir().expect("temp dir");
+    let mut config = (**config).clone();
+    config.lake.uri = lake.path().display().to_string();
+    let config = Arc::new(config);
+    let batches = Batches::new(config.clone(), CancellationToken::new()).expect("batches");
+    let state = AppState::new(
+        config,
+        kafka::producer(brokers).expect("producer"),
+        batches,
+        shared,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    let url = format!("http://{addr}/v1/views/sales_by_country/query");
+    let body = serde_json::json!({
+        "from": lambdaflow_common::timestamp::format_micros(start),
+        "to": lambdaflow_common::timestamp::format_micros(end),
+        "granularity": "hour",
+        "group_by": ["country"],
+    })
+    .to_string();
+    let client = reqwest::Client::new();
+    let rows = {
+        let r = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("query");
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        v["rows"].as_array().map_or(0, Vec::len)
+    };
+    let (rate, connections, seconds) = (2_000.0, 16usize, 5.0);
+    let per_connection = Duration::from_secs_f64(connections as f64 / rate);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut next = started + per_connection.mul_f64(c as f64 / connections as f64);
+            // Queries not started by the end of the window are not sent (the shortfall shows
+            // in the achieved rate).
+            while next.duration_since(started).as_secs_f64() < seconds
+                && started.elapsed().as_secs_f64() < seconds
+            {
+                tokio::time::sleep_until(next.into()).await;
+                let sent = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("query");
+                assert!(r.status().is_success());
+                r.bytes().await.expect("body");
+                // Open loop: latency counts from when the query was due, not when it was sent.
+                latencies.push(Instant::now().duration_since(next.min(sent)));
+                next += per_connection;
+            }
+            latencies
+        }));
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("load task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let mut direct = Vec::new();
+    for _ in 0..200 {
+        let sent = Instant::now();
+        let r = client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        r.bytes().await.expect("body");
+        direct.push(sent.elapsed());
+    }
+    direct.sort();
+    println!(
+        "query (30 days hourly by country: {groups} batch groups -> {rows} rows): {:.0} queries/s offered {rate:.0}; p50 {:.2} ms, p99 {:.2} ms; peer GET /healthz on the same connections p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        percentile(&direct, 0.5).as_secs_f64() * 1e3,
+        percentile(&direct, 0.99).as_secs_f64() * 1e3,
+    );
+    server.abort();
+}

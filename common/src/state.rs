@@ -211,7 +211,7 @@ impl ViewState {
                         .iter()
                         .map(|d| if let Dim::Str(s) = d { s.len() } else { 0 })
                         .sum::<usize>()
-                    + states.len() * std::mem::size_of::<State>()
+                    + std::mem::size_of_val(states)
                     + states.iter().map(State::heap_bytes).sum::<usize>()
             })
             .sum()

@@ -33,6 +33,7 @@ fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> 
         .map(|_| Arc::new(BatchView::default()))
         .collect();
     Speed::new(config.clone(), lambda.clone(), empty).unwrap();
+    lambda.write().unwrap().start_head = Some(Default::default());
     AppState::new(
         config,
         kafka::producer(broker.bootstrap_servers()).unwrap(),

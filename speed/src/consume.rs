@@ -86,6 +86,9 @@ impl SpeedLayer {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "10")
+            // With librdkafka's default (100,000) the consumer stalled for ~0.9 s once its
+            // queue drained mid-topic; a deeper prefetch keeps the fold fed.
+            .set("queued.min.messages", "200000")
             .create()
             .map_err(kafka("creating the speed consumer"))?;
         let partitions = loop {
@@ -109,21 +112,8 @@ impl SpeedLayer {
             }
         };
         let starts = self.speed.start_offsets(&partitions);
-        let mut heads = BTreeMap::new();
         let mut assignment = TopicPartitionList::new();
         for (&p, &start) in &starts {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                .map_err(kafka("reading partition bounds"))?;
-            if start < low {
-                tracing::warn!(
-                    partition = p,
-                    watermark_next = start,
-                    first_kept = low,
-                    "the broker no longer holds offsets the batch views do not cover: events before {low} in partition {p} are missing until a batch run covers them"
-                );
-            }
-            heads.insert(p, high);
             let offset = if start == 0 {
                 Offset::Beginning
             } else {
@@ -136,12 +126,33 @@ impl SpeedLayer {
         consumer
             .assign(&assignment)
             .map_err(kafka("assigning partitions"))?;
-        self.speed
-            .shared()
-            .write()
-            .expect("not poisoned")
-            .start_head = heads.clone();
-        tracing::info!(%topic, from = ?starts, head = ?heads, "speed layer consuming");
+        tracing::info!(%topic, from = ?starts, "speed layer consuming");
+        let consumer = Arc::new(consumer);
+        // The heads decide readiness, not where to start: read them beside the consumption.
+        let heads = {
+            let (consumer, topic, shared) =
+                (consumer.clone(), topic.clone(), self.speed.shared().clone());
+            tokio::task::spawn_blocking(move || {
+                let mut heads = BTreeMap::new();
+                for (&p, &start) in &starts {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                        .map_err(kafka("reading partition bounds"))?;
+                    if start < low {
+                        tracing::warn!(
+                            partition = p,
+                            watermark_next = start,
+                            first_kept = low,
+                            "the broker no longer holds offsets the batch views do not cover: events before {low} in partition {p} are missing until a batch run covers them"
+                        );
+                    }
+                    heads.insert(p, high);
+                }
+                tracing::info!(head = ?heads, "speed layer start heads");
+                shared.write().expect("not poisoned").start_head = Some(heads);
+                Ok(())
+            })
+        };
 
         let (tx, mut rx) = mpsc::channel::<Micro>(4);
         let validator = Validator::new(&self.config.source);
@@ -150,9 +161,19 @@ impl SpeedLayer {
         let reader = tokio::task::spawn_blocking(move || {
             read_micro_batches(&consumer, &validator, &reader_topic, &stop, &tx);
         });
+        let mut heads = std::pin::pin!(heads);
+        let mut heads_pending = true;
         let mut outcome = Ok(());
         loop {
             tokio::select! {
+                read = &mut heads, if heads_pending => {
+                    heads_pending = false;
+                    let read = read.map_err(|e| Error::Task { task: "partition heads", message: e.to_string() }).and_then(|r| r);
+                    if let Err(e) = read {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
                 micro = rx.recv() => {
                     let Some(micro) = micro else { break };
                     if let Err(e) = self.fold(micro).await {

@@ -66,8 +66,8 @@ pub struct Lambda {
     /// Last offset consumed per partition.
     pub consumed: BTreeMap<i32, i64>,
     /// The head of each partition when the speed layer started (the first offset not yet
-    /// written); caught up once every partition is consumed that far.
-    pub start_head: BTreeMap<i32, i64>,
+    /// written), once read; caught up once every partition is consumed that far.
+    pub start_head: Option<BTreeMap<i32, i64>>,
     /// First occurrences retained in memory.
     pub retained_events: usize,
 }
@@ -75,9 +75,11 @@ pub struct Lambda {
 impl Lambda {
     /// Whether the speed layer has consumed everything the topic held when it started.
     pub fn caught_up(&self) -> bool {
-        self.start_head
-            .iter()
-            .all(|(p, head)| *head == 0 || self.consumed.get(p).is_some_and(|o| o + 1 >= *head))
+        self.start_head.as_ref().is_some_and(|heads| {
+            heads
+                .iter()
+                .all(|(p, head)| *head == 0 || self.consumed.get(p).is_some_and(|o| o + 1 >= *head))
+        })
     }
 }
 

@@ -9,14 +9,18 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query as QueryParams, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use lambdaflow_common::config::{FieldType, Granularity, ViewDef};
 use lambdaflow_common::query::{OrderKey, Query, Rollup, Row, Value, answer};
 use lambdaflow_common::state::Dim;
 use lambdaflow_common::timestamp::{format_micros, parse_rfc3339_micros};
+use lambdaflow_common::watermark::Watermark;
 use lambdaflow_speed::lambda::{Lambda, ViewPair};
-use serde::Deserialize;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value as Json_, json};
 
 use crate::http::AppState;
@@ -170,7 +174,7 @@ async fn query_get(
     State(state): State<AppState>,
     Path(name): Path<String>,
     params: Result<QueryParams<QueryString>, QueryRejection>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Response, ApiError> {
     let QueryParams(q) = params.map_err(|e| bad("invalid_query", e.body_text()))?;
     let request = QueryRequest {
         from: q.from,
@@ -188,12 +192,12 @@ async fn query_post(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Result<Json<QueryRequest>, JsonRejection>,
-) -> Result<Json<Json_>, ApiError> {
+) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(|e| bad("invalid_query", e.body_text()))?;
     run(&state, &name, request)
 }
 
-fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Json<Json_>, ApiError> {
+fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, ApiError> {
     let (i, view) = find(state, name)?;
     let (query, granularity) = check(state, view, request)?;
     let lambda = read(state)?;
@@ -204,18 +208,51 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Json<Json_
         &[&pair.batch.state, &pair.speed],
         &query,
     );
-    let rows: Vec<Json_> = rows
-        .iter()
-        .map(|r| render(state, view, &query, r))
-        .collect();
-    Ok(Json(json!({
-        "view": view.name,
-        "granularity": granularity,
-        "rows": rows,
-        "watermark": pair.batch.watermark,
-        "batch_version": pair.batch.version,
-        "speed_offsets": offsets(&lambda.consumed),
-    })))
+    let rendered = Rows {
+        rows: &rows,
+        view,
+        query: &query,
+        timestamps: view
+            .dimensions
+            .iter()
+            .map(|d| {
+                state
+                    .config
+                    .source
+                    .field(d)
+                    .is_some_and(|f| f.kind == FieldType::Timestamp)
+            })
+            .collect(),
+    };
+    let body = serde_json::to_vec(&AnswerOut {
+        view: &view.name,
+        granularity,
+        rows: rendered,
+        watermark: pair.batch.watermark.as_ref(),
+        batch_version: pair.batch.version,
+        speed_offsets: &lambda.consumed,
+    })
+    .map_err(|e| ApiError::Internal(format!("rendering an answer: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The body of an answer, serialised in one pass.
+#[derive(Serialize)]
+struct AnswerOut<'a> {
+    view: &'a str,
+    granularity: String,
+    rows: Rows<'a>,
+    watermark: Option<&'a Watermark>,
+    batch_version: Option<u64>,
+    #[serde(serialize_with = "partition_keys")]
+    speed_offsets: &'a BTreeMap<i32, i64>,
+}
+
+fn partition_keys<S: Serializer>(
+    offsets: &&BTreeMap<i32, i64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(offsets.iter().map(|(p, o)| (p.to_string(), o)))
 }
 
 fn time(key: &str, text: Option<String>) -> Result<Option<i64>, ApiError> {
@@ -382,36 +419,63 @@ fn dim_of(kind: Option<FieldType>, v: &Json_) -> Option<Dim> {
     })
 }
 
-fn render(state: &AppState, view: &ViewDef, query: &Query, row: &Row) -> Json_ {
-    let mut out = Map::new();
-    if let Some(b) = row.bucket {
-        out.insert("bucket".into(), json!(format_micros(b)));
+/// Answer rows serialised straight from the query's rows, without an intermediate JSON tree.
+struct Rows<'a> {
+    rows: &'a [Row],
+    view: &'a ViewDef,
+    query: &'a Query,
+    /// Per view dimension, whether it is a timestamp field (rendered as RFC 3339).
+    timestamps: Vec<bool>,
+}
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.rows.len()))?;
+        for row in self.rows {
+            seq.serialize_element(&RowOut { row, of: self })?;
+        }
+        seq.end()
     }
-    for (d, value) in query.group_by.iter().zip(&row.dimensions) {
-        let name = &view.dimensions[*d];
-        let timestamp = state
-            .config
-            .source
-            .field(name)
-            .is_some_and(|f| f.kind == FieldType::Timestamp);
-        let v = match value {
-            Dim::Null => Json_::Null,
-            Dim::Bool(b) => json!(b),
-            Dim::Int(i) if timestamp => json!(format_micros(*i)),
-            Dim::Int(i) => json!(i),
-            Dim::Float(bits) => json!(f64::from_bits(*bits)),
-            Dim::Str(s) => json!(s),
-        };
-        out.insert(name.clone(), v);
+}
+
+struct RowOut<'a> {
+    row: &'a Row,
+    of: &'a Rows<'a>,
+}
+
+impl Serialize for RowOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Rows {
+            view,
+            query,
+            timestamps,
+            ..
+        } = self.of;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(b) = self.row.bucket {
+            map.serialize_entry("bucket", &format_micros(b))?;
+        }
+        for (d, value) in query.group_by.iter().zip(&self.row.dimensions) {
+            let name = &view.dimensions[*d];
+            match value {
+                Dim::Null => map.serialize_entry(name, &())?,
+                Dim::Bool(b) => map.serialize_entry(name, b)?,
+                Dim::Int(i) if timestamps[*d] => map.serialize_entry(name, &format_micros(*i))?,
+                Dim::Int(i) => map.serialize_entry(name, i)?,
+                Dim::Float(bits) => map.serialize_entry(name, &f64::from_bits(*bits))?,
+                Dim::Str(s) => map.serialize_entry(name, &**s)?,
+            }
+        }
+        for (m, value) in query.measures.iter().zip(&self.row.values) {
+            let name = &view.measures[*m].name;
+            match value {
+                Value::Null => map.serialize_entry(name, &())?,
+                Value::Int(i) => map.serialize_entry(name, i)?,
+                Value::Float(f) if f.is_finite() => map.serialize_entry(name, f)?,
+                Value::Float(_) => map.serialize_entry(name, &())?,
+                Value::Time(t) => map.serialize_entry(name, &format_micros(*t))?,
+            }
+        }
+        map.end()
     }
-    for (m, value) in query.measures.iter().zip(&row.values) {
-        let v = match value {
-            Value::Null => Json_::Null,
-            Value::Int(i) => json!(i),
-            Value::Float(f) => json!(f),
-            Value::Time(t) => json!(format_micros(*t)),
-        };
-        out.insert(view.measures[*m].name.clone(), v);
-    }
-    out.into()
 }

@@ -11,67 +11,27 @@ use std::time::{Duration, Instant};
 
 use lambdaflow_batch::archive::Archiver;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::{Coordinates, Validator};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-const TOPIC: &str = "events";
-/// The mock cluster keeps about 5 MiB per partition: enough partitions to hold every event.
-const PARTITIONS: i32 = 12;
+mod peer;
+
+use peer::{PARTITIONS, TOPIC};
 
 fn main() {
-    let n: usize = std::env::var("LAMBDAFLOW_BENCH_EVENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200_000);
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
-    let brokers = cluster.bootstrap_servers();
-
-    let mut generator = ShopGenerator::new(
-        42,
-        3_000,
-        Mix {
-            duplicates: 0.01,
-            late: 0.05,
-            invalid: 0.01,
-        },
-    );
-    let now = now_micros();
-    let samples: Vec<_> = (0..n).map(|_| generator.next_event(now)).collect();
+    let n = peer::event_count(200_000);
+    let samples = peer::samples(n);
     let bytes: usize = samples.iter().map(|s| s.payload.len()).sum();
     println!(
         "{n} events, {} bytes on average, {PARTITIONS} partitions",
         bytes / n
     );
+    let cluster = peer::topic_of(&samples);
+    let brokers = cluster.bootstrap_servers();
+    let now = now_micros();
 
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
-    for s in &samples {
-        while let Err((e, _)) = producer.send(BaseRecord::to(TOPIC).key(&s.key).payload(&s.payload))
-        {
-            assert!(
-                matches!(e, rdkafka::error::KafkaError::MessageProduction(_)),
-                "{e}"
-            );
-            producer.poll(Duration::from_millis(1));
-        }
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
-
-    // Best of three: the first read also pays for connections and metadata.
-    let consumer_rate = (0..3)
-        .map(|i| plain_consumer(&brokers, n, i))
-        .fold(0.0, f64::max);
+    let consumer_rate = peer::plain_consumer_rate(&brokers, n);
     println!(
         "plain rdkafka consumer:       {:>10.0} msgs/s (best of 3)",
         consumer_rate
@@ -123,43 +83,6 @@ fn main() {
         archive_rate / consumer_rate
     );
     drop(cluster);
-}
-
-/// Connect, read the topic's metadata, assign every partition and read all messages: the same
-/// start-up the archiver goes through, inside the same kind of clock.
-fn plain_consumer(brokers: &str, n: usize, run: usize) -> f64 {
-    let started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-plain-{run}"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "200000")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .expect("metadata");
-    consumer.assign(&tpl).expect("assign");
-    let mut read = 0usize;
-    let mut bytes = 0usize;
-    while read < n {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            bytes += m.payload().map_or(0, <[u8]>::len);
-            read += 1;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "only {read} of {n} messages arrived"
-        );
-    }
-    assert!(bytes > 0);
-    n as f64 / started.elapsed().as_secs_f64()
 }
 
 fn archiver(brokers: &str, n: usize) -> f64 {

@@ -23,14 +23,14 @@ use lambdaflow_serving::http::{AppState, app};
 use lambdaflow_serving::kafka;
 use lambdaflow_speed::consume::{RawIds, SpeedLayer};
 use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-const TOPIC: &str = "events";
-const PARTITIONS: i32 = 12;
+#[path = "../../batch/benches/peer/mod.rs"]
+mod peer;
+
+use peer::{PARTITIONS, TOPIC};
 
 /// A fresh topic: nothing is stored yet.
 struct NoRawIds;
@@ -46,46 +46,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::var("LAMBDAFLOW_BENCH_EVENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200_000);
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
+    let n = peer::event_count(200_000);
+    let samples = peer::samples(n);
+    let cluster = peer::topic_of(&samples);
     let brokers = cluster.bootstrap_servers();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
-    let mut generator = ShopGenerator::new(
-        42,
-        3_000,
-        Mix {
-            duplicates: 0.01,
-            late: 0.05,
-            invalid: 0.01,
-        },
-    );
-    let now = now_micros();
-    for _ in 0..n {
-        let s = generator.next_event(now);
-        while let Err((e, _)) = producer.send(BaseRecord::to(TOPIC).key(&s.key).payload(&s.payload))
-        {
-            assert!(
-                matches!(e, rdkafka::error::KafkaError::MessageProduction(_)),
-                "{e}"
-            );
-            producer.poll(Duration::from_millis(1));
-        }
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
     println!("{n} events, {PARTITIONS} partitions");
 
-    let plain = (0..3)
-        .map(|i| plain_consumer(&brokers, n, i))
-        .fold(0.0, f64::max);
+    let plain = peer::plain_consumer_rate(&brokers, n);
     println!("plain rdkafka consumer: {plain:>10.0} msgs/s (best of 3)");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let mut config = Config::demo();
@@ -99,7 +66,7 @@ fn main() {
         speed / plain
     );
 
-    let (validate, fold) = fold_only(&config, n);
+    let (validate, fold) = fold_only(&config, &samples);
     println!(
         "  of which, on one core: validate {validate:>10.0} events/s, deduplicate + filter + fold into 3 views {fold:>10.0} events/s"
     );
@@ -117,53 +84,12 @@ fn main() {
     drop(cluster);
 }
 
-fn plain_consumer(brokers: &str, n: usize, run: usize) -> f64 {
-    let started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-plain-{run}"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
-    consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut read = 0;
-    while read < n {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            std::hint::black_box(m.payload());
-            read += 1;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "only {read} of {n}"
-        );
-    }
-    n as f64 / started.elapsed().as_secs_f64()
-}
-
 /// The speed layer's two CPU stages without Kafka: validation, then deduplication, filters and
 /// folding, in micro-batches of 20,000.
-fn fold_only(config: &Arc<Config>, n: usize) -> (f64, f64) {
+fn fold_only(config: &Arc<Config>, samples: &[lambdaflow_common::sample::Sample]) -> (f64, f64) {
+    let n = samples.len();
     let validator = Validator::new(&config.source);
-    let mut generator = ShopGenerator::new(
-        42,
-        3_000,
-        Mix {
-            duplicates: 0.01,
-            late: 0.05,
-            invalid: 0.01,
-        },
-    );
     let now = now_micros();
-    let samples: Vec<_> = (0..n).map(|_| generator.next_event(now)).collect();
     let started = Instant::now();
     let mut chunks = Vec::new();
     for (c, chunk) in samples.chunks(20_000).enumerate() {

@@ -5,6 +5,7 @@
 //! Pure: the parts are [`ViewState`]s however they were obtained, and the answer is a list of
 //! [`Row`]s for the HTTP layer to render.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
@@ -97,7 +98,9 @@ pub fn answer(
     parts: &[&ViewState],
     query: &Query,
 ) -> Vec<Row> {
-    let mut groups: HashMap<(Option<i64>, Vec<Dim>), Vec<State>> = HashMap::new();
+    // Keys and states borrow from the parts; a state is copied only when a second part (or a
+    // second group rolled into the same key) has to be merged into it.
+    let mut groups: HashMap<(Option<i64>, Vec<&Dim>), Vec<Cow<'_, State>>> = HashMap::new();
     for part in parts {
         for ((bucket, dims), states) in part.groups() {
             if query.from.is_some_and(|f| *bucket < f) || query.to.is_some_and(|t| *bucket >= t) {
@@ -114,20 +117,21 @@ pub fn answer(
                 Rollup::Buckets(g) => Some(g.truncate(*bucket)),
                 Rollup::All => None,
             };
-            let key = (
-                rolled,
-                query.group_by.iter().map(|d| dims[*d].clone()).collect(),
-            );
+            let key = (rolled, query.group_by.iter().map(|d| &dims[*d]).collect());
             match groups.get_mut(&key) {
                 Some(merged) => {
                     for (mine, m) in merged.iter_mut().zip(&query.measures) {
-                        mine.merge(&states[*m]);
+                        mine.to_mut().merge(&states[*m]);
                     }
                 }
                 None => {
                     groups.insert(
                         key,
-                        query.measures.iter().map(|m| states[*m].clone()).collect(),
+                        query
+                            .measures
+                            .iter()
+                            .map(|m| Cow::Borrowed(&states[*m]))
+                            .collect(),
                     );
                 }
             }
@@ -137,7 +141,7 @@ pub fn answer(
         .into_iter()
         .map(|((bucket, dimensions), states)| Row {
             bucket,
-            dimensions,
+            dimensions: dimensions.into_iter().cloned().collect(),
             values: states
                 .iter()
                 .zip(&query.measures)

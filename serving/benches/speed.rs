@@ -259,6 +259,54 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         batches,
         shared,
     );
+    let answer_only = {
+        let lambda = state.lambda.read().expect("not poisoned");
+        let query = lambdaflow_common::query::Query {
+            from: Some(start),
+            to: Some(end),
+            rollup: lambdaflow_common::query::Rollup::Buckets(
+                lambdaflow_common::config::Granularity::Hour,
+            ),
+            group_by: vec![0],
+            filters: Vec::new(),
+            measures: (0..view.measures.len()).collect(),
+            order_by: Vec::new(),
+            limit: None,
+        };
+        let started = Instant::now();
+        for _ in 0..100 {
+            std::hint::black_box(lambdaflow_common::query::answer(
+                &state.config.source,
+                view,
+                &[&lambda.views[0].batch.state, &lambda.views[0].speed],
+                &query,
+            ));
+        }
+        started.elapsed() / 100
+    };
+    let in_process = {
+        use tower::ServiceExt;
+        let request_body = serde_json::json!({
+            "from": lambdaflow_common::timestamp::format_micros(start),
+            "to": lambdaflow_common::timestamp::format_micros(end),
+            "granularity": "hour",
+            "group_by": ["country"],
+        })
+        .to_string();
+        let router = app(state.clone());
+        let started = Instant::now();
+        for _ in 0..100 {
+            let request = axum::http::Request::post("/v1/views/sales_by_country/query")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(request_body.clone()))
+                .expect("request");
+            let response = router.clone().oneshot(request).await.expect("response");
+            axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("body");
+        }
+        started.elapsed() / 100
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -335,6 +383,11 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         direct.push(sent.elapsed());
     }
     direct.sort();
+    println!(
+        "query handler in process, no HTTP: {:.2} ms per query, of which merging and finalising states {:.2} ms",
+        in_process.as_secs_f64() * 1e3,
+        answer_only.as_secs_f64() * 1e3
+    );
     println!(
         "query (30 days hourly by country: {groups} batch groups -> {rows} rows): {:.0} queries/s offered {rate:.0}; p50 {:.2} ms, p99 {:.2} ms; peer GET /healthz on the same connections p50 {:.2} ms, p99 {:.2} ms",
         latencies.len() as f64 / elapsed,

@@ -91,6 +91,9 @@ pub struct Row {
     pub values: Vec<Value>,
 }
 
+/// A rolled-up bucket and the grouped dimension values, borrowed from the parts.
+type AnswerKey<'a> = (Option<i64>, Vec<&'a Dim>);
+
 /// Answers `query` over the merge of `parts`.
 pub fn answer(
     source: &SourceConfig,
@@ -100,7 +103,7 @@ pub fn answer(
 ) -> Vec<Row> {
     // Keys and states borrow from the parts; a state is copied only when a second part (or a
     // second group rolled into the same key) has to be merged into it.
-    let mut groups: HashMap<(Option<i64>, Vec<&Dim>), Vec<Cow<'_, State>>> = HashMap::new();
+    let mut groups: HashMap<AnswerKey<'_>, Vec<Cow<'_, State>>> = HashMap::new();
     for part in parts {
         for ((bucket, dims), states) in part.groups() {
             if query.from.is_some_and(|f| *bucket < f) || query.to.is_some_and(|t| *bucket >= t) {

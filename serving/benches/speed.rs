@@ -327,21 +327,21 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         }
         started.elapsed() / 100
     };
+    let body = serde_json::json!({
+        "from": lambdaflow_common::timestamp::format_micros(start),
+        "to": lambdaflow_common::timestamp::format_micros(end),
+        "granularity": "hour",
+        "group_by": ["country"],
+    })
+    .to_string();
     let in_process = {
         use tower::ServiceExt;
-        let request_body = serde_json::json!({
-            "from": lambdaflow_common::timestamp::format_micros(start),
-            "to": lambdaflow_common::timestamp::format_micros(end),
-            "granularity": "hour",
-            "group_by": ["country"],
-        })
-        .to_string();
         let router = app(state.clone());
         let started = Instant::now();
         for _ in 0..100 {
             let request = axum::http::Request::post("/v1/views/sales_by_country/query")
                 .header("content-type", "application/json")
-                .body(axum::body::Body::from(request_body.clone()))
+                .body(axum::body::Body::from(body.clone()))
                 .expect("request");
             let response = router.clone().oneshot(request).await.expect("response");
             axum::body::to_bytes(response.into_body(), usize::MAX)
@@ -356,13 +356,6 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, app(state)).await });
     let url = format!("http://{addr}/v1/views/sales_by_country/query");
-    let body = serde_json::json!({
-        "from": lambdaflow_common::timestamp::format_micros(start),
-        "to": lambdaflow_common::timestamp::format_micros(end),
-        "granularity": "hour",
-        "group_by": ["country"],
-    })
-    .to_string();
     let client = reqwest::Client::new();
     let rows = {
         let r = client

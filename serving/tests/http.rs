@@ -261,6 +261,7 @@ async fn views_are_listed_and_bad_queries_are_named() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["watermark"], Value::Null);
     assert_eq!(one["rows"]["speed"], 0);
+    assert_eq!(one["speed_bytes_per_group"], Value::Null);
 
     let (status, answer) = call(&state, query(json!({"granularity": "day", "group_by": ["country"], "order_by": [{"field": "orders", "desc": true}], "limit": 5}))).await;
     assert_eq!(status, StatusCode::OK, "{answer}");

@@ -97,7 +97,9 @@ fn status(view: &ViewDef, pair: &ViewPair, lambda: &Lambda) -> Json_ {
     out["speed_offsets"] = offsets(&lambda.consumed);
     out["speed_lag_behind_batch"] = lag.into();
     out["rows"] = json!({"batch": pair.batch.state.len(), "speed": pair.speed.len()});
-    out["speed_state_bytes"] = json!(pair.speed.heap_bytes());
+    let bytes = pair.speed.heap_bytes();
+    out["speed_state_bytes"] = json!(bytes);
+    out["speed_bytes_per_group"] = json!(bytes.checked_div(pair.speed.len()));
     out["caught_up"] = json!(lambda.caught_up());
     out
 }

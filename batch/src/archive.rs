@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, BooleanArray};
+use arrow::array::AsArray;
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Date32Type, Int32Type, Int64Type};
+use arrow::datatypes::Date32Type;
 use arrow::record_batch::RecordBatch;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::dedup::SeenIds;
 use lambdaflow_common::schema::{self, EVENT_DATE, INGEST_DATE, KAFKA_OFFSET, KAFKA_PARTITION};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::{Coordinates, Validated, Validator};
+use lambdaflow_common::watermark::at_or_beyond;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -368,23 +369,9 @@ fn not_yet_held(
     offset_col: &str,
     table: &OffsetTable,
 ) -> RecordBatch {
-    let partitions = batch
-        .column_by_name(partition_col)
-        .expect("partition column")
-        .as_primitive::<Int32Type>();
-    let offsets = batch
-        .column_by_name(offset_col)
-        .expect("offset column")
-        .as_primitive::<Int64Type>();
-    let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| {
-            Some(
-                table
-                    .offset(partitions.value(i))
-                    .is_none_or(|held| offsets.value(i) > held),
-            )
-        })
-        .collect();
+    let keep = at_or_beyond(batch, (partition_col, offset_col), |p| {
+        table.offset(p).map_or(0, |held| held + 1)
+    });
     if keep.true_count() == batch.num_rows() {
         return batch.clone();
     }

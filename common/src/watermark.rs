@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type};
 use serde::{Deserialize, Serialize};
 
 /// Raw table version and, per Kafka partition, the last offset it holds.
@@ -27,6 +29,30 @@ impl Watermark {
     pub fn covers(&self, partition: i32, offset: i64) -> bool {
         offset < self.next_offset(partition)
     }
+}
+
+/// Which rows of `batch` have an offset at or beyond `next(partition)`, reading the Kafka
+/// coordinates from the columns `partition_col` (int32) and `offset_col` (int64): the split
+/// every layer makes by offset, never by time.
+///
+/// # Panics
+/// If the columns are missing or of other types; every batch lambdaflow builds has them.
+pub fn at_or_beyond(
+    batch: &RecordBatch,
+    (partition_col, offset_col): (&str, &str),
+    next: impl Fn(i32) -> i64,
+) -> BooleanArray {
+    let partitions = batch
+        .column_by_name(partition_col)
+        .expect("partition column")
+        .as_primitive::<Int32Type>();
+    let offsets = batch
+        .column_by_name(offset_col)
+        .expect("offset column")
+        .as_primitive::<Int64Type>();
+    (0..offsets.len())
+        .map(|i| Some(offsets.value(i) >= next(partitions.value(i))))
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{and, filter_record_batch};
-use arrow::datatypes::{Date32Type, Int32Type, Int64Type};
+use arrow::datatypes::Date32Type;
 use datafusion::common::DFSchema;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
@@ -26,7 +26,7 @@ use lambdaflow_common::dedup::SeenIds;
 use lambdaflow_common::schema::{EVENT_DATE, KAFKA_OFFSET, KAFKA_PARTITION, raw_schema};
 use lambdaflow_common::state::ViewState;
 use lambdaflow_common::view::parse_filter;
-use lambdaflow_common::watermark::Watermark;
+use lambdaflow_common::watermark::{Watermark, at_or_beyond};
 
 use crate::error::{Error, Result};
 
@@ -343,15 +343,5 @@ fn dates(events: &RecordBatch) -> &arrow::array::Date32Array {
 
 /// Rows whose offset is at or beyond `next(partition)`.
 fn beyond(events: &RecordBatch, next: impl Fn(i32) -> i64) -> BooleanArray {
-    let partitions = events
-        .column_by_name(KAFKA_PARTITION)
-        .expect("validated events carry their partition")
-        .as_primitive::<Int32Type>();
-    let offsets = events
-        .column_by_name(KAFKA_OFFSET)
-        .expect("validated events carry their offset")
-        .as_primitive::<Int64Type>();
-    (0..events.num_rows())
-        .map(|i| Some(offsets.value(i) >= next(partitions.value(i))))
-        .collect()
+    at_or_beyond(events, (KAFKA_PARTITION, KAFKA_OFFSET), next)
 }

@@ -182,18 +182,9 @@ impl Speed {
 
     /// The first offset to consume from each of `partitions`.
     pub fn start_offsets(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
-        let lambda = self.shared.read().expect("not poisoned");
         partitions
             .iter()
-            .map(|p| {
-                let next = lambda
-                    .views
-                    .iter()
-                    .map(|v| v.batch.next_offset(*p))
-                    .min()
-                    .unwrap_or(0);
-                (*p, next)
-            })
+            .map(|p| (*p, self.floor.next_offset(*p)))
             .collect()
     }
 
@@ -296,19 +287,24 @@ impl Speed {
                 after: floor,
             });
         }
-        let mut refolded = Vec::new();
-        for ((i, new), view) in batches.iter().enumerate().zip(&self.config.views) {
-            let Some(new) = new else { continue };
-            let mut state = ViewState::new();
-            for events in &self.retained {
-                let mask = and(
-                    &self.masks(events)?[i],
-                    &beyond(events, |p| new.next_offset(p)),
-                )?;
-                state.fold(&self.config.source, view, events, &mask)?;
+        let changed: Vec<(usize, &Arc<BatchView>)> = batches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, new)| new.as_ref().map(|new| (i, new)))
+            .collect();
+        let mut states: Vec<ViewState> = changed.iter().map(|_| ViewState::new()).collect();
+        for events in &self.retained {
+            let masks = self.masks(events)?;
+            for ((i, new), state) in changed.iter().zip(&mut states) {
+                let mask = and(&masks[*i], &beyond(events, |p| new.next_offset(p)))?;
+                state.fold(&self.config.source, &self.config.views[*i], events, &mask)?;
             }
-            refolded.push((i, new.clone(), state));
         }
+        let refolded: Vec<(usize, Arc<BatchView>, ViewState)> = changed
+            .into_iter()
+            .zip(states)
+            .map(|((i, new), state)| (i, new.clone(), state))
+            .collect();
         {
             let mut lambda = self.shared.write().expect("not poisoned");
             for (i, batch, speed) in refolded {

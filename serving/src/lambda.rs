@@ -26,10 +26,10 @@ pub async fn load_batch_view(
     lake: &Lake,
     view: &ViewDef,
 ) -> anyhow::Result<BatchView> {
-    let Ok(table) = deltalake::open_table(lake.view(&view.name)).await else {
-        return Ok(BatchView::default());
-    };
-    read_batch_view(config, view, &table).await
+    match deltalake::open_table(lake.view(&view.name)).await {
+        Ok(table) => read_batch_view(config, view, &table).await,
+        Err(_) => Ok(BatchView::default()),
+    }
 }
 
 async fn read_batch_view(
@@ -94,10 +94,15 @@ pub async fn start(
 )> {
     let lake = Lake::new(&config.lake)?;
     let mut batches = Vec::new();
+    let mut tables = Vec::new();
     for view in &config.views {
-        batches.push(Arc::new(load_batch_view(&config, &lake, view).await?));
+        let table = deltalake::open_table(lake.view(&view.name)).await.ok();
+        batches.push(Arc::new(match &table {
+            Some(table) => read_batch_view(&config, view, table).await?,
+            None => BatchView::default(),
+        }));
+        tables.push(table);
     }
-    let versions: Vec<Option<u64>> = batches.iter().map(|b| b.version).collect();
     let shared = Shared::default();
     let speed = Speed::new(config.clone(), shared.clone(), batches)?;
     let (swaps_tx, swaps_rx) = mpsc::channel(4);
@@ -107,7 +112,7 @@ pub async fn start(
     });
     let layer = SpeedLayer::new(config.clone(), brokers, speed, raw_ids, swaps_rx);
     let task = async move {
-        let watcher = watch(config, lake, versions, swaps_tx, shutdown.clone());
+        let watcher = watch(config, lake, tables, swaps_tx, shutdown.clone());
         let (speed, watched) = tokio::join!(layer.run(shutdown.clone()), watcher);
         speed?;
         watched
@@ -115,14 +120,19 @@ pub async fn start(
     Ok((shared, task))
 }
 
-/// Checks every view table for a new version and sends each new one to the speed layer.
+/// Checks every view table for a new version (reading only the log entries added since the
+/// last check) and sends each new one to the speed layer.
 async fn watch(
     config: Arc<Config>,
     lake: Lake,
-    mut versions: Vec<Option<u64>>,
+    mut tables: Vec<Option<DeltaTable>>,
     swaps: mpsc::Sender<Swap>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut versions: Vec<Option<u64>> = tables
+        .iter()
+        .map(|t| t.as_ref().and_then(DeltaTable::version))
+        .collect();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -130,13 +140,23 @@ async fn watch(
         }
         let mut swap: Swap = vec![None; config.views.len()];
         for (i, view) in config.views.iter().enumerate() {
-            let Ok(table) = deltalake::open_table(lake.view(&view.name)).await else {
-                continue;
+            let table = match &mut tables[i] {
+                Some(table) => {
+                    if let Err(error) = table.update_state().await {
+                        tracing::warn!(view = %view.name, %error, "could not read the view's log; retrying");
+                        continue;
+                    }
+                    table
+                }
+                slot @ None => match deltalake::open_table(lake.view(&view.name)).await {
+                    Ok(table) => slot.insert(table),
+                    Err(_) => continue,
+                },
             };
             if table.version() == versions[i] {
                 continue;
             }
-            match read_batch_view(&config, view, &table).await {
+            match read_batch_view(&config, view, table).await {
                 Ok(batch) if batch.watermark.is_some() => {
                     tracing::info!(view = %view.name, version = ?batch.version, raw_version = batch.watermark.as_ref().map(|w| w.raw_version), groups = batch.state.len(), "new batch version loaded");
                     versions[i] = table.version();

@@ -134,6 +134,19 @@ impl Tansu {
         }
     }
 
+    /// An idempotent producer to this broker that puts one message in each record batch:
+    /// tansu 0.6 serves a fetch only from the first offset of a record batch, so with one
+    /// message per batch a restarted consumer may resume at any offset (as Kafka allows).
+    pub fn producer(&self) -> rdkafka::producer::FutureProducer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("enable.idempotence", "true")
+            .set("batch.num.messages", "1")
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer")
+    }
+
     /// Creates a topic with `partitions` partitions.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
         let status = Command::new(tansu_bin())
@@ -332,4 +345,35 @@ pub fn direct_views(
         .expect("folding the truth");
     let lambda = shared.read().expect("not poisoned");
     lambda.views.iter().map(|v| v.speed.clone()).collect()
+}
+
+/// Every query a view answers with all its measures and no time range or filter: each
+/// granularity from the view's up and `all`, times every subset of its dimensions.
+pub fn every_query(
+    view: &lambdaflow_common::config::ViewDef,
+) -> Vec<lambdaflow_common::query::Query> {
+    use lambdaflow_common::config::Granularity;
+    use lambdaflow_common::query::{Query, Rollup};
+    let rollups = [Granularity::Minute, Granularity::Hour, Granularity::Day]
+        .into_iter()
+        .filter(|g| *g >= view.granularity)
+        .map(Rollup::Buckets)
+        .chain([Rollup::All]);
+    let subsets = 1usize << view.dimensions.len();
+    rollups
+        .flat_map(|rollup| {
+            (0..subsets).map(move |mask| Query {
+                from: None,
+                to: None,
+                rollup,
+                group_by: (0..view.dimensions.len())
+                    .filter(|d| mask & (1 << d) != 0)
+                    .collect(),
+                filters: Vec::new(),
+                measures: (0..view.measures.len()).collect(),
+                order_by: Vec::new(),
+                limit: None,
+            })
+        })
+        .collect()
 }

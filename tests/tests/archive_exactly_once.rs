@@ -14,7 +14,6 @@ use lambdaflow_common::timestamp::{date_of_micros, format_date, format_micros, n
 use lambdaflow_tests::{Process, Tansu, files_under, query_table, scratch_dir};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
@@ -200,15 +199,7 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
         .replace("max_event_bytes = 65536", "max_event_bytes = 4096");
     std::fs::write(&config, demo).unwrap();
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &tansu.bootstrap)
-        .set("enable.idempotence", "true")
-        // tansu 0.6 serves a fetch only from the first offset of a record batch; with one
-        // message per batch, a restart may resume at any offset (as Kafka allows everywhere).
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
+    let producer = tansu.producer();
     let seed: u64 = std::env::var("LAMBDAFLOW_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -11,13 +11,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lambdaflow_common::config::{Config, DEMO_CONFIG, Granularity};
+use lambdaflow_common::config::{Config, DEMO_CONFIG};
 use lambdaflow_common::query::{Query, Rollup, Value, answer};
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::state::{Dim, ViewState};
 use lambdaflow_common::timestamp::{format_micros, now_micros};
-use lambdaflow_tests::{Process, Tansu, direct_views, free_port, scratch_dir};
-use rdkafka::ClientConfig;
+use lambdaflow_tests::{Process, Tansu, direct_views, every_query, free_port, scratch_dir};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value as Json;
 
@@ -165,46 +164,29 @@ fn served(config: &Config, v: usize, query: &Query, body: &Json) -> Answer {
         .collect()
 }
 
+/// Every query of view `v`, with the `GET` path that asks it.
 fn queries(config: &Config, v: usize) -> Vec<(Query, String)> {
     let view = &config.views[v];
-    let mut out = Vec::new();
-    for g in [
-        Some(Granularity::Minute),
-        Some(Granularity::Hour),
-        Some(Granularity::Day),
-        None,
-    ] {
-        if g.is_some_and(|g| g < view.granularity) {
-            continue;
-        }
-        for mask in 0..(1usize << view.dimensions.len()) {
-            let group_by: Vec<usize> = (0..view.dimensions.len())
-                .filter(|d| mask & (1 << d) != 0)
-                .collect();
-            let names: Vec<&str> = group_by
+    every_query(view)
+        .into_iter()
+        .map(|query| {
+            let names: Vec<&str> = query
+                .group_by
                 .iter()
                 .map(|d| view.dimensions[*d].as_str())
                 .collect();
+            let granularity = match query.rollup {
+                Rollup::Buckets(g) => g.as_str(),
+                Rollup::All => "all",
+            };
             let path = format!(
-                "/v1/views/{}/query?granularity={}&group_by={}",
+                "/v1/views/{}/query?granularity={granularity}&group_by={}",
                 view.name,
-                g.map_or("all", |g| g.as_str()),
                 names.join(",")
             );
-            let query = Query {
-                from: None,
-                to: None,
-                rollup: g.map_or(Rollup::All, Rollup::Buckets),
-                group_by,
-                filters: Vec::new(),
-                measures: (0..view.measures.len()).collect(),
-                order_by: Vec::new(),
-                limit: None,
-            };
-            out.push((query, path));
-        }
-    }
-    out
+            (query, path)
+        })
+        .collect()
 }
 
 /// Every query of every view answers the truth over `produced`; returns the `all`-time
@@ -326,13 +308,7 @@ async fn answers_equal_the_truth_through_batches_late_events_and_a_kill() {
         base: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::new(),
     };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &tansu.bootstrap)
-        .set("enable.idempotence", "true")
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
+    let producer = tansu.producer();
     let mut generator = ShopGenerator::new(
         11,
         300,

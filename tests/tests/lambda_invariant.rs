@@ -11,14 +11,15 @@ use lambdaflow_batch::commit::OffsetTable;
 use lambdaflow_batch::history::History;
 use lambdaflow_batch::lake::{Lake, open_or_create, stored_ids};
 use lambdaflow_batch::run::BatchRun;
-use lambdaflow_common::config::{Config, Granularity};
-use lambdaflow_common::query::{Query, Rollup, Value, answer};
+use lambdaflow_common::config::Config;
+use lambdaflow_common::query::{Value, answer};
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::state::{State, ViewState};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_serving::lambda::load_batch_view;
 use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
+use lambdaflow_tests::every_query;
 use proptest::prelude::*;
 
 const PARTITIONS: usize = 3;
@@ -268,38 +269,20 @@ impl World {
             merged.merge_into(view, &pair.batch.state);
             merged.merge_into(view, &pair.speed);
             assert_states_equal(&view.name, &merged, want);
-            let rollups = [Granularity::Minute, Granularity::Hour, Granularity::Day]
-                .into_iter()
-                .filter(|g| *g >= view.granularity)
-                .map(Rollup::Buckets)
-                .chain([Rollup::All]);
-            for rollup in rollups {
-                for mask in 0..(1usize << view.dimensions.len()) {
-                    let query = Query {
-                        from: None,
-                        to: None,
-                        rollup,
-                        group_by: (0..view.dimensions.len())
-                            .filter(|d| mask & (1 << d) != 0)
-                            .collect(),
-                        filters: Vec::new(),
-                        measures: (0..view.measures.len()).collect(),
-                        order_by: Vec::new(),
-                        limit: None,
-                    };
-                    let got = answer(
-                        &self.config.source,
-                        view,
-                        &[&pair.batch.state, &pair.speed],
-                        &query,
-                    );
-                    let expected = answer(&self.config.source, view, &[want], &query);
-                    assert_eq!(got.len(), expected.len(), "{} {rollup:?} {mask}", view.name);
-                    for (g, e) in got.iter().zip(&expected) {
-                        assert_eq!((g.bucket, &g.dimensions), (e.bucket, &e.dimensions));
-                        for (a, b) in g.values.iter().zip(&e.values) {
-                            assert!(close(a, b), "{} {rollup:?}: {a:?} != {b:?}", view.name);
-                        }
+            for query in every_query(view) {
+                let got = answer(
+                    &self.config.source,
+                    view,
+                    &[&pair.batch.state, &pair.speed],
+                    &query,
+                );
+                let expected = answer(&self.config.source, view, &[want], &query);
+                let shape = (query.rollup, &query.group_by);
+                assert_eq!(got.len(), expected.len(), "{} {shape:?}", view.name);
+                for (g, e) in got.iter().zip(&expected) {
+                    assert_eq!((g.bucket, &g.dimensions), (e.bucket, &e.dimensions));
+                    for (a, b) in g.values.iter().zip(&e.values) {
+                        assert!(close(a, b), "{} {shape:?}: {a:?} != {b:?}", view.name);
                     }
                 }
             }

@@ -204,6 +204,19 @@ async fn produce_to_visible(config: &Arc<Config>, brokers: &str) -> Vec<Duration
 
 const LOAD_SECONDS: f64 = 5.0;
 
+/// Posts a query and reads the whole answer.
+async fn post_query(client: &reqwest::Client, url: &str, body: &str) -> Vec<u8> {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("query");
+    assert!(r.status().is_success(), "{}", r.status());
+    r.bytes().await.expect("body").to_vec()
+}
+
 /// Latencies of `body` posted to `url` at `rate` per second from 16 connections for
 /// [`LOAD_SECONDS`], open loop: each query counts from when it was due, so queueing shows.
 async fn open_loop(client: &reqwest::Client, url: &str, body: &str, rate: f64) -> Vec<Duration> {
@@ -222,15 +235,7 @@ async fn open_loop(client: &reqwest::Client, url: &str, body: &str, rate: f64) -
                 && started.elapsed().as_secs_f64() < LOAD_SECONDS
             {
                 tokio::time::sleep_until(next.into()).await;
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .expect("query");
-                assert!(r.status().is_success());
-                r.bytes().await.expect("body");
+                post_query(&client, &url, &body).await;
                 latencies.push(Instant::now().duration_since(next));
                 next += per_connection;
             }
@@ -358,15 +363,8 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
     let url = format!("http://{addr}/v1/views/sales_by_country/query");
     let client = reqwest::Client::new();
     let rows = {
-        let r = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .expect("query");
         let v: serde_json::Value =
-            serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+            serde_json::from_slice(&post_query(&client, &url, &body).await).expect("json");
         v["rows"].as_array().map_or(0, Vec::len)
     };
     for rate in [200.0, 2_000.0] {

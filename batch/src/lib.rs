@@ -10,6 +10,7 @@
 //!   HyperLogLog functions it uses, [`watermark`] reads what a table covers and what changed.
 //! - [`schedule`]: runs on the cron schedule or on request, never two at once.
 //! - [`history`]: run records and the run lock under `<lake>/_lambdaflow/`.
+//! - [`metrics`]: archiver commit latency and outcomes, batch run durations and rows.
 //!
 //! Data flow: Kafka messages → [`lambdaflow_common::validate`] → dedup against the raw table's
 //! ids ([`lambdaflow_common::dedup`]) → one Delta commit per table per chunk, each carrying, per
@@ -22,6 +23,7 @@ pub mod commit;
 pub mod error;
 pub mod history;
 pub mod lake;
+pub mod metrics;
 pub mod recompute;
 pub mod run;
 pub mod schedule;

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::history::{History, Mode, RunRecord, RunStatus, Trigger, ViewOutcome, now};
 use crate::lake::{Lake, open_or_create};
+use crate::metrics;
 use crate::recompute::view_frame;
 use crate::sketch_udf;
 use crate::watermark::{COMMIT_KEY, ViewCommit, dates_changed, raw_watermark, view_commit};
@@ -99,6 +100,7 @@ impl BatchRun {
         let lock = self.history.lock(&self.record.id).await?;
         self.record.status = RunStatus::Running;
         self.record.started_at = Some(now());
+        let started = std::time::Instant::now();
         self.history.save(&self.record).await?;
         let cancel = self.cancel.clone();
         let outcome = tokio::select! {
@@ -114,6 +116,17 @@ impl BatchRun {
                 self.record.error = Some(e.to_string());
             }
         }
+        let status = if outcome.is_ok() { "succeeded" } else { "failed" };
+        metrics::RUN_SECONDS
+            .with_label_values(&[status])
+            .observe(started.elapsed().as_secs_f64());
+        metrics::RUN_ROWS.with_label_values(&["read"]).inc_by(self.record.rows_read);
+        metrics::RUN_ROWS
+            .with_label_values(&["written"])
+            .inc_by(self.record.rows_written);
+        metrics::LAST_RUN
+            .with_label_values(&[status])
+            .set(chrono::Utc::now().timestamp());
         let saved = self.history.save(&self.record).await;
         lock.release().await?;
         saved?;

@@ -42,6 +42,11 @@ impl Batches {
         }))
     }
 
+    /// The lake the runs read and write.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
     /// The run records.
     pub fn history(&self) -> &History {
         &self.history

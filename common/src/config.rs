@@ -84,6 +84,15 @@ pub struct ServingConfig {
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Longest a `/v1/sql` query may run before it is cancelled.
+    #[serde(default = "default_sql_timeout", with = "humantime_serde")]
+    pub sql_timeout: Duration,
+    /// Most rows a `/v1/sql` answer may hold; a larger answer is refused, not truncated.
+    #[serde(default = "default_sql_max_rows")]
+    pub sql_max_rows: usize,
+    /// Memory a `/v1/sql` query may hold for sorts, joins and aggregations, in bytes.
+    #[serde(default = "default_sql_max_memory")]
+    pub sql_max_memory_bytes: usize,
 }
 
 impl Default for ServingConfig {
@@ -91,6 +100,9 @@ impl Default for ServingConfig {
         Self {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
+            sql_timeout: default_sql_timeout(),
+            sql_max_rows: default_sql_max_rows(),
+            sql_max_memory_bytes: default_sql_max_memory(),
         }
     }
 }
@@ -587,6 +599,15 @@ fn default_listen() -> String {
 }
 fn default_max_body() -> usize {
     16 * 1024 * 1024
+}
+fn default_sql_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_sql_max_rows() -> usize {
+    100_000
+}
+fn default_sql_max_memory() -> usize {
+    512 * 1024 * 1024
 }
 fn default_schedule() -> String {
     "0 0 2 * * *".into()

@@ -14,6 +14,7 @@
 //! - [`state`]: the monoid states of a view per group; folded from events, loaded from a
 //!   view table, merged.
 //! - [`query`]: answering a view query from merged states.
+//! - [`table`]: merged states as an Arrow batch in the view table's layout, for SQL.
 //! - [`watermark`]: the Kafka offsets a batch view covers; where the speed layer starts.
 //! - [`sample`]: synthetic shop events for the demo, `gen`, benchmarks and tests.
 //!
@@ -30,6 +31,7 @@ pub mod sample;
 pub mod schema;
 pub mod sketch;
 pub mod state;
+pub mod table;
 pub mod timestamp;
 pub mod validate;
 pub mod view;

@@ -92,15 +92,14 @@ pub struct Row {
 }
 
 /// A rolled-up bucket and the grouped dimension values, borrowed from the parts.
-type AnswerKey<'a> = (Option<i64>, Vec<&'a Dim>);
+pub(crate) type AnswerKey<'a> = (Option<i64>, Vec<&'a Dim>);
 
-/// Answers `query` over the merge of `parts`.
-pub fn answer(
-    source: &SourceConfig,
-    view: &ViewDef,
-    parts: &[&ViewState],
+/// Groups of the parts selected by `query`, rolled up to its buckets and dimensions, with the
+/// states of its measures merged.
+pub(crate) fn merge<'a>(
+    parts: &[&'a ViewState],
     query: &Query,
-) -> Vec<Row> {
+) -> HashMap<AnswerKey<'a>, Vec<Cow<'a, State>>> {
     // Keys and states borrow from the parts; a state is copied only when a second part (or a
     // second group rolled into the same key) has to be merged into it.
     let mut groups: HashMap<AnswerKey<'_>, Vec<Cow<'_, State>>> = HashMap::new();
@@ -140,6 +139,17 @@ pub fn answer(
             }
         }
     }
+    groups
+}
+
+/// Answers `query` over the merge of `parts`.
+pub fn answer(
+    source: &SourceConfig,
+    view: &ViewDef,
+    parts: &[&ViewState],
+    query: &Query,
+) -> Vec<Row> {
+    let groups = merge(parts, query);
     let mut rows: Vec<Row> = groups
         .into_iter()
         .map(|((bucket, dimensions), states)| Row {

@@ -5,6 +5,8 @@
 //! - [`http`]: the axum API, one module per resource, shared by `main` and the tests.
 //! - [`lambda`]: batch views loaded per version, raw ids for deduplication, and the watcher
 //!   that hands new versions to the speed layer.
+//! - [`sql`]: read-only SQL over the merged views and the lake tables, within limits.
+//! - [`metrics`]: the Prometheus exposition: counters, request latency, scrape-time gauges.
 //! - [`kafka`]: producer settings, topic creation, and [`kafka::EmbeddedBroker`].
 //! - [`generate`]: producing synthetic shop events at a rate.
 //! - [`shutdown`]: SIGINT/SIGTERM into one cancellation token.
@@ -17,4 +19,6 @@ pub mod generate;
 pub mod http;
 pub mod kafka;
 pub mod lambda;
+pub mod metrics;
 pub mod shutdown;
+pub mod sql;

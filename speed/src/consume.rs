@@ -15,7 +15,10 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use arrow::array::AsArray;
+
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::lambda::{BatchView, Speed};
 
 /// Longest a consumed message waits before it is folded: the floor of produce-to-visible
@@ -127,6 +130,17 @@ impl SpeedLayer {
             .assign(&assignment)
             .map_err(kafka("assigning partitions"))?;
         tracing::info!(%topic, from = ?starts, "speed layer consuming");
+        {
+            // Offsets before the start are covered by every view's batch side: the answers
+            // already count through them.
+            let mut lambda = self.speed.shared().write().expect("not poisoned");
+            for (&p, &start) in &starts {
+                if start > 0 {
+                    let entry = lambda.consumed.entry(p).or_insert(start - 1);
+                    *entry = (*entry).max(start - 1);
+                }
+            }
+        }
         let consumer = Arc::new(consumer);
         // The heads decide readiness, not where to start: read them beside the consumption.
         let heads = {
@@ -149,8 +163,22 @@ impl SpeedLayer {
                     heads.insert(p, high);
                 }
                 tracing::info!(head = ?heads, "speed layer start heads");
-                shared.write().expect("not poisoned").start_head = Some(heads);
+                let mut lambda = shared.write().expect("not poisoned");
+                lambda.heads = heads.clone();
+                lambda.start_head = Some(heads);
                 Ok(())
+            })
+        };
+        let refresher = {
+            let (consumer, topic, shared, stop) = (
+                consumer.clone(),
+                topic.clone(),
+                self.speed.shared().clone(),
+                shutdown.clone(),
+            );
+            let partitions = partitions.clone();
+            tokio::task::spawn_blocking(move || {
+                refresh_heads(&consumer, &topic, &partitions, &shared, &stop);
             })
         };
 
@@ -195,10 +223,20 @@ impl SpeedLayer {
             task: "speed consumer",
             message: e.to_string(),
         })?;
+        refresher.await.map_err(|e| Error::Task {
+            task: "partition heads",
+            message: e.to_string(),
+        })?;
         outcome
     }
 
     async fn fold(&mut self, micro: Micro) -> Result<()> {
+        metrics::VALID.inc_by(micro.validated.events.num_rows() as u64);
+        if let Some(reasons) = micro.validated.rejects.column_by_name("reason") {
+            for reason in reasons.as_string::<i32>().iter().flatten() {
+                metrics::INVALID.with_label_values(&[reason]).inc();
+            }
+        }
         let events = micro.validated.events;
         for date in self.speed.dates_to_load(&events) {
             let version = self.speed.raw_version();
@@ -213,6 +251,38 @@ impl SpeedLayer {
             self.speed.load_ids(date, ids.iter().map(String::as_str));
         }
         self.speed.fold(events, &micro.consumed)
+    }
+}
+
+/// How often the partition heads behind the lag metrics are read.
+const HEADS_EVERY: Duration = Duration::from_secs(2);
+
+/// Reads the head of every partition every [`HEADS_EVERY`] into the shared state, until
+/// `shutdown`; a failed read keeps the last heads.
+fn refresh_heads(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    shared: &crate::lambda::Shared,
+    shutdown: &CancellationToken,
+) {
+    let mut last = Instant::now();
+    while !shutdown.is_cancelled() {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() < HEADS_EVERY {
+            continue;
+        }
+        last = Instant::now();
+        let mut heads = BTreeMap::new();
+        for &p in partitions {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(1)) {
+                Ok((_, high)) => {
+                    heads.insert(p, high);
+                }
+                Err(error) => tracing::debug!(%error, partition = p, "reading a partition head"),
+            }
+        }
+        shared.write().expect("not poisoned").heads.extend(heads);
     }
 }
 
@@ -246,6 +316,7 @@ fn read_micro_batches(
         if consumed.is_empty() {
             continue;
         }
+        metrics::MESSAGES.inc_by(messages as u64);
         let micro = Micro {
             validated: builder.finish(),
             consumed,

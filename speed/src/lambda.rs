@@ -68,6 +68,9 @@ pub struct Lambda {
     /// The head of each partition when the speed layer started (the first offset not yet
     /// written), once read; caught up once every partition is consumed that far.
     pub start_head: Option<BTreeMap<i32, i64>>,
+    /// The latest head read of each partition (the first offset not yet written), refreshed
+    /// every few seconds: what the lag is measured against.
+    pub heads: BTreeMap<i32, i64>,
     /// First occurrences retained in memory.
     pub retained_events: usize,
 }
@@ -215,6 +218,7 @@ impl Speed {
     /// view: first occurrences only, and per view only offsets beyond its watermark.
     /// `consumed` is the last offset read per partition, including messages that gave nothing.
     pub fn fold(&mut self, events: RecordBatch, consumed: &BTreeMap<i32, i64>) -> Result<()> {
+        let events_len = events.num_rows();
         let first = if events.num_rows() == 0 {
             events
         } else {
@@ -223,6 +227,7 @@ impl Speed {
                 .keep(events.column(0).as_string::<i32>(), dates(&events));
             filter_record_batch(&events, &keep)?
         };
+        crate::metrics::DUPLICATES.inc_by((events_len - first.num_rows()) as u64);
         let masks = self.masks(&first)?;
         let mut lambda = self.shared.write().expect("not poisoned");
         for ((pair, view), mask) in lambda.views.iter_mut().zip(&self.config.views).zip(&masks) {

@@ -8,6 +8,7 @@
 //!   view gets a new batch version.
 //! - [`consume`]: the Kafka adapter — consume from the lowest watermark, validate with the
 //!   shared validator, read the raw ids deduplication needs through [`consume::RawIds`].
+//! - [`metrics`]: counters of messages, valid, invalid and duplicate events.
 //!
 //! It depends on `lambdaflow-common` only, never on the batch crate: the serving crate loads
 //! batch views and raw ids and hands them in.
@@ -15,5 +16,6 @@
 pub mod consume;
 pub mod error;
 pub mod lambda;
+pub mod metrics;
 
 pub use error::{Error, Result};

@@ -2,15 +2,21 @@
 //! `main` and by the tests (through `tower::ServiceExt::oneshot`, no socket needed).
 
 pub mod batch;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod metrics;
+pub mod openapi;
+pub mod quarantine;
+pub mod sql;
 pub mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::validate::Validator;
@@ -73,14 +79,24 @@ impl AppState {
     }
 }
 
-/// The whole API.
+/// The whole API: every route times itself for `/metrics`, every body is held to
+/// `serving.max_body_bytes`, and every error, axum's own rejections included, has the JSON
+/// shape of [`ApiError`].
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .merge(dashboard::router())
         .merge(health::router())
         .merge(events::router(&state.config))
         .merge(batch::router())
         .merge(views::router())
+        .merge(sql::router())
+        .merge(quarantine::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(state.config.serving.max_body_bytes))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
 }
 

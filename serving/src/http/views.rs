@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lambdaflow_common::config::{FieldType, Granularity, ViewDef};
 use lambdaflow_common::query::{OrderKey, Query, Rollup, Row, Value, answer};
-use lambdaflow_common::state::Dim;
+use lambdaflow_common::state::{Dim, ViewState};
 use lambdaflow_common::timestamp::{format_micros, parse_rfc3339_micros};
 use lambdaflow_common::watermark::Watermark;
 use lambdaflow_speed::lambda::{Lambda, ViewPair};
@@ -141,6 +141,16 @@ pub struct QueryRequest {
     measures: Option<Vec<String>>,
     order_by: Option<Vec<OrderBy>>,
     limit: Option<usize>,
+    layer: Option<String>,
+}
+
+/// Which side of the merge an answer reads: both (the default and the lambda invariant's
+/// answer), or one alone, to see where the batch/speed seam lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    Merged,
+    Batch,
+    Speed,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +171,7 @@ struct QueryString {
     group_by: Option<String>,
     measures: Option<String>,
     limit: Option<usize>,
+    layer: Option<String>,
 }
 
 fn list_param(text: Option<String>) -> Option<Vec<String>> {
@@ -185,6 +196,7 @@ async fn query_get(
         group_by: list_param(q.group_by),
         measures: list_param(q.measures),
         limit: q.limit,
+        layer: q.layer,
         ..QueryRequest::default()
     };
     run(&state, &name, request)
@@ -201,15 +213,15 @@ async fn query_post(
 
 fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, ApiError> {
     let (i, view) = find(state, name)?;
-    let (query, granularity) = check(state, view, request)?;
+    let (query, granularity, layer) = check(state, view, request)?;
     let lambda = read(state)?;
     let pair = &lambda.views[i];
-    let rows = answer(
-        &state.config.source,
-        view,
-        &[&pair.batch.state, &pair.speed],
-        &query,
-    );
+    let parts: &[&ViewState] = match layer {
+        Layer::Merged => &[&pair.batch.state, &pair.speed],
+        Layer::Batch => &[&pair.batch.state],
+        Layer::Speed => &[&pair.speed],
+    };
+    let rows = answer(&state.config.source, view, parts, &query);
     let rendered = Rows {
         rows: &rows,
         view,
@@ -284,7 +296,22 @@ fn dimension(view: &ViewDef, name: &str, key: &str) -> Result<usize, ApiError> {
         })
 }
 
-fn check(state: &AppState, view: &ViewDef, r: QueryRequest) -> Result<(Query, String), ApiError> {
+fn check(
+    state: &AppState,
+    view: &ViewDef,
+    r: QueryRequest,
+) -> Result<(Query, String, Layer), ApiError> {
+    let layer = match r.layer.as_deref() {
+        None | Some("merged") => Layer::Merged,
+        Some("batch") => Layer::Batch,
+        Some("speed") => Layer::Speed,
+        Some(other) => {
+            return Err(bad(
+                "invalid_query",
+                format!("layer `{other}`: use merged, batch or speed"),
+            ));
+        }
+    };
     let from = time("from", r.from)?;
     let to = time("to", r.to)?;
     if let (Some(f), Some(t)) = (from, to)
@@ -403,6 +430,7 @@ fn check(state: &AppState, view: &ViewDef, r: QueryRequest) -> Result<(Query, St
             limit: r.limit,
         },
         granularity,
+        layer,
     ))
 }
 

@@ -1,0 +1,70 @@
+//! The archiver's and the batch runs' Prometheus metrics, in the process's default registry
+//! (served by `GET /metrics` where the serving API runs in the same process).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    HistogramVec, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter_vec,
+    register_int_gauge_vec,
+};
+
+/// Seconds of one archiver commit, by table.
+pub static COMMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "lambdaflow_archiver_commit_seconds",
+        "Seconds one archiver Delta commit took, by table (raw, quarantine)",
+        &["table"],
+        vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    )
+    .expect("registered once")
+});
+
+/// Messages the archiver handled, by outcome.
+pub static ARCHIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdaflow_archiver_events_total",
+        "Messages the archiver handled, by outcome (archived, duplicate, quarantined)",
+        &["outcome"]
+    )
+    .expect("registered once")
+});
+
+/// Seconds of a batch run, by final status.
+pub static RUN_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "lambdaflow_batch_run_seconds",
+        "Seconds one batch run took, by final status (succeeded, failed)",
+        &["status"],
+        vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0]
+    )
+    .expect("registered once")
+});
+
+/// Raw rows read and view rows written by batch runs.
+pub static RUN_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdaflow_batch_rows_total",
+        "Rows batch runs read from the raw table and wrote to view tables",
+        &["kind"]
+    )
+    .expect("registered once")
+});
+
+/// When the last batch run of each final status ended, in Unix seconds.
+pub static LAST_RUN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_batch_last_run_timestamp_seconds",
+        "Unix time the last batch run with this final status ended",
+        &["status"]
+    )
+    .expect("registered once")
+});
+
+/// Registers every metric of this module, so that a scrape lists them before any run.
+pub fn register() {
+    LazyLock::force(&COMMIT_SECONDS);
+    LazyLock::force(&ARCHIVED);
+    LazyLock::force(&RUN_SECONDS);
+    LazyLock::force(&RUN_ROWS);
+    LazyLock::force(&LAST_RUN);
+}

@@ -1,0 +1,210 @@
+//! `POST /v1/sql`: read-only SQL over the merged views and the lake tables (`crate::sql`),
+//! answered as `{"columns":[{"name","type"}],"rows":[[...]]}`.
+//!
+//! Cells render as JSON the way the query API renders values: integers and floats as numbers
+//! (NaN and infinities as null), timestamps as RFC 3339 in UTC, dates as `YYYY-MM-DD`,
+//! binary (sketches) as hex, anything else as Arrow's display string.
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{
+    DataType, Date32Type, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType, UInt64Type,
+};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use lambdaflow_common::timestamp::{format_date, format_micros};
+use serde::Deserialize;
+use serde::ser::{Serialize, SerializeSeq, SerializeStruct, Serializer};
+
+use crate::http::AppState;
+use crate::http::error::{ApiError, parse_json};
+use crate::sql::{Answer, SqlError, query};
+
+/// SQL routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/sql", post(sql))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+async fn sql(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: SqlRequest = parse_json(&body, "{\"sql\": \"SELECT ...\"}")?;
+    let answer = query(
+        &state.config,
+        state.batches.lake(),
+        &state.lambda,
+        &request.sql,
+    )
+    .await
+    .map_err(|e| match e {
+        SqlError::NotAQuery(_) => ApiError::bad("not_a_query", e.to_string()),
+        SqlError::Invalid(_) => ApiError::bad("invalid_sql", e.to_string()),
+        SqlError::TooManyRows(_) => ApiError::bad("row_limit_exceeded", e.to_string()),
+        SqlError::Memory { .. } => ApiError::bad("memory_limit_exceeded", e.to_string()),
+        SqlError::Timeout(_) => ApiError::Timeout(e.to_string()),
+        SqlError::Internal(detail) => ApiError::Internal(detail),
+    })?;
+    let body = serde_json::to_vec(&Rendered::new(&answer)?)
+        .map_err(|e| ApiError::Internal(format!("rendering an SQL answer: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A column normalised once to the few array types cells are written from.
+enum Column {
+    Int(ArrayRef),
+    UInt(ArrayRef),
+    Float(ArrayRef),
+    Bool(ArrayRef),
+    Str(ArrayRef),
+    Time(ArrayRef),
+    Date(ArrayRef),
+    Binary(ArrayRef),
+    Other(ArrayRef),
+}
+
+impl Column {
+    fn new(array: &ArrayRef) -> Result<Self, arrow::error::ArrowError> {
+        let to = |t: DataType| cast(array, &t);
+        Ok(match array.data_type() {
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                Self::Int(to(DataType::Int64)?)
+            }
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+                Self::UInt(to(DataType::UInt64)?)
+            }
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                Self::Float(to(DataType::Float64)?)
+            }
+            DataType::Boolean => Self::Bool(array.clone()),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                Self::Str(to(DataType::Utf8)?)
+            }
+            DataType::Timestamp(_, _) => Self::Time(to(DataType::Timestamp(
+                TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ))?),
+            DataType::Date32 | DataType::Date64 => Self::Date(to(DataType::Date32)?),
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                Self::Binary(to(DataType::Binary)?)
+            }
+            _ => Self::Other(array.clone()),
+        })
+    }
+
+    fn array(&self) -> &ArrayRef {
+        match self {
+            Self::Int(a)
+            | Self::UInt(a)
+            | Self::Float(a)
+            | Self::Bool(a)
+            | Self::Str(a)
+            | Self::Time(a)
+            | Self::Date(a)
+            | Self::Binary(a)
+            | Self::Other(a) => a,
+        }
+    }
+
+    fn write<S: SerializeSeq>(&self, row: usize, seq: &mut S) -> Result<(), S::Error> {
+        if self.array().is_null(row) {
+            return seq.serialize_element(&());
+        }
+        match self {
+            Self::Int(a) => seq.serialize_element(&a.as_primitive::<Int64Type>().value(row)),
+            Self::UInt(a) => seq.serialize_element(&a.as_primitive::<UInt64Type>().value(row)),
+            Self::Float(a) => {
+                let v = a.as_primitive::<Float64Type>().value(row);
+                seq.serialize_element(&v.is_finite().then_some(v))
+            }
+            Self::Bool(a) => seq.serialize_element(&a.as_boolean().value(row)),
+            Self::Str(a) => seq.serialize_element(a.as_string::<i32>().value(row)),
+            Self::Time(a) => seq.serialize_element(&format_micros(
+                a.as_primitive::<TimestampMicrosecondType>().value(row),
+            )),
+            Self::Date(a) => {
+                seq.serialize_element(&format_date(a.as_primitive::<Date32Type>().value(row)))
+            }
+            Self::Binary(a) => seq.serialize_element(&hex::encode(a.as_binary::<i32>().value(row))),
+            Self::Other(a) => {
+                let options = FormatOptions::default();
+                let text = ArrayFormatter::try_new(a.as_ref(), &options)
+                    .map(|f| f.value(row).to_string())
+                    .map_err(serde::ser::Error::custom)?;
+                seq.serialize_element(&text)
+            }
+        }
+    }
+}
+
+/// The answer, serialised in one pass.
+struct Rendered<'a> {
+    answer: &'a Answer,
+    batches: Vec<(&'a RecordBatch, Vec<Column>)>,
+}
+
+impl<'a> Rendered<'a> {
+    fn new(answer: &'a Answer) -> Result<Self, ApiError> {
+        let batches = answer
+            .batches
+            .iter()
+            .map(|b| Ok((b, b.columns().iter().map(Column::new).collect::<Result<_, _>>()?)))
+            .collect::<Result<_, arrow::error::ArrowError>>()
+            .map_err(|e| ApiError::Internal(format!("rendering an SQL answer: {e}")))?;
+        Ok(Self { answer, batches })
+    }
+}
+
+impl Serialize for Rendered<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("Answer", 2)?;
+        let columns: Vec<_> = self
+            .answer
+            .schema
+            .fields()
+            .iter()
+            .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+            .collect();
+        out.serialize_field("columns", &columns)?;
+        out.serialize_field("rows", &Rows(&self.batches))?;
+        out.end()
+    }
+}
+
+struct Rows<'a>(&'a [(&'a RecordBatch, Vec<Column>)]);
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let total = self.0.iter().map(|(b, _)| b.num_rows()).sum();
+        let mut rows = serializer.serialize_seq(Some(total))?;
+        for (batch, columns) in self.0 {
+            for row in 0..batch.num_rows() {
+                rows.serialize_element(&Cells { columns, row })?;
+            }
+        }
+        rows.end()
+    }
+}
+
+struct Cells<'a> {
+    columns: &'a [Column],
+    row: usize,
+}
+
+impl Serialize for Cells<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut cells = serializer.serialize_seq(Some(self.columns.len()))?;
+        for column in self.columns {
+            column.write(self.row, &mut cells)?;
+        }
+        cells.end()
+    }
+}

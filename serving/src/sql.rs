@@ -1,0 +1,248 @@
+//! Read-only SQL over the lake and the merged views (`POST /v1/sql`).
+//!
+//! Each request gets its own DataFusion session with a memory pool of its own, so one query
+//! cannot starve another and nothing it registers outlives it. Tables are registered only when
+//! the statement names them:
+//! - each view as the merge of its batch and speed states at this moment, in the view
+//!   table's layout (`common::table`): state columns included, so averages roll up from
+//!   `<m>__sum`/`<m>__count` and distinct counts from `hll_estimate(hll_merge(<m>__hll))`;
+//! - `raw_<source>` and `quarantine_<source>`, the Delta tables at their latest version.
+//!
+//! Only queries pass: the parsed statement must be a `SELECT`/`WITH` query (or an `EXPLAIN`
+//! of one, `SHOW TABLES`, `SHOW COLUMNS`, `DESCRIBE`), checked on the AST before planning,
+//! and the plan is checked again with DataFusion's own DDL/DML/statement guard. No table
+//! reads a path or URL the statement names: URL tables are not enabled and `CREATE EXTERNAL
+//! TABLE` and `COPY` are refused as statements.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use datafusion::common::DataFusionError;
+use datafusion::config::Dialect;
+use datafusion::datasource::MemTable;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast::Statement as Sql;
+use futures::StreamExt;
+use lambdaflow_batch::lake::Lake;
+use lambdaflow_common::config::{Config, ServingConfig};
+use lambdaflow_common::table::merged_batch;
+use lambdaflow_common::view::ViewLayout;
+use lambdaflow_speed::lambda::Shared;
+
+/// Why a statement got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// Not a query.
+    #[error("only queries are allowed (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE); found {0}")]
+    NotAQuery(String),
+    /// The statement does not parse or plan, or fails on the data.
+    #[error("{0}")]
+    Invalid(String),
+    /// The answer has more rows than allowed.
+    #[error(
+        "the answer has more than {0} rows; add a LIMIT or aggregate further (serving.sql_max_rows)"
+    )]
+    TooManyRows(usize),
+    /// The query needed more memory than allowed.
+    #[error("the query needs more than {limit} bytes of memory (serving.sql_max_memory_bytes): {detail}")]
+    Memory {
+        /// The limit in bytes.
+        limit: usize,
+        /// DataFusion's account of it.
+        detail: String,
+    },
+    /// The query ran longer than allowed and was cancelled.
+    #[error("the query ran longer than {} and was cancelled (serving.sql_timeout)", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// Not the statement's fault: the lake could not be read, or a bug.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A query's answer: its schema's columns and its rows in record batches.
+#[derive(Debug)]
+pub struct Answer {
+    /// The columns, named and typed.
+    pub schema: arrow::datatypes::SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Runs `sql` against the lake and the current merged views, within the limits of `serving`.
+pub async fn query(
+    config: &Config,
+    lake: &Lake,
+    lambda: &Shared,
+    sql: &str,
+) -> Result<Answer, SqlError> {
+    let limits = &config.serving;
+    tokio::time::timeout(limits.sql_timeout, run(config, lake, lambda, sql))
+        .await
+        .unwrap_or(Err(SqlError::Timeout(limits.sql_timeout)))
+}
+
+async fn run(config: &Config, lake: &Lake, lambda: &Shared, sql: &str) -> Result<Answer, SqlError> {
+    let limits = &config.serving;
+    let ctx = session(limits)?;
+    let state = ctx.state();
+    let statement = state
+        .sql_to_statement(sql, &Dialect::Generic)
+        .map_err(|e| classify(e, limits))?;
+    read_only(&statement)?;
+    let tables = state
+        .resolve_table_references(&statement)
+        .map_err(|e| classify(e, limits))?;
+    for table in tables {
+        register(config, lake, lambda, &ctx, table.table()).await?;
+    }
+    let plan = ctx
+        .state()
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| classify(e, limits))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| SqlError::NotAQuery(e.strip_backtrace()))?;
+    let frame = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| classify(e, limits))?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame
+        .execute_stream()
+        .await
+        .map_err(|e| classify(e, limits))?;
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| classify(e, limits))?;
+        rows += batch.num_rows();
+        if rows > limits.sql_max_rows {
+            return Err(SqlError::TooManyRows(limits.sql_max_rows));
+        }
+        batches.push(batch);
+    }
+    Ok(Answer { schema, batches })
+}
+
+fn session(limits: &ServingConfig) -> Result<SessionContext, SqlError> {
+    // No spilling: the memory limit is a hard limit, and a query never writes temporary files
+    // on the serving host.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.sql_max_memory_bytes, 1.0)
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .build_arc()
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_target_partitions(2);
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    lambdaflow_batch::sketch_udf::register(&mut ctx)
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
+    Ok(ctx)
+}
+
+/// Refuses every statement but a query and the catalogue's read-only views of itself.
+fn read_only(statement: &Statement) -> Result<(), SqlError> {
+    match statement {
+        Statement::Statement(sql) => match sql.as_ref() {
+            Sql::Query(_)
+            | Sql::ShowTables { .. }
+            | Sql::ShowColumns { .. }
+            | Sql::ExplainTable { .. } => Ok(()),
+            Sql::Explain { statement, .. } => {
+                read_only(&Statement::Statement(statement.clone()))
+            }
+            other => Err(SqlError::NotAQuery(first_words(&other.to_string()))),
+        },
+        Statement::Explain(explain) => read_only(&explain.statement),
+        Statement::CreateExternalTable(_) => Err(SqlError::NotAQuery("CREATE EXTERNAL TABLE".into())),
+        Statement::CopyTo(_) => Err(SqlError::NotAQuery("COPY".into())),
+        Statement::Reset(_) => Err(SqlError::NotAQuery("RESET".into())),
+    }
+}
+
+/// The keywords a statement starts with, to name it in an error.
+fn first_words(statement: &str) -> String {
+    statement
+        .split_whitespace()
+        .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Registers the table `name` if it is one of ours; DataFusion names any other as not found.
+async fn register(
+    config: &Config,
+    lake: &Lake,
+    lambda: &Shared,
+    ctx: &SessionContext,
+    name: &str,
+) -> Result<(), SqlError> {
+    let internal = |e: &dyn std::fmt::Display| SqlError::Internal(format!("table `{name}`: {e}"));
+    let source = &config.source.name;
+    if let Some(i) = config.views.iter().position(|v| v.name == name) {
+        let view = &config.views[i];
+        let layout = ViewLayout::new(&config.source, view).map_err(|e| internal(&e))?;
+        let batch = {
+            let lambda = lambda.read().expect("not poisoned");
+            let Some(pair) = lambda.views.get(i) else {
+                return Err(SqlError::Internal(
+                    "the speed layer is starting; retry in a moment".into(),
+                ));
+            };
+            merged_batch(&config.source, view, &layout, &[&pair.batch.state, &pair.speed])
+                .map_err(|e| internal(&e))?
+        };
+        let table = MemTable::try_new(layout.schema, vec![vec![batch]]).map_err(|e| internal(&e))?;
+        ctx.register_table(name, Arc::new(table))
+            .map_err(|e| internal(&e))?;
+        return Ok(());
+    }
+    let url = if name == format!("raw_{source}") {
+        lake.raw(source)
+    } else if name == format!("quarantine_{source}") {
+        lake.quarantine(source)
+    } else {
+        return Ok(());
+    };
+    let table = match deltalake::open_table(url).await {
+        Ok(table) => table,
+        // Nothing archived yet: the name stays unknown, as the table does not exist.
+        Err(
+            deltalake::DeltaTableError::NotATable(_)
+            | deltalake::DeltaTableError::InvalidTableLocation(_),
+        ) => return Ok(()),
+        Err(e) => return Err(internal(&e)),
+    };
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| internal(&e))?;
+    let provider = table.table_provider().await.map_err(|e| internal(&e))?;
+    ctx.register_table(name, provider).map_err(|e| internal(&e))?;
+    Ok(())
+}
+
+/// Sorts DataFusion's errors into the statement's fault, a limit, or ours.
+fn classify(error: DataFusionError, limits: &ServingConfig) -> SqlError {
+    let root = error.find_root();
+    match root {
+        DataFusionError::ResourcesExhausted(detail) => SqlError::Memory {
+            limit: limits.sql_max_memory_bytes,
+            detail: detail.clone(),
+        },
+        DataFusionError::IoError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::Internal(_)
+        | DataFusionError::External(_) => SqlError::Internal(root.to_string()),
+        _ => SqlError::Invalid(error.strip_backtrace()),
+    }
+}

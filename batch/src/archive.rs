@@ -29,9 +29,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::OffsetTable;
-use crate::metrics;
 use crate::error::{Error, Result};
 use crate::lake::{self, Lake};
+use crate::metrics;
 
 /// Counters of the archiver's work since it started, readable while it runs.
 #[derive(Debug, Default)]
@@ -185,21 +185,32 @@ impl Archiver {
         let valid = events.num_rows();
         let events = deduplicate(events, seen, raw, id_field).await?;
         let kept = events.num_rows() as u64;
-        let timer = (kept > 0).then(|| metrics::COMMIT_SECONDS.with_label_values(&["raw"]).start_timer());
+        let timer = (kept > 0).then(|| {
+            metrics::COMMIT_SECONDS
+                .with_label_values(&["raw"])
+                .start_timer()
+        });
         raw.append(events, &upto).await?;
         drop(timer);
 
         let rejects = not_yet_held(&validated.rejects, "partition", "offset", quarantine);
         let rejected = rejects.num_rows() as u64;
-        let timer = (rejected > 0)
-            .then(|| metrics::COMMIT_SECONDS.with_label_values(&["quarantine"]).start_timer());
+        let timer = (rejected > 0).then(|| {
+            metrics::COMMIT_SECONDS
+                .with_label_values(&["quarantine"])
+                .start_timer()
+        });
         quarantine.append(rejects, &upto).await?;
         drop(timer);
-        metrics::ARCHIVED.with_label_values(&["archived"]).inc_by(kept);
+        metrics::ARCHIVED
+            .with_label_values(&["archived"])
+            .inc_by(kept);
         metrics::ARCHIVED
             .with_label_values(&["duplicate"])
             .inc_by(valid as u64 - kept);
-        metrics::ARCHIVED.with_label_values(&["quarantined"]).inc_by(rejected);
+        metrics::ARCHIVED
+            .with_label_values(&["quarantined"])
+            .inc_by(rejected);
 
         let s = &self.stats;
         s.archived.fetch_add(kept, Ordering::Relaxed);

@@ -14,7 +14,9 @@ pub static COMMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "lambdaflow_archiver_commit_seconds",
         "Seconds one archiver Delta commit took, by table (raw, quarantine)",
         &["table"],
-        vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+        ]
     )
     .expect("registered once")
 });
@@ -35,7 +37,9 @@ pub static RUN_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "lambdaflow_batch_run_seconds",
         "Seconds one batch run took, by final status (succeeded, failed)",
         &["status"],
-        vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0]
+        vec![
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
+        ]
     )
     .expect("registered once")
 });

@@ -116,11 +116,17 @@ impl BatchRun {
                 self.record.error = Some(e.to_string());
             }
         }
-        let status = if outcome.is_ok() { "succeeded" } else { "failed" };
+        let status = if outcome.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
         metrics::RUN_SECONDS
             .with_label_values(&[status])
             .observe(started.elapsed().as_secs_f64());
-        metrics::RUN_ROWS.with_label_values(&["read"]).inc_by(self.record.rows_read);
+        metrics::RUN_ROWS
+            .with_label_values(&["read"])
+            .inc_by(self.record.rows_read);
         metrics::RUN_ROWS
             .with_label_values(&["written"])
             .inc_by(self.record.rows_written);

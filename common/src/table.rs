@@ -48,11 +48,23 @@ pub fn merged_batch(
             .extend_from(buckets.iter().copied().map(Some)),
     ));
     for (d, (_, data_type)) in layout.dimensions.iter().enumerate() {
-        columns.push(dimension(data_type, groups.iter().map(|((_, dims), _)| dims[d]))?);
+        columns.push(dimension(
+            data_type,
+            groups.iter().map(|((_, dims), _)| dims[d]),
+        )?);
     }
     for column in &layout.measures {
-        let states = groups.iter().map(|(_, states)| states[column.measure].as_ref());
-        columns.push(measure(source, view, column.measure, column.role, &column.data_type, states));
+        let states = groups
+            .iter()
+            .map(|(_, states)| states[column.measure].as_ref());
+        columns.push(measure(
+            source,
+            view,
+            column.measure,
+            column.role,
+            &column.data_type,
+            states,
+        ));
     }
     let mut dates = Date32Builder::with_capacity(buckets.len());
     for b in &buckets {
@@ -225,12 +237,23 @@ mod tests {
     /// Folds `n` generated events into two parts per view, split at `split`.
     fn parts(config: &Config, n: usize, split: usize) -> Vec<(ViewState, ViewState)> {
         let validator = Validator::new(&config.source);
-        let mut generator = ShopGenerator::new(7, 50, Mix { duplicates: 0.0, late: 0.3, invalid: 0.0 });
+        let mut generator = ShopGenerator::new(
+            7,
+            50,
+            Mix {
+                duplicates: 0.0,
+                late: 0.3,
+                invalid: 0.0,
+            },
+        );
         let now = now_micros();
         let mut builder = validator.batch_builder("events", now);
         for offset in 0..n {
             let sample = generator.next_event(now);
-            let at = Coordinates { partition: 0, offset: offset as i64 };
+            let at = Coordinates {
+                partition: 0,
+                offset: offset as i64,
+            };
             builder.push(Some(&sample.payload), at).unwrap();
         }
         let events = builder.finish().events;
@@ -259,7 +282,9 @@ mod tests {
             assert_eq!(batch.num_rows(), whole.len(), "{}", view.name);
 
             let mut loaded = ViewState::new();
-            loaded.from_view_batch(&config.source, view, &batch).unwrap();
+            loaded
+                .from_view_batch(&config.source, view, &batch)
+                .unwrap();
             let sorted = |s: &ViewState| {
                 let mut groups: Vec<_> = s.groups().map(|(k, v)| (k.clone(), v.to_vec())).collect();
                 groups.sort_by(|x, y| x.0.cmp(&y.0));
@@ -267,10 +292,18 @@ mod tests {
             };
             assert_eq!(sorted(&loaded), sorted(&whole), "{}", view.name);
 
-            let buckets = batch.column(0).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            assert!(buckets.values().windows(2).all(|w| w[0] <= w[1]), "ordered by bucket");
+            let buckets = batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            assert!(
+                buckets.values().windows(2).all(|w| w[0] <= w[1]),
+                "ordered by bucket"
+            );
             for column in layout.measures.iter().filter(|c| c.role == Role::Estimate) {
-                let estimates = batch.column_by_name(&column.name).unwrap().as_primitive::<Int64Type>();
+                let estimates = batch
+                    .column_by_name(&column.name)
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
                 assert_eq!(estimates.null_count(), 0);
                 assert!(estimates.values().iter().all(|e| *e > 0));
             }

@@ -20,7 +20,9 @@ static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "lambdaflow_http_request_seconds",
         "Seconds to answer an HTTP request, by route template, method and status",
         &["route", "method", "status"],
-        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0
+        ]
     )
     .expect("registered once")
 });
@@ -106,16 +108,25 @@ pub fn render(config: &Config, lambda: &Shared) -> String {
             let partition = p.to_string();
             let consumed = lambda.consumed.get(p).copied().unwrap_or(-1);
             HEAD.with_label_values(&[partition.as_str()]).set(*head);
-            CONSUMED.with_label_values(&[partition.as_str()]).set(consumed);
+            CONSUMED
+                .with_label_values(&[partition.as_str()])
+                .set(consumed);
             LAG.with_label_values(&[partition.as_str()])
                 .set((head - consumed - 1).max(0));
         }
         for (view, pair) in config.views.iter().zip(&lambda.views) {
             let name = [view.name.as_str()];
-            let version = pair.batch.version.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+            let version = pair
+                .batch
+                .version
+                .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
             BATCH_VERSION.with_label_values(&name).set(version);
-            BATCH_GROUPS.with_label_values(&name).set(pair.batch.state.len() as i64);
-            SPEED_GROUPS.with_label_values(&name).set(pair.speed.len() as i64);
+            BATCH_GROUPS
+                .with_label_values(&name)
+                .set(pair.batch.state.len() as i64);
+            SPEED_GROUPS
+                .with_label_values(&name)
+                .set(pair.speed.len() as i64);
         }
         RETAINED.set(lambda.retained_events as i64);
     }

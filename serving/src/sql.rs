@@ -48,7 +48,9 @@ pub enum SqlError {
     )]
     TooManyRows(usize),
     /// The query needed more memory than allowed.
-    #[error("the query needs more than {limit} bytes of memory (serving.sql_max_memory_bytes): {detail}")]
+    #[error(
+        "the query needs more than {limit} bytes of memory (serving.sql_max_memory_bytes): {detail}"
+    )]
     Memory {
         /// The limit in bytes.
         limit: usize,
@@ -93,11 +95,29 @@ async fn run(config: &Config, lake: &Lake, lambda: &Shared, sql: &str) -> Result
         .sql_to_statement(sql, &Dialect::Generic)
         .map_err(|e| classify(e, limits))?;
     read_only(&statement)?;
-    let tables = state
+    let references = state
         .resolve_table_references(&statement)
         .map_err(|e| classify(e, limits))?;
-    for table in tables {
-        register(config, lake, lambda, &ctx, table.table()).await?;
+    // A look at the catalogue (`SHOW TABLES`, `information_schema`) sees every table; any
+    // other statement gets only the tables it names, so a query on one view never pays for
+    // merging the others or opening the lake.
+    let catalogue = matches!(&statement, Statement::Statement(s) if matches!(s.as_ref(), Sql::ShowTables { .. }))
+        || references
+            .iter()
+            .any(|r| r.schema() == Some("information_schema"));
+    let names: Vec<String> = if catalogue {
+        let source = &config.source.name;
+        config
+            .views
+            .iter()
+            .map(|v| v.name.clone())
+            .chain([format!("raw_{source}"), format!("quarantine_{source}")])
+            .collect()
+    } else {
+        references.iter().map(|r| r.table().to_owned()).collect()
+    };
+    for name in &names {
+        register(config, lake, lambda, &ctx, name).await?;
     }
     let plan = ctx
         .state()
@@ -137,7 +157,9 @@ fn session(limits: &ServingConfig) -> Result<SessionContext, SqlError> {
     // on the serving host.
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.sql_max_memory_bytes, 1.0)
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
         .build_arc()
         .map_err(|e| SqlError::Internal(e.to_string()))?;
     let config = SessionConfig::new()
@@ -157,13 +179,13 @@ fn read_only(statement: &Statement) -> Result<(), SqlError> {
             | Sql::ShowTables { .. }
             | Sql::ShowColumns { .. }
             | Sql::ExplainTable { .. } => Ok(()),
-            Sql::Explain { statement, .. } => {
-                read_only(&Statement::Statement(statement.clone()))
-            }
+            Sql::Explain { statement, .. } => read_only(&Statement::Statement(statement.clone())),
             other => Err(SqlError::NotAQuery(first_words(&other.to_string()))),
         },
         Statement::Explain(explain) => read_only(&explain.statement),
-        Statement::CreateExternalTable(_) => Err(SqlError::NotAQuery("CREATE EXTERNAL TABLE".into())),
+        Statement::CreateExternalTable(_) => {
+            Err(SqlError::NotAQuery("CREATE EXTERNAL TABLE".into()))
+        }
         Statement::CopyTo(_) => Err(SqlError::NotAQuery("COPY".into())),
         Statement::Reset(_) => Err(SqlError::NotAQuery("RESET".into())),
     }
@@ -199,10 +221,16 @@ async fn register(
                     "the speed layer is starting; retry in a moment".into(),
                 ));
             };
-            merged_batch(&config.source, view, &layout, &[&pair.batch.state, &pair.speed])
-                .map_err(|e| internal(&e))?
+            merged_batch(
+                &config.source,
+                view,
+                &layout,
+                &[&pair.batch.state, &pair.speed],
+            )
+            .map_err(|e| internal(&e))?
         };
-        let table = MemTable::try_new(layout.schema, vec![vec![batch]]).map_err(|e| internal(&e))?;
+        let table =
+            MemTable::try_new(layout.schema, vec![vec![batch]]).map_err(|e| internal(&e))?;
         ctx.register_table(name, Arc::new(table))
             .map_err(|e| internal(&e))?;
         return Ok(());
@@ -227,7 +255,8 @@ async fn register(
         .update_datafusion_session(&ctx.state())
         .map_err(|e| internal(&e))?;
     let provider = table.table_provider().await.map_err(|e| internal(&e))?;
-    ctx.register_table(name, provider).map_err(|e| internal(&e))?;
+    ctx.register_table(name, provider)
+        .map_err(|e| internal(&e))?;
     Ok(())
 }
 

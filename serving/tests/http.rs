@@ -365,3 +365,625 @@ async fn views_are_listed_and_bad_queries_are_named() {
         );
     }
 }
+
+/// Fixed events (times, users, amounts) so that answers are the same on every run: 40 valid
+/// events over two days and three refused messages, validated as of 2026-11-23.
+fn fixed_messages() -> Vec<Vec<u8>> {
+    let start = 1_763_596_800_000_i64; // 2025-11-20T00:00:00Z in epoch milliseconds
+    let mut messages: Vec<Vec<u8>> = (0..40)
+        .map(|i: i64| {
+            let country = ["kr", "us", "de"][(i % 3) as usize];
+            json!({
+                "event_id": format!("e{i}"),
+                "event_time": start + i * 71 * 60_000 + i * i * 1_000,
+                "type": if i % 3 == 0 { "view" } else { "purchase" },
+                "user_id": format!("u{}", i % 7),
+                "country": country,
+                "product": format!("p{}", i % 4),
+                "amount": (i % 5) as f64 * 2.5 + 1.0,
+                "quantity": i % 3,
+            })
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    messages.insert(5, b"{broken".to_vec());
+    messages.insert(
+        17,
+        br#"{"event_id":"x","event_time":"soon","type":"view","user_id":"u","country":"kr"}"#
+            .to_vec(),
+    );
+    messages.insert(30, br#"["not","an","object"]"#.to_vec());
+    messages
+}
+
+/// A state whose views hold `fixed_messages`, the first 25 valid events on the batch side and
+/// the rest on the speed side, and whose lake holds them in the raw and quarantine tables.
+async fn state_with_data(broker: &EmbeddedBroker, lake: &tempfile::TempDir) -> AppState {
+    use lambdaflow_batch::commit::OffsetTable;
+    use lambdaflow_batch::lake::open_or_create;
+    use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
+    use lambdaflow_common::state::ViewState;
+    use lambdaflow_common::validate::{Coordinates, Validator};
+    use lambdaflow_speed::lambda::ViewPair;
+
+    let state = state(broker, 1 << 20, lake);
+    let config = state.config.clone();
+    let now = 1_763_856_000_000_000; // 2025-11-23T00:00:00Z in microseconds
+    let validator = Validator::new(&config.source);
+    let mut builder = validator.batch_builder("events", now);
+    let messages = fixed_messages();
+    for (offset, payload) in messages.iter().enumerate() {
+        let at = Coordinates {
+            partition: 0,
+            offset: offset as i64,
+        };
+        let _ = builder.push(Some(payload), at);
+    }
+    let validated = builder.finish();
+    let upto = [(0, messages.len() as i64 - 1)].into();
+    let lake_root = Lake::new(&config.lake).unwrap();
+    for (url, schema, partition_by, batch) in [
+        (
+            lake_root.raw("events"),
+            raw_schema(&config.source),
+            EVENT_DATE,
+            &validated.events,
+        ),
+        (
+            lake_root.quarantine("events"),
+            quarantine_schema(),
+            INGEST_DATE,
+            &validated.rejects,
+        ),
+    ] {
+        let table = open_or_create(&url, &schema, &[partition_by])
+            .await
+            .unwrap();
+        let mut table = OffsetTable::load(table, (schema, partition_by), "events", &[0])
+            .await
+            .unwrap();
+        table.append(batch.clone(), &upto).await.unwrap();
+    }
+
+    // Each side folded as the speed layer folds: view filters applied, duplicates dropped.
+    let fold = |events: arrow::array::RecordBatch| {
+        let shared = Shared::default();
+        let empty = config
+            .views
+            .iter()
+            .map(|_| Arc::new(BatchView::default()))
+            .collect();
+        let mut speed = Speed::new(config.clone(), shared.clone(), empty).unwrap();
+        for date in speed.dates_to_load(&events) {
+            speed.load_ids(date, []);
+        }
+        speed.fold(events, &Default::default()).unwrap();
+        let lambda = shared.read().unwrap();
+        lambda
+            .views
+            .iter()
+            .map(|v| v.speed.clone())
+            .collect::<Vec<ViewState>>()
+    };
+    let events = &validated.events;
+    let batch = fold(events.slice(0, 25));
+    let speed = fold(events.slice(25, events.num_rows() - 25));
+    let mut lambda = state.lambda.write().unwrap();
+    lambda.views = batch
+        .into_iter()
+        .zip(speed)
+        .map(|(batch, speed)| ViewPair {
+            batch: Arc::new(BatchView {
+                version: Some(1),
+                watermark: None,
+                state: batch,
+            }),
+            speed,
+        })
+        .collect();
+    drop(lambda);
+    state
+}
+
+fn sql(text: &str) -> Request<Body> {
+    Request::post("/v1/sql")
+        .header("content-type", "application/json")
+        .body(Body::from(json!({ "sql": text }).to_string()))
+        .unwrap()
+}
+
+/// Compares `got` with the golden file `name`; `LAMBDAFLOW_BLESS=1` rewrites the file.
+fn golden(name: &str, got: &Value) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let text = serde_json::to_string_pretty(got).unwrap() + "\n";
+    if std::env::var_os("LAMBDAFLOW_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with LAMBDAFLOW_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    assert!(
+        want == text,
+        "{} differs from the answer; run with LAMBDAFLOW_BLESS=1 if the change is intended:\n{text}",
+        path.display()
+    );
+}
+
+#[tokio::test]
+async fn sql_answers_over_merged_views_and_lake_tables() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+
+    let statements = [
+        "SELECT bucket, country, orders, revenue, max_order, min_order, avg_order, buyers \
+         FROM sales_by_country ORDER BY bucket, country",
+        "SELECT country, sum(orders) AS orders, sum(revenue) AS revenue, \
+         sum(avg_order__sum) / sum(avg_order__count) AS avg_order, \
+         hll_estimate(hll_merge(buyers__hll)) AS buyers \
+         FROM sales_by_country GROUP BY country ORDER BY country",
+        "WITH daily AS (SELECT date_trunc('day', bucket) AS day, sum(events) AS events \
+         FROM traffic_by_minute GROUP BY 1) SELECT * FROM daily ORDER BY day",
+        "SELECT event_date, count(*) AS events, count(DISTINCT user_id) AS users, \
+         sum(amount) AS amount FROM raw_events GROUP BY event_date ORDER BY event_date",
+        "SELECT reason, \"offset\", CAST(raw AS VARCHAR) AS raw FROM quarantine_events ORDER BY \"offset\"",
+        "SELECT buyers__hll IS NOT NULL AS has_sketch, bucket FROM sales_by_country ORDER BY bucket LIMIT 1",
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
+    ];
+    let mut answers = Vec::new();
+    for statement in statements {
+        let (status, answer) = call(&state, sql(statement)).await;
+        assert_eq!(status, StatusCode::OK, "{statement}: {answer}");
+        answers.push(json!({ "sql": statement, "answer": answer }));
+    }
+    golden("sql.json", &Value::Array(answers.clone()));
+
+    // The SQL rollup and the query API agree on the merged view, sketches included.
+    let (status, api) = call(
+        &state,
+        Request::get("/v1/views/sales_by_country/query?granularity=all&group_by=country&measures=orders,revenue,avg_order,buyers")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let rolled = answers[1]["answer"]["rows"].as_array().unwrap();
+    let api_rows = api["rows"].as_array().unwrap();
+    assert_eq!(rolled.len(), api_rows.len());
+    for (sql_row, api_row) in rolled.iter().zip(api_rows) {
+        assert_eq!(sql_row[0], api_row["country"]);
+        assert_eq!(sql_row[1], api_row["orders"]);
+        assert_eq!(sql_row[4], api_row["buyers"]);
+        for (i, m) in [(2, "revenue"), (3, "avg_order")] {
+            let (a, b) = (sql_row[i].as_f64().unwrap(), api_row[m].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{m}: {a} vs {b}");
+        }
+    }
+    // Each side alone through the query API adds up to the merge.
+    let total = |layer: &'static str| {
+        let state = state.clone();
+        async move {
+            let uri = format!(
+                "/v1/views/sales_by_country/query?granularity=all&measures=orders&layer={layer}"
+            );
+            call(&state, Request::get(uri).body(Body::empty()).unwrap())
+                .await
+                .1["rows"][0]["orders"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        total("batch").await + total("speed").await,
+        total("merged").await
+    );
+    assert!(total("batch").await > 0 && total("speed").await > 0);
+}
+
+#[tokio::test]
+async fn sql_refuses_all_but_queries_and_enforces_its_limits() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let mut state = state_with_data(&broker, &lake).await;
+    let mut config = (*state.config).clone();
+    config.serving.sql_max_rows = 10;
+    config.serving.sql_timeout = Duration::from_millis(300);
+    config.serving.sql_max_memory_bytes = 2 << 20;
+    state.config = Arc::new(config);
+
+    let deep = format!("{{\"sql\": {}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    for (request, status, code, needle) in [
+        (
+            sql("CREATE TABLE t AS SELECT 1"),
+            400,
+            "not_a_query",
+            "CREATE TABLE",
+        ),
+        (
+            sql("CREATE VIEW v AS SELECT 1"),
+            400,
+            "not_a_query",
+            "CREATE VIEW",
+        ),
+        (
+            sql("DROP TABLE raw_events"),
+            400,
+            "not_a_query",
+            "DROP TABLE",
+        ),
+        (
+            sql("INSERT INTO raw_events VALUES (1)"),
+            400,
+            "not_a_query",
+            "INSERT",
+        ),
+        (sql("DELETE FROM raw_events"), 400, "not_a_query", "DELETE"),
+        (
+            sql("UPDATE raw_events SET amount = 0"),
+            400,
+            "not_a_query",
+            "UPDATE",
+        ),
+        (
+            sql("COPY (SELECT 1) TO '/tmp/out.csv'"),
+            400,
+            "not_a_query",
+            "COPY",
+        ),
+        (
+            sql("SET datafusion.execution.batch_size = 1"),
+            400,
+            "not_a_query",
+            "SET",
+        ),
+        (
+            sql("CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'"),
+            400,
+            "not_a_query",
+            "CREATE EXTERNAL TABLE",
+        ),
+        (
+            sql("EXPLAIN DROP TABLE raw_events"),
+            400,
+            "not_a_query",
+            "DROP",
+        ),
+        (
+            sql("SELECT * FROM '/etc/passwd'"),
+            400,
+            "invalid_sql",
+            "not found",
+        ),
+        (sql("SELECT * FROM nowhere"), 400, "invalid_sql", "nowhere"),
+        (
+            sql("SELECT nope FROM sales_by_country"),
+            400,
+            "invalid_sql",
+            "nope",
+        ),
+        (sql("SELEC 1"), 400, "invalid_sql", "SELEC"),
+        (sql("SELECT 1; SELECT 2"), 400, "invalid_sql", "single"),
+        (sql(""), 400, "invalid_sql", ""),
+        (
+            sql("SELECT * FROM generate_series(1, 11)"),
+            400,
+            "row_limit_exceeded",
+            "10 rows",
+        ),
+        (
+            sql("SELECT value % 500000 AS k, count(*) FROM generate_series(1, 2000000) GROUP BY k"),
+            400,
+            "memory_limit_exceeded",
+            "memory",
+        ),
+        (
+            sql("SELECT count(*) FROM generate_series(1, 100000000000)"),
+            504,
+            "query_timeout",
+            "300ms",
+        ),
+        (
+            Request::post("/v1/sql")
+                .body(Body::from("SELECT 1"))
+                .unwrap(),
+            400,
+            "invalid_json",
+            "sql",
+        ),
+        (
+            Request::post("/v1/sql")
+                .body(Body::from(r#"{"sql": "SELECT 1", "x": 1}"#))
+                .unwrap(),
+            400,
+            "invalid_json",
+            "x",
+        ),
+        (
+            Request::post("/v1/sql").body(Body::from(deep)).unwrap(),
+            400,
+            "invalid_json",
+            "expected",
+        ),
+        (
+            Request::get("/v1/sql").body(Body::empty()).unwrap(),
+            405,
+            "method_not_allowed",
+            "",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (got, reply) = call(&state, request).await;
+        assert_eq!(got.as_u16(), status, "{reply}");
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+        assert!(
+            reply["error"]["message"].as_str().unwrap().contains(needle),
+            "{reply}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{reply}");
+    }
+    let (status, answer) = call(&state, sql("SELECT * FROM generate_series(1, 10)")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["rows"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        answer["columns"],
+        json!([{"name": "value", "type": "Int64"}])
+    );
+}
+
+#[tokio::test]
+async fn quarantine_lists_the_latest_refusals_with_reasons() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let empty_lake = tempfile::tempdir().unwrap();
+    let empty = state(&broker, 1 << 20, &empty_lake);
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    let (status, reply) = call(&empty, get("/v1/quarantine")).await;
+    assert_eq!((status, reply), (StatusCode::OK, json!({"events": []})));
+
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let (status, reply) = call(&state, get("/v1/quarantine?limit=2")).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let events = reply["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["reason"], "not_an_object");
+    assert_eq!(events[0]["offset"], 30);
+    assert_eq!(events[0]["raw"], r#"["not","an","object"]"#);
+    assert_eq!(events[1]["reason"], "bad_timestamp");
+    assert_eq!(events[1]["ingest_time"], "2025-11-23T00:00:00Z");
+    let (_, all) = call(&state, get("/v1/quarantine")).await;
+    assert_eq!(all["events"].as_array().unwrap().len(), 3);
+    assert_eq!(all["events"][2]["reason"], "malformed_json");
+
+    for (path, code) in [
+        ("/v1/quarantine?limit=0", "invalid_limit"),
+        ("/v1/quarantine?limit=1001", "invalid_limit"),
+        ("/v1/quarantine?limit=ten", "invalid_request"),
+        ("/v1/quarantine?since=today", "invalid_request"),
+    ] {
+        let (status, reply) = call(&state, get(path)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {reply}");
+        assert_eq!(reply["error"]["code"], code, "{path}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_scrape_time_gauges() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    {
+        let mut lambda = state.lambda.write().unwrap();
+        lambda.heads = [(0, 50), (1, 7)].into();
+        lambda.consumed = [(0, 42)].into();
+    }
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    call(&state, get("/v1/views/sales_by_country/query")).await;
+    let response = app(state.clone()).oneshot(get("/metrics")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        "lambdaflow_speed_lag_messages{partition=\"0\"} 7",
+        "lambdaflow_speed_lag_messages{partition=\"1\"} 7",
+        "lambdaflow_speed_consumed_offset{partition=\"0\"} 42",
+        "lambdaflow_speed_head_offset{partition=\"0\"} 50",
+        "lambdaflow_view_batch_version{view=\"sales_by_country\"} 1",
+        "# TYPE lambdaflow_speed_events_valid_total counter",
+        "# TYPE lambdaflow_speed_events_duplicate_total counter",
+        "# TYPE lambdaflow_speed_messages_total counter",
+        "# TYPE lambdaflow_http_request_seconds histogram",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+    assert!(text.contains(
+        "lambdaflow_http_request_seconds_count{method=\"GET\",route=\"/v1/views/{name}/query\",status=\"200\"}"
+    ));
+    let groups = text
+        .lines()
+        .find(|l| l.starts_with("lambdaflow_view_speed_groups{view=\"sales_by_country\"}"))
+        .unwrap();
+    let expected = state.lambda.read().unwrap().views[0].speed.len();
+    assert!(groups.ends_with(&format!(" {expected}")), "{groups}");
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served_and_every_error_is_json() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let document: Value =
+        serde_json::from_str(lambdaflow_serving::http::openapi::DOCUMENT).unwrap();
+    let (status, served) = call(
+        &state,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!((status, &served), (StatusCode::OK, &document));
+
+    let methods = ["get", "post", "put", "delete", "patch"];
+    let mut operations = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let uri = path
+            .replace("{name}", "sales_by_country")
+            .replace("{id}", "20990101T000000000Z-000000");
+        for method in methods {
+            let documented = item.get(method).is_some();
+            operations += usize::from(documented);
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            let response = app(state.clone()).oneshot(request).await.unwrap();
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            if documented {
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                let reply: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                assert_ne!(
+                    reply["error"]["message"], "no such route",
+                    "{method} {path}"
+                );
+            } else {
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            }
+            if status.is_client_error() || status.is_server_error() {
+                assert!(
+                    content_type.starts_with("application/json"),
+                    "{method} {path}: {content_type}"
+                );
+                let reply: Value = serde_json::from_slice(&body).unwrap();
+                assert!(
+                    reply["error"]["code"].is_string(),
+                    "{method} {path}: {reply}"
+                );
+                assert!(
+                    reply["error"]["message"].is_string(),
+                    "{method} {path}: {reply}"
+                );
+            }
+        }
+    }
+    assert_eq!(operations, 15, "the document lists every operation once");
+
+    // Bodies over the limit, deep documents and broken JSON on every route that reads a body.
+    let mut small = state.clone();
+    let mut config = (*small.config).clone();
+    config.serving.max_body_bytes = 1024;
+    small.config = Arc::new(config);
+    let deep = format!(
+        "{{\"filters\": {{\"country\": {}{}}}}}",
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    for path in [
+        "/v1/sql",
+        "/v1/views/sales_by_country/query",
+        "/v1/batch/runs",
+        "/v1/events",
+    ] {
+        let big = format!("{{\"sql\": \"{}\"}}", "x".repeat(4096));
+        for (body, status, code) in [
+            (big, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            (deep.clone(), StatusCode::BAD_REQUEST, ""),
+            ("{\"sql\": ".to_owned(), StatusCode::BAD_REQUEST, ""),
+        ] {
+            let request = Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let (got, reply) = call(&small, request).await;
+            if path == "/v1/events" && got == StatusCode::OK {
+                // The collector answers per event: a broken document is a rejected event.
+                assert_eq!(reply["rejected"], 1, "{path}: {reply}");
+                continue;
+            }
+            assert_eq!(got, status, "{path}: {reply}");
+            assert!(reply["error"]["code"].is_string(), "{path}: {reply}");
+            if !code.is_empty() {
+                assert_eq!(reply["error"]["code"], code, "{path}: {reply}");
+            }
+        }
+    }
+    let deep_query = Request::post("/v1/views/sales_by_country/query")
+        .header("content-type", "application/json")
+        .body(Body::from(deep))
+        .unwrap();
+    let (status, reply) = call(&small, deep_query).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("recursion limit"),
+        "{reply}"
+    );
+    let (status, _) = call(
+        &state,
+        Request::get("/healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the process is still up");
+}
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 1024, &lake);
+    let response = app(state)
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let page = String::from_utf8(body.to_vec()).unwrap();
+    for used in [
+        "/v1/views",
+        "/metrics",
+        "/v1/batch/runs",
+        "/v1/quarantine",
+        "layer",
+    ] {
+        assert!(page.contains(used), "the page reads {used}");
+    }
+    for external in ["http://", "https://", "//cdn"] {
+        let outside = page
+            .match_indices(external)
+            .any(|(i, _)| !page[i..].starts_with("http://www.w3.org/2000/svg"));
+        assert!(
+            !outside,
+            "the page loads nothing from outside the machine ({external})"
+        );
+    }
+}

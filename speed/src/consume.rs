@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use arrow::array::AsArray;
 
 use crate::error::{Error, Result};
-use crate::metrics;
 use crate::lambda::{BatchView, Speed};
+use crate::metrics;
 
 /// Longest a consumed message waits before it is folded: the floor of produce-to-visible
 /// latency.

@@ -87,7 +87,10 @@ impl IntoResponse for ApiError {
 /// Parses a JSON request body into `T`, or a 400 `invalid_json` naming the `expected` shape.
 /// serde_json refuses nesting deeper than 128 levels, so a deep document is an error, not a
 /// stack overflow.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, ApiError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("invalid_json", format!("expected {expected}: {e}")))
 }
@@ -113,12 +116,18 @@ pub async fn json_errors(response: Response) -> Response {
         _ => "invalid_request",
     };
     let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let mut message = String::from_utf8_lossy(&text).trim().to_owned();
     if message.is_empty() {
         message = status.canonical_reason().unwrap_or("error").to_owned();
     }
-    let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+    let mut response = (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             response.headers_mut().insert(name.clone(), value.clone());

@@ -4,12 +4,12 @@
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::http::AppState;
+use crate::http::error::ApiError;
 
 /// Health routes.
 pub fn router() -> Router<AppState> {
@@ -22,17 +22,16 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let lambda_ready = {
         let lambda = state.lambda.read().expect("not poisoned");
         lambda.views.len() == state.config.views.len() && lambda.caught_up()
     };
     if state.ready.load(Ordering::Acquire) && lambda_ready {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+        Ok(Json(json!({ "status": "ready" })))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "starting" })),
-        )
+        Err(ApiError::Unavailable(
+            "starting: loading the batch views and catching up with the topic".into(),
+        ))
     }
 }

@@ -53,7 +53,11 @@ async fn latest(
             deltalake::DeltaTableError::NotATable(_)
             | deltalake::DeltaTableError::InvalidTableLocation(_),
         ) => return Ok(Json(json!({ "events": [] }))),
-        Err(e) => return Err(ApiError::Internal(format!("opening the quarantine table: {e}"))),
+        Err(e) => {
+            return Err(ApiError::Internal(format!(
+                "opening the quarantine table: {e}"
+            )));
+        }
     };
     let read = |e: datafusion::error::DataFusionError| {
         ApiError::Internal(format!("reading the quarantine table: {e}"))
@@ -90,7 +94,11 @@ fn render(batch: &RecordBatch) -> Result<Vec<Value>, arrow::error::ArrowError> {
     let partition = column(3, &DataType::Int32)?;
     let offset = column(4, &DataType::Int64)?;
     let time = column(5, batch.schema().field(5).data_type())?;
-    let (raw, reason, topic) = (raw.as_binary::<i32>(), reason.as_string::<i32>(), topic.as_string::<i32>());
+    let (raw, reason, topic) = (
+        raw.as_binary::<i32>(),
+        reason.as_string::<i32>(),
+        topic.as_string::<i32>(),
+    );
     Ok((0..batch.num_rows())
         .map(|row| {
             let mut event = json!({

@@ -11,12 +11,12 @@ use arrow::datatypes::{
     DataType, Date32Type, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType, UInt64Type,
 };
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
 use lambdaflow_common::timestamp::{format_date, format_micros};
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeSeq, SerializeStruct, Serializer};
@@ -156,7 +156,15 @@ impl<'a> Rendered<'a> {
         let batches = answer
             .batches
             .iter()
-            .map(|b| Ok((b, b.columns().iter().map(Column::new).collect::<Result<_, _>>()?)))
+            .map(|b| {
+                Ok((
+                    b,
+                    b.columns()
+                        .iter()
+                        .map(Column::new)
+                        .collect::<Result<_, _>>()?,
+                ))
+            })
             .collect::<Result<_, arrow::error::ArrowError>>()
             .map_err(|e| ApiError::Internal(format!("rendering an SQL answer: {e}")))?;
         Ok(Self { answer, batches })

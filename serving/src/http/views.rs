@@ -207,7 +207,15 @@ async fn query_post(
     Path(name): Path<String>,
     body: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|e| bad("invalid_query", e.body_text()))?;
+    let Json(request) = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.config.serving.max_body_bytes,
+            }
+        } else {
+            bad("invalid_query", e.body_text())
+        }
+    })?;
     run(&state, &name, request)
 }
 

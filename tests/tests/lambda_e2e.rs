@@ -6,6 +6,8 @@
 //! run moves events from the speed side to the batch side.
 
 use std::collections::BTreeMap;
+
+use arrow::array::AsArray;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -277,6 +279,181 @@ async fn batch(api: &Api, config: &Config, step: &str) {
     }
 }
 
+/// The value of the sample `name{labels}` in a Prometheus text exposition (labels in the
+/// exposition's alphabetical order).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let series = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        format!("{name}{{{}}} ", inner.join(","))
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The process's counters (speed layer, archiver, batch runs) equal what the produced
+/// messages hold, and SQL over the merged views and the raw table agrees with them.
+async fn counters_and_sql_agree_with_the_truth(
+    api: &Api,
+    config: &Config,
+    produced: &[(i32, i64, Vec<u8>)],
+) {
+    let validator = lambdaflow_common::validate::Validator::new(&config.source);
+    let mut builder = validator.batch_builder(TOPIC, now_micros());
+    for (partition, offset, payload) in produced {
+        let at = lambdaflow_common::validate::Coordinates {
+            partition: *partition,
+            offset: *offset,
+        };
+        let _ = builder.push(Some(payload), at);
+    }
+    let validated = builder.finish();
+    let valid = validated.events.num_rows();
+    let ids = validated.events.column(0).as_string::<i32>();
+    let dates = validated
+        .events
+        .column_by_name("event_date")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Date32Type>();
+    let unique = (0..valid)
+        .map(|i| (ids.value(i), dates.value(i)))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let mut reasons: BTreeMap<String, f64> = BTreeMap::new();
+    for reason in validated
+        .rejects
+        .column_by_name("reason")
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+    {
+        *reasons.entry(reason.to_owned()).or_default() += 1.0;
+    }
+    let client = reqwest::Client::new();
+    let metrics = || async {
+        client
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap()
+    };
+    wait_for(
+        "the archiver to store every message",
+        Duration::from_secs(30),
+        || async {
+            let text = metrics().await;
+            let handled: f64 = ["archived", "duplicate", "quarantined"]
+                .iter()
+                .filter_map(|o| {
+                    sample(&text, "lambdaflow_archiver_events_total", &[("outcome", o)])
+                })
+                .sum();
+            handled as usize == produced.len()
+        },
+    )
+    .await;
+    let text = metrics().await;
+    let counter = |name: &str, labels: &[(&str, &str)]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in\n{text}"))
+    };
+    assert_eq!(
+        counter("lambdaflow_speed_messages_total", &[]) as usize,
+        produced.len()
+    );
+    assert_eq!(
+        counter("lambdaflow_speed_events_valid_total", &[]) as usize,
+        valid
+    );
+    assert_eq!(
+        counter("lambdaflow_speed_events_duplicate_total", &[]) as usize,
+        valid - unique
+    );
+    for (reason, n) in &reasons {
+        assert_eq!(
+            counter(
+                "lambdaflow_speed_events_invalid_total",
+                &[("reason", reason)]
+            ),
+            *n,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        counter(
+            "lambdaflow_archiver_events_total",
+            &[("outcome", "archived")]
+        ) as usize,
+        unique
+    );
+    assert_eq!(
+        counter(
+            "lambdaflow_archiver_events_total",
+            &[("outcome", "duplicate")]
+        ) as usize,
+        valid - unique
+    );
+    assert!(
+        counter(
+            "lambdaflow_archiver_commit_seconds_count",
+            &[("table", "raw")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        counter(
+            "lambdaflow_batch_run_seconds_count",
+            &[("status", "succeeded")]
+        ),
+        1.0
+    );
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            counter(
+                "lambdaflow_speed_lag_messages",
+                &[("partition", &p.to_string())]
+            ),
+            0.0
+        );
+    }
+    assert!(
+        counter(
+            "lambdaflow_http_request_seconds_count",
+            &[
+                ("method", "GET"),
+                ("route", "/v1/views/{name}/query"),
+                ("status", "200")
+            ]
+        ) >= 1.0
+    );
+
+    let (status, answer) = api
+        .post(
+            "/v1/sql",
+            &serde_json::json!({"sql": "SELECT sum(events) AS events, hll_estimate(hll_merge(visitors__hll)) AS visitors FROM traffic_by_minute"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["rows"][0][0].as_u64(),
+        Some(unique as u64),
+        "{answer}"
+    );
+    let (_, all) = api
+        .get("/v1/views/traffic_by_minute/query?granularity=all&measures=visitors")
+        .await;
+    assert_eq!(answer["rows"][0][1], all["rows"][0]["visitors"]);
+    let (status, raw) = api
+        .post("/v1/sql", r#"{"sql": "SELECT count(*) FROM raw_events"}"#)
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(raw["rows"][0][0].as_u64(), Some(unique as u64));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_equal_the_truth_through_batches_late_events_and_a_kill() {
     let dir = scratch_dir();
@@ -358,6 +535,8 @@ async fn answers_equal_the_truth_through_batches_late_events_and_a_kill() {
         "late events and duplicates on top of a batch",
     )
     .await;
+
+    counters_and_sql_agree_with_the_truth(&api, &config, &produced).await;
 
     run.kill9();
     produced.extend(produce(&producer, &wave(150)).await);

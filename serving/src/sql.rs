@@ -60,6 +60,9 @@ pub enum SqlError {
     /// The query ran longer than allowed and was cancelled.
     #[error("the query ran longer than {} and was cancelled (serving.sql_timeout)", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The views are not loaded yet; retrying later works.
+    #[error("the speed layer is starting; retry in a moment")]
+    Starting,
     /// Not the statement's fault: the lake could not be read, or a bug.
     #[error("{0}")]
     Internal(String),
@@ -217,9 +220,7 @@ async fn register(
         let batch = {
             let lambda = lambda.read().expect("not poisoned");
             let Some(pair) = lambda.views.get(i) else {
-                return Err(SqlError::Internal(
-                    "the speed layer is starting; retry in a moment".into(),
-                ));
+                return Err(SqlError::Starting);
             };
             merged_batch(
                 &config.source,

@@ -51,6 +51,7 @@ async fn sql(State(state): State<AppState>, body: Bytes) -> Result<Response, Api
         SqlError::TooManyRows(_) => ApiError::bad("row_limit_exceeded", e.to_string()),
         SqlError::Memory { .. } => ApiError::bad("memory_limit_exceeded", e.to_string()),
         SqlError::Timeout(_) => ApiError::Timeout(e.to_string()),
+        SqlError::Starting => ApiError::Unavailable(e.to_string()),
         SqlError::Internal(detail) => ApiError::Internal(detail),
     })?;
     let body = serde_json::to_vec(&Rendered::new(&answer)?)

@@ -129,11 +129,48 @@ impl Tasks {
     }
 }
 
-/// `lambdaflow archive`: Kafka → raw and quarantine tables until stopped.
-pub async fn archive(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
-    let (brokers, _broker) = connect(&config).await?;
-    Archiver::new(config, brokers).run(shutdown).await?;
+/// Serves `/healthz` and `/metrics` on `listen` beside the work of a process without the API.
+async fn spawn_ops(
+    tasks: &mut Tasks,
+    config: &Arc<Config>,
+    listen: Option<String>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let Some(listen) = listen else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding the metrics address {listen}"))?;
+    tracing::info!(%listen, "serving /healthz and /metrics");
+    let app = http::metrics::ops(config.clone());
+    let shutdown = shutdown.clone();
+    tasks.spawn("metrics", async move {
+        Ok(axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?)
+    });
     Ok(())
+}
+
+/// `lambdaflow archive`: Kafka → raw and quarantine tables until stopped.
+pub async fn archive(
+    config: Arc<Config>,
+    metrics_listen: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (brokers, _broker) = connect(&config).await?;
+    let mut tasks = Tasks::new(shutdown.clone());
+    spawn_ops(&mut tasks, &config, metrics_listen, &shutdown).await?;
+    let archiver = Archiver::new(config, brokers);
+    let stop = shutdown.clone();
+    tasks.spawn("archiver", async move {
+        let outcome = archiver.run(stop.clone()).await;
+        // The archiver is the process's work: when it ends, so does the metrics server.
+        stop.cancel();
+        Ok(outcome?)
+    });
+    tasks.join().await
 }
 
 /// `lambdaflow serve`: the speed layer and the HTTP API (batch runs it is asked for run in
@@ -168,9 +205,21 @@ pub async fn batch_run(
 }
 
 /// `lambdaflow batch schedule`: runs on the cron schedule until stopped.
-pub async fn batch_schedule(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
-    let batches = Batches::new(config, shutdown)?;
-    Ok(batches.schedule().await?)
+pub async fn batch_schedule(
+    config: Arc<Config>,
+    metrics_listen: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let batches = Batches::new(config.clone(), shutdown.clone())?;
+    let mut tasks = Tasks::new(shutdown.clone());
+    spawn_ops(&mut tasks, &config, metrics_listen, &shutdown).await?;
+    let stop = shutdown.clone();
+    tasks.spawn("batch schedule", async move {
+        let outcome = batches.schedule().await;
+        stop.cancel();
+        Ok(outcome?)
+    });
+    tasks.join().await
 }
 
 /// `lambdaflow run` (and the core of `demo`): archiver and HTTP API in one process, plus a

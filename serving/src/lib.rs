@@ -1,6 +1,7 @@
 //! The `lambdaflow` binary's library: it wires the layers into processes and serves HTTP.
 //!
 //! # Layout
+//! - [`cli`]: the command line, parsed by clap.
 //! - [`commands`]: one function per CLI subcommand (`run`, `demo`, `archive`, `serve`, `gen`, …).
 //! - [`http`]: the axum API, one module per resource, shared by `main` and the tests.
 //! - [`lambda`]: batch views loaded per version, raw ids for deduplication, and the watcher
@@ -14,6 +15,7 @@
 //! Every long-running piece is a task in one `TaskTracker` that stops when the shared
 //! `CancellationToken` is cancelled; the process exits non-zero when any of them failed.
 
+pub mod cli;
 pub mod commands;
 pub mod generate;
 pub mod http;

@@ -1,104 +1,15 @@
 //! `lambdaflow`: the command line of the whole platform (SPEC §5).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use lambdaflow_common::sample::Mix;
+use lambdaflow_serving::cli::{BatchCommand, Cli, Command};
 use lambdaflow_serving::commands::{self, DemoOptions};
 use lambdaflow_serving::generate::GenOptions;
 use lambdaflow_serving::shutdown;
 use tokio_util::sync::CancellationToken;
-
-/// Exact, fresh analytics over event streams: Kafka → Delta master dataset → batch views ⊕
-/// speed layer → one API.
-#[derive(Debug, Parser)]
-#[command(name = "lambdaflow", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Everything in one process: embedded broker, archiver, API and a generator of shop events.
-    Demo {
-        /// Keep the lake here instead of in a temporary directory.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// API listen address (default 127.0.0.1:8080).
-        #[arg(long)]
-        listen: Option<String>,
-        /// Generated events per second.
-        #[arg(long, default_value_t = 200.0)]
-        rate: f64,
-    },
-    /// Archiver, serving and batch scheduler in one process (single node).
-    Run(ConfigArg),
-    /// Kafka → raw and quarantine Delta tables, exactly once.
-    Archive(ConfigArg),
-    /// Speed layer and HTTP API.
-    Serve(ConfigArg),
-    /// The batch layer.
-    Batch {
-        #[command(subcommand)]
-        command: BatchCommand,
-    },
-    /// Produce synthetic shop events to Kafka.
-    Gen {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// How many events.
-        #[arg(long)]
-        count: u64,
-        /// Events per second (default: as fast as the broker takes them).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Fraction of events sent twice.
-        #[arg(long, default_value_t = 0.0)]
-        duplicates: f64,
-        /// Fraction of events hours to days late.
-        #[arg(long, default_value_t = 0.0)]
-        late: f64,
-        /// Fraction of invalid events.
-        #[arg(long, default_value_t = 0.0)]
-        invalid: f64,
-        /// Seed for reproducible streams.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// Validate a config file and print its views.
-    Check(ConfigArg),
-}
-
-#[derive(Debug, Subcommand)]
-enum BatchCommand {
-    /// One batch run now; exit 0 on success.
-    Run {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Recompute every date of every view, not only the dates with new raw rows.
-        #[arg(long)]
-        full: bool,
-    },
-    /// Batch runs on the configured cron schedule until stopped.
-    Schedule(ConfigArg),
-}
-
-#[derive(Debug, clap::Args)]
-struct ConfigArg {
-    /// The TOML config file.
-    #[arg(long, short)]
-    config: PathBuf,
-}
-
-impl ConfigArg {
-    fn load(&self) -> Result<Arc<lambdaflow_common::config::Config>> {
-        Ok(Arc::new(commands::load_config(&self.config)?))
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -144,7 +55,7 @@ async fn dispatch(command: Command) -> Result<()> {
             .await
         }
         Command::Run(c) => commands::run(c.load()?, token, None).await,
-        Command::Archive(c) => commands::archive(c.load()?, token).await,
+        Command::Archive(w) => commands::archive(w.config.load()?, w.metrics_listen, token).await,
         Command::Serve(c) => commands::serve(c.load()?, token).await,
         Command::Batch {
             command: BatchCommand::Run { config, full },
@@ -154,8 +65,8 @@ async fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Batch {
-            command: BatchCommand::Schedule(c),
-        } => commands::batch_schedule(c.load()?, token).await,
+            command: BatchCommand::Schedule(w),
+        } => commands::batch_schedule(w.config.load()?, w.metrics_listen, token).await,
         Command::Gen {
             config,
             count,

@@ -5,6 +5,8 @@
 //!
 //! tansu must be on `PATH` (`.ci/run` installs it; see the README).
 
+pub mod e2e;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

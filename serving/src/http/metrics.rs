@@ -1,10 +1,16 @@
-//! `GET /metrics`: the Prometheus text exposition (`crate::metrics`).
+//! `GET /metrics`: the Prometheus text exposition (`crate::metrics`), in the API and, through
+//! [`ops`], beside the work of `archive` and `batch schedule`.
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::{Json, Router};
+use lambdaflow_common::config::Config;
+use lambdaflow_speed::lambda::Shared;
+use serde_json::json;
 
 use crate::http::AppState;
 
@@ -18,4 +24,23 @@ async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         crate::metrics::render(&state.config, &state.lambda),
     )
+}
+
+/// `/healthz` and `/metrics` alone, for a process that runs no speed layer and no API.
+pub fn ops(config: Arc<Config>) -> Router {
+    let no_views = Shared::default();
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                    crate::metrics::render(&config, &no_views),
+                )
+            }),
+        )
 }

@@ -1,0 +1,109 @@
+//! The command line of the whole platform (SPEC §5), parsed by clap. In the library so that
+//! the deploy tests parse the commands of `deploy/docker-compose.yml` with the real parser.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Exact, fresh analytics over event streams: Kafka → Delta master dataset → batch views ⊕
+/// speed layer → one API.
+#[derive(Debug, Parser)]
+#[command(name = "lambdaflow", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process: embedded broker, archiver, API and a generator of shop events.
+    Demo {
+        /// Keep the lake here instead of in a temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// API listen address (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Generated events per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
+    /// Archiver, serving and batch scheduler in one process (single node).
+    Run(ConfigArg),
+    /// Kafka → raw and quarantine Delta tables, exactly once.
+    Archive(WorkerArgs),
+    /// Speed layer and HTTP API.
+    Serve(ConfigArg),
+    /// The batch layer.
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
+    /// Produce synthetic shop events to Kafka.
+    Gen {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How many events.
+        #[arg(long)]
+        count: u64,
+        /// Events per second (default: as fast as the broker takes them).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Fraction of events sent twice.
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Fraction of events hours to days late.
+        #[arg(long, default_value_t = 0.0)]
+        late: f64,
+        /// Fraction of invalid events.
+        #[arg(long, default_value_t = 0.0)]
+        invalid: f64,
+        /// Seed for reproducible streams.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Validate a config file and print its views.
+    Check(ConfigArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// One batch run now; exit 0 on success.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Recompute every date of every view, not only the dates with new raw rows.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Batch runs on the configured cron schedule until stopped.
+    Schedule(WorkerArgs),
+}
+
+/// A process without the API: its config, and where to serve `/healthz` and `/metrics`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The config.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Serve `/healthz` and `/metrics` (Prometheus) on this address.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The TOML config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    /// Reads and checks the config file.
+    pub fn load(&self) -> Result<Arc<lambdaflow_common::config::Config>> {
+        Ok(Arc::new(crate::commands::load_config(&self.config)?))
+    }
+}

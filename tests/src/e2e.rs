@@ -1,0 +1,306 @@
+//! The end-to-end checker shared by the tests that run the whole product: a client of the
+//! HTTP API, producing to the broker, and comparing every query of every view with a direct
+//! aggregation of what was produced.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lambdaflow_common::config::Config;
+use lambdaflow_common::query::{Query, Rollup, Value, answer};
+use lambdaflow_common::state::{Dim, ViewState};
+use lambdaflow_common::timestamp::format_micros;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value as Json;
+
+use crate::{Process, direct_views, every_query};
+
+/// The topic the end-to-end tests produce to.
+pub const TOPIC: &str = "events";
+
+/// The HTTP API of a running process.
+pub struct Api {
+    /// `http://host:port`.
+    pub base: String,
+    /// The client requests go through.
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    /// An API at `base`.
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// `GET path` → (status, JSON body); status 0 when nothing answered.
+    pub async fn get(&self, path: &str) -> (u16, Json) {
+        let response = self.client.get(format!("{}{path}", self.base)).send().await;
+        match response {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap_or_default();
+                (status, serde_json::from_slice(&body).unwrap_or(Json::Null))
+            }
+            Err(_) => (0, Json::Null),
+        }
+    }
+
+    /// `POST path` with `body` → (status, JSON body).
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Json) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Json::Null))
+    }
+}
+
+/// Polls `check` every 100 ms until it holds; panics after `timeout`.
+pub async fn wait_for<F: Future<Output = bool>>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts `binary run --config config` (`binary` being the test's
+/// `CARGO_BIN_EXE_lambdaflow-e2e`), logging to `logs`.
+pub fn start_run(binary: &str, config: &Path, logs: &Path, name: &str) -> Process {
+    Process::start(
+        name,
+        Command::new(binary).args(["run", "--config"]).arg(config),
+        logs,
+    )
+}
+
+/// Produces every message, one per record batch (see the archiver test on tansu 0.6), and
+/// returns where each landed.
+pub async fn produce(
+    producer: &FutureProducer,
+    messages: &[(String, Vec<u8>)],
+) -> Vec<(i32, i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (key, payload) in messages {
+        let delivery = producer
+            .send(
+                FutureRecord::to(TOPIC).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("the broker acknowledged");
+        out.push((delivery.partition, delivery.offset, payload.clone()));
+    }
+    out
+}
+
+/// `(bucket, dimension values)` → measure values, as text keys and floats.
+pub type Answer = BTreeMap<String, Vec<Option<f64>>>;
+
+/// The answer to `query` over the direct aggregation `direct` of view `v`.
+pub fn expected(config: &Config, v: usize, direct: &ViewState, query: &Query) -> Answer {
+    let view = &config.views[v];
+    answer(&config.source, view, &[direct], query)
+        .into_iter()
+        .map(|row| {
+            let dims: Vec<String> = row
+                .dimensions
+                .iter()
+                .map(|d| match d {
+                    Dim::Str(s) => s.to_string(),
+                    Dim::Null => "null".into(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            let key = format!(
+                "{}|{}",
+                row.bucket.map(format_micros).unwrap_or_default(),
+                dims.join("|")
+            );
+            let values = row
+                .values
+                .iter()
+                .map(|v| match v {
+                    Value::Null => None,
+                    Value::Int(i) | Value::Time(i) => Some(*i as f64),
+                    Value::Float(f) => Some(*f),
+                })
+                .collect();
+            (key, values)
+        })
+        .collect()
+}
+
+/// The answer `body` the API served for `query` on view `v`.
+pub fn served(config: &Config, v: usize, query: &Query, body: &Json) -> Answer {
+    let view = &config.views[v];
+    body["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rows in {body}"))
+        .iter()
+        .map(|row| {
+            let dims: Vec<String> = query
+                .group_by
+                .iter()
+                .map(|d| match &row[&view.dimensions[*d]] {
+                    Json::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            let key = format!(
+                "{}|{}",
+                row["bucket"].as_str().unwrap_or_default(),
+                dims.join("|")
+            );
+            let values = view
+                .measures
+                .iter()
+                .map(|m| row[&m.name].as_f64())
+                .collect();
+            (key, values)
+        })
+        .collect()
+}
+
+/// Every query of view `v`, with the `GET` path that asks it.
+pub fn queries(config: &Config, v: usize) -> Vec<(Query, String)> {
+    let view = &config.views[v];
+    every_query(view)
+        .into_iter()
+        .map(|query| {
+            let names: Vec<&str> = query
+                .group_by
+                .iter()
+                .map(|d| view.dimensions[*d].as_str())
+                .collect();
+            let granularity = match query.rollup {
+                Rollup::Buckets(g) => g.as_str(),
+                Rollup::All => "all",
+            };
+            let path = format!(
+                "/v1/views/{}/query?granularity={granularity}&group_by={}",
+                view.name,
+                names.join(",")
+            );
+            (query, path)
+        })
+        .collect()
+}
+
+/// Every query of every view answers the truth over `produced`; returns the `all`-time
+/// distinct counts per view, for comparison across a batch run.
+pub async fn check(
+    api: &Api,
+    config: &Arc<Config>,
+    produced: &[(i32, i64, Vec<u8>)],
+    step: &str,
+) -> Vec<Vec<Option<f64>>> {
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o, _) in produced {
+        let e = last.entry(*p).or_insert(*o);
+        *e = (*e).max(*o);
+    }
+    wait_for(
+        &format!("{step}: the speed layer to consume everything"),
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = api
+                .get(&format!("/v1/views/{}", config.views[0].name))
+                .await;
+            status == 200
+                && last.iter().all(|(p, o)| {
+                    body["speed_offsets"][p.to_string()]
+                        .as_i64()
+                        .is_some_and(|c| c >= *o)
+                })
+        },
+    )
+    .await;
+    let direct = direct_views(config, produced);
+    let mut distinct = Vec::new();
+    for (v, truth) in direct.iter().enumerate() {
+        for (query, path) in queries(config, v) {
+            let (status, body) = api.get(&path).await;
+            assert_eq!(status, 200, "{step}: {path}: {body}");
+            let want = expected(config, v, truth, &query);
+            let got = served(config, v, &query, &body);
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{step}: {path}"
+            );
+            for (key, values) in &want {
+                for (g, w) in got[key].iter().zip(values) {
+                    let same = match (g, w) {
+                        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                        (a, b) => a == b,
+                    };
+                    assert!(same, "{step}: {path} {key}: served {g:?}, expected {w:?}");
+                }
+            }
+            if query.rollup == Rollup::All && query.group_by.is_empty() {
+                distinct.push(got.values().next().cloned().unwrap_or_default());
+            }
+        }
+    }
+    distinct
+}
+
+/// Triggers a batch run through the API and waits until every view has swapped it in.
+pub async fn batch(api: &Api, config: &Config, step: &str) {
+    let (status, body) = api.post("/v1/batch/runs", "").await;
+    assert_eq!(status, 202, "{step}: {body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    wait_for(
+        &format!("{step}: batch run {id}"),
+        Duration::from_secs(60),
+        || async {
+            let (_, record) = api.get(&format!("/v1/batch/runs/{id}")).await;
+            assert_ne!(record["status"], "failed", "{step}: {record}");
+            record["status"] == "succeeded"
+        },
+    )
+    .await;
+    let (_, record) = api.get(&format!("/v1/batch/runs/{id}")).await;
+    let raw_version = record["raw_version"].as_u64().unwrap();
+    for view in &config.views {
+        wait_for(
+            &format!("{step}: {} to swap in raw version {raw_version}", view.name),
+            Duration::from_secs(30),
+            || async {
+                let (_, body) = api.get(&format!("/v1/views/{}", view.name)).await;
+                body["watermark"]["raw_version"].as_u64() == Some(raw_version)
+            },
+        )
+        .await;
+    }
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition (labels in the
+/// exposition's alphabetical order).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let series = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        format!("{name}{{{}}} ", inner.join(","))
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}

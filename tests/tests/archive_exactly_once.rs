@@ -11,7 +11,8 @@ use arrow::array::{Array, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use lambdaflow_common::timestamp::{date_of_micros, format_date, format_micros, now_micros};
-use lambdaflow_tests::{Process, Tansu, files_under, query_table, scratch_dir};
+use lambdaflow_tests::e2e::sample;
+use lambdaflow_tests::{Process, Tansu, files_under, free_port, query_table, scratch_dir};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -163,12 +164,15 @@ fn start_archiver(
     bin: &std::path::Path,
     config: &std::path::Path,
     logs: &std::path::Path,
+    metrics_port: u16,
 ) -> Process {
     Process::start(
         "archive",
         Command::new(bin)
             .args(["archive", "--config"])
             .arg(config)
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .env("LAMBDAFLOW_LOG", "info"),
         logs,
     )
@@ -214,7 +218,8 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
     let mut kills = 0;
     for w in 0..WAVES {
         println!("wave {w} at {:?}", test_started.elapsed());
-        let archiver = start_archiver(bin, &config, logs);
+        let metrics_port = free_port();
+        let archiver = start_archiver(bin, &config, logs, metrics_port);
         let messages = wave(w, &mut rng, &mut truth);
         let (first, second) = messages.split_at(messages.len() / 2);
         produce(&producer, first).await;
@@ -246,6 +251,30 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
         }
         println!("caught up at {:?}", test_started.elapsed());
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // The archiver's own /healthz and /metrics, as Prometheus scrapes them in deploy/.
+        let base = format!("http://127.0.0.1:{metrics_port}");
+        let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+        assert_eq!(health.status(), 200);
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for outcome in ["archived", "quarantined"] {
+            let handled = sample(
+                &metrics,
+                "lambdaflow_archiver_events_total",
+                &[("outcome", outcome)],
+            );
+            assert!(handled.is_some_and(|n| n > 0.0), "{outcome}: {metrics}");
+        }
+        let commits = sample(
+            &metrics,
+            "lambdaflow_archiver_commit_seconds_count",
+            &[("table", "raw")],
+        );
+        assert!(commits.is_some_and(|n| n >= 1.0), "{metrics}");
         assert!(
             archiver.terminate(Duration::from_secs(30)),
             "the archiver did not exit cleanly on SIGTERM"

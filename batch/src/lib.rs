@@ -10,6 +10,7 @@
 //!   HyperLogLog functions it uses, [`watermark`] reads what a table covers and what changed.
 //! - [`schedule`]: runs on the cron schedule or on request, never two at once.
 //! - [`history`]: run records and the run lock under `<lake>/_lambdaflow/`.
+//! - [`faults`]: failpoints in the object store (`LAMBDAFLOW_FAULTS`), for the fault suite.
 //! - [`metrics`]: archiver commit latency and outcomes, batch run durations and rows.
 //!
 //! Data flow: Kafka messages → [`lambdaflow_common::validate`] → dedup against the raw table's
@@ -21,6 +22,7 @@
 pub mod archive;
 pub mod commit;
 pub mod error;
+pub mod faults;
 pub mod history;
 pub mod lake;
 pub mod metrics;

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(command: Command) -> Result<()> {
+    lambdaflow_batch::faults::install_from_env().map_err(anyhow::Error::msg)?;
     let token = CancellationToken::new();
     let _signals = shutdown::cancel_on_signal(token.clone());
     match command {

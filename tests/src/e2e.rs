@@ -94,11 +94,20 @@ pub async fn produce(
     producer: &FutureProducer,
     messages: &[(String, Vec<u8>)],
 ) -> Vec<(i32, i64, Vec<u8>)> {
+    produce_to(producer, TOPIC, messages).await
+}
+
+/// [`produce`] to `topic`.
+pub async fn produce_to(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: &[(String, Vec<u8>)],
+) -> Vec<(i32, i64, Vec<u8>)> {
     let mut out = Vec::new();
     for (key, payload) in messages {
         let delivery = producer
             .send(
-                FutureRecord::to(TOPIC).key(key).payload(payload),
+                FutureRecord::to(topic).key(key).payload(payload),
                 Duration::from_secs(10),
             )
             .await

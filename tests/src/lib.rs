@@ -78,6 +78,19 @@ impl Process {
         panic!("{} did not stop within {deadline:?} of SIGTERM", self.name);
     }
 
+    /// Waits up to `deadline` for the process to end on its own; its exit status, if it did.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if let Some(status) = child.try_wait().expect("polling the child") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

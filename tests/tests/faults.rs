@@ -1,0 +1,499 @@
+//! The fault suite: the real processes against a real broker (tansu), with faults injected
+//! where a crash or an error hurts most, and every id accounted for, Jepsen-style: each
+//! unique valid event produced must be in the raw table exactly once (lost = produced but
+//! absent, duplicated = present more than once), the quarantine must hold every refused
+//! message, and where the API runs, every query of every view must equal the truth.
+//!
+//! Faults come from the object-store failpoints of `LAMBDAFLOW_FAULTS`
+//! (`lambdaflow_batch::faults`): a crash (abort, the in-process SIGKILL) before a commit's
+//! log entry is written — after its Parquet files are — or right after it; a put that fails
+//! without writing or fails after it landed (the archiver must re-check the outcome, never
+//! guess); slow puts. And process-level: `lambdaflow run` crashing in the middle of a batch
+//! run, and two `serve` replicas with one leaving and rejoining.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Date32Type};
+use lambdaflow_common::config::{Config, DEMO_CONFIG};
+use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::timestamp::{format_date, now_micros};
+use lambdaflow_common::validate::{Coordinates, Validator};
+use lambdaflow_tests::e2e::{Api, batch, check, produce_to, wait_for};
+use lambdaflow_tests::{Process, Tansu, free_port, query_table, scratch_dir};
+
+const LAMBDAFLOW: &str = env!("CARGO_BIN_EXE_lambdaflow-e2e");
+const PARTITIONS: u32 = 4;
+
+/// What was produced, as the lake must hold it.
+#[derive(Debug, Default)]
+struct Truth {
+    messages: usize,
+    /// (event id, UTC event date) of every unique valid event.
+    unique: BTreeSet<(String, String)>,
+    rejects: usize,
+}
+
+impl Truth {
+    fn add(&mut self, config: &Config, produced: &[(i32, i64, Vec<u8>)]) {
+        let validator = Validator::new(&config.source);
+        let mut builder = validator.batch_builder(&config.kafka.topic, now_micros());
+        for (partition, offset, payload) in produced {
+            let at = Coordinates {
+                partition: *partition,
+                offset: *offset,
+            };
+            let _ = builder.push(Some(payload), at);
+        }
+        let validated = builder.finish();
+        let ids = validated.events.column(0).as_string::<i32>();
+        let dates = validated
+            .events
+            .column_by_name("event_date")
+            .unwrap()
+            .as_primitive::<Date32Type>();
+        for i in 0..validated.events.num_rows() {
+            self.unique
+                .insert((ids.value(i).to_owned(), format_date(dates.value(i))));
+        }
+        self.messages += produced.len();
+        self.rejects += validated.rejects.num_rows();
+    }
+}
+
+/// Every id produced, classified.
+#[derive(Debug, PartialEq, Eq)]
+struct Tally {
+    lost: usize,
+    duplicated: usize,
+    unexpected: usize,
+}
+
+async fn raw_ids(lake: &Path) -> Vec<(String, String)> {
+    let url = url::Url::from_directory_path(lake.join("raw/events")).unwrap();
+    let sql = "SELECT event_id, CAST(event_date AS VARCHAR) FROM t";
+    let Some(batches) = query_table(&url, sql).await else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for b in &batches {
+        let ids = cast(b.column(0), &DataType::Utf8).unwrap();
+        let dates = cast(b.column(1), &DataType::Utf8).unwrap();
+        let (ids, dates) = (ids.as_string::<i32>(), dates.as_string::<i32>());
+        rows.extend(
+            (0..b.num_rows()).map(|i| (ids.value(i).to_owned(), dates.value(i).to_owned())),
+        );
+    }
+    rows
+}
+
+async fn quarantined(lake: &Path) -> usize {
+    let url = url::Url::from_directory_path(lake.join("quarantine/events")).unwrap();
+    query_table(&url, "SELECT count(*) FROM t")
+        .await
+        .map_or(0, |b| {
+            b[0].column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0) as usize
+        })
+}
+
+fn tally(truth: &Truth, rows: &[(String, String)]) -> Tally {
+    let mut counts: BTreeMap<&(String, String), usize> = BTreeMap::new();
+    for row in rows {
+        *counts.entry(row).or_default() += 1;
+    }
+    Tally {
+        lost: truth
+            .unique
+            .iter()
+            .filter(|id| !counts.contains_key(id))
+            .count(),
+        duplicated: counts.values().filter(|n| **n > 1).count(),
+        unexpected: counts
+            .keys()
+            .filter(|id| !truth.unique.contains(*id))
+            .count(),
+    }
+}
+
+/// The demo config against `tansu` on `topic`, its lake under `dir`, its API on `port`.
+fn config_text(tansu: &Tansu, topic: &str, dir: &Path, port: u16) -> String {
+    DEMO_CONFIG
+        .replace(
+            "brokers = \"embedded\"",
+            &format!("brokers = \"{}\"", tansu.bootstrap),
+        )
+        .replace("topic = \"events\"", &format!("topic = \"{topic}\""))
+        .replace(
+            "uri = \"file:///tmp/lambdaflow/lake\"",
+            &format!("uri = \"{}\"", dir.join("lake").display()),
+        )
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace("schedule = \"0 */2 * * * *\"", "schedule = \"0 0 0 1 1 *\"")
+        .replace("commit_interval = \"1s\"", "commit_interval = \"200ms\"")
+        .replace("commit_max_events = 100000", "commit_max_events = 100")
+}
+
+fn messages(generator: &mut ShopGenerator, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|_| {
+            let s = generator.next_event(now_micros());
+            (s.key, s.payload)
+        })
+        .collect()
+}
+
+fn generator(seed: u64) -> ShopGenerator {
+    ShopGenerator::new(
+        seed,
+        150,
+        Mix {
+            duplicates: 0.1,
+            late: 0.2,
+            invalid: 0.05,
+        },
+    )
+}
+
+fn lambdaflow(args: &[&str], config: &Path) -> Command {
+    let mut command = Command::new(LAMBDAFLOW);
+    command.args(args).arg("--config").arg(config);
+    command
+}
+
+fn log_of(logs: &Path, name: &str) -> String {
+    std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// One archiver scenario: the archiver runs with `fault` while a wave is produced; if the
+/// fault crashes it, it must die by abort and is restarted without the fault; a second wave
+/// follows; the tables must then hold every id once.
+async fn archiver_scenario(
+    tansu: &Tansu,
+    root: &Path,
+    logs: &Path,
+    name: &str,
+    fault: &str,
+    crashes: bool,
+) -> (Truth, Tally) {
+    let topic = format!("events-{name}");
+    tansu.create_topic(&topic, PARTITIONS);
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = config_text(tansu, &topic, &dir, free_port());
+    let config_file = dir.join("lambdaflow.toml");
+    std::fs::write(&config_file, &text).unwrap();
+    let config = Config::from_toml(&text, name, std::iter::empty()).unwrap();
+    let producer = tansu.producer();
+    let mut generator = generator(name.len() as u64 * 7919);
+    let mut truth = Truth::default();
+
+    let faulty = format!("{name}-faulty");
+    let mut archiver = Process::start(
+        &faulty,
+        lambdaflow(&["archive"], &config_file).env("LAMBDAFLOW_FAULTS", fault),
+        logs,
+    );
+    let produced = produce_to(&producer, &topic, &messages(&mut generator, 300)).await;
+    truth.add(&config, &produced);
+    if crashes {
+        let status = archiver
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{name}: the failpoint never crashed the archiver"));
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "{name}: died by abort: {status:?}"
+        );
+        assert!(
+            log_of(logs, &faulty).contains("failpoint: crashing"),
+            "{name}"
+        );
+        archiver = Process::start(name, &mut lambdaflow(&["archive"], &config_file), logs);
+    }
+    let produced = produce_to(&producer, &topic, &messages(&mut generator, 300)).await;
+    truth.add(&config, &produced);
+
+    let lake = dir.join("lake");
+    let started = Instant::now();
+    loop {
+        let (rows, rejects) = (raw_ids(&lake).await.len(), quarantined(&lake).await);
+        if rows >= truth.unique.len() && rejects >= truth.rejects {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{name}: the tables hold {rows}/{} raw and {rejects}/{} quarantined rows",
+            truth.unique.len(),
+            truth.rejects
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        archiver.terminate(Duration::from_secs(30)),
+        "{name}: clean exit on SIGTERM"
+    );
+    if !crashes {
+        let log = log_of(logs, &faulty);
+        assert!(log.contains("failpoints installed"), "{name}");
+        if fault.starts_with("fail") {
+            assert!(
+                log.contains("failpoint: failing the put"),
+                "{name}: the fault fired"
+            );
+        }
+    }
+    assert_eq!(
+        quarantined(&lake).await,
+        truth.rejects,
+        "{name}: quarantine"
+    );
+    let counted = tally(&truth, &raw_ids(&lake).await);
+    (truth, counted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archiver_loses_and_duplicates_nothing_under_store_faults() {
+    let dir = scratch_dir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let tansu = Tansu::start(&logs);
+    // Commit 1 of each table creates it; commit 2 is the first with rows.
+    let scenarios = [
+        (
+            "crash-before-raw-commit",
+            "crash-before:raw/events/_delta_log/#2",
+            true,
+        ),
+        (
+            "crash-after-raw-commit",
+            "crash-after:raw/events/_delta_log/#3",
+            true,
+        ),
+        (
+            "crash-before-quarantine-commit",
+            "crash-before:quarantine/events/_delta_log/#2",
+            true,
+        ),
+        ("failed-put", "fail-before:raw/events/_delta_log/#2", false),
+        (
+            "put-failed-after-landing",
+            "fail-after:raw/events/_delta_log/#2",
+            false,
+        ),
+        ("slow-store", "slow:.parquet#150", false),
+    ];
+    let mut report = Vec::new();
+    for (name, fault, crashes) in scenarios {
+        let (truth, counted) =
+            archiver_scenario(&tansu, dir.path(), &logs, name, fault, crashes).await;
+        report.push(format!(
+            "{name} ({fault}): {} messages, {} unique valid ids, {} refused; lost {}, duplicated {}, unexpected {}",
+            truth.messages, truth.unique.len(), truth.rejects, counted.lost, counted.duplicated, counted.unexpected
+        ));
+        assert_eq!(
+            counted,
+            Tally {
+                lost: 0,
+                duplicated: 0,
+                unexpected: 0
+            },
+            "{name}"
+        );
+    }
+    println!("{}", report.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_crashing_in_a_batch_run_recovers_with_exact_answers() {
+    let dir = scratch_dir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let tansu = Tansu::start(&logs);
+    tansu.create_topic("events", PARTITIONS);
+    let port = free_port();
+    let text = config_text(&tansu, "events", dir.path(), port);
+    let config_file = dir.path().join("lambdaflow.toml");
+    std::fs::write(&config_file, &text).unwrap();
+    let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
+    let api = Api::new(format!("http://127.0.0.1:{port}"));
+    let producer = tansu.producer();
+    let mut generator = generator(41);
+    let mut truth = Truth::default();
+
+    // The third view's first rows: the first two views are published, the third not, when
+    // the process dies, so the restarted process starts from views at different versions.
+    let mut run = Process::start(
+        "run-faulty",
+        lambdaflow(&["run"], &config_file).env(
+            "LAMBDAFLOW_FAULTS",
+            "crash-before:views/products_by_day/_delta_log/#2",
+        ),
+        &logs,
+    );
+    wait_for("readiness", Duration::from_secs(60), || async {
+        api.get("/readyz").await.0 == 200
+    })
+    .await;
+    let mut produced = produce_to(&producer, "events", &messages(&mut generator, 300)).await;
+    truth.add(&config, &produced);
+    check(&api, &config, &produced, "before the batch").await;
+    wait_for("the archiver", Duration::from_secs(60), || async {
+        raw_ids(&dir.path().join("lake")).await.len() >= truth.unique.len()
+    })
+    .await;
+    let (status, reply) = api.post("/v1/batch/runs", "").await;
+    assert_eq!(status, 202, "{reply}");
+    let killed = reply["id"].as_str().unwrap().to_owned();
+    let exit = run
+        .wait_exit(Duration::from_secs(60))
+        .expect("the failpoint crashed run in the batch run");
+    assert_eq!(exit.signal(), Some(6), "{exit:?}");
+
+    produced.extend(produce_to(&producer, "events", &messages(&mut generator, 200)).await);
+    truth.add(&config, &produced[produced.len() - 200..]);
+    let _run = Process::start("run", &mut lambdaflow(&["run"], &config_file), &logs);
+    wait_for(
+        "readiness after the crash",
+        Duration::from_secs(60),
+        || async { api.get("/readyz").await.0 == 200 },
+    )
+    .await;
+    let (_, sales) = api.get("/v1/views/sales_by_country").await;
+    let (_, products) = api.get("/v1/views/products_by_day").await;
+    assert!(
+        sales["batch_version"].is_u64(),
+        "the first views were published: {sales}"
+    );
+    assert!(
+        products["batch_version"].is_null(),
+        "the third was not: {products}"
+    );
+    check(
+        &api,
+        &config,
+        &produced,
+        "views at different versions after the crash",
+    )
+    .await;
+
+    batch(&api, &config, "the batch after the crash").await;
+    check(&api, &config, &produced, "after the batch").await;
+    let (_, record) = api.get(&format!("/v1/batch/runs/{killed}")).await;
+    assert_eq!(
+        record["status"], "failed",
+        "the crashed run is recorded as failed: {record}"
+    );
+    wait_for("the archiver", Duration::from_secs(60), || async {
+        raw_ids(&dir.path().join("lake")).await.len() >= truth.unique.len()
+    })
+    .await;
+    let counted = tally(&truth, &raw_ids(&dir.path().join("lake")).await);
+    println!(
+        "run crashing in a batch run: {} messages, {} unique valid ids; lost {}, duplicated {}, unexpected {}",
+        truth.messages,
+        truth.unique.len(),
+        counted.lost,
+        counted.duplicated,
+        counted.unexpected
+    );
+    assert_eq!(
+        counted,
+        Tally {
+            lost: 0,
+            duplicated: 0,
+            unexpected: 0
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_replicas_answer_alike_while_one_leaves_and_rejoins() {
+    let dir = scratch_dir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let tansu = Tansu::start(&logs);
+    tansu.create_topic("events", PARTITIONS);
+    let (port_a, port_b) = (free_port(), free_port());
+    let text = config_text(&tansu, "events", dir.path(), port_a);
+    let config_file = dir.path().join("lambdaflow.toml");
+    std::fs::write(&config_file, &text).unwrap();
+    let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
+    let replica = |name: &str, port: u16| {
+        Process::start(
+            name,
+            lambdaflow(&["serve"], &config_file)
+                .env("LAMBDAFLOW_SERVING__LISTEN", format!("127.0.0.1:{port}")),
+            &logs,
+        )
+    };
+    let (a, b) = (
+        Api::new(format!("http://127.0.0.1:{port_a}")),
+        Api::new(format!("http://127.0.0.1:{port_b}")),
+    );
+    let _archiver = Process::start(
+        "archive",
+        &mut lambdaflow(&["archive"], &config_file),
+        &logs,
+    );
+    let _replica_a = replica("serve-a", port_a);
+    let replica_b = replica("serve-b", port_b);
+    for api in [&a, &b] {
+        wait_for("readiness", Duration::from_secs(60), || async {
+            api.get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    let producer = tansu.producer();
+    let mut generator = generator(53);
+    let mut produced = produce_to(&producer, "events", &messages(&mut generator, 300)).await;
+    check(&a, &config, &produced, "replica a").await;
+    check(&b, &config, &produced, "replica b").await;
+
+    // A batch run through one replica is swapped in by both.
+    wait_for("the archiver", Duration::from_secs(60), || async {
+        let mut truth = Truth::default();
+        truth.add(&config, &produced);
+        raw_ids(&dir.path().join("lake")).await.len() >= truth.unique.len()
+    })
+    .await;
+    batch(&a, &config, "batch through replica a").await;
+    batch_seen(&b, &a, &config).await;
+    check(&b, &config, &produced, "replica b after a's batch").await;
+
+    replica_b.kill9();
+    produced.extend(produce_to(&producer, "events", &messages(&mut generator, 200)).await);
+    check(&a, &config, &produced, "replica a while b is gone").await;
+    let _replica_b = replica("serve-b-again", port_b);
+    wait_for("b's readiness", Duration::from_secs(60), || async {
+        b.get("/readyz").await.0 == 200
+    })
+    .await;
+    check(&b, &config, &produced, "replica b rejoined").await;
+    check(&a, &config, &produced, "replica a").await;
+}
+
+/// Waits until `replica` serves the batch versions `origin` serves.
+async fn batch_seen(replica: &Api, origin: &Api, config: &Config) {
+    for view in &config.views {
+        let path = format!("/v1/views/{}", view.name);
+        let (_, want) = origin.get(&path).await;
+        wait_for(
+            &format!("{} swapped in on the replica", view.name),
+            Duration::from_secs(30),
+            || async { replica.get(&path).await.1["batch_version"] == want["batch_version"] },
+        )
+        .await;
+    }
+}

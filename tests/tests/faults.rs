@@ -253,6 +253,12 @@ async fn archiver_scenario(
                 "{name}: the fault fired"
             );
         }
+        if fault.starts_with("fail-after") {
+            assert!(
+                log.contains("the failed commit had landed"),
+                "{name}: the archiver learned from the log that its commit landed"
+            );
+        }
     }
     assert_eq!(
         quarantined(&lake).await,

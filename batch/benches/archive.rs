@@ -16,8 +16,11 @@ use lambdaflow_common::validate::{Coordinates, Validator};
 use tokio_util::sync::CancellationToken;
 
 mod peer;
+#[allow(dead_code, reason = "this benchmark records rates only")]
+mod results;
 
 use peer::{PARTITIONS, TOPIC};
+use results::{Better, record};
 
 fn main() {
     let n = peer::event_count(200_000);
@@ -58,6 +61,15 @@ fn main() {
         validate_rate,
         validate_rate / consumer_rate
     );
+    let consumer = Some(("plain rdkafka consumer", consumer_rate));
+    record(
+        "archive",
+        "validator, one core",
+        validate_rate,
+        "events/s",
+        Better::Higher,
+        consumer,
+    );
 
     let started = Instant::now();
     let mut fields = 0usize;
@@ -81,6 +93,14 @@ fn main() {
         "archiver end to end:          {:>10.0} events/s  = {:.2}x the plain consumer",
         archive_rate,
         archive_rate / consumer_rate
+    );
+    record(
+        "archive",
+        "archiver, Kafka to Delta",
+        archive_rate,
+        "events/s",
+        Better::Higher,
+        consumer,
     );
     drop(cluster);
 }

@@ -27,6 +27,10 @@ use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 
+mod results;
+
+use results::{Better, record};
+
 const PARTITIONS: i32 = 8;
 const CHUNK: usize = 500_000;
 const DAYS: i64 = 30;
@@ -146,6 +150,20 @@ fn main() {
         .unwrap_or_else(|| panic!("no result from the DuckDB peer: {stdout}"));
     let duck = Duration::from_secs_f64(reply["seconds"].as_f64().expect("seconds"));
 
+    record(
+        "recompute",
+        &format!(
+            "full recompute of the 3 demo views, {} M raw events",
+            events / 1_000_000
+        ),
+        ours.as_secs_f64(),
+        "s",
+        Better::Lower,
+        Some((
+            &format!("DuckDB {} threads", reply["threads"]),
+            duck.as_secs_f64(),
+        )),
+    );
     println!();
     println!(
         "| full recompute of the 3 demo views | seconds (median of {RUNS}) | M raw events/s | ratio to DuckDB |"

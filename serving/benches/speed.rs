@@ -29,8 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "../../batch/benches/peer/mod.rs"]
 mod peer;
+#[path = "../../batch/benches/results/mod.rs"]
+mod results;
 
 use peer::{PARTITIONS, TOPIC};
+use results::{Better, record};
 
 /// A fresh topic: nothing is stored yet.
 struct NoRawIds;
@@ -65,6 +68,15 @@ fn main() {
         "speed layer:            {speed:>10.0} events/s (best of 3) = {:.2}x the plain consumer",
         speed / plain
     );
+    let consumer = Some(("plain rdkafka consumer", plain));
+    record(
+        "speed",
+        "speed layer, consume to queryable",
+        speed,
+        "events/s",
+        Better::Higher,
+        consumer,
+    );
 
     let (validate, fold) = fold_only(&config, &samples);
     println!(
@@ -72,6 +84,14 @@ fn main() {
     );
 
     let latencies = runtime.block_on(produce_to_visible(&config, &brokers));
+    record(
+        "speed",
+        "produce-to-visible p99",
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        "ms",
+        Better::Lower,
+        None,
+    );
     println!(
         "produce-to-visible:     p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events, one at a time)",
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
@@ -367,8 +387,14 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
             serde_json::from_slice(&post_query(&client, &url, &body).await).expect("json");
         v["rows"].as_array().map_or(0, Vec::len)
     };
+    let mut p99s = Vec::new();
     for rate in [200.0, 2_000.0] {
         let latencies = open_loop(&client, &url, &body, rate).await;
+        p99s.push((
+            rate,
+            latencies.len() as f64 / LOAD_SECONDS,
+            percentile(&latencies, 0.99),
+        ));
         println!(
             "query (30 days hourly by country: {groups} batch groups -> {rows} rows) at {rate:.0} queries/s offered: {:.0} done/s; p50 {:.2} ms, p99 {:.2} ms",
             latencies.len() as f64 / LOAD_SECONDS,
@@ -398,5 +424,16 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         percentile(&direct, 0.5).as_secs_f64() * 1e3,
         percentile(&direct, 0.99).as_secs_f64() * 1e3,
     );
+    let healthz = percentile(&direct, 0.99).as_secs_f64() * 1e3;
+    for (rate, done, p99) in p99s {
+        record(
+            "speed",
+            &format!("query p99, {rows}-row answer, {rate:.0}/s offered ({done:.0}/s done)"),
+            p99.as_secs_f64() * 1e3,
+            "ms",
+            Better::Lower,
+            Some(("GET /healthz p99", healthz)),
+        );
+    }
     server.abort();
 }

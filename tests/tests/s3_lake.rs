@@ -159,13 +159,16 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let platform = url::Url::parse(&format!("s3://{BUCKET}/lake/_lambdaflow/")).unwrap();
-    let store = deltalake::DeltaTableBuilder::from_url(platform)
-        .unwrap()
-        .with_storage_options(options)
-        .build_storage()
-        .unwrap()
-        .object_store(None);
+    let store_at = |path: &str| {
+        let url = url::Url::parse(&format!("s3://{BUCKET}/lake/{path}")).unwrap();
+        deltalake::DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .with_storage_options(options.clone())
+            .build_storage()
+            .unwrap()
+            .object_store(None)
+    };
+    let store = store_at("_lambdaflow/");
     let lock = object_store::path::Path::from("batch.lock");
     store
         .put(&lock, holder.to_string().into_bytes().into())
@@ -175,6 +178,20 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["error"]["id"], "20260101T000000000Z-elsewhere");
     store.delete(&lock).await.expect("releasing it");
+
+    // Through the same configuration, the bucket refuses a second writer of a Delta version:
+    // creating a commit file that exists fails instead of overwriting it.
+    let again = store_at("raw/events/")
+        .put_opts(
+            &object_store::path::Path::from("_delta_log/00000000000000000000.json"),
+            b"{}".to_vec().into(),
+            object_store::PutMode::Create.into(),
+        )
+        .await;
+    assert!(
+        matches!(again, Err(object_store::Error::AlreadyExists { .. })),
+        "a conditional put over an existing commit: {again:?}"
+    );
 
     run.kill9();
     produced.extend(produce(&producer, &wave(150)).await);

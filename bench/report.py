@@ -5,6 +5,7 @@ usage: report.py RESULTS.jsonl OUT.md OUT.svg
 
 import html
 import json
+import os
 import platform
 import sys
 from datetime import datetime, timezone
@@ -29,9 +30,9 @@ def relative(r):
 
 
 def table(results):
-    cores = platform.machine()
+    machine = f"{os.cpu_count()} cores, {platform.machine()}"
     lines = [
-        f"Benchmarks run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cores}; every peer ran in the same process run.",
+        f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine}; each peer ran in the same benchmark run as what it is compared with.",
         "",
         "| benchmark | measured | lambdaflow | peer | peer's result | lambdaflow ÷ peer |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -42,7 +43,7 @@ def table(results):
         if r["peer_value"]:
             ratio = r["value"] / r["peer_value"]
             kind = "rate" if r["higher_is_better"] else "time"
-            ratio = f"{ratio:.2f}× ({kind})"
+            ratio = f"{ratio:.2f}× ({kind})" if r["unit"] != "ms" else f"floor: {r['peer_value']:.2f} ms"
         else:
             ratio = "—"
         lines.append(
@@ -52,7 +53,13 @@ def table(results):
 
 
 def chart(results):
-    bars = [(f"{r['bench']}: {r['what']}", relative(r), r["peer"]) for r in results if relative(r)]
+    # Throughput and batch time only: there the peer does the same work. A latency's peer is
+    # a floor (an empty request), shown in the table but not as a ratio.
+    bars = [
+        (f"{r['bench']}: {r['what']}", relative(r), r["peer"])
+        for r in results
+        if relative(r) and r["unit"] in ("events/s", "s")
+    ]
     width, left, row, top = 900, 380, 34, 40
     height = top + row * len(bars) + 40
     scale = max([2.0] + [b[1] for b in bars]) * 1.1

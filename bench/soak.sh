@@ -4,7 +4,8 @@
 # that samples, every 30 s, the process's memory and open files, the speed layer's lag and
 # retained events, the view versions, and the lake's Delta versions and file counts.
 #   bash bench/soak.sh [minutes, default 10] [events/s, default 200]
-# Writes bench/soak.csv and bench/soak.md. Needs wrk (Debian's `wrk`).
+# Writes bench/soak.csv and bench/soak.md. Needs wrk (Debian's `wrk`). LAMBDAFLOW_BIN names a
+# lambdaflow binary to use instead of building the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -14,9 +15,13 @@ PORT="${LAMBDAFLOW_SOAK_PORT:-18480}"
 BASE="http://127.0.0.1:$PORT"
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
-cargo build --release -p lambdaflow-serving --bin lambdaflow
+BIN="${LAMBDAFLOW_BIN:-}"
+if [ -z "$BIN" ]; then
+  cargo build --release -p lambdaflow-serving --bin lambdaflow
+  BIN=./target/release/lambdaflow
+fi
 DATA="$(mktemp -d /tmp/lambdaflow-soak-XXXXXX)"
-./target/release/lambdaflow demo --data-dir "$DATA" --listen "127.0.0.1:$PORT" --rate "$RATE" \
+"$BIN" demo --data-dir "$DATA" --listen "127.0.0.1:$PORT" --rate "$RATE" \
   > "$DATA/demo.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT

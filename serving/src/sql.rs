@@ -108,7 +108,7 @@ async fn run(config: &Config, lake: &Lake, lambda: &Shared, sql: &str) -> Result
         || references
             .iter()
             .any(|r| r.schema() == Some("information_schema"));
-    let names: Vec<String> = if catalogue {
+    let names: std::collections::BTreeSet<String> = if catalogue {
         let source = &config.source.name;
         config
             .views

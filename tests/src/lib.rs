@@ -113,13 +113,19 @@ impl Drop for Process {
 pub struct Tansu {
     /// `host:port` for Kafka clients.
     pub bootstrap: String,
-    _process: Process,
+    process: Process,
 }
 
 impl Tansu {
-    /// Starts tansu and waits until it accepts connections.
+    /// Starts tansu with in-memory storage and waits until it accepts connections.
     pub fn start(log_dir: &Path) -> Self {
-        let port = free_port();
+        Self::start_on(log_dir, free_port(), "memory://tansu/", log_dir)
+    }
+
+    /// Starts tansu on `port` with the storage engine `storage` (e.g. `sqlite://tansu.db`,
+    /// resolved under `work_dir`, for a broker that keeps its data across a restart) and waits
+    /// until it accepts connections.
+    pub fn start_on(log_dir: &Path, port: u16, storage: &str, work_dir: &Path) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
         let process = Process::start(
             "tansu",
@@ -131,7 +137,8 @@ impl Tansu {
                     "--advertised-listener-url",
                     &url,
                 ])
-                .args(["--storage-engine", "memory://tansu/"]),
+                .args(["--storage-engine", storage])
+                .current_dir(work_dir),
             log_dir,
         );
         let bootstrap = format!("127.0.0.1:{port}");
@@ -143,10 +150,12 @@ impl Tansu {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self {
-            bootstrap,
-            _process: process,
-        }
+        Self { bootstrap, process }
+    }
+
+    /// Stops the broker with SIGKILL.
+    pub fn kill9(self) {
+        self.process.kill9();
     }
 
     /// An idempotent producer to this broker that puts one message in each record batch:

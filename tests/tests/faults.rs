@@ -503,3 +503,68 @@ async fn batch_seen(replica: &Api, origin: &Api, config: &Config) {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_restarting_loses_and_duplicates_nothing() {
+    let dir = scratch_dir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // A durable engine: what the broker acknowledged survives its restart.
+    let (broker_port, storage) = (free_port(), "sqlite://tansu.db");
+    let tansu = Tansu::start_on(&logs, broker_port, storage, dir.path());
+    tansu.create_topic("events", PARTITIONS);
+    let port = free_port();
+    let text = config_text(&tansu, "events", dir.path(), port);
+    let config_file = dir.path().join("lambdaflow.toml");
+    std::fs::write(&config_file, &text).unwrap();
+    let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
+    let api = Api::new(format!("http://127.0.0.1:{port}"));
+    let mut generator = generator(67);
+    let mut truth = Truth::default();
+
+    let _run = Process::start("run", &mut lambdaflow(&["run"], &config_file), &logs);
+    wait_for("readiness", Duration::from_secs(60), || async {
+        api.get("/readyz").await.0 == 200
+    })
+    .await;
+    let mut produced =
+        produce_to(&tansu.producer(), "events", &messages(&mut generator, 300)).await;
+    truth.add(&config, &produced);
+    check(&api, &config, &produced, "before the broker restart").await;
+
+    tansu.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tansu = Tansu::start_on(&logs, broker_port, storage, dir.path());
+    let wave = produce_to(&tansu.producer(), "events", &messages(&mut generator, 300)).await;
+    truth.add(&config, &wave);
+    produced.extend(wave);
+    check(&api, &config, &produced, "after the broker restart").await;
+    batch(&api, &config, "a batch after the broker restart").await;
+    check(&api, &config, &produced, "after the batch").await;
+
+    let lake = dir.path().join("lake");
+    wait_for("the archiver", Duration::from_secs(60), || async {
+        raw_ids(&lake).await.len() >= truth.unique.len()
+            && quarantined(&lake).await >= truth.rejects
+    })
+    .await;
+    let counted = tally(&truth, &raw_ids(&lake).await);
+    println!(
+        "broker restart: {} messages, {} unique valid ids, {} refused; lost {}, duplicated {}, unexpected {}",
+        truth.messages,
+        truth.unique.len(),
+        truth.rejects,
+        counted.lost,
+        counted.duplicated,
+        counted.unexpected
+    );
+    assert_eq!(quarantined(&lake).await, truth.rejects);
+    assert_eq!(
+        counted,
+        Tally {
+            lost: 0,
+            duplicated: 0,
+            unexpected: 0
+        }
+    );
+}

@@ -66,12 +66,12 @@ end
 LUA
 load "POST /v1/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
-echo "minute,rss_kib,open_files,lag,retained,messages,view_version,raw_delta_versions,raw_files,view_files" > bench/soak.csv
+echo "minute,rss_kib,open_files,lag,retained,retained_bytes,messages,view_version,raw_delta_versions,raw_files,view_files" > bench/soak.csv
 samples=$(( MINUTES * 2 ))
 for i in $(seq 0 "$samples"); do
   rss="$(awk '/VmRSS/ { print $2 }' "/proc/$PID/status")"
   fds="$(ls "/proc/$PID/fd" | wc -l)"
-  echo "$(awk -v i="$i" 'BEGIN { printf "%.1f", i / 2 }'),$rss,$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(lake_files raw),$(lake_files views)" >> bench/soak.csv
+  echo "$(awk -v i="$i" 'BEGIN { printf "%.1f", i / 2 }'),$rss,$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(lake_files raw),$(lake_files views)" >> bench/soak.csv
   [ "$i" -lt "$samples" ] && sleep 30
 done
 
@@ -85,7 +85,7 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 half = rows[len(rows) // 2:]
 print("| series | first | middle | last | max | second half trend |")
 print("| --- | --- | --- | --- | --- | --- |")
-for key in ["rss_kib", "open_files", "lag", "retained", "messages", "view_version", "raw_delta_versions", "raw_files", "view_files"]:
+for key in ["rss_kib", "open_files", "lag", "retained", "retained_bytes", "messages", "view_version", "raw_delta_versions", "raw_files", "view_files"]:
     values = [int(float(r[key])) for r in rows]
     tail = [int(float(r[key])) for r in half]
     trend = (tail[-1] - tail[0]) / max(1, abs(tail[0]))

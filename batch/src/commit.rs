@@ -32,6 +32,10 @@ pub struct OffsetTable {
     /// was read), so that readers find the partitions by probing 0, 1, … until one is missing.
     partitions: Vec<i32>,
     offsets: BTreeMap<i32, i64>,
+    /// The table version `offsets` were read at or written by: while the log holds no later
+    /// version, no other writer can have moved them, and they are not read again (each read
+    /// replays the log since the last checkpoint, once per partition).
+    known_at: Option<u64>,
 }
 
 /// The app id of a partition's `txn` action.
@@ -55,8 +59,10 @@ impl OffsetTable {
             schema,
             partitions: partitions.to_vec(),
             offsets: BTreeMap::new(),
+            known_at: None,
         };
         this.offsets = this.read_offsets(partitions).await?;
+        this.known_at = this.table.version();
         Ok(this)
     }
 
@@ -132,16 +138,19 @@ impl OffsetTable {
         }
         let partitions: Vec<i32> = advancing.keys().copied().collect();
         self.refresh().await?;
-        let held = self.read_offsets(&partitions).await?;
-        for (p, found) in &held {
-            if Some(*found) != self.offset(*p) {
-                return Err(Error::ConcurrentWriter {
-                    table: self.url(),
-                    partition: *p,
-                    expected: self.offset(*p).unwrap_or(-1),
-                    found: *found,
-                });
+        if self.table.version() != self.known_at {
+            let held = self.read_offsets(&partitions).await?;
+            for (p, found) in &held {
+                if Some(*found) != self.offset(*p) {
+                    return Err(Error::ConcurrentWriter {
+                        table: self.url(),
+                        partition: *p,
+                        expected: self.offset(*p).unwrap_or(-1),
+                        found: *found,
+                    });
+                }
             }
+            self.known_at = self.table.version();
         }
         let txns: Vec<Transaction> = advancing
             .iter()
@@ -164,6 +173,7 @@ impl OffsetTable {
                 Ok(table) => {
                     self.table = table;
                     self.offsets.extend(&advancing);
+                    self.known_at = self.table.version();
                     return Ok(());
                 }
                 Err(error) => error,
@@ -175,6 +185,7 @@ impl OffsetTable {
                 if advancing.iter().all(|(p, o)| now.get(p) == Some(o)) {
                     tracing::info!(table = %self.url(), "the failed commit had landed");
                     self.offsets.extend(&advancing);
+                    self.known_at = self.table.version();
                     return Ok(());
                 }
             }

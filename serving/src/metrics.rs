@@ -80,6 +80,13 @@ static RETAINED: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("registered once")
 });
+static RETAINED_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "lambdaflow_speed_retained_bytes",
+        "Bytes of the Arrow buffers holding the retained first occurrences"
+    )
+    .expect("registered once")
+});
 
 /// Times every request by its route template (not its path, so view names and run ids do
 /// not multiply the series).
@@ -129,6 +136,7 @@ pub fn render(config: &Config, lambda: &Shared) -> String {
                 .set(pair.speed.len() as i64);
         }
         RETAINED.set(lambda.retained_events as i64);
+        RETAINED_BYTES.set(i64::try_from(lambda.retained_bytes).unwrap_or(i64::MAX));
     }
     let mut out = Vec::new();
     TextEncoder::new()

@@ -808,6 +808,7 @@ async fn metrics_are_prometheus_text_with_scrape_time_gauges() {
         "# TYPE lambdaflow_speed_events_duplicate_total counter",
         "# TYPE lambdaflow_speed_messages_total counter",
         "# TYPE lambdaflow_http_request_seconds histogram",
+        "# TYPE lambdaflow_speed_retained_bytes gauge",
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }

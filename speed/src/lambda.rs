@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
-use arrow::compute::{and, filter_record_batch};
+use arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{and, filter_record_batch, take_record_batch};
 use arrow::datatypes::Date32Type;
 use datafusion::common::DFSchema;
 use datafusion::physical_expr::PhysicalExpr;
@@ -73,6 +73,8 @@ pub struct Lambda {
     pub heads: BTreeMap<i32, i64>,
     /// First occurrences retained in memory.
     pub retained_events: usize,
+    /// Bytes of the Arrow buffers holding them.
+    pub retained_bytes: usize,
 }
 
 impl Lambda {
@@ -225,7 +227,15 @@ impl Speed {
             let keep = self
                 .seen
                 .keep(events.column(0).as_string::<i32>(), dates(&events));
-            filter_record_batch(&events, &keep)?
+            if keep.true_count() == keep.len() {
+                // The validator's builders reserve room for a thousand rows; a retained
+                // micro-batch of a few events would keep all of it. Filtering copies to size
+                // already; a batch kept whole is copied here.
+                let all = UInt32Array::from_iter_values(0..events.num_rows() as u32);
+                take_record_batch(&events, &all)?
+            } else {
+                filter_record_batch(&events, &keep)?
+            }
         };
         crate::metrics::DUPLICATES.inc_by((events_len - first.num_rows()) as u64);
         let masks = self.masks(&first)?;
@@ -239,8 +249,9 @@ impl Speed {
             *entry = (*entry).max(*o);
         }
         lambda.retained_events += first.num_rows();
-        drop(lambda);
         if first.num_rows() > 0 {
+            lambda.retained_bytes += first.get_array_memory_size();
+            drop(lambda);
             self.retained.push(first);
         }
         Ok(())
@@ -325,8 +336,14 @@ impl Speed {
             }
         }
         self.retained = kept;
-        let retained_events = self.retained.iter().map(RecordBatch::num_rows).sum();
-        self.shared.write().expect("not poisoned").retained_events = retained_events;
+        let mut lambda = self.shared.write().expect("not poisoned");
+        lambda.retained_events = self.retained.iter().map(RecordBatch::num_rows).sum();
+        lambda.retained_bytes = self
+            .retained
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        drop(lambda);
         if floor.raw_version != self.floor.raw_version {
             self.seen = SeenIds::new(self.config.archive.dedup_max_dates);
         }
@@ -345,4 +362,51 @@ fn dates(events: &RecordBatch) -> &arrow::array::Date32Array {
 /// Rows whose offset is at or beyond `next(partition)`.
 fn beyond(events: &RecordBatch, next: impl Fn(i32) -> i64) -> BooleanArray {
     at_or_beyond(events, (KAFKA_PARTITION, KAFKA_OFFSET), next)
+}
+
+#[cfg(test)]
+mod tests {
+    use lambdaflow_common::sample::{Mix, ShopGenerator};
+    use lambdaflow_common::timestamp::now_micros;
+    use lambdaflow_common::validate::{Coordinates, Validator};
+
+    use super::*;
+
+    #[test]
+    fn retained_micro_batches_hold_their_rows_not_their_builders_capacity() {
+        let config = Arc::new(Config::demo());
+        let shared = Shared::default();
+        let empty = config
+            .views
+            .iter()
+            .map(|_| Arc::new(BatchView::default()))
+            .collect();
+        let mut speed = Speed::new(config.clone(), shared.clone(), empty).unwrap();
+        let validator = Validator::new(&config.source);
+        let mix = Mix {
+            duplicates: 0.0,
+            late: 0.0,
+            invalid: 0.0,
+        };
+        let mut generator = ShopGenerator::new(3, 100, mix);
+        let now = now_micros();
+        for offset in 0..500 {
+            let mut builder = validator.batch_builder("events", now);
+            let sample = generator.next_event(now);
+            let at = Coordinates {
+                partition: 0,
+                offset,
+            };
+            builder.push(Some(&sample.payload), at).unwrap();
+            let events = builder.finish().events;
+            for date in speed.dates_to_load(&events) {
+                speed.load_ids(date, []);
+            }
+            speed.fold(events, &[(0, offset)].into()).unwrap();
+        }
+        let lambda = shared.read().unwrap();
+        assert_eq!(lambda.retained_events, 500);
+        let per_event = lambda.retained_bytes / 500;
+        assert!(per_event < 4096, "{per_event} bytes retained per event");
+    }
 }

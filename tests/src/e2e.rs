@@ -2,16 +2,21 @@
 //! HTTP API, producing to the broker, and comparing every query of every view with a direct
 //! aggregation of what was produced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
+use arrow::datatypes::Date32Type;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::query::{Query, Rollup, Value, answer};
+use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::schema::EVENT_DATE;
 use lambdaflow_common::state::{Dim, ViewState};
-use lambdaflow_common::timestamp::format_micros;
+use lambdaflow_common::timestamp::{format_date, format_micros, now_micros};
+use lambdaflow_common::validate::{Coordinates, Validator};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value as Json;
 
@@ -312,4 +317,100 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series.as_str()))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The demo config for a test: the broker at `bootstrap`, the lake at `lake` (a path or a
+/// URL), the API on `port`, batch runs only when asked, and archiver commits every 200 ms.
+pub fn test_config(bootstrap: &str, lake: &str, port: u16) -> String {
+    lambdaflow_common::config::DEMO_CONFIG
+        .replace(
+            "brokers = \"embedded\"",
+            &format!("brokers = \"{bootstrap}\""),
+        )
+        .replace(
+            "uri = \"file:///tmp/lambdaflow/lake\"",
+            &format!("uri = \"{lake}\""),
+        )
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace("schedule = \"0 */2 * * * *\"", "schedule = \"0 0 0 1 1 *\"")
+        .replace("commit_interval = \"1s\"", "commit_interval = \"200ms\"")
+}
+
+/// Shop events of `users` users: 10% duplicates, 20% late, 5% invalid.
+pub fn shop(seed: u64, users: u32) -> ShopGenerator {
+    ShopGenerator::new(
+        seed,
+        users,
+        Mix {
+            duplicates: 0.1,
+            late: 0.2,
+            invalid: 0.05,
+        },
+    )
+}
+
+/// The next `n` messages of `generator` as of now, as (key, payload).
+pub fn messages(generator: &mut ShopGenerator, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|_| {
+            let s = generator.next_event(now_micros());
+            (s.key, s.payload)
+        })
+        .collect()
+}
+
+/// What was produced, as the process must count it and the lake must hold it.
+#[derive(Debug, Default)]
+pub struct Truth {
+    /// Messages produced.
+    pub messages: usize,
+    /// Valid events, duplicates included.
+    pub valid: usize,
+    /// (event id, UTC event date) of every unique valid event.
+    pub unique: BTreeSet<(String, String)>,
+    /// Refused messages per reason code.
+    pub reasons: BTreeMap<String, usize>,
+}
+
+impl Truth {
+    /// Adds `produced` (partition, offset, payload), validated as `config` validates.
+    pub fn add(&mut self, config: &Config, produced: &[(i32, i64, Vec<u8>)]) {
+        let validator = Validator::new(&config.source);
+        let mut builder = validator.batch_builder(&config.kafka.topic, now_micros());
+        for (partition, offset, payload) in produced {
+            let at = Coordinates {
+                partition: *partition,
+                offset: *offset,
+            };
+            let _ = builder.push(Some(payload), at);
+        }
+        let validated = builder.finish();
+        let ids = validated.events.column(0).as_string::<i32>();
+        let dates = validated
+            .events
+            .column_by_name(EVENT_DATE)
+            .expect("the raw schema has an event date")
+            .as_primitive::<Date32Type>();
+        for i in 0..validated.events.num_rows() {
+            self.unique
+                .insert((ids.value(i).to_owned(), format_date(dates.value(i))));
+        }
+        let reasons = validated
+            .rejects
+            .column_by_name("reason")
+            .expect("the quarantine schema has a reason");
+        for reason in reasons.as_string::<i32>().iter().flatten() {
+            *self.reasons.entry(reason.to_owned()).or_default() += 1;
+        }
+        self.messages += produced.len();
+        self.valid += validated.events.num_rows();
+    }
+
+    /// Refused messages.
+    pub fn rejects(&self) -> usize {
+        self.reasons.values().sum()
+    }
 }

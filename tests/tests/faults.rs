@@ -9,63 +9,27 @@
 //! log entry is written — after its Parquet files are — or right after it; a put that fails
 //! without writing or fails after it landed (the archiver must re-check the outcome, never
 //! guess); slow puts. And process-level: `lambdaflow run` crashing in the middle of a batch
-//! run, and two `serve` replicas with one leaving and rejoining.
+//! run, the broker killed and restarted, and two `serve` replicas with one leaving and
+//! rejoining.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Date32Type};
-use lambdaflow_common::config::{Config, DEMO_CONFIG};
-use lambdaflow_common::sample::{Mix, ShopGenerator};
-use lambdaflow_common::timestamp::{format_date, now_micros};
-use lambdaflow_common::validate::{Coordinates, Validator};
-use lambdaflow_tests::e2e::{Api, batch, check, produce_to, wait_for};
+use arrow::datatypes::DataType;
+use lambdaflow_common::config::Config;
+use lambdaflow_tests::e2e::{
+    Api, Truth, batch, check, messages, produce_to, shop, test_config, wait_for,
+};
 use lambdaflow_tests::{Process, Tansu, free_port, query_table, scratch_dir};
 
 const LAMBDAFLOW: &str = env!("CARGO_BIN_EXE_lambdaflow-e2e");
 const PARTITIONS: u32 = 4;
-
-/// What was produced, as the lake must hold it.
-#[derive(Debug, Default)]
-struct Truth {
-    messages: usize,
-    /// (event id, UTC event date) of every unique valid event.
-    unique: BTreeSet<(String, String)>,
-    rejects: usize,
-}
-
-impl Truth {
-    fn add(&mut self, config: &Config, produced: &[(i32, i64, Vec<u8>)]) {
-        let validator = Validator::new(&config.source);
-        let mut builder = validator.batch_builder(&config.kafka.topic, now_micros());
-        for (partition, offset, payload) in produced {
-            let at = Coordinates {
-                partition: *partition,
-                offset: *offset,
-            };
-            let _ = builder.push(Some(payload), at);
-        }
-        let validated = builder.finish();
-        let ids = validated.events.column(0).as_string::<i32>();
-        let dates = validated
-            .events
-            .column_by_name("event_date")
-            .unwrap()
-            .as_primitive::<Date32Type>();
-        for i in 0..validated.events.num_rows() {
-            self.unique
-                .insert((ids.value(i).to_owned(), format_date(dates.value(i))));
-        }
-        self.messages += produced.len();
-        self.rejects += validated.rejects.num_rows();
-    }
-}
 
 /// Every id produced, classified.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,46 +87,52 @@ fn tally(truth: &Truth, rows: &[(String, String)]) -> Tally {
     }
 }
 
-/// The demo config against `tansu` on `topic`, its lake under `dir`, its API on `port`.
+/// The test config against `tansu` on `topic`, its lake under `dir`, its API on `port`, with
+/// chunks of at most 100 messages so that a wave spans several commits.
 fn config_text(tansu: &Tansu, topic: &str, dir: &Path, port: u16) -> String {
-    DEMO_CONFIG
-        .replace(
-            "brokers = \"embedded\"",
-            &format!("brokers = \"{}\"", tansu.bootstrap),
-        )
+    let lake = dir.join("lake");
+    test_config(&tansu.bootstrap, &lake.display().to_string(), port)
         .replace("topic = \"events\"", &format!("topic = \"{topic}\""))
-        .replace(
-            "uri = \"file:///tmp/lambdaflow/lake\"",
-            &format!("uri = \"{}\"", dir.join("lake").display()),
-        )
-        .replace(
-            "listen = \"127.0.0.1:8080\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace("schedule = \"0 */2 * * * *\"", "schedule = \"0 0 0 1 1 *\"")
-        .replace("commit_interval = \"1s\"", "commit_interval = \"200ms\"")
         .replace("commit_max_events = 100000", "commit_max_events = 100")
 }
 
-fn messages(generator: &mut ShopGenerator, n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|_| {
-            let s = generator.next_event(now_micros());
-            (s.key, s.payload)
-        })
-        .collect()
+/// A scratch directory for one scenario and its `logs` folder.
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let dir = scratch_dir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    (dir, logs)
 }
 
-fn generator(seed: u64) -> ShopGenerator {
-    ShopGenerator::new(
-        seed,
-        150,
-        Mix {
-            duplicates: 0.1,
-            late: 0.2,
-            invalid: 0.05,
+/// Writes `text` as the scenario's config file; returns its path and the parsed config.
+fn write_config(dir: &Path, text: &str) -> (PathBuf, Arc<Config>) {
+    let file = dir.join("lambdaflow.toml");
+    std::fs::write(&file, text).unwrap();
+    let config = Config::from_toml(text, "test", std::iter::empty()).unwrap();
+    (file, Arc::new(config))
+}
+
+/// Prints the scenario's accounting (the closing notes quote it) and requires every id of
+/// `truth` to be in the raw table exactly once.
+fn account(name: &str, truth: &Truth, counted: Tally) {
+    println!(
+        "{name}: {} messages, {} unique valid ids, {} refused; lost {}, duplicated {}, unexpected {}",
+        truth.messages,
+        truth.unique.len(),
+        truth.rejects(),
+        counted.lost,
+        counted.duplicated,
+        counted.unexpected
+    );
+    assert_eq!(
+        counted,
+        Tally {
+            lost: 0,
+            duplicated: 0,
+            unexpected: 0
         },
-    )
+        "{name}"
+    );
 }
 
 fn lambdaflow(args: &[&str], config: &Path) -> Command {
@@ -190,12 +160,9 @@ async fn archiver_scenario(
     tansu.create_topic(&topic, PARTITIONS);
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let text = config_text(tansu, &topic, &dir, free_port());
-    let config_file = dir.join("lambdaflow.toml");
-    std::fs::write(&config_file, &text).unwrap();
-    let config = Config::from_toml(&text, name, std::iter::empty()).unwrap();
+    let (config_file, config) = write_config(&dir, &config_text(tansu, &topic, &dir, free_port()));
     let producer = tansu.producer();
-    let mut generator = generator(name.len() as u64 * 7919);
+    let mut generator = shop(name.len() as u64 * 7919, 150);
     let mut truth = Truth::default();
 
     let faulty = format!("{name}-faulty");
@@ -228,14 +195,14 @@ async fn archiver_scenario(
     let started = Instant::now();
     loop {
         let (rows, rejects) = (raw_ids(&lake).await.len(), quarantined(&lake).await);
-        if rows >= truth.unique.len() && rejects >= truth.rejects {
+        if rows >= truth.unique.len() && rejects >= truth.rejects() {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
             "{name}: the tables hold {rows}/{} raw and {rejects}/{} quarantined rows",
             truth.unique.len(),
-            truth.rejects
+            truth.rejects()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -262,7 +229,7 @@ async fn archiver_scenario(
     }
     assert_eq!(
         quarantined(&lake).await,
-        truth.rejects,
+        truth.rejects(),
         "{name}: quarantine"
     );
     let counted = tally(&truth, &raw_ids(&lake).await);
@@ -271,9 +238,7 @@ async fn archiver_scenario(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_archiver_loses_and_duplicates_nothing_under_store_faults() {
-    let dir = scratch_dir();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let (dir, logs) = scratch();
     let tansu = Tansu::start(&logs);
     // Commit 1 of each table creates it; commit 2 is the first with rows.
     let scenarios = [
@@ -300,42 +265,24 @@ async fn the_archiver_loses_and_duplicates_nothing_under_store_faults() {
         ),
         ("slow-store", "slow:.parquet#150", false),
     ];
-    let mut report = Vec::new();
     for (name, fault, crashes) in scenarios {
         let (truth, counted) =
             archiver_scenario(&tansu, dir.path(), &logs, name, fault, crashes).await;
-        report.push(format!(
-            "{name} ({fault}): {} messages, {} unique valid ids, {} refused; lost {}, duplicated {}, unexpected {}",
-            truth.messages, truth.unique.len(), truth.rejects, counted.lost, counted.duplicated, counted.unexpected
-        ));
-        assert_eq!(
-            counted,
-            Tally {
-                lost: 0,
-                duplicated: 0,
-                unexpected: 0
-            },
-            "{name}"
-        );
+        account(&format!("{name} ({fault})"), &truth, counted);
     }
-    println!("{}", report.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_crashing_in_a_batch_run_recovers_with_exact_answers() {
-    let dir = scratch_dir();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let (dir, logs) = scratch();
     let tansu = Tansu::start(&logs);
     tansu.create_topic("events", PARTITIONS);
     let port = free_port();
-    let text = config_text(&tansu, "events", dir.path(), port);
-    let config_file = dir.path().join("lambdaflow.toml");
-    std::fs::write(&config_file, &text).unwrap();
-    let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
+    let (config_file, config) =
+        write_config(dir.path(), &config_text(&tansu, "events", dir.path(), port));
     let api = Api::new(format!("http://127.0.0.1:{port}"));
     let producer = tansu.producer();
-    let mut generator = generator(41);
+    let mut generator = shop(41, 150);
     let mut truth = Truth::default();
 
     // The third view's first rows: the first two views are published, the third not, when
@@ -406,36 +353,19 @@ async fn run_crashing_in_a_batch_run_recovers_with_exact_answers() {
     })
     .await;
     let counted = tally(&truth, &raw_ids(&dir.path().join("lake")).await);
-    println!(
-        "run crashing in a batch run: {} messages, {} unique valid ids; lost {}, duplicated {}, unexpected {}",
-        truth.messages,
-        truth.unique.len(),
-        counted.lost,
-        counted.duplicated,
-        counted.unexpected
-    );
-    assert_eq!(
-        counted,
-        Tally {
-            lost: 0,
-            duplicated: 0,
-            unexpected: 0
-        }
-    );
+    account("run crashing in a batch run", &truth, counted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_replicas_answer_alike_while_one_leaves_and_rejoins() {
-    let dir = scratch_dir();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let (dir, logs) = scratch();
     let tansu = Tansu::start(&logs);
     tansu.create_topic("events", PARTITIONS);
     let (port_a, port_b) = (free_port(), free_port());
-    let text = config_text(&tansu, "events", dir.path(), port_a);
-    let config_file = dir.path().join("lambdaflow.toml");
-    std::fs::write(&config_file, &text).unwrap();
-    let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
+    let (config_file, config) = write_config(
+        dir.path(),
+        &config_text(&tansu, "events", dir.path(), port_a),
+    );
     let replica = |name: &str, port: u16| {
         Process::start(
             name,
@@ -462,15 +392,15 @@ async fn serve_replicas_answer_alike_while_one_leaves_and_rejoins() {
         .await;
     }
     let producer = tansu.producer();
-    let mut generator = generator(53);
+    let mut generator = shop(53, 150);
     let mut produced = produce_to(&producer, "events", &messages(&mut generator, 300)).await;
     check(&a, &config, &produced, "replica a").await;
     check(&b, &config, &produced, "replica b").await;
 
     // A batch run through one replica is swapped in by both.
+    let mut truth = Truth::default();
+    truth.add(&config, &produced);
     wait_for("the archiver", Duration::from_secs(60), || async {
-        let mut truth = Truth::default();
-        truth.add(&config, &produced);
         raw_ids(&dir.path().join("lake")).await.len() >= truth.unique.len()
     })
     .await;
@@ -506,20 +436,16 @@ async fn batch_seen(replica: &Api, origin: &Api, config: &Config) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_restarting_loses_and_duplicates_nothing() {
-    let dir = scratch_dir();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let (dir, logs) = scratch();
     // A durable engine: what the broker acknowledged survives its restart.
     let (broker_port, storage) = (free_port(), "sqlite://tansu.db");
     let tansu = Tansu::start_on(&logs, broker_port, storage, dir.path());
     tansu.create_topic("events", PARTITIONS);
     let port = free_port();
-    let text = config_text(&tansu, "events", dir.path(), port);
-    let config_file = dir.path().join("lambdaflow.toml");
-    std::fs::write(&config_file, &text).unwrap();
-    let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
+    let (config_file, config) =
+        write_config(dir.path(), &config_text(&tansu, "events", dir.path(), port));
     let api = Api::new(format!("http://127.0.0.1:{port}"));
-    let mut generator = generator(67);
+    let mut generator = shop(67, 150);
     let mut truth = Truth::default();
 
     let _run = Process::start("run", &mut lambdaflow(&["run"], &config_file), &logs);
@@ -545,26 +471,13 @@ async fn the_broker_restarting_loses_and_duplicates_nothing() {
     let lake = dir.path().join("lake");
     wait_for("the archiver", Duration::from_secs(60), || async {
         raw_ids(&lake).await.len() >= truth.unique.len()
-            && quarantined(&lake).await >= truth.rejects
+            && quarantined(&lake).await >= truth.rejects()
     })
     .await;
-    let counted = tally(&truth, &raw_ids(&lake).await);
-    println!(
-        "broker restart: {} messages, {} unique valid ids, {} refused; lost {}, duplicated {}, unexpected {}",
-        truth.messages,
-        truth.unique.len(),
-        truth.rejects,
-        counted.lost,
-        counted.duplicated,
-        counted.unexpected
-    );
-    assert_eq!(quarantined(&lake).await, truth.rejects);
-    assert_eq!(
-        counted,
-        Tally {
-            lost: 0,
-            duplicated: 0,
-            unexpected: 0
-        }
+    assert_eq!(quarantined(&lake).await, truth.rejects());
+    account(
+        "broker restart",
+        &truth,
+        tally(&truth, &raw_ids(&lake).await),
     );
 }

@@ -5,15 +5,14 @@
 //! aggregation of the produced events gives, and `approx_distinct` does not move when a batch
 //! run moves events from the speed side to the batch side.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::AsArray;
-use lambdaflow_common::config::{Config, DEMO_CONFIG};
-use lambdaflow_common::sample::{Mix, ShopGenerator};
-use lambdaflow_common::timestamp::now_micros;
-use lambdaflow_tests::e2e::{Api, TOPIC, batch, check, produce, sample, start_run, wait_for};
+use lambdaflow_common::config::Config;
+use lambdaflow_tests::e2e::{
+    Api, TOPIC, Truth, batch, check, messages, produce, sample, shop, start_run, test_config,
+    wait_for,
+};
 use lambdaflow_tests::{Tansu, free_port, scratch_dir};
 
 const PARTITIONS: u32 = 4;
@@ -26,38 +25,9 @@ async fn counters_and_sql_agree_with_the_truth(
     config: &Config,
     produced: &[(i32, i64, Vec<u8>)],
 ) {
-    let validator = lambdaflow_common::validate::Validator::new(&config.source);
-    let mut builder = validator.batch_builder(TOPIC, now_micros());
-    for (partition, offset, payload) in produced {
-        let at = lambdaflow_common::validate::Coordinates {
-            partition: *partition,
-            offset: *offset,
-        };
-        let _ = builder.push(Some(payload), at);
-    }
-    let validated = builder.finish();
-    let valid = validated.events.num_rows();
-    let ids = validated.events.column(0).as_string::<i32>();
-    let dates = validated
-        .events
-        .column_by_name("event_date")
-        .unwrap()
-        .as_primitive::<arrow::datatypes::Date32Type>();
-    let unique = (0..valid)
-        .map(|i| (ids.value(i), dates.value(i)))
-        .collect::<std::collections::HashSet<_>>()
-        .len();
-    let mut reasons: BTreeMap<String, f64> = BTreeMap::new();
-    for reason in validated
-        .rejects
-        .column_by_name("reason")
-        .unwrap()
-        .as_string::<i32>()
-        .iter()
-        .flatten()
-    {
-        *reasons.entry(reason.to_owned()).or_default() += 1.0;
-    }
+    let mut truth = Truth::default();
+    truth.add(config, produced);
+    let (valid, unique) = (truth.valid, truth.unique.len());
     let client = reqwest::Client::new();
     let metrics = || async {
         client
@@ -100,12 +70,12 @@ async fn counters_and_sql_agree_with_the_truth(
         counter("lambdaflow_speed_events_duplicate_total", &[]) as usize,
         valid - unique
     );
-    for (reason, n) in &reasons {
+    for (reason, n) in &truth.reasons {
         assert_eq!(
             counter(
                 "lambdaflow_speed_events_invalid_total",
                 &[("reason", reason)]
-            ),
+            ) as usize,
             *n,
             "{reason}"
         );
@@ -189,43 +159,14 @@ async fn answers_equal_the_truth_through_batches_late_events_and_a_kill() {
     tansu.create_topic(TOPIC, PARTITIONS);
     let port = free_port();
     let lake = dir.path().join("lake");
-    let text = DEMO_CONFIG
-        .replace(
-            "brokers = \"embedded\"",
-            &format!("brokers = \"{}\"", tansu.bootstrap),
-        )
-        .replace(
-            "uri = \"file:///tmp/lambdaflow/lake\"",
-            &format!("uri = \"{}\"", lake.display()),
-        )
-        .replace(
-            "listen = \"127.0.0.1:8080\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace("schedule = \"0 */2 * * * *\"", "schedule = \"0 0 0 1 1 *\"")
-        .replace("commit_interval = \"1s\"", "commit_interval = \"200ms\"");
+    let text = test_config(&tansu.bootstrap, &lake.display().to_string(), port);
     let config_file = dir.path().join("lambdaflow.toml");
     std::fs::write(&config_file, &text).unwrap();
     let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
     let api = Api::new(format!("http://127.0.0.1:{port}"));
     let producer = tansu.producer();
-    let mut generator = ShopGenerator::new(
-        11,
-        300,
-        Mix {
-            duplicates: 0.1,
-            late: 0.2,
-            invalid: 0.05,
-        },
-    );
-    let mut wave = |n: usize| -> Vec<(String, Vec<u8>)> {
-        (0..n)
-            .map(|_| {
-                let s = generator.next_event(now_micros());
-                (s.key, s.payload)
-            })
-            .collect()
-    };
+    let mut generator = shop(11, 300);
+    let mut wave = |n: usize| messages(&mut generator, n);
 
     let run = start_run(LAMBDAFLOW, &config_file, &logs, "run-1");
     wait_for("readiness", Duration::from_secs(60), || async {

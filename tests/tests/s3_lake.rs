@@ -10,10 +10,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lambdaflow_common::config::{Config, DEMO_CONFIG};
-use lambdaflow_common::sample::{Mix, ShopGenerator};
-use lambdaflow_common::timestamp::now_micros;
-use lambdaflow_tests::e2e::{Api, TOPIC, batch, check, produce, wait_for};
+use lambdaflow_common::config::Config;
+use lambdaflow_tests::e2e::{
+    Api, TOPIC, batch, check, messages, produce, shop, test_config, wait_for,
+};
 use lambdaflow_tests::{Process, Tansu, free_port, scratch_dir};
 use object_store::ObjectStoreExt;
 
@@ -57,21 +57,7 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     .await;
 
     let port = free_port();
-    let text = DEMO_CONFIG
-        .replace(
-            "brokers = \"embedded\"",
-            &format!("brokers = \"{}\"", tansu.bootstrap),
-        )
-        .replace(
-            "uri = \"file:///tmp/lambdaflow/lake\"",
-            &format!("uri = \"s3://{BUCKET}/lake\""),
-        )
-        .replace(
-            "listen = \"127.0.0.1:8080\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace("schedule = \"0 */2 * * * *\"", "schedule = \"0 0 0 1 1 *\"")
-        .replace("commit_interval = \"1s\"", "commit_interval = \"200ms\"");
+    let text = test_config(&tansu.bootstrap, &format!("s3://{BUCKET}/lake"), port);
     let config_file = dir.path().join("lambdaflow.toml");
     std::fs::write(&config_file, &text).unwrap();
     let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
@@ -92,23 +78,8 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     };
     let api = Api::new(format!("http://127.0.0.1:{port}"));
     let producer = tansu.producer();
-    let mut generator = ShopGenerator::new(
-        29,
-        200,
-        Mix {
-            duplicates: 0.1,
-            late: 0.2,
-            invalid: 0.05,
-        },
-    );
-    let mut wave = |n: usize| -> Vec<(String, Vec<u8>)> {
-        (0..n)
-            .map(|_| {
-                let s = generator.next_event(now_micros());
-                (s.key, s.payload)
-            })
-            .collect()
-    };
+    let mut generator = shop(29, 200);
+    let mut wave = |n: usize| messages(&mut generator, n);
 
     let run = start("run-1");
     wait_for("readiness", Duration::from_secs(60), || async {

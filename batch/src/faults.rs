@@ -46,7 +46,8 @@ enum Action {
     Slow(u64),
 }
 
-/// One failpoint: an action on the `nth` put whose path contains `part`.
+/// One failpoint: an action on the `nth` put whose path contains `part` (a slow store delays
+/// every such put, by the number it was given).
 #[derive(Debug)]
 struct Fault {
     action: Action,
@@ -72,11 +73,7 @@ impl Fault {
         Ok(Self {
             action,
             part: part.to_owned(),
-            nth: if matches!(action, Action::Slow(_)) {
-                0
-            } else {
-                n
-            },
+            nth: n,
             seen: AtomicU64::new(0),
         })
     }

@@ -139,12 +139,7 @@ fn fold_only(config: &Arc<Config>, samples: &[lambdaflow_common::sample::Sample]
 
 fn empty_speed(config: &Arc<Config>) -> (Shared, Speed) {
     let shared = Shared::default();
-    let empty = config
-        .views
-        .iter()
-        .map(|_| Arc::new(BatchView::default()))
-        .collect();
-    let speed = Speed::new(config.clone(), shared.clone(), empty).expect("speed");
+    let speed = Speed::before_any_batch(config.clone(), shared.clone()).expect("speed");
     (shared, speed)
 }
 

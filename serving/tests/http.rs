@@ -27,12 +27,7 @@ fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> 
     let config = Arc::new(config);
     let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
     let lambda = Shared::default();
-    let empty = config
-        .views
-        .iter()
-        .map(|_| Arc::new(BatchView::default()))
-        .collect();
-    Speed::new(config.clone(), lambda.clone(), empty).unwrap();
+    Speed::before_any_batch(config.clone(), lambda.clone()).unwrap();
     lambda.write().unwrap().start_head = Some(Default::default());
     AppState::new(
         config,
@@ -449,12 +444,7 @@ async fn state_with_data(broker: &EmbeddedBroker, lake: &tempfile::TempDir) -> A
     // Each side folded as the speed layer folds: view filters applied, duplicates dropped.
     let fold = |events: arrow::array::RecordBatch| {
         let shared = Shared::default();
-        let empty = config
-            .views
-            .iter()
-            .map(|_| Arc::new(BatchView::default()))
-            .collect();
-        let mut speed = Speed::new(config.clone(), shared.clone(), empty).unwrap();
+        let mut speed = Speed::before_any_batch(config.clone(), shared.clone()).unwrap();
         for date in speed.dates_to_load(&events) {
             speed.load_ids(date, []);
         }

@@ -133,6 +133,17 @@ fn floor(batches: &[Arc<BatchView>], partitions: &BTreeSet<i32>) -> Watermark {
 }
 
 impl Speed {
+    /// A speed layer for `config` before any batch run: every view's batch side is empty, so
+    /// the speed side covers every offset.
+    pub fn before_any_batch(config: Arc<Config>, shared: Shared) -> Result<Self> {
+        let empty = config
+            .views
+            .iter()
+            .map(|_| Arc::new(BatchView::default()))
+            .collect();
+        Self::new(config, shared, empty)
+    }
+
     /// A speed layer for `config` over `batches` (one per view, in config order), publishing
     /// into `shared`.
     pub fn new(config: Arc<Config>, shared: Shared, batches: Vec<Arc<BatchView>>) -> Result<Self> {
@@ -376,12 +387,7 @@ mod tests {
     fn retained_micro_batches_hold_their_rows_not_their_builders_capacity() {
         let config = Arc::new(Config::demo());
         let shared = Shared::default();
-        let empty = config
-            .views
-            .iter()
-            .map(|_| Arc::new(BatchView::default()))
-            .collect();
-        let mut speed = Speed::new(config.clone(), shared.clone(), empty).unwrap();
+        let mut speed = Speed::before_any_batch(config.clone(), shared.clone()).unwrap();
         let validator = Validator::new(&config.source);
         let mix = Mix {
             duplicates: 0.0,

@@ -338,14 +338,9 @@ pub fn direct_views(
     config: &std::sync::Arc<lambdaflow_common::config::Config>,
     messages: &[(i32, i64, Vec<u8>)],
 ) -> Vec<lambdaflow_common::state::ViewState> {
-    use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
+    use lambdaflow_speed::lambda::{Shared, Speed};
     let shared = Shared::default();
-    let empty = config
-        .views
-        .iter()
-        .map(|_| std::sync::Arc::new(BatchView::default()))
-        .collect();
-    let mut speed = Speed::new(config.clone(), shared.clone(), empty).expect("speed state");
+    let mut speed = Speed::before_any_batch(config.clone(), shared.clone()).expect("speed state");
     let mut ordered: Vec<_> = messages.iter().collect();
     ordered.sort_by_key(|(p, o, _)| (*p, *o));
     let validator = lambdaflow_common::validate::Validator::new(&config.source);

@@ -2,7 +2,8 @@
 # Load and soak: `lambdaflow demo` (release build) ingesting its generator's events, first a
 # bounded load of the query API and of POST /v1/events with wrk while it ingests, then a soak
 # that samples, every 30 s, the process's memory and open files, the speed layer's lag and
-# retained events, the view versions, and the lake's Delta versions and file counts.
+# retained events, the view versions, and the lake's Delta versions and file counts (live in
+# the raw table's snapshot, and on disk, where compacted files stay until a VACUUM).
 #   bash bench/soak.sh [minutes, default 10] [events/s, default 200]
 # Writes bench/soak.csv and bench/soak.md. Needs wrk (Debian's `wrk`). LAMBDAFLOW_BIN names a
 # lambdaflow binary to use instead of building the release one.
@@ -66,12 +67,12 @@ end
 LUA
 load "POST /v1/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
-echo "minute,rss_kib,open_files,lag,retained,retained_bytes,messages,view_version,raw_delta_versions,raw_files,view_files" > bench/soak.csv
+echo "minute,rss_kib,open_files,lag,retained,retained_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,view_files" > bench/soak.csv
 samples=$(( MINUTES * 2 ))
 for i in $(seq 0 "$samples"); do
   rss="$(awk '/VmRSS/ { print $2 }' "/proc/$PID/status")"
   fds="$(ls "/proc/$PID/fd" | wc -l)"
-  echo "$(awk -v i="$i" 'BEGIN { printf "%.1f", i / 2 }'),$rss,$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(lake_files raw),$(lake_files views)" >> bench/soak.csv
+  echo "$(awk -v i="$i" 'BEGIN { printf "%.1f", i / 2 }'),$rss,$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",table="raw"}'),$(lake_files raw),$(lake_files views)" >> bench/soak.csv
   [ "$i" -lt "$samples" ] && sleep 30
 done
 
@@ -85,7 +86,7 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 half = rows[len(rows) // 2:]
 print("| series | first | middle | last | max | second half trend |")
 print("| --- | --- | --- | --- | --- | --- |")
-for key in ["rss_kib", "open_files", "lag", "retained", "retained_bytes", "messages", "view_version", "raw_delta_versions", "raw_files", "view_files"]:
+for key in ["rss_kib", "open_files", "lag", "retained", "retained_bytes", "messages", "view_version", "raw_delta_versions", "raw_live_files", "raw_files", "view_files"]:
     values = [int(float(r[key])) for r in rows]
     tail = [int(float(r[key])) for r in half]
     trend = (tail[-1] - tail[0]) / max(1, abs(tail[0]))

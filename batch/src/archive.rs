@@ -97,14 +97,18 @@ impl Archiver {
         let Some(partitions) = wait_for_partitions(&consumer, &topic, &shutdown).await? else {
             return Ok(());
         };
-        let mut raw = OffsetTable::load(raw, (raw_schema, EVENT_DATE), &topic, &partitions).await?;
+        let min_files = config.archive.compact_min_files;
+        let mut raw = OffsetTable::load(raw, (raw_schema, EVENT_DATE), &topic, &partitions)
+            .await?
+            .with_compaction("raw", min_files)?;
         let mut quarantine = OffsetTable::load(
             quarantine,
             (quarantine_schema, INGEST_DATE),
             &topic,
             &partitions,
         )
-        .await?;
+        .await?
+        .with_compaction("quarantine", min_files)?;
 
         let mut assignment = TopicPartitionList::new();
         for &p in &partitions {

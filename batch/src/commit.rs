@@ -16,7 +16,9 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 
+use crate::compact::{SmallFiles, compact};
 use crate::error::{Error, Result};
+use crate::metrics;
 
 /// How often a failing commit is tried before the archiver gives up.
 const MAX_ATTEMPTS: u32 = 8;
@@ -36,6 +38,8 @@ pub struct OffsetTable {
     /// version, no other writer can have moved them, and they are not read again (each read
     /// replays the log since the last checkpoint, once per partition).
     known_at: Option<u64>,
+    /// Small files per partition, when the table is auto-compacted ([`Self::with_compaction`]).
+    compaction: Option<(&'static str, SmallFiles)>,
 }
 
 /// The app id of a partition's `txn` action.
@@ -60,10 +64,25 @@ impl OffsetTable {
             partitions: partitions.to_vec(),
             offsets: BTreeMap::new(),
             known_at: None,
+            compaction: None,
         };
         this.offsets = this.read_offsets(partitions).await?;
         this.known_at = this.table.version();
         Ok(this)
+    }
+
+    /// Auto-compacts the table ([`crate::compact`]) once a partition holds `min_files` small
+    /// files (never when `0`); `name` labels its metrics.
+    pub fn with_compaction(mut self, name: &'static str, min_files: usize) -> Result<Self> {
+        let files =
+            SmallFiles::count(&self.table, self.partition_by, min_files).map_err(|source| {
+                Error::Delta {
+                    table: self.url(),
+                    source,
+                }
+            })?;
+        self.compaction = Some((name, files));
+        Ok(self)
     }
 
     /// The last offset this table holds for `partition`, if any.
@@ -174,6 +193,7 @@ impl OffsetTable {
                     self.table = table;
                     self.offsets.extend(&advancing);
                     self.known_at = self.table.version();
+                    self.committed(&batch).await;
                     return Ok(());
                 }
                 Err(error) => error,
@@ -186,6 +206,7 @@ impl OffsetTable {
                     tracing::info!(table = %self.url(), "the failed commit had landed");
                     self.offsets.extend(&advancing);
                     self.known_at = self.table.version();
+                    self.committed(&batch).await;
                     return Ok(());
                 }
             }
@@ -197,6 +218,50 @@ impl OffsetTable {
                 });
             }
         }
+    }
+
+    /// After a commit of `batch`: counts its files and compacts the partitions that are due.
+    /// A failed compaction is logged and left for later: the rows are committed either way.
+    async fn committed(&mut self, batch: &RecordBatch) {
+        let Some((name, mut files)) = self.compaction.take() else {
+            return;
+        };
+        files.committed(batch);
+        for value in files.due() {
+            match compact(self.table.clone(), self.partition_by, &value).await {
+                Ok((table, done)) => {
+                    tracing::info!(
+                        table = %self.url(),
+                        partition = %value,
+                        removed = done.num_files_removed,
+                        added = done.num_files_added,
+                        "compacted"
+                    );
+                    metrics::COMPACTIONS
+                        .with_label_values(&[name, "succeeded"])
+                        .inc();
+                    if table.version() == self.known_at.map(|v| v + 1) {
+                        self.known_at = table.version();
+                    }
+                    self.table = table;
+                    files.compacted(&value, done.num_files_added as usize);
+                }
+                Err(error) => {
+                    tracing::warn!(table = %self.url(), partition = %value, %error, "compaction failed; the files stay as they are");
+                    metrics::COMPACTIONS
+                        .with_label_values(&[name, "failed"])
+                        .inc();
+                    files.compacted(&value, 0);
+                }
+            }
+        }
+        if let Ok(snapshot) = self.table.snapshot() {
+            let table = metrics::TABLE.with_label_values(&[name, "files"]);
+            table.set(snapshot.log_data().num_files() as i64);
+            let version = metrics::TABLE.with_label_values(&[name, "version"]);
+            version.set(self.table.version().map_or(-1, |v| v as i64));
+        }
+        self.compaction = Some((name, files));
     }
 
     async fn refresh(&mut self) -> Result<()> {

@@ -21,6 +21,7 @@
 
 pub mod archive;
 pub mod commit;
+pub mod compact;
 pub mod error;
 pub mod faults;
 pub mod history;

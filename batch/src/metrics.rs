@@ -31,6 +31,26 @@ pub static ARCHIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("registered once")
 });
 
+/// Auto-compactions of the archiver's tables, by table and outcome.
+pub static COMPACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdaflow_archiver_compactions_total",
+        "Auto-compactions (OPTIMIZE of one date partition) by table and outcome (succeeded, failed)",
+        &["table", "outcome"]
+    )
+    .expect("registered once")
+});
+
+/// The archiver's tables as of its last commit: Delta version and live data files.
+pub static TABLE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_archiver_table",
+        "The archiver's tables as of its last commit: Delta version (measure=version) and data files in the snapshot (measure=files)",
+        &["table", "measure"]
+    )
+    .expect("registered once")
+});
+
 /// Seconds of a batch run, by final status.
 pub static RUN_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
@@ -68,6 +88,8 @@ pub static LAST_RUN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub fn register() {
     LazyLock::force(&COMMIT_SECONDS);
     LazyLock::force(&ARCHIVED);
+    LazyLock::force(&COMPACTIONS);
+    LazyLock::force(&TABLE);
     LazyLock::force(&RUN_SECONDS);
     LazyLock::force(&RUN_ROWS);
     LazyLock::force(&LAST_RUN);

@@ -8,7 +8,9 @@
 //!   rows, and any Delta reader sees it in the table history (`DESCRIBE HISTORY`,
 //!   `DeltaTable.history()`).
 //! - The event dates changed between two raw versions are the `event_date` partition values of
-//!   the files added or removed by the commits in between, read from those commits alone.
+//!   the files added or removed by the commits in between, read from those commits alone;
+//!   files rewritten without changing data (`dataChange: false`, as compaction does) are not
+//!   changes.
 
 use std::collections::BTreeSet;
 
@@ -97,7 +99,7 @@ pub async fn view_commit(view: &DeltaTable) -> Result<Option<ViewCommit>> {
 }
 
 /// The event dates (days since the epoch) of the rows added or removed by the commits after
-/// `since` up to and including `upto`; `None` when a commit in between can no longer be read
+/// `since` up to and including `upto` (rewrites with `dataChange: false` excluded); `None` when a commit in between can no longer be read
 /// (the log was cleaned up), in which case the caller recomputes everything.
 pub async fn dates_changed(
     raw: &DeltaTable,
@@ -117,6 +119,11 @@ pub async fn dates_changed(
                     message: format!("version {version}: {e}"),
                 })?;
             for kind in ["add", "remove"] {
+                let rewritten = action.pointer(&format!("/{kind}/dataChange"))
+                    == Some(&serde_json::Value::Bool(false));
+                if rewritten {
+                    continue;
+                }
                 let pointer = format!("/{kind}/partitionValues/{EVENT_DATE}");
                 if let Some(text) = action.pointer(&pointer).and_then(|v| v.as_str()) {
                     dates.insert(parse_date(text).ok_or_else(|| Error::Corrupt {

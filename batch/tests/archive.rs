@@ -1,7 +1,7 @@
 //! The archiver against librdkafka's in-process broker: exact results, resumption from the
 //! offsets in the tables (not from the consumer group), nothing re-read after a clean stop.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -130,4 +130,98 @@ async fn archives_exactly_and_resumes_from_the_table_offsets() {
     archive(&config, &brokers, 500).await;
     assert_eq!(count(&raw).await, valid + more_valid);
     assert_eq!(count(&quarantine).await, invalid + more_invalid);
+}
+
+/// Live data files per `event_date` of the raw table.
+async fn files_per_date(url: &url::Url) -> BTreeMap<String, usize> {
+    let table = deltalake::open_table(url.clone()).await.unwrap();
+    let mut files = BTreeMap::new();
+    for file in table.snapshot().unwrap().log_data().iter() {
+        let date = file.partition_values_map().remove("event_date").flatten();
+        *files.entry(date.unwrap()).or_default() += 1;
+    }
+    files
+}
+
+/// The versions of the table at `url` whose commit is an OPTIMIZE.
+async fn optimize_versions(url: &url::Url) -> Vec<u64> {
+    let table = deltalake::open_table(url.clone()).await.unwrap();
+    let log = table.log_store();
+    let mut versions = Vec::new();
+    for version in 0..=table.version().unwrap() {
+        let entry = log.read_commit_entry(version).await.unwrap().unwrap();
+        if String::from_utf8_lossy(&entry).contains(r#""operation":"OPTIMIZE""#) {
+            versions.push(version);
+        }
+    }
+    versions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacts_small_files_without_changing_rows_offsets_or_changed_dates() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::demo();
+    config.kafka.brokers = brokers.clone();
+    config.lake.uri = dir.path().join("lake").display().to_string();
+    config.archive.commit_interval = Duration::from_millis(100);
+    config.archive.commit_max_events = 60;
+    config.archive.compact_min_files = 4;
+    let config = Arc::new(config);
+    let raw = Lake::new(&config.lake).unwrap().raw("events");
+
+    let mut generator = ShopGenerator::new(
+        11,
+        300,
+        Mix {
+            duplicates: 0.05,
+            late: 0.3,
+            invalid: 0.05,
+        },
+    );
+    let mut ids = HashSet::new();
+    let mut valid = 0;
+    let mut produced = 0;
+    for _ in 0..3 {
+        valid += produce(&brokers, &mut generator, 600, &mut ids).0;
+        produced += 600;
+        archive(&config, &brokers, 600).await;
+    }
+    assert_eq!(count(&raw).await, valid, "compaction keeps every row once");
+
+    let compactions = optimize_versions(&raw).await;
+    assert!(
+        !compactions.is_empty(),
+        "30 commits of 4+ dates each compact some date"
+    );
+    let files = files_per_date(&raw).await;
+    assert!(
+        files.values().all(|n| *n < 4),
+        "no date keeps 4 small files: {files:?}"
+    );
+
+    let table = deltalake::open_table(raw.clone()).await.unwrap();
+    let watermark = lambdaflow_batch::watermark::raw_watermark(&table, "events")
+        .await
+        .unwrap();
+    let read: i64 = watermark.offsets.values().map(|o| o + 1).sum();
+    assert_eq!(read, produced, "the txn offsets survive compaction");
+    for version in compactions {
+        let changed = lambdaflow_batch::watermark::dates_changed(&table, version - 1, version)
+            .await
+            .unwrap();
+        assert_eq!(
+            changed,
+            Some(BTreeSet::new()),
+            "version {version} changed no data"
+        );
+    }
+    let idle = archive(&config, &brokers, 0).await;
+    assert_eq!(
+        idle.consumed.load(Ordering::Relaxed),
+        0,
+        "resumes after compaction"
+    );
 }

@@ -148,6 +148,11 @@ pub struct ArchiveConfig {
     /// reloaded from the raw table when a late event needs them.
     #[serde(default = "default_dedup_dates")]
     pub dedup_max_dates: usize,
+    /// Auto-compaction: once this many files smaller than the compaction target have been
+    /// committed to one date partition, the archiver rewrites them into one (an OPTIMIZE
+    /// commit, `dataChange: false`). `0` turns it off.
+    #[serde(default = "default_compact_min_files")]
+    pub compact_min_files: usize,
 }
 
 impl Default for ArchiveConfig {
@@ -156,6 +161,7 @@ impl Default for ArchiveConfig {
             commit_interval: default_commit_interval(),
             commit_max_events: default_commit_max_events(),
             dedup_max_dates: default_dedup_dates(),
+            compact_min_files: default_compact_min_files(),
         }
     }
 }
@@ -620,6 +626,9 @@ fn default_commit_max_events() -> usize {
 }
 fn default_dedup_dates() -> usize {
     32
+}
+fn default_compact_min_files() -> usize {
+    50
 }
 fn default_id_field() -> String {
     "event_id".into()

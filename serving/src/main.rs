@@ -11,6 +11,13 @@ use lambdaflow_serving::generate::GenOptions;
 use lambdaflow_serving::shutdown;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc returns freed memory to the system within seconds. glibc's malloc keeps what the
+/// bursts of Delta log replays and batch runs free in its per-thread arenas, so a long-running
+/// process grew by tens of megabytes a minute with a flat live heap (measured with heaptrack).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAMBDAFLOW_LOG")

@@ -88,12 +88,18 @@ fn tally(truth: &Truth, rows: &[(String, String)]) -> Tally {
 }
 
 /// The test config against `tansu` on `topic`, its lake under `dir`, its API on `port`, with
-/// chunks of at most 100 messages so that a wave spans several commits.
+/// chunks of at most 100 messages so that a wave spans several commits, and a compaction of
+/// every date partition with two small files, so that compactions interleave with the commits
+/// of every scenario (the raw table's log: version 0 creates it, 1 and 2 are chunks, and
+/// version 3, the 4th put, compacts today's two files).
 fn config_text(tansu: &Tansu, topic: &str, dir: &Path, port: u16) -> String {
     let lake = dir.join("lake");
     test_config(&tansu.bootstrap, &lake.display().to_string(), port)
         .replace("topic = \"events\"", &format!("topic = \"{topic}\""))
-        .replace("commit_max_events = 100000", "commit_max_events = 100")
+        .replace(
+            "commit_max_events = 100000",
+            "commit_max_events = 100\ncompact_min_files = 2",
+        )
 }
 
 /// A scratch directory for one scenario and its `logs` folder.
@@ -220,6 +226,12 @@ async fn archiver_scenario(
                 "{name}: the fault fired"
             );
         }
+        if name.contains("compaction") {
+            assert!(
+                log.contains("compaction failed; the files stay as they are"),
+                "{name}: the failed put was a compaction's"
+            );
+        }
         if fault.starts_with("fail-after") {
             assert!(
                 log.contains("the failed commit had landed"),
@@ -264,6 +276,16 @@ async fn the_archiver_loses_and_duplicates_nothing_under_store_faults() {
             false,
         ),
         ("slow-store", "slow:.parquet#150", false),
+        (
+            "crash-before-compaction-commit",
+            "crash-before:raw/events/_delta_log/#4",
+            true,
+        ),
+        (
+            "failed-compaction-commit",
+            "fail-before:raw/events/_delta_log/#4",
+            false,
+        ),
     ];
     for (name, fault, crashes) in scenarios {
         let (truth, counted) =

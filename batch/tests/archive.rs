@@ -14,7 +14,7 @@ use lambdaflow_common::sample::{Kind, Mix, ShopGenerator};
 use lambdaflow_common::timestamp::now_micros;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use tokio_util::sync::CancellationToken;
 
 /// Produces `n` generated messages; returns (new unique valid, invalid) counts.
@@ -81,17 +81,31 @@ async fn count(url: &url::Url) -> u64 {
     ctx.table("t").await.unwrap().count().await.unwrap() as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn archives_exactly_and_resumes_from_the_table_offsets() {
+/// An in-process broker with topic `events` of `partitions` partitions, and the demo config
+/// archiving it into a lake in a temporary directory in chunks of 100 ms or `max_events`.
+fn setup(
+    partitions: i32,
+    max_events: usize,
+) -> (
+    MockCluster<'static, DefaultProducerContext>,
+    tempfile::TempDir,
+    Config,
+) {
     let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("events", 3, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("events", partitions, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::demo();
-    config.kafka.brokers = brokers.clone();
+    config.kafka.brokers = cluster.bootstrap_servers();
     config.lake.uri = dir.path().join("lake").display().to_string();
     config.archive.commit_interval = Duration::from_millis(100);
-    config.archive.commit_max_events = 250;
+    config.archive.commit_max_events = max_events;
+    (cluster, dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_exactly_and_resumes_from_the_table_offsets() {
+    let (cluster, _dir, config) = setup(3, 250);
+    let brokers = cluster.bootstrap_servers();
     let config = Arc::new(config);
     let lake = Lake::new(&config.lake).unwrap();
     let (raw, quarantine) = (lake.raw("events"), lake.quarantine("events"));
@@ -159,15 +173,8 @@ async fn optimize_versions(url: &url::Url) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacts_small_files_without_changing_rows_offsets_or_changed_dates() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("events", 2, 1).unwrap();
+    let (cluster, _dir, mut config) = setup(2, 60);
     let brokers = cluster.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::demo();
-    config.kafka.brokers = brokers.clone();
-    config.lake.uri = dir.path().join("lake").display().to_string();
-    config.archive.commit_interval = Duration::from_millis(100);
-    config.archive.commit_max_events = 60;
     config.archive.compact_min_files = 4;
     let config = Arc::new(config);
     let raw = Lake::new(&config.lake).unwrap().raw("events");

@@ -15,12 +15,14 @@
 //!   view table, merged.
 //! - [`query`]: answering a view query from merged states.
 //! - [`table`]: merged states as an Arrow batch in the view table's layout, for SQL.
+//! - [`batch_view`]: a view's batch side at one table version (version, watermark, states).
 //! - [`watermark`]: the Kafka offsets a batch view covers; where the speed layer starts.
 //! - [`sample`]: synthetic shop events for the demo, `gen`, benchmarks and tests.
 //!
 //! Data flows one way: bytes → [`validate::Validator`] → [`validate::Validated`] →
 //! [`dedup::SeenIds`] → whatever stores or aggregates the events.
 
+pub mod batch_view;
 pub mod config;
 pub mod dedup;
 pub mod error;

@@ -21,8 +21,9 @@ use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_serving::http::{AppState, app};
 use lambdaflow_serving::kafka;
-use lambdaflow_speed::consume::{RawIds, SpeedLayer};
-use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
+use lambdaflow_speed::consume::{RawIds, RawIdsError, SpeedLayer};
+use lambdaflow_common::batch_view::BatchView;
+use lambdaflow_speed::lambda::{Shared, Speed};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,7 @@ use results::{Better, record};
 struct NoRawIds;
 
 impl RawIds for NoRawIds {
-    fn ids(&self, _version: u64, _date: i32) -> BoxFuture<'_, Result<Vec<String>, String>> {
+    fn ids(&self, _version: u64, _date: i32) -> BoxFuture<'_, Result<Vec<String>, RawIdsError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 }

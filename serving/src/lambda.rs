@@ -12,8 +12,9 @@ use lambdaflow_batch::lake::{Lake, stored_ids};
 use lambdaflow_batch::watermark::view_commit;
 use lambdaflow_common::config::{Config, ViewDef};
 use lambdaflow_common::state::ViewState;
-use lambdaflow_speed::consume::{RawIds, SpeedLayer, Swap};
-use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
+use lambdaflow_speed::consume::{RawIds, RawIdsError, SpeedLayer, Swap};
+use lambdaflow_common::batch_view::BatchView;
+use lambdaflow_speed::lambda::{Shared, Speed};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -61,10 +62,9 @@ struct LakeRawIds {
 }
 
 impl RawIds for LakeRawIds {
-    fn ids(&self, version: u64, date: i32) -> BoxFuture<'_, Result<Vec<String>, String>> {
+    fn ids(&self, version: u64, date: i32) -> BoxFuture<'_, Result<Vec<String>, RawIdsError>> {
         Box::pin(async move {
-            let table = DeltaTableBuilder::from_url(self.url.clone())
-                .map_err(|e| e.to_string())?
+            let table = DeltaTableBuilder::from_url(self.url.clone())?
                 .with_version(version)
                 .load()
                 .await;
@@ -72,11 +72,9 @@ impl RawIds for LakeRawIds {
                 Ok(t) => t,
                 // No raw table yet: nothing is stored.
                 Err(_) if version == 0 => return Ok(Vec::new()),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             };
-            let ids = stored_ids(&table, &self.id_field, date)
-                .await
-                .map_err(|e| e.to_string())?;
+            let ids = stored_ids(&table, &self.id_field, date).await?;
             Ok(ids.iter().flatten().map(str::to_owned).collect())
         })
     }

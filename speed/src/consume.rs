@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use arrow::array::AsArray;
 
 use crate::error::{Error, Result};
-use crate::lambda::{BatchView, Speed};
+use lambdaflow_common::batch_view::BatchView;
+
+use crate::lambda::Speed;
 use crate::metrics;
 
 /// Longest a consumed message waits before it is folded: the floor of produce-to-visible
@@ -27,10 +29,13 @@ const MICRO_BATCH: Duration = Duration::from_millis(20);
 /// Most messages in one micro-batch.
 const MICRO_BATCH_MAX: usize = 20_000;
 
+/// Why the raw ids of a date could not be read: the lake adapter's own error, kept whole.
+pub type RawIdsError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Where deduplication reads the ids the raw table holds for a date at a version.
 pub trait RawIds: Send + Sync {
     /// The ids of `date` (days since the epoch) in the raw table at `version`.
-    fn ids(&self, version: u64, date: i32) -> BoxFuture<'_, Result<Vec<String>, String>>;
+    fn ids(&self, version: u64, date: i32) -> BoxFuture<'_, Result<Vec<String>, RawIdsError>>;
 }
 
 /// New batch versions, one entry per view (`None`: unchanged).
@@ -244,9 +249,9 @@ impl SpeedLayer {
                 .raw_ids
                 .ids(version, date)
                 .await
-                .map_err(|message| Error::RawIds {
+                .map_err(|source| Error::RawIds {
                     date: format_date(date),
-                    message,
+                    source,
                 })?;
             self.speed.load_ids(date, ids.iter().map(String::as_str));
         }

@@ -27,12 +27,13 @@ pub enum Error {
         source: rdkafka::error::KafkaError,
     },
     /// The raw ids of a date could not be read for deduplication.
-    #[error("reading raw ids of {date} for deduplication: {message}")]
+    #[error("reading raw ids of {date} for deduplication: {source}")]
     RawIds {
         /// The date, `YYYY-MM-DD`.
         date: String,
-        /// What went wrong.
-        message: String,
+        /// What the lake reader said.
+        #[source]
+        source: crate::consume::RawIdsError,
     },
     /// A new batch version covers less than the current one: the view tables were replaced
     /// by older ones. Restart the process to rebuild from the new watermark.

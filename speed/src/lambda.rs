@@ -21,6 +21,7 @@ use arrow::datatypes::Date32Type;
 use datafusion::common::DFSchema;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::dedup::SeenIds;
 use lambdaflow_common::schema::{EVENT_DATE, KAFKA_OFFSET, KAFKA_PARTITION, raw_schema};
@@ -29,25 +30,6 @@ use lambdaflow_common::view::parse_filter;
 use lambdaflow_common::watermark::{Watermark, at_or_beyond};
 
 use crate::error::{Error, Result};
-
-/// A view's batch side at one version of its table.
-#[derive(Debug, Default)]
-pub struct BatchView {
-    /// The view table version loaded; `None` before the first batch run.
-    pub version: Option<u64>,
-    /// What it covers; `None` (nothing) before the first batch run.
-    pub watermark: Option<Watermark>,
-    /// Its rows as states.
-    pub state: ViewState,
-}
-
-impl BatchView {
-    fn next_offset(&self, partition: i32) -> i64 {
-        self.watermark
-            .as_ref()
-            .map_or(0, |w| w.next_offset(partition))
-    }
-}
 
 /// One view as queries see it.
 #[derive(Debug, Default)]

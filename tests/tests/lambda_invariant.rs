@@ -18,7 +18,8 @@ use lambdaflow_common::state::{State, ViewState};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_serving::lambda::load_batch_view;
-use lambdaflow_speed::lambda::{BatchView, Shared, Speed};
+use lambdaflow_common::batch_view::BatchView;
+use lambdaflow_speed::lambda::{Shared, Speed};
 use lambdaflow_tests::every_query;
 use proptest::prelude::*;
 

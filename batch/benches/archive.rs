@@ -31,7 +31,7 @@ fn main() {
         bytes / n
     );
     let cluster = peer::topic_of(&samples);
-    let brokers = cluster.bootstrap_servers();
+    let brokers = cluster.bootstrap_servers().to_owned();
     let now = now_micros();
 
     let consumer_rate = peer::plain_consumer_rate(&brokers, n);

@@ -1,8 +1,9 @@
 //! The archiver: Kafka → raw and quarantine Delta tables, exactly once.
 //!
-//! A consumer thread polls every partition of the topic (assigned by hand, starting after
-//! the offsets the tables hold) and validates messages straight into Arrow builders. Every
-//! `commit_interval` or `commit_max_events` it hands the chunk to the writer, which drops what
+//! A consumer thread ([`lambdaflow_kafka::consumer::ChunkReader`]) polls every partition of
+//! the topic (assigned by hand, starting after the offsets the tables hold) and validates
+//! messages straight into Arrow builders. Every `commit_interval` or `commit_max_events` it
+//! hands the chunk to the writer, which drops what
 //! the tables already hold (after a restart), drops duplicates against the raw table's ids,
 //! and appends to each table with the chunk's offsets in the same commit.
 
@@ -15,21 +16,17 @@ use arrow::array::AsArray;
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::Date32Type;
 use arrow::record_batch::RecordBatch;
+use deltalake::DeltaTable;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::dedup::SeenIds;
 use lambdaflow_common::schema::{self, EVENT_DATE, INGEST_DATE, KAFKA_OFFSET, KAFKA_PARTITION};
-use lambdaflow_common::timestamp::now_micros;
-use lambdaflow_common::validate::{Coordinates, Validated, Validator};
+use lambdaflow_common::validate::Validator;
 use lambdaflow_common::watermark::at_or_beyond;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::OffsetTable;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lake::{self, Lake};
 use crate::metrics;
 
@@ -46,12 +43,6 @@ pub struct ArchiveStats {
     pub quarantined: AtomicU64,
     /// Delta commits made.
     pub commits: AtomicU64,
-}
-
-/// One chunk of validated messages and the last offset read per partition.
-struct Chunk {
-    validated: Validated,
-    upto: BTreeMap<i32, i64>,
 }
 
 /// Archives one topic into one lake. Build with [`Archiver::new`], then [`Archiver::run`].
@@ -80,111 +71,128 @@ impl Archiver {
     /// Archives until `shutdown` is cancelled, then commits what it has read and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let config = &*self.config;
-        let topic = config.kafka.topic.clone();
-        let lake = Lake::new(&config.lake)?;
-        let raw_schema = schema::raw_schema(&config.source);
-        let raw = lake::open_or_create(&lake.raw(&config.source.name), &raw_schema, &[EVENT_DATE])
-            .await?;
-        let quarantine_schema = schema::quarantine_schema();
-        let quarantine = lake::open_or_create(
-            &lake.quarantine(&config.source.name),
-            &quarantine_schema,
-            &[INGEST_DATE],
-        )
-        .await?;
-
-        let consumer = consumer(&self.brokers, &config.kafka.group_id)?;
-        let Some(partitions) = wait_for_partitions(&consumer, &topic, &shutdown).await? else {
+        let topic = &config.kafka.topic;
+        let (raw, quarantine) = open_tables(config).await?;
+        let consumer = Consumer::archiver(&self.brokers, &config.kafka.group_id, topic)?;
+        let Some(partitions) = consumer.wait_for_partitions(&shutdown).await else {
             return Ok(());
         };
-        let min_files = config.archive.compact_min_files;
-        let mut raw = OffsetTable::load(raw, (raw_schema, EVENT_DATE), &topic, &partitions)
-            .await?
-            .with_compaction("raw", min_files)?;
-        let mut quarantine = OffsetTable::load(
-            quarantine,
-            (quarantine_schema, INGEST_DATE),
-            &topic,
-            &partitions,
-        )
-        .await?
-        .with_compaction("quarantine", min_files)?;
+        let mut tables = Tables::load(config, raw, quarantine, &partitions).await?;
+        let starts = tables.resume_at(&partitions);
+        consumer.assign(&starts)?;
+        tracing::info!(%topic, partitions = partitions.len(), raw_offsets = ?tables.raw.offsets(), "archiver resuming");
 
-        let mut assignment = TopicPartitionList::new();
-        for &p in &partitions {
-            let held = raw
-                .offset(p)
-                .unwrap_or(-1)
-                .min(quarantine.offset(p).unwrap_or(-1));
-            let start = if held < 0 {
-                Offset::Beginning
-            } else {
-                Offset::Offset(held + 1)
-            };
-            assignment
-                .add_partition_offset(&topic, p, start)
-                .map_err(|source| Error::Kafka {
-                    context: "assigning partitions".into(),
-                    source,
-                })?;
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(|source| Error::Kafka {
-                context: format!("assigning {topic}"),
-                source,
-            })?;
-        tracing::info!(%topic, partitions = partitions.len(), raw_offsets = ?raw.offsets(), "archiver resuming");
-
-        let (tx, mut rx) = mpsc::channel::<Chunk>(2);
+        let policy = ChunkPolicy {
+            max_wait: config.archive.commit_interval,
+            max_messages: config.archive.commit_max_events,
+            poll: Duration::from_millis(50),
+        };
         let validator = Validator::new(&config.source);
-        let limits = (
-            config.archive.commit_interval,
-            config.archive.commit_max_events,
-        );
-        let stats = self.stats.clone();
-        let stop = shutdown.clone();
-        let reader = tokio::task::spawn_blocking(move || {
-            read_chunks(&consumer, &validator, &topic, limits, &stats, &stop, &tx)
-        });
-
-        let mut seen = SeenIds::new(config.archive.dedup_max_dates);
-        let id_field = config.source.id_field.clone();
-        let mut outcome = Ok(());
+        let (reader, mut chunks) =
+            ChunkReader::spawn(Arc::new(consumer), validator, policy, shutdown.clone(), 2);
         let mut read = BTreeMap::new();
         let mut report = Report::new();
-        while let Some(chunk) = rx.recv().await {
+        let mut outcome = Ok(());
+        while let Some(chunk) = chunks.recv().await {
+            let stats = &self.stats;
+            stats
+                .consumed
+                .fetch_add(chunk.messages as u64, Ordering::Relaxed);
             read.extend(&chunk.upto);
-            report.maybe_log(&self.stats, &read);
-            if let Err(error) = self
-                .write(chunk, &mut raw, &mut quarantine, &mut seen, &id_field)
-                .await
-            {
+            report.maybe_log(stats, &read);
+            if let Err(error) = tables.write(chunk, stats).await {
                 outcome = Err(error);
                 shutdown.cancel();
                 break;
             }
         }
         if outcome.is_ok() {
-            outcome = seal(&mut raw, &mut quarantine, &read).await;
+            outcome = tables.seal(&read).await;
         }
-        drop(rx);
-        reader.await.map_err(|e| Error::Task {
-            task: "kafka reader",
-            message: e.to_string(),
-        })?;
+        drop(chunks);
+        reader.join().await?;
         outcome
     }
+}
 
-    async fn write(
-        &self,
-        chunk: Chunk,
-        raw: &mut OffsetTable,
-        quarantine: &mut OffsetTable,
-        seen: &mut SeenIds,
-        id_field: &str,
-    ) -> Result<()> {
-        let Chunk { validated, upto } = chunk;
+/// Opens (or creates) the raw and quarantine tables of `config`'s source.
+async fn open_tables(config: &Config) -> Result<(DeltaTable, DeltaTable)> {
+    let lake = Lake::new(&config.lake)?;
+    let source = &config.source;
+    let raw_schema = schema::raw_schema(source);
+    let raw = lake::open_or_create(&lake.raw(&source.name), &raw_schema, &[EVENT_DATE]).await?;
+    let quarantine = lake::open_or_create(
+        &lake.quarantine(&source.name),
+        &schema::quarantine_schema(),
+        &[INGEST_DATE],
+    )
+    .await?;
+    Ok((raw, quarantine))
+}
+
+/// The two tables the archiver appends to, and the ids deduplication has seen.
+struct Tables {
+    raw: OffsetTable,
+    quarantine: OffsetTable,
+    seen: SeenIds,
+    id_field: String,
+}
+
+impl Tables {
+    async fn load(
+        config: &Config,
+        raw: DeltaTable,
+        quarantine: DeltaTable,
+        partitions: &[i32],
+    ) -> Result<Self> {
+        let topic = &config.kafka.topic;
+        let min_files = config.archive.compact_min_files;
+        let raw_schema = schema::raw_schema(&config.source);
+        let raw = OffsetTable::load(raw, (raw_schema, EVENT_DATE), topic, partitions)
+            .await?
+            .with_compaction("raw", min_files)?;
+        let quarantine_schema = schema::quarantine_schema();
+        let quarantine = OffsetTable::load(
+            quarantine,
+            (quarantine_schema, INGEST_DATE),
+            topic,
+            partitions,
+        )
+        .await?
+        .with_compaction("quarantine", min_files)?;
+        Ok(Self {
+            raw,
+            quarantine,
+            seen: SeenIds::new(config.archive.dedup_max_dates),
+            id_field: config.source.id_field.clone(),
+        })
+    }
+
+    /// The first offset to read per partition: after the last offset both tables hold.
+    fn resume_at(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+        partitions
+            .iter()
+            .map(|&p| {
+                let held = self
+                    .raw
+                    .offset(p)
+                    .unwrap_or(-1)
+                    .min(self.quarantine.offset(p).unwrap_or(-1));
+                (p, held + 1)
+            })
+            .collect()
+    }
+
+    async fn write(&mut self, chunk: Chunk, stats: &ArchiveStats) -> Result<()> {
+        let Chunk {
+            validated, upto, ..
+        } = chunk;
+        let Self {
+            raw,
+            quarantine,
+            seen,
+            id_field,
+        } = self;
         let events = not_yet_held(&validated.events, KAFKA_PARTITION, KAFKA_OFFSET, raw);
         let valid = events.num_rows();
         let events = deduplicate(events, seen, raw, id_field).await?;
@@ -216,12 +224,12 @@ impl Archiver {
             .with_label_values(&["quarantined"])
             .inc_by(rejected);
 
-        let s = &self.stats;
-        s.archived.fetch_add(kept, Ordering::Relaxed);
-        s.duplicates
+        stats.archived.fetch_add(kept, Ordering::Relaxed);
+        stats
+            .duplicates
             .fetch_add(valid as u64 - kept, Ordering::Relaxed);
-        s.quarantined.fetch_add(rejected, Ordering::Relaxed);
-        s.commits.fetch_add(
+        stats.quarantined.fetch_add(rejected, Ordering::Relaxed);
+        stats.commits.fetch_add(
             u64::from(kept > 0) + u64::from(rejected > 0),
             Ordering::Relaxed,
         );
@@ -233,6 +241,13 @@ impl Archiver {
             "chunk archived"
         );
         Ok(())
+    }
+
+    /// On a clean stop, records every offset read in both tables, so that the next start
+    /// re-reads nothing.
+    async fn seal(&mut self, read: &BTreeMap<i32, i64>) -> Result<()> {
+        self.raw.seal(read).await?;
+        self.quarantine.seal(read).await
     }
 }
 
@@ -271,119 +286,6 @@ impl Report {
             since: Instant::now(),
             consumed,
         };
-    }
-}
-
-/// On a clean stop, records every offset read in both tables, so that the next start re-reads
-/// nothing.
-async fn seal(
-    raw: &mut OffsetTable,
-    quarantine: &mut OffsetTable,
-    read: &BTreeMap<i32, i64>,
-) -> Result<()> {
-    raw.seal(read).await?;
-    quarantine.seal(read).await
-}
-
-fn consumer(brokers: &str, group_id: &str) -> Result<BaseConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{group_id}-archiver"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "200000")
-        .create()
-        .map_err(|source| Error::Kafka {
-            context: format!("connecting to {brokers}"),
-            source,
-        })
-}
-
-/// The topic's partition ids, waiting for the topic to exist. `None` if shut down first.
-async fn wait_for_partitions(
-    consumer: &BaseConsumer,
-    topic: &str,
-    shutdown: &CancellationToken,
-) -> Result<Option<Vec<i32>>> {
-    let mut logged = false;
-    loop {
-        let found = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-            })
-            .filter(|p| !p.is_empty());
-        if let Some(mut partitions) = found {
-            partitions.sort_unstable();
-            return Ok(Some(partitions));
-        }
-        if !logged {
-            tracing::info!(%topic, "waiting for the topic to exist");
-            logged = true;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-}
-
-/// The consumer loop: poll, validate into the current chunk, hand full or old chunks over.
-fn read_chunks(
-    consumer: &BaseConsumer,
-    validator: &Validator,
-    topic: &str,
-    (interval, max_events): (Duration, usize),
-    stats: &ArchiveStats,
-    shutdown: &CancellationToken,
-    tx: &mpsc::Sender<Chunk>,
-) {
-    loop {
-        let mut builder = validator.batch_builder(topic, now_micros());
-        let mut upto = BTreeMap::new();
-        let started = Instant::now();
-        let stopping = loop {
-            if shutdown.is_cancelled() {
-                break true;
-            }
-            if builder.len() >= max_events || (!builder.is_empty() && started.elapsed() >= interval)
-            {
-                break false;
-            }
-            match consumer.poll(Duration::from_millis(50)) {
-                Some(Ok(message)) => {
-                    let at = Coordinates {
-                        partition: message.partition(),
-                        offset: message.offset(),
-                    };
-                    let _ = builder.push(message.payload(), at);
-                    upto.insert(at.partition, at.offset);
-                    stats.consumed.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
-                None => {}
-            }
-        };
-        if !builder.is_empty()
-            && tx
-                .blocking_send(Chunk {
-                    validated: builder.finish(),
-                    upto,
-                })
-                .is_err()
-        {
-            return;
-        }
-        if stopping {
-            return;
-        }
     }
 }
 

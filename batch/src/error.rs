@@ -22,14 +22,8 @@ pub enum Error {
         source: datafusion::error::DataFusionError,
     },
     /// Kafka could not be reached or refused a request.
-    #[error("kafka ({context}): {source}")]
-    Kafka {
-        /// What was being done.
-        context: String,
-        /// What librdkafka said.
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] lambdaflow_kafka::Error),
     /// The lake URI is not usable.
     #[error("lake uri `{uri}`: {message}")]
     LakeUri {

@@ -12,9 +12,8 @@ use lambdaflow_batch::lake::Lake;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::{Kind, Mix, ShopGenerator};
 use lambdaflow_common::timestamp::now_micros;
-use rdkafka::ClientConfig;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use lambdaflow_kafka::embedded::EmbeddedBroker;
+use lambdaflow_kafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 
 /// Produces `n` generated messages; returns (new unique valid, invalid) counts.
@@ -24,10 +23,8 @@ fn produce(
     n: usize,
     ids: &mut HashSet<String>,
 ) -> (u64, u64) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
+    let producer = Producer::bulk(brokers).unwrap();
+    let mut pending = Vec::new();
     let (mut valid, mut invalid) = (0, 0);
     for _ in 0..n {
         let s = generator.next_event(now_micros());
@@ -36,11 +33,14 @@ fn produce(
             Kind::Valid | Kind::Late if ids.insert(s.key.clone()) => valid += 1,
             _ => {}
         }
-        producer
-            .send(BaseRecord::to("events").key(&s.key).payload(&s.payload))
-            .unwrap();
+        pending.push(
+            producer
+                .queue("events", s.key.as_bytes(), &s.payload)
+                .unwrap(),
+        );
     }
     producer.flush(Duration::from_secs(10)).unwrap();
+    drop(pending);
     (valid, invalid)
 }
 
@@ -83,19 +83,11 @@ async fn count(url: &url::Url) -> u64 {
 
 /// An in-process broker with topic `events` of `partitions` partitions, and the demo config
 /// archiving it into a lake in a temporary directory in chunks of 100 ms or `max_events`.
-fn setup(
-    partitions: i32,
-    max_events: usize,
-) -> (
-    MockCluster<'static, DefaultProducerContext>,
-    tempfile::TempDir,
-    Config,
-) {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("events", partitions, 1).unwrap();
+fn setup(partitions: i32, max_events: usize) -> (EmbeddedBroker, tempfile::TempDir, Config) {
+    let cluster = EmbeddedBroker::start("events", partitions).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::demo();
-    config.kafka.brokers = cluster.bootstrap_servers();
+    config.kafka.brokers = cluster.bootstrap_servers().to_owned();
     config.lake.uri = dir.path().join("lake").display().to_string();
     config.archive.commit_interval = Duration::from_millis(100);
     config.archive.commit_max_events = max_events;
@@ -105,7 +97,7 @@ fn setup(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archives_exactly_and_resumes_from_the_table_offsets() {
     let (cluster, _dir, config) = setup(3, 250);
-    let brokers = cluster.bootstrap_servers();
+    let brokers = cluster.bootstrap_servers().to_owned();
     let config = Arc::new(config);
     let lake = Lake::new(&config.lake).unwrap();
     let (raw, quarantine) = (lake.raw("events"), lake.quarantine("events"));
@@ -174,7 +166,7 @@ async fn optimize_versions(url: &url::Url) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacts_small_files_without_changing_rows_offsets_or_changed_dates() {
     let (cluster, _dir, mut config) = setup(2, 60);
-    let brokers = cluster.bootstrap_servers();
+    let brokers = cluster.bootstrap_servers().to_owned();
     config.archive.compact_min_files = 4;
     let config = Arc::new(config);
     let raw = Lake::new(&config.lake).unwrap().raw("events");

@@ -15,17 +15,16 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use lambdaflow_batch::schedule::Batches;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
+use lambdaflow_kafka::producer::Producer;
 use lambdaflow_serving::http::{AppState, app};
-use lambdaflow_serving::kafka;
 use lambdaflow_speed::consume::{RawIds, RawIdsError, SpeedLayer};
-use lambdaflow_common::batch_view::BatchView;
-use lambdaflow_speed::lambda::{Shared, Speed};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use lambdaflow_speed::engine::Speed;
+use lambdaflow_speed::served::Served;
 use tokio_util::sync::CancellationToken;
 
 #[path = "../../batch/benches/peer/mod.rs"]
@@ -53,7 +52,7 @@ fn main() {
     let n = peer::event_count(200_000);
     let samples = peer::samples(n);
     let cluster = peer::topic_of(&samples);
-    let brokers = cluster.bootstrap_servers();
+    let brokers = cluster.bootstrap_servers().to_owned();
     println!("{n} events, {PARTITIONS} partitions");
 
     let plain = peer::plain_consumer_rate(&brokers, n);
@@ -138,15 +137,16 @@ fn fold_only(config: &Arc<Config>, samples: &[lambdaflow_common::sample::Sample]
     (validate, n as f64 / started.elapsed().as_secs_f64())
 }
 
-fn empty_speed(config: &Arc<Config>) -> (Shared, Speed) {
-    let shared = Shared::default();
-    let speed = Speed::before_any_batch(config.clone(), shared.clone()).expect("speed");
-    (shared, speed)
+fn empty_speed(config: &Arc<Config>) -> (Served, Speed) {
+    let served = Served::new();
+    let speed = Speed::before_any_batch(config.clone(), served.clone()).expect("speed");
+    (served, speed)
 }
 
-fn consumed(shared: &Shared) -> i64 {
-    let lambda = shared.read().expect("not poisoned");
-    lambda.consumed.values().map(|o| o + 1).sum()
+/// Messages folded into the state queries read.
+fn consumed(served: &Served) -> i64 {
+    let snapshot = served.snapshot().expect("loaded");
+    snapshot.folded().values().map(|o| o + 1).sum()
 }
 
 /// Start-up (metadata, assignment) to the last message folded, as the plain consumer.
@@ -176,12 +176,8 @@ async fn produce_to_visible(config: &Arc<Config>, brokers: &str) -> Vec<Duration
     let layer = SpeedLayer::new(config.clone(), brokers, speed, Arc::new(NoRawIds), rx);
     let token = CancellationToken::new();
     let run = tokio::spawn(layer.run(token.clone()));
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .create()
-        .expect("producer");
-    while !shared.read().expect("not poisoned").caught_up() || consumed(&shared) == 0 {
+    let producer = Producer::one_message_per_batch(brokers).expect("producer");
+    while !shared.progress().caught_up() || consumed(&shared) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut generator = ShopGenerator::new(7, 1_000, Mix::default());
@@ -190,18 +186,14 @@ async fn produce_to_visible(config: &Arc<Config>, brokers: &str) -> Vec<Duration
         let s = generator.next_event(now_micros());
         let sent = Instant::now();
         let delivery = producer
-            .send(
-                FutureRecord::to(TOPIC).key(&s.key).payload(&s.payload),
-                Duration::from_secs(5),
-            )
+            .send(TOPIC, s.key.as_bytes(), &s.payload)
             .await
-            .map_err(|(e, _)| e)
             .expect("delivered");
         loop {
             let visible = shared
-                .read()
-                .expect("not poisoned")
-                .consumed
+                .snapshot()
+                .expect("loaded")
+                .folded()
                 .get(&delivery.partition)
                 .is_some_and(|o| *o >= delivery.offset);
             if visible {
@@ -306,12 +298,14 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
             .expect("fold");
     }
     let groups = batch_state.len();
-    let (shared, _speed) = empty_speed(config);
-    shared.write().expect("not poisoned").views[0].batch = Arc::new(BatchView {
+    let (shared, mut speed) = empty_speed(config);
+    let mut swap = vec![None; config.views.len()];
+    swap[0] = Some(Arc::new(BatchView {
         version: Some(1),
         watermark: Some(Default::default()),
         state: batch_state,
-    });
+    }));
+    speed.swap(swap).expect("swap");
     let lake = tempfile::tempdir().expect("temp dir");
     let mut config = (**config).clone();
     config.lake.uri = lake.path().display().to_string();
@@ -319,12 +313,13 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
     let batches = Batches::new(config.clone(), CancellationToken::new()).expect("batches");
     let state = AppState::new(
         config,
-        kafka::producer(brokers).expect("producer"),
+        Producer::new(brokers).expect("producer"),
         batches,
         shared,
     );
     let answer_only = {
-        let lambda = state.lambda.read().expect("not poisoned");
+        let snapshot = state.served.snapshot().expect("loaded");
+        let pair = snapshot.pair(0);
         let query = lambdaflow_common::query::Query {
             from: Some(start),
             to: Some(end),
@@ -342,7 +337,7 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
             std::hint::black_box(lambdaflow_common::query::answer(
                 &state.config.source,
                 view,
-                &[&lambda.views[0].batch.state, &lambda.views[0].speed],
+                &[&pair.batch().state, pair.speed()],
                 &query,
             ));
         }

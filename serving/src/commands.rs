@@ -12,14 +12,16 @@ use lambdaflow_batch::history::{RunRecord, Trigger};
 use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::Mix;
-use lambdaflow_speed::lambda::Shared;
+use lambdaflow_kafka::embedded::EmbeddedBroker;
+use lambdaflow_kafka::producer::Producer;
+use lambdaflow_kafka::topic::ensure_topic;
+use lambdaflow_speed::served::Served;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::generate::{self, GenOptions};
 use crate::http::{self, AppState};
-use crate::kafka::{self, EmbeddedBroker};
 use crate::lambda;
 
 /// Reads a config file and applies the `LAMBDAFLOW_*` environment.
@@ -76,7 +78,12 @@ pub async fn connect(config: &Config) -> Result<(String, Option<EmbeddedBroker>)
         tracing::info!(%brokers, topic = %config.kafka.topic, "embedded Kafka-protocol broker started");
         return Ok((brokers, Some(broker)));
     }
-    kafka::ensure_topic(&config.kafka, &config.kafka.brokers).await?;
+    ensure_topic(
+        &config.kafka.brokers,
+        &config.kafka.topic,
+        config.kafka.partitions,
+    )
+    .await?;
     Ok((config.kafka.brokers.clone(), None))
 }
 
@@ -179,13 +186,13 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
     let (brokers, _broker) = connect(&config).await?;
     let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
-    let lambda = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
+    let served = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
     spawn_http(
         &mut tasks,
         config,
         &brokers,
         batches.clone(),
-        lambda,
+        served,
         shutdown,
     )
     .await?;
@@ -241,24 +248,24 @@ pub async fn run(
         let batches = batches.clone();
         async move { Ok(batches.schedule().await?) }
     });
-    let lambda = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
+    let served = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
     let addr = spawn_http(
         &mut tasks,
         config.clone(),
         &brokers,
         batches.clone(),
-        lambda,
+        served,
         shutdown.clone(),
     )
     .await?;
     if let Some(options) = generator {
-        let producer = kafka::producer(&brokers)?;
+        let producer = Producer::new(&brokers)?;
         let topic = config.kafka.topic.clone();
         let shutdown = shutdown.clone();
         tasks.spawn("generator", async move {
-            generate::produce(&producer, &topic, options, &shutdown)
+            Ok(generate::produce(&producer, &topic, options, &shutdown)
                 .await
-                .map(drop)
+                .map(drop)?)
         });
     }
     println!(
@@ -276,11 +283,11 @@ async fn spawn_speed(
     config: &Arc<Config>,
     brokers: &str,
     shutdown: &CancellationToken,
-) -> Result<Shared> {
-    let (shared, task) =
+) -> Result<Served> {
+    let (served, task) =
         lambda::start(config.clone(), brokers.to_owned(), shutdown.clone()).await?;
     tasks.spawn("speed layer", task);
-    Ok(shared)
+    Ok(served)
 }
 
 async fn spawn_http(
@@ -288,14 +295,14 @@ async fn spawn_http(
     config: Arc<Config>,
     brokers: &str,
     batches: Arc<Batches>,
-    lambda: Shared,
+    served: Served,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
     let listener = TcpListener::bind(&config.serving.listen)
         .await
         .with_context(|| format!("listening on {}", config.serving.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(config, kafka::producer(brokers)?, batches, lambda);
+    let state = AppState::new(config, Producer::new(brokers)?, batches, served);
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
     tasks.spawn("http", async move {
@@ -369,7 +376,8 @@ pub async fn gen_events(
              point LAMBDAFLOW_KAFKA__BROKERS at the address they print"
         );
     }
-    kafka::ensure_topic(&config.kafka, &config.kafka.brokers).await?;
-    let producer = kafka::producer(&config.kafka.brokers)?;
-    generate::produce(&producer, &config.kafka.topic, options, &shutdown).await
+    let kafka = &config.kafka;
+    ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions).await?;
+    let producer = Producer::new(&kafka.brokers)?;
+    Ok(generate::produce(&producer, &kafka.topic, options, &shutdown).await?)
 }

@@ -2,13 +2,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use futures::future::join_all;
+use futures::future::try_join_all;
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::timestamp::now_micros;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use lambdaflow_kafka::producer::{Pending, Producer};
+use lambdaflow_kafka::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
 /// What to produce.
@@ -27,7 +25,7 @@ pub struct GenOptions {
 /// Produces until `count` messages were acknowledged or `shutdown` is cancelled; returns how
 /// many were acknowledged.
 pub async fn produce(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     options: GenOptions,
     shutdown: &CancellationToken,
@@ -49,18 +47,14 @@ pub async fn produce(
             }
         }
         let sample = generator.next_event(now_micros());
-        let mut record = FutureRecord::to(topic)
-            .key(&sample.key)
-            .payload(&sample.payload);
         loop {
-            match producer.send_result(record) {
+            match producer.queue(topic, sample.key.as_bytes(), &sample.payload) {
                 Ok(delivery) => break pending.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
+                Err(Error::QueueFull) => {
                     acked += settle(&mut pending).await?;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((e, _)) => return Err(e).context("producing an event"),
+                Err(e) => return Err(e),
             }
         }
         sent += 1;
@@ -69,20 +63,12 @@ pub async fn produce(
         }
     }
     acked += settle(&mut pending).await?;
-    producer
-        .flush(Timeout::After(Duration::from_secs(30)))
-        .context("flushing the producer")?;
+    producer.flush(Duration::from_secs(30))?;
     Ok(acked)
 }
 
-async fn settle(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> Result<u64> {
-    let mut acked = 0;
-    for outcome in join_all(pending.drain(..)).await {
-        match outcome {
-            Ok(Ok(_)) => acked += 1,
-            Ok(Err((e, _))) => return Err(e).context("the broker refused an event"),
-            Err(_) => anyhow::bail!("the producer was dropped before delivery"),
-        }
-    }
-    Ok(acked)
+/// Waits for every pending delivery; the first refusal is the error.
+async fn settle(pending: &mut Vec<Pending>) -> Result<u64> {
+    let delivered = try_join_all(pending.drain(..)).await?;
+    Ok(delivered.len() as u64)
 }

@@ -10,11 +10,12 @@ use deltalake::{DeltaTable, DeltaTableBuilder};
 use futures::future::BoxFuture;
 use lambdaflow_batch::lake::{Lake, stored_ids};
 use lambdaflow_batch::watermark::view_commit;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::{Config, ViewDef};
 use lambdaflow_common::state::ViewState;
 use lambdaflow_speed::consume::{RawIds, RawIdsError, SpeedLayer, Swap};
-use lambdaflow_common::batch_view::BatchView;
-use lambdaflow_speed::lambda::{Shared, Speed};
+use lambdaflow_speed::engine::Speed;
+use lambdaflow_speed::served::Served;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -87,7 +88,7 @@ pub async fn start(
     brokers: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(
-    Shared,
+    Served,
     impl Future<Output = anyhow::Result<()>> + Send + 'static,
 )> {
     let lake = Lake::new(&config.lake)?;
@@ -101,8 +102,8 @@ pub async fn start(
         }));
         tables.push(table);
     }
-    let shared = Shared::default();
-    let speed = Speed::new(config.clone(), shared.clone(), batches)?;
+    let served = Served::new();
+    let speed = Speed::new(config.clone(), served.clone(), batches)?;
     let (swaps_tx, swaps_rx) = mpsc::channel(4);
     let raw_ids = Arc::new(LakeRawIds {
         url: lake.raw(&config.source.name),
@@ -115,7 +116,7 @@ pub async fn start(
         speed?;
         watched
     };
-    Ok((shared, task))
+    Ok((served, task))
 }
 
 /// Checks every view table for a new version (reading only the log entries added since the

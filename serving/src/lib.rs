@@ -8,7 +8,6 @@
 //!   that hands new versions to the speed layer.
 //! - [`sql`]: read-only SQL over the merged views and the lake tables, within limits.
 //! - [`metrics`]: the Prometheus exposition: counters, request latency, scrape-time gauges.
-//! - [`kafka`]: producer settings, topic creation, and [`kafka::EmbeddedBroker`].
 //! - [`generate`]: producing synthetic shop events at a rate.
 //! - [`shutdown`]: SIGINT/SIGTERM into one cancellation token.
 //!
@@ -19,7 +18,6 @@ pub mod cli;
 pub mod commands;
 pub mod generate;
 pub mod http;
-pub mod kafka;
 pub mod lambda;
 pub mod metrics;
 pub mod shutdown;

@@ -31,7 +31,7 @@ use lambdaflow_batch::lake::Lake;
 use lambdaflow_common::config::{Config, ServingConfig};
 use lambdaflow_common::table::merged_batch;
 use lambdaflow_common::view::ViewLayout;
-use lambdaflow_speed::lambda::Shared;
+use lambdaflow_speed::served::Served;
 
 /// Why a statement got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -81,16 +81,16 @@ pub struct Answer {
 pub async fn query(
     config: &Config,
     lake: &Lake,
-    lambda: &Shared,
+    served: &Served,
     sql: &str,
 ) -> Result<Answer, SqlError> {
     let limits = &config.serving;
-    tokio::time::timeout(limits.sql_timeout, run(config, lake, lambda, sql))
+    tokio::time::timeout(limits.sql_timeout, run(config, lake, served, sql))
         .await
         .unwrap_or(Err(SqlError::Timeout(limits.sql_timeout)))
 }
 
-async fn run(config: &Config, lake: &Lake, lambda: &Shared, sql: &str) -> Result<Answer, SqlError> {
+async fn run(config: &Config, lake: &Lake, served: &Served, sql: &str) -> Result<Answer, SqlError> {
     let limits = &config.serving;
     let ctx = session(limits)?;
     let state = ctx.state();
@@ -120,7 +120,7 @@ async fn run(config: &Config, lake: &Lake, lambda: &Shared, sql: &str) -> Result
         references.iter().map(|r| r.table().to_owned()).collect()
     };
     for name in &names {
-        register(config, lake, lambda, &ctx, name).await?;
+        register(config, lake, served, &ctx, name).await?;
     }
     let plan = ctx
         .state()
@@ -208,7 +208,7 @@ fn first_words(statement: &str) -> String {
 async fn register(
     config: &Config,
     lake: &Lake,
-    lambda: &Shared,
+    served: &Served,
     ctx: &SessionContext,
     name: &str,
 ) -> Result<(), SqlError> {
@@ -218,15 +218,15 @@ async fn register(
         let view = &config.views[i];
         let layout = ViewLayout::new(&config.source, view).map_err(|e| internal(&e))?;
         let batch = {
-            let lambda = lambda.read().expect("not poisoned");
-            let Some(pair) = lambda.views.get(i) else {
+            let Some(snapshot) = served.snapshot() else {
                 return Err(SqlError::Starting);
             };
+            let pair = snapshot.pair(i);
             merged_batch(
                 &config.source,
                 view,
                 &layout,
-                &[&pair.batch.state, &pair.speed],
+                &[&pair.batch().state, pair.speed()],
             )
             .map_err(|e| internal(&e))?
         };

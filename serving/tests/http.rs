@@ -9,13 +9,14 @@ use axum::http::{Request, StatusCode};
 use lambdaflow_batch::history::History;
 use lambdaflow_batch::lake::Lake;
 use lambdaflow_batch::schedule::Batches;
-use lambdaflow_common::config::Config;
-use lambdaflow_serving::http::{AppState, app};
-use lambdaflow_serving::kafka::{self, EmbeddedBroker};
 use lambdaflow_common::batch_view::BatchView;
-use lambdaflow_speed::lambda::{Shared, Speed};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use lambdaflow_common::config::Config;
+use lambdaflow_common::state::ViewState;
+use lambdaflow_kafka::consumer::Consumer;
+use lambdaflow_kafka::embedded::EmbeddedBroker;
+use lambdaflow_kafka::producer::Producer;
+use lambdaflow_serving::http::{AppState, app};
+use lambdaflow_speed::served::{Progress, Served, ViewPair};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -27,15 +28,25 @@ fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> 
     config.lake.uri = lake.path().display().to_string();
     let config = Arc::new(config);
     let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
-    let lambda = Shared::default();
-    Speed::before_any_batch(config.clone(), lambda.clone()).unwrap();
-    lambda.write().unwrap().start_head = Some(Default::default());
+    let empty = config
+        .views
+        .iter()
+        .map(|_| ViewPair::new(Arc::default(), ViewState::new()))
+        .collect();
     AppState::new(
         config,
-        kafka::producer(broker.bootstrap_servers()).unwrap(),
+        Producer::new(broker.bootstrap_servers()).unwrap(),
         batches,
-        lambda,
+        Served::from_parts(empty, Default::default(), caught_up()),
     )
+}
+
+/// Progress of a speed layer that has consumed everything there was when it started.
+fn caught_up() -> Progress {
+    Progress {
+        start_head: Some(Default::default()),
+        ..Progress::default()
+    }
 }
 
 async fn call(state: &AppState, request: Request<Body>) -> (StatusCode, Value) {
@@ -60,20 +71,11 @@ fn good(id: &str) -> Value {
 
 /// Keys of every message on the topic, in partition order.
 fn produced_keys(broker: &EmbeddedBroker) -> Vec<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap_servers())
-        .set("group.id", "http-test")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition_offset("events", p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = Consumer::reader(broker.bootstrap_servers(), "http-test", "events").unwrap();
+    consumer.assign(&(0..4).map(|p| (p, 0)).collect()).unwrap();
     let mut keys = Vec::new();
-    while let Some(Ok(m)) = consumer.poll(Duration::from_secs(2)) {
-        keys.push(String::from_utf8(m.key().unwrap().to_vec()).unwrap());
+    while let Some(Ok(m)) = consumer.poll_record(Duration::from_secs(2)) {
+        keys.push(String::from_utf8(m.key.unwrap()).unwrap());
     }
     keys.sort();
     keys
@@ -396,12 +398,20 @@ fn fixed_messages() -> Vec<Vec<u8>> {
 /// A state whose views hold `fixed_messages`, the first 25 valid events on the batch side and
 /// the rest on the speed side, and whose lake holds them in the raw and quarantine tables.
 async fn state_with_data(broker: &EmbeddedBroker, lake: &tempfile::TempDir) -> AppState {
+    state_with_data_at(broker, lake, caught_up()).await
+}
+
+/// [`state_with_data`] with the speed layer's Kafka `progress`.
+async fn state_with_data_at(
+    broker: &EmbeddedBroker,
+    lake: &tempfile::TempDir,
+    progress: Progress,
+) -> AppState {
     use lambdaflow_batch::commit::OffsetTable;
     use lambdaflow_batch::lake::open_or_create;
     use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
-    use lambdaflow_common::state::ViewState;
     use lambdaflow_common::validate::{Coordinates, Validator};
-    use lambdaflow_speed::lambda::ViewPair;
+    use lambdaflow_speed::engine::Speed;
 
     let state = state(broker, 1 << 20, lake);
     let config = state.config.clone();
@@ -444,37 +454,39 @@ async fn state_with_data(broker: &EmbeddedBroker, lake: &tempfile::TempDir) -> A
 
     // Each side folded as the speed layer folds: view filters applied, duplicates dropped.
     let fold = |events: arrow::array::RecordBatch| {
-        let shared = Shared::default();
-        let mut speed = Speed::before_any_batch(config.clone(), shared.clone()).unwrap();
+        let served = Served::new();
+        let mut speed = Speed::before_any_batch(config.clone(), served.clone()).unwrap();
         for date in speed.dates_to_load(&events) {
             speed.load_ids(date, []);
         }
         speed.fold(events, &Default::default()).unwrap();
-        let lambda = shared.read().unwrap();
-        lambda
-            .views
+        let snapshot = served.snapshot().unwrap();
+        snapshot
+            .pairs()
             .iter()
-            .map(|v| v.speed.clone())
+            .map(|pair| pair.speed().clone())
             .collect::<Vec<ViewState>>()
     };
     let events = &validated.events;
     let batch = fold(events.slice(0, 25));
     let speed = fold(events.slice(25, events.num_rows() - 25));
-    let mut lambda = state.lambda.write().unwrap();
-    lambda.views = batch
+    let pairs = batch
         .into_iter()
         .zip(speed)
-        .map(|(batch, speed)| ViewPair {
-            batch: Arc::new(BatchView {
+        .map(|(batch, speed)| {
+            let batch = BatchView {
                 version: Some(1),
                 watermark: None,
                 state: batch,
-            }),
-            speed,
+            };
+            ViewPair::new(Arc::new(batch), speed)
         })
         .collect();
-    drop(lambda);
-    state
+    let folded = progress.consumed.clone();
+    AppState {
+        served: Served::from_parts(pairs, folded, progress),
+        ..state
+    }
 }
 
 fn sql(text: &str) -> Request<Body> {
@@ -769,12 +781,12 @@ async fn quarantine_lists_the_latest_refusals_with_reasons() {
 async fn metrics_are_prometheus_text_with_scrape_time_gauges() {
     let broker = EmbeddedBroker::start("events", 1).unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let state = state_with_data(&broker, &lake).await;
-    {
-        let mut lambda = state.lambda.write().unwrap();
-        lambda.heads = [(0, 50), (1, 7)].into();
-        lambda.consumed = [(0, 42)].into();
-    }
+    let progress = Progress {
+        heads: [(0, 50), (1, 7)].into(),
+        consumed: [(0, 42)].into(),
+        ..caught_up()
+    };
+    let state = state_with_data_at(&broker, &lake, progress).await;
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
     call(&state, get("/v1/views/sales_by_country/query")).await;
     let response = app(state.clone()).oneshot(get("/metrics")).await.unwrap();
@@ -810,7 +822,7 @@ async fn metrics_are_prometheus_text_with_scrape_time_gauges() {
         .lines()
         .find(|l| l.starts_with("lambdaflow_view_speed_groups{view=\"sales_by_country\"}"))
         .unwrap();
-    let expected = state.lambda.read().unwrap().views[0].speed.len();
+    let expected = state.served.snapshot().unwrap().pair(0).speed().len();
     assert!(groups.ends_with(&format!(" {expected}")), "{groups}");
 }
 

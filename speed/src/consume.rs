@@ -6,28 +6,31 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
 use futures::future::BoxFuture;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::timestamp::{format_date, now_micros};
-use lambdaflow_common::validate::{Coordinates, Validated, Validator};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use lambdaflow_common::timestamp::format_date;
+use lambdaflow_common::validate::Validator;
+use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use arrow::array::AsArray;
-
+use crate::engine::Speed;
 use crate::error::{Error, Result};
-use lambdaflow_common::batch_view::BatchView;
-
-use crate::lambda::Speed;
 use crate::metrics;
+use crate::served::Served;
 
-/// Longest a consumed message waits before it is folded: the floor of produce-to-visible
-/// latency.
-const MICRO_BATCH: Duration = Duration::from_millis(20);
-/// Most messages in one micro-batch.
-const MICRO_BATCH_MAX: usize = 20_000;
+/// Micro-batches: a consumed message waits at most 20 ms before it is folded (the floor of
+/// produce-to-visible latency), and a micro-batch holds at most 20,000 messages.
+const MICRO_BATCH: ChunkPolicy = ChunkPolicy {
+    max_wait: Duration::from_millis(20),
+    max_messages: 20_000,
+    poll: Duration::from_millis(5),
+};
+
+/// How often the partition heads behind the lag metrics are read.
+const HEADS_EVERY: Duration = Duration::from_secs(2);
 
 /// Why the raw ids of a date could not be read: the lake adapter's own error, kept whole.
 pub type RawIdsError = Box<dyn std::error::Error + Send + Sync>;
@@ -58,11 +61,6 @@ impl std::fmt::Debug for SpeedLayer {
     }
 }
 
-struct Micro {
-    validated: Validated,
-    consumed: BTreeMap<i32, i64>,
-}
-
 impl SpeedLayer {
     /// A speed layer reading `brokers`, folding into `speed`, swapping what `swaps` sends.
     pub fn new(
@@ -83,166 +81,65 @@ impl SpeedLayer {
 
     /// Consumes until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let topic = self.config.kafka.topic.clone();
-        let kafka = |context: &str| {
-            let context = context.to_owned();
-            move |source| Error::Kafka { context, source }
+        let topic = &self.config.kafka.topic;
+        let consumer = Consumer::speed(&self.brokers, &self.config.kafka.group_id, topic)?;
+        let Some(partitions) = consumer.wait_for_partitions(&shutdown).await else {
+            return Ok(());
         };
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", format!("{}-speed", self.config.kafka.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "10")
-            // With librdkafka's default (100,000) the consumer stalled for ~0.9 s once its
-            // queue drained mid-topic; a deeper prefetch keeps the fold fed.
-            .set("queued.min.messages", "200000")
-            .create()
-            .map_err(kafka("creating the speed consumer"))?;
-        let partitions = loop {
-            let found = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .ok()
-                .and_then(|m| {
-                    m.topics()
-                        .iter()
-                        .find(|t| t.name() == topic)
-                        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-                })
-                .filter(|p| !p.is_empty());
-            if let Some(mut partitions) = found {
-                partitions.sort_unstable();
-                break partitions;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        };
-        let starts = self.speed.start_offsets(&partitions);
-        let mut assignment = TopicPartitionList::new();
-        for (&p, &start) in &starts {
-            let offset = if start == 0 {
-                Offset::Beginning
-            } else {
-                Offset::Offset(start)
-            };
-            assignment
-                .add_partition_offset(&topic, p, offset)
-                .map_err(kafka("assigning partitions"))?;
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(kafka("assigning partitions"))?;
+        let starts = self.speed.start(&partitions);
+        consumer.assign(&starts)?;
         tracing::info!(%topic, from = ?starts, "speed layer consuming");
-        {
-            // Offsets before the start are covered by every view's batch side: the answers
-            // already count through them.
-            let mut lambda = self.speed.shared().write().expect("not poisoned");
-            for (&p, &start) in &starts {
-                if start > 0 {
-                    let entry = lambda.consumed.entry(p).or_insert(start - 1);
-                    *entry = (*entry).max(start - 1);
-                }
-            }
-        }
-        let consumer = Arc::new(consumer);
-        // The heads decide readiness, not where to start: read them beside the consumption.
-        let heads = {
-            let (consumer, topic, shared) =
-                (consumer.clone(), topic.clone(), self.speed.shared().clone());
-            tokio::task::spawn_blocking(move || {
-                let mut heads = BTreeMap::new();
-                for (&p, &start) in &starts {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                        .map_err(kafka("reading partition bounds"))?;
-                    if start < low {
-                        tracing::warn!(
-                            partition = p,
-                            watermark_next = start,
-                            first_kept = low,
-                            "the broker no longer holds offsets the batch views do not cover: events before {low} in partition {p} are missing until a batch run covers them"
-                        );
-                    }
-                    heads.insert(p, high);
-                }
-                tracing::info!(head = ?heads, "speed layer start heads");
-                let mut lambda = shared.write().expect("not poisoned");
-                lambda.heads = heads.clone();
-                lambda.start_head = Some(heads);
-                Ok(())
-            })
-        };
-        let refresher = {
-            let (consumer, topic, shared, stop) = (
-                consumer.clone(),
-                topic.clone(),
-                self.speed.shared().clone(),
-                shutdown.clone(),
-            );
-            let partitions = partitions.clone();
-            tokio::task::spawn_blocking(move || {
-                refresh_heads(&consumer, &topic, &partitions, &shared, &stop);
-            })
-        };
 
-        let (tx, mut rx) = mpsc::channel::<Micro>(4);
+        let consumer = Arc::new(consumer);
+        let heads = Heads {
+            consumer: consumer.clone(),
+            served: self.speed.served().clone(),
+            shutdown: shutdown.clone(),
+        };
+        let mut heads = Some(tokio::task::spawn_blocking(move || heads.run(&starts)));
         let validator = Validator::new(&self.config.source);
-        let stop = shutdown.clone();
-        let reader_topic = topic.clone();
-        let reader = tokio::task::spawn_blocking(move || {
-            read_micro_batches(&consumer, &validator, &reader_topic, &stop, &tx);
-        });
-        let mut heads = std::pin::pin!(heads);
-        let mut heads_pending = true;
-        let mut outcome = Ok(());
-        loop {
+        let (reader, mut chunks) =
+            ChunkReader::spawn(consumer, validator, MICRO_BATCH, shutdown.clone(), 4);
+
+        let outcome = loop {
             tokio::select! {
-                read = &mut heads, if heads_pending => {
-                    heads_pending = false;
-                    let read = read.map_err(|e| Error::Task { task: "partition heads", message: e.to_string() }).and_then(|r| r);
-                    if let Err(e) = read {
-                        outcome = Err(e);
-                        break;
+                joined = async { heads.as_mut().expect("guarded").await }, if heads.is_some() => {
+                    heads = None;
+                    if let Err(e) = task_outcome(joined) {
+                        break Err(e);
                     }
                 }
-                micro = rx.recv() => {
-                    let Some(micro) = micro else { break };
-                    if let Err(e) = self.fold(micro).await {
-                        outcome = Err(e);
-                        break;
+                chunk = chunks.recv() => {
+                    let Some(chunk) = chunk else { break Ok(()) };
+                    if let Err(e) = self.fold(chunk).await {
+                        break Err(e);
                     }
                 }
                 Some(swap) = self.swaps.recv() => {
                     if let Err(e) = self.speed.swap(swap) {
-                        outcome = Err(e);
-                        break;
+                        break Err(e);
                     }
                 }
             }
-        }
+        };
         shutdown.cancel();
-        drop(rx);
-        reader.await.map_err(|e| Error::Task {
-            task: "speed consumer",
-            message: e.to_string(),
-        })?;
-        refresher.await.map_err(|e| Error::Task {
-            task: "partition heads",
-            message: e.to_string(),
-        })?;
+        drop(chunks);
+        reader.join().await?;
+        if let Some(heads) = heads {
+            task_outcome(heads.await)?;
+        }
         outcome
     }
 
-    async fn fold(&mut self, micro: Micro) -> Result<()> {
-        metrics::VALID.inc_by(micro.validated.events.num_rows() as u64);
-        if let Some(reasons) = micro.validated.rejects.column_by_name("reason") {
+    async fn fold(&mut self, chunk: Chunk) -> Result<()> {
+        metrics::MESSAGES.inc_by(chunk.messages as u64);
+        metrics::VALID.inc_by(chunk.validated.events.num_rows() as u64);
+        if let Some(reasons) = chunk.validated.rejects.column_by_name("reason") {
             for reason in reasons.as_string::<i32>().iter().flatten() {
                 metrics::INVALID.with_label_values(&[reason]).inc();
             }
         }
-        let events = micro.validated.events;
+        let events = chunk.validated.events;
         for date in self.speed.dates_to_load(&events) {
             let version = self.speed.raw_version();
             let ids = self
@@ -255,79 +152,67 @@ impl SpeedLayer {
                 })?;
             self.speed.load_ids(date, ids.iter().map(String::as_str));
         }
-        self.speed.fold(events, &micro.consumed)
+        let folded = self.speed.fold(events, &chunk.upto)?;
+        metrics::DUPLICATES.inc_by(folded.duplicates as u64);
+        Ok(())
     }
 }
 
-/// How often the partition heads behind the lag metrics are read.
-const HEADS_EVERY: Duration = Duration::from_secs(2);
+fn task_outcome(joined: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    joined.map_err(|e| Error::Task {
+        task: "partition heads",
+        message: e.to_string(),
+    })?
+}
 
-/// Reads the head of every partition every [`HEADS_EVERY`] into the shared state, until
-/// `shutdown`; a failed read keeps the last heads.
-fn refresh_heads(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partitions: &[i32],
-    shared: &crate::lambda::Shared,
-    shutdown: &CancellationToken,
-) {
-    let mut last = Instant::now();
-    while !shutdown.is_cancelled() {
-        std::thread::sleep(Duration::from_millis(100));
-        if last.elapsed() < HEADS_EVERY {
-            continue;
-        }
-        last = Instant::now();
+/// Reads the partition heads: once at start (readiness means catching up with them), then
+/// every [`HEADS_EVERY`] for the lag, publishing each into the served progress.
+struct Heads {
+    consumer: Arc<Consumer>,
+    served: Served,
+    shutdown: CancellationToken,
+}
+
+impl Heads {
+    fn run(self, starts: &BTreeMap<i32, i64>) -> Result<()> {
         let mut heads = BTreeMap::new();
-        for &p in partitions {
-            match consumer.fetch_watermarks(topic, p, Duration::from_secs(1)) {
-                Ok((_, high)) => {
-                    heads.insert(p, high);
-                }
-                Err(error) => tracing::debug!(%error, partition = p, "reading a partition head"),
+        for (&p, &start) in starts {
+            let (low, high) = self.consumer.bounds(p, Duration::from_secs(10))?;
+            if start < low {
+                tracing::warn!(
+                    partition = p,
+                    watermark_next = start,
+                    first_kept = low,
+                    "the broker no longer holds offsets the batch views do not cover: events before {low} in partition {p} are missing until a batch run covers them"
+                );
             }
+            heads.insert(p, high);
         }
-        shared.write().expect("not poisoned").heads.extend(heads);
-    }
-}
-
-fn read_micro_batches(
-    consumer: &BaseConsumer,
-    validator: &Validator,
-    topic: &str,
-    shutdown: &CancellationToken,
-    tx: &mpsc::Sender<Micro>,
-) {
-    while !shutdown.is_cancelled() {
-        let mut builder = validator.batch_builder(topic, now_micros());
-        let mut consumed = BTreeMap::new();
-        let started = Instant::now();
-        let mut messages = 0;
-        while started.elapsed() < MICRO_BATCH && messages < MICRO_BATCH_MAX {
-            match consumer.poll(Duration::from_millis(5)) {
-                Some(Ok(message)) => {
-                    let at = Coordinates {
-                        partition: message.partition(),
-                        offset: message.offset(),
-                    };
-                    let _ = builder.push(message.payload(), at);
-                    consumed.insert(at.partition, at.offset);
-                    messages += 1;
-                }
-                Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
-                None => {}
+        tracing::info!(head = ?heads, "speed layer start heads");
+        self.served.publish(|progress| {
+            progress.heads = heads.clone();
+            progress.start_head = Some(heads);
+        });
+        let mut last = Instant::now();
+        while !self.shutdown.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() < HEADS_EVERY {
+                continue;
             }
+            last = Instant::now();
+            let mut heads = BTreeMap::new();
+            for &p in starts.keys() {
+                match self.consumer.bounds(p, Duration::from_secs(1)) {
+                    Ok((_, high)) => {
+                        heads.insert(p, high);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, partition = p, "reading a partition head")
+                    }
+                }
+            }
+            self.served.publish(|progress| progress.heads.extend(heads));
         }
-        if consumed.is_empty() {
-            continue;
-        }
-        metrics::MESSAGES.inc_by(messages as u64);
-        let micro = Micro {
-            validated: builder.finish(),
-            consumed,
-        };
-        if tx.blocking_send(micro).is_err() {
-            return;
-        }
+        Ok(())
     }
 }

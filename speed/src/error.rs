@@ -18,14 +18,8 @@ pub enum Error {
     #[error("folding events: {0}")]
     State(#[from] lambdaflow_common::state::StateError),
     /// Kafka could not be reached or refused a request.
-    #[error("kafka ({context}): {source}")]
-    Kafka {
-        /// What was being done.
-        context: String,
-        /// What librdkafka said.
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] lambdaflow_kafka::Error),
     /// The raw ids of a date could not be read for deduplication.
     #[error("reading raw ids of {date} for deduplication: {source}")]
     RawIds {

@@ -2,20 +2,26 @@
 //! (batch, speed) pairs queries read.
 //!
 //! # Layout
-//! - [`lambda`]: the sans-IO core — per view the loaded batch version and the speed state of
-//!   the offsets beyond its watermark, first-occurrence deduplication, folding validated Arrow
-//!   micro-batches into [`lambdaflow_common::state::ViewState`]s, and the atomic swap when a
-//!   view gets a new batch version.
-//! - [`consume`]: the Kafka adapter — consume from the lowest watermark, validate with the
-//!   shared validator, read the raw ids deduplication needs through [`consume::RawIds`].
-//! - [`metrics`]: counters of messages, valid, invalid and duplicate events.
+//! - [`engine`]: the sans-IO core — first-occurrence deduplication, folding validated Arrow
+//!   micro-batches into [`lambdaflow_common::state::ViewState`]s beyond each view's
+//!   watermark, and the swap when a view gets a new batch version. It reports what it did
+//!   ([`engine::Folded`]) and counts nothing itself.
+//! - [`served`]: what queries read, sealed — a [`served::Snapshot`] of every view's (batch,
+//!   speed) pair, none before the views are loaded, and the Kafka [`served::Progress`]
+//!   (consumed, heads, lag, caught up) on a `watch` channel.
+//! - [`consume`]: the Kafka adapter — consume from the lowest watermark through
+//!   `lambdaflow-kafka`, read the raw ids deduplication needs through [`consume::RawIds`],
+//!   fold, apply swaps.
+//! - [`metrics`]: counters of messages, valid, invalid and duplicate events, and the gauges
+//!   read from the served state at scrape time.
 //!
-//! It depends on `lambdaflow-common` only, never on the batch crate: the serving crate loads
-//! batch views and raw ids and hands them in.
+//! It depends on `lambdaflow-common` and `lambdaflow-kafka` only, never on the batch crate:
+//! the serving crate loads batch views and raw ids and hands them in.
 
 pub mod consume;
+pub mod engine;
 pub mod error;
-pub mod lambda;
 pub mod metrics;
+pub mod served;
 
 pub use error::{Error, Result};

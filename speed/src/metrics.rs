@@ -1,10 +1,17 @@
-//! The speed layer's Prometheus counters, in the process's default registry (served by
-//! `GET /metrics`). Offsets, heads and lag are read from [`crate::lambda::Lambda`] when
-//! scraped, so they are never stale by a scrape interval.
+//! The speed layer's Prometheus metrics, in the process's default registry (served by
+//! `GET /metrics`). Counters are bumped by the Kafka adapter; offsets, heads, lag, versions and
+//! group counts are gauges set from the [`Served`] state by [`observe`] when scraped, so they
+//! are never stale by a scrape interval.
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
+use lambdaflow_common::config::Config;
+use prometheus::{
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+};
+
+use crate::served::Served;
 
 /// Messages read from Kafka.
 pub static MESSAGES: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -43,10 +50,110 @@ pub static DUPLICATES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("registered once")
 });
 
-/// Registers every metric of this module, so that a scrape lists them before any event.
+fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
+    register_int_gauge_vec!(name, help, &[label]).expect("registered once")
+}
+
+static CONSUMED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "lambdaflow_speed_consumed_offset",
+        "Last offset the speed layer consumed, per partition",
+        "partition",
+    )
+});
+static HEAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "lambdaflow_speed_head_offset",
+        "Latest head read of each partition (the next offset to be written)",
+        "partition",
+    )
+});
+static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "lambdaflow_speed_lag_messages",
+        "Messages written to a partition that the speed layer has not consumed yet",
+        "partition",
+    )
+});
+static BATCH_VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "lambdaflow_view_batch_version",
+        "Version of the view table the batch side is loaded from (-1: none yet)",
+        "view",
+    )
+});
+static BATCH_GROUPS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "lambdaflow_view_batch_groups",
+        "Groups (bucket, dimension values) on the batch side of a view",
+        "view",
+    )
+});
+static SPEED_GROUPS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "lambdaflow_view_speed_groups",
+        "Groups (bucket, dimension values) on the speed side of a view",
+        "view",
+    )
+});
+static RETAINED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "lambdaflow_speed_retained_events",
+        "First occurrences the speed layer keeps since the lowest batch watermark"
+    )
+    .expect("registered once")
+});
+static RETAINED_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "lambdaflow_speed_retained_bytes",
+        "Bytes of the Arrow buffers holding the retained first occurrences"
+    )
+    .expect("registered once")
+});
+
+/// Registers every counter of this module, so that a scrape lists them before any event.
 pub fn register() {
     LazyLock::force(&MESSAGES);
     LazyLock::force(&VALID);
     LazyLock::force(&INVALID);
     LazyLock::force(&DUPLICATES);
+}
+
+/// Sets the gauges from `served`: offsets, heads and lag per partition, versions and groups
+/// per view of `config`, the retained events.
+pub fn observe(config: &Config, served: &Served) {
+    register();
+    let progress = served.progress();
+    let lag = progress.lag();
+    for (p, head) in &progress.heads {
+        let partition = [p.to_string()];
+        HEAD.with_label_values(&partition).set(*head);
+        CONSUMED
+            .with_label_values(&partition)
+            .set(progress.consumed.get(p).copied().unwrap_or(-1));
+        LAG.with_label_values(&partition)
+            .set(lag.get(p).copied().unwrap_or(0));
+    }
+    let Some(snapshot) = served.snapshot() else {
+        RETAINED.set(0);
+        RETAINED_BYTES.set(0);
+        return;
+    };
+    for (view, pair) in config.views.iter().zip(snapshot.pairs()) {
+        let name = [view.name.as_str()];
+        let version = pair
+            .batch()
+            .version
+            .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        BATCH_VERSION.with_label_values(&name).set(version);
+        BATCH_GROUPS
+            .with_label_values(&name)
+            .set(pair.batch().state.len() as i64);
+        SPEED_GROUPS
+            .with_label_values(&name)
+            .set(pair.speed().len() as i64);
+    }
+    let retained = snapshot.retained();
+    RETAINED.set(i64::try_from(retained.events).unwrap_or(i64::MAX));
+    RETAINED_BYTES.set(i64::try_from(retained.bytes).unwrap_or(i64::MAX));
 }

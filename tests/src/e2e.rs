@@ -17,7 +17,7 @@ use lambdaflow_common::schema::EVENT_DATE;
 use lambdaflow_common::state::{Dim, ViewState};
 use lambdaflow_common::timestamp::{format_date, format_micros, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use lambdaflow_kafka::producer::Producer;
 use serde_json::Value as Json;
 
 use crate::{Process, direct_views, every_query};
@@ -96,7 +96,7 @@ pub fn start_run(binary: &str, config: &Path, logs: &Path, name: &str) -> Proces
 /// Produces every message, one per record batch (see the archiver test on tansu 0.6), and
 /// returns where each landed.
 pub async fn produce(
-    producer: &FutureProducer,
+    producer: &Producer,
     messages: &[(String, Vec<u8>)],
 ) -> Vec<(i32, i64, Vec<u8>)> {
     produce_to(producer, TOPIC, messages).await
@@ -104,19 +104,15 @@ pub async fn produce(
 
 /// [`produce`] to `topic`.
 pub async fn produce_to(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     messages: &[(String, Vec<u8>)],
 ) -> Vec<(i32, i64, Vec<u8>)> {
     let mut out = Vec::new();
     for (key, payload) in messages {
         let delivery = producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                Duration::from_secs(10),
-            )
+            .send(topic, key.as_bytes(), payload)
             .await
-            .map_err(|(e, _)| e)
             .expect("the broker acknowledged");
         out.push((delivery.partition, delivery.offset, payload.clone()));
     }

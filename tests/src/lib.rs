@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
+use lambdaflow_kafka::producer::Producer;
 
 /// A free loopback port (bound and released; a race is possible but rare on a test machine).
 pub fn free_port() -> u16 {
@@ -161,14 +162,8 @@ impl Tansu {
     /// An idempotent producer to this broker that puts one message in each record batch:
     /// tansu 0.6 serves a fetch only from the first offset of a record batch, so with one
     /// message per batch a restarted consumer may resume at any offset (as Kafka allows).
-    pub fn producer(&self) -> rdkafka::producer::FutureProducer {
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("enable.idempotence", "true")
-            .set("batch.num.messages", "1")
-            .set("linger.ms", "0")
-            .create()
-            .expect("producer")
+    pub fn producer(&self) -> Producer {
+        Producer::one_message_per_batch(&self.bootstrap).expect("producer")
     }
 
     /// Creates a topic with `partitions` partitions.
@@ -338,9 +333,10 @@ pub fn direct_views(
     config: &std::sync::Arc<lambdaflow_common::config::Config>,
     messages: &[(i32, i64, Vec<u8>)],
 ) -> Vec<lambdaflow_common::state::ViewState> {
-    use lambdaflow_speed::lambda::{Shared, Speed};
-    let shared = Shared::default();
-    let mut speed = Speed::before_any_batch(config.clone(), shared.clone()).expect("speed state");
+    use lambdaflow_speed::engine::Speed;
+    use lambdaflow_speed::served::Served;
+    let served = Served::new();
+    let mut speed = Speed::before_any_batch(config.clone(), served.clone()).expect("speed state");
     let mut ordered: Vec<_> = messages.iter().collect();
     ordered.sort_by_key(|(p, o, _)| (*p, *o));
     let validator = lambdaflow_common::validate::Validator::new(&config.source);
@@ -362,8 +358,12 @@ pub fn direct_views(
     speed
         .fold(events, &Default::default())
         .expect("folding the truth");
-    let lambda = shared.read().expect("not poisoned");
-    lambda.views.iter().map(|v| v.speed.clone()).collect()
+    let snapshot = served.snapshot().expect("loaded");
+    snapshot
+        .pairs()
+        .iter()
+        .map(|pair| pair.speed().clone())
+        .collect()
 }
 
 /// Every query a view answers with all its measures and no time range or filter: each

@@ -11,11 +11,11 @@ use arrow::array::{Array, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use lambdaflow_common::timestamp::{date_of_micros, format_date, format_micros, now_micros};
+use lambdaflow_kafka::producer::Producer;
 use lambdaflow_tests::e2e::sample;
 use lambdaflow_tests::{Process, Tansu, files_under, free_port, query_table, scratch_dir};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
 const TOPIC: &str = "events";
@@ -103,21 +103,17 @@ fn wave(w: usize, rng: &mut StdRng, truth: &mut Truth) -> Vec<(String, Vec<u8>)>
     out
 }
 
-async fn produce(producer: &FutureProducer, messages: &[(String, Vec<u8>)]) {
+async fn produce(producer: &Producer, messages: &[(String, Vec<u8>)]) {
     let deliveries: Vec<_> = messages
         .iter()
         .map(|(key, payload)| {
             producer
-                .send_result(FutureRecord::to(TOPIC).key(key).payload(payload))
-                .map_err(|(e, _)| e)
+                .queue(TOPIC, key.as_bytes(), payload)
                 .expect("queueing a message")
         })
         .collect();
     for d in deliveries {
-        d.await
-            .expect("delivery future")
-            .map_err(|(e, _)| e)
-            .expect("the broker acknowledged");
+        d.await.expect("the broker acknowledged");
     }
 }
 

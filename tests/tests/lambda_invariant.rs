@@ -11,6 +11,7 @@ use lambdaflow_batch::commit::OffsetTable;
 use lambdaflow_batch::history::History;
 use lambdaflow_batch::lake::{Lake, open_or_create, stored_ids};
 use lambdaflow_batch::run::BatchRun;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::query::{Value, answer};
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
@@ -18,8 +19,8 @@ use lambdaflow_common::state::{State, ViewState};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_serving::lambda::load_batch_view;
-use lambdaflow_common::batch_view::BatchView;
-use lambdaflow_speed::lambda::{Shared, Speed};
+use lambdaflow_speed::engine::Speed;
+use lambdaflow_speed::served::Served;
 use lambdaflow_tests::every_query;
 use proptest::prelude::*;
 
@@ -114,7 +115,7 @@ struct World {
     archived: Vec<usize>,
     archived_ids: HashSet<(i32, String)>,
     speed: Speed,
-    shared: Shared,
+    shared: Served,
     consumed: Vec<usize>,
 }
 
@@ -138,7 +139,7 @@ impl World {
         )
         .await
         .unwrap();
-        let shared = Shared::default();
+        let shared = Served::new();
         let speed = Speed::new(
             config.clone(),
             shared.clone(),
@@ -211,12 +212,12 @@ impl World {
     }
 
     async fn restart(&mut self) {
-        self.shared = Shared::default();
+        self.shared = Served::new();
         let batches = batch_views(&self.config, &self.lake).await;
         self.speed = Speed::new(self.config.clone(), self.shared.clone(), batches).unwrap();
         let starts = self
             .speed
-            .start_offsets(&(0..PARTITIONS as i32).collect::<Vec<_>>());
+            .start(&(0..PARTITIONS as i32).collect::<Vec<_>>());
         self.consumed = starts.values().map(|o| *o as usize).collect();
         self.consume().await;
     }
@@ -264,17 +265,17 @@ impl World {
 
     fn check(&self) {
         let direct = self.direct();
-        let lambda = self.shared.read().unwrap();
-        for ((view, pair), want) in self.config.views.iter().zip(&lambda.views).zip(&direct) {
+        let snapshot = self.shared.snapshot().unwrap();
+        for ((view, pair), want) in self.config.views.iter().zip(snapshot.pairs()).zip(&direct) {
             let mut merged = ViewState::new();
-            merged.merge_into(view, &pair.batch.state);
-            merged.merge_into(view, &pair.speed);
+            merged.merge_into(view, &pair.batch().state);
+            merged.merge_into(view, pair.speed());
             assert_states_equal(&view.name, &merged, want);
             for query in every_query(view) {
                 let got = answer(
                     &self.config.source,
                     view,
-                    &[&pair.batch.state, &pair.speed],
+                    &[&pair.batch().state, pair.speed()],
                     &query,
                 );
                 let expected = answer(&self.config.source, view, &[want], &query);

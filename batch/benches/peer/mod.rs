@@ -1,15 +1,13 @@
-//! What the Kafka benchmarks share: a topic of generated shop events in librdkafka's
-//! in-process broker, and the peer every consumer of it is measured against — a plain rdkafka
-//! `BaseConsumer` reading the whole topic. Included by path from other crates' benchmarks.
+//! What the Kafka benchmarks share: a topic of generated shop events in the embedded
+//! (librdkafka in-process) broker, and the peer every consumer of it is measured against — a
+//! plain rdkafka `BaseConsumer` reading the whole topic. Included by path from other crates' benchmarks.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lambdaflow_common::sample::{Mix, Sample, ShopGenerator};
 use lambdaflow_common::timestamp::now_micros;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use lambdaflow_kafka::embedded::EmbeddedBroker;
+use lambdaflow_kafka::producer::Producer;
 
 /// The topic every benchmark reads.
 pub const TOPIC: &str = "events";
@@ -39,72 +37,29 @@ pub fn samples(n: usize) -> Vec<Sample> {
     (0..n).map(|_| generator.next_event(now)).collect()
 }
 
-/// A mock cluster holding `samples` in [`TOPIC`], keyed by event id.
-pub fn topic_of(
-    samples: &[Sample],
-) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
+/// An embedded broker holding `samples` in [`TOPIC`], keyed by event id.
+pub fn topic_of(samples: &[Sample]) -> EmbeddedBroker {
+    let broker = EmbeddedBroker::start(TOPIC, PARTITIONS).expect("embedded broker");
+    let producer = Producer::bulk(broker.bootstrap_servers()).expect("producer");
+    let mut pending = Vec::new();
     for s in samples {
-        while let Err((e, _)) = producer.send(BaseRecord::to(TOPIC).key(&s.key).payload(&s.payload))
-        {
-            assert!(
-                matches!(e, rdkafka::error::KafkaError::MessageProduction(_)),
-                "{e}"
-            );
-            producer.poll(Duration::from_millis(1));
+        loop {
+            match producer.queue(TOPIC, s.key.as_bytes(), &s.payload) {
+                Ok(p) => break pending.push(p),
+                Err(lambdaflow_kafka::Error::QueueFull) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
         }
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
-    cluster
+    drop(pending);
+    broker
 }
 
-/// Messages per second of a plain consumer that connects, reads the topic's metadata, assigns
-/// every partition and reads all `n` messages: the start-up every measured consumer goes
-/// through too. Best of three, since the first read also pays for connections.
+/// Messages per second of the plain consumer peer
+/// ([`lambdaflow_kafka::peer::plain_consumer_rate`]) reading all `n` messages of [`TOPIC`].
 pub fn plain_consumer_rate(brokers: &str, n: usize) -> f64 {
-    (0..3)
-        .map(|run| plain_consumer(brokers, n, run))
-        .fold(0.0, f64::max)
-}
-
-fn plain_consumer(brokers: &str, n: usize, run: usize) -> f64 {
-    let started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-plain-{run}"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "200000")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .expect("metadata");
-    consumer.assign(&tpl).expect("assign");
-    let mut read = 0usize;
-    let mut bytes = 0usize;
-    while read < n {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            bytes += m.payload().map_or(0, <[u8]>::len);
-            read += 1;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "only {read} of {n} messages arrived"
-        );
-    }
-    assert!(bytes > 0);
-    n as f64 / started.elapsed().as_secs_f64()
+    lambdaflow_kafka::peer::plain_consumer_rate(brokers, TOPIC, PARTITIONS, n)
 }

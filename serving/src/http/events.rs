@@ -15,7 +15,6 @@ use axum::{Json, Router};
 use futures::future::join_all;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::timestamp::now_micros;
-use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -74,12 +73,12 @@ async fn collect(
     for (index, event) in events.iter().enumerate() {
         match state.validator.check(Some(event), now) {
             Ok(checked) => {
-                let record = FutureRecord::to(topic)
-                    .key(checked.id.as_ref())
-                    .payload(*event);
-                let delivery = state.producer.send_result(record).map_err(|(e, _)| {
-                    ApiError::Unavailable(format!("the broker did not take the events: {e}"))
-                })?;
+                let delivery = state
+                    .producer
+                    .queue(topic, checked.id.as_bytes(), event)
+                    .map_err(|e| {
+                        ApiError::Unavailable(format!("the broker did not take the events: {e}"))
+                    })?;
                 deliveries.push(delivery);
             }
             Err(reason) => errors.push(EventError {
@@ -91,17 +90,17 @@ async fn collect(
     let accepted = deliveries.len();
     for outcome in join_all(deliveries).await {
         match outcome {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
+            Ok(_) => {}
+            Err(lambdaflow_kafka::Error::Dropped) => {
+                return Err(ApiError::Internal(
+                    "the producer was dropped before delivery".into(),
+                ));
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, "event delivery failed");
                 return Err(ApiError::Unavailable(format!(
                     "the broker did not acknowledge every event ({e}); retry the request: repeated ids are not counted twice"
                 )));
-            }
-            Err(_) => {
-                return Err(ApiError::Internal(
-                    "the producer was dropped before delivery".into(),
-                ));
             }
         }
     }

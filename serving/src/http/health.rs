@@ -23,11 +23,8 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let lambda_ready = {
-        let lambda = state.lambda.read().expect("not poisoned");
-        lambda.views.len() == state.config.views.len() && lambda.caught_up()
-    };
-    if state.ready.load(Ordering::Acquire) && lambda_ready {
+    let speed_ready = state.served.is_loaded() && state.served.progress().caught_up();
+    if state.ready.load(Ordering::Acquire) && speed_ready {
         Ok(Json(json!({ "status": "ready" })))
     } else {
         Err(ApiError::Unavailable(

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use lambdaflow_common::config::Config;
-use lambdaflow_speed::lambda::Shared;
+use lambdaflow_speed::served::Served;
 use serde_json::json;
 
 use crate::http::AppState;
@@ -22,13 +22,13 @@ pub fn router() -> Router<AppState> {
 async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        crate::metrics::render(&state.config, &state.lambda),
+        crate::metrics::render(&state.config, &state.served),
     )
 }
 
 /// `/healthz` and `/metrics` alone, for a process that runs no speed layer and no API.
 pub fn ops(config: Arc<Config>) -> Router {
-    let no_views = Shared::default();
+    let no_views = Served::new();
     Router::new()
         .route(
             "/healthz",

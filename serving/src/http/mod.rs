@@ -20,8 +20,8 @@ use axum::extract::DefaultBodyLimit;
 use lambdaflow_batch::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::validate::Validator;
-use lambdaflow_speed::lambda::Shared;
-use rdkafka::producer::FutureProducer;
+use lambdaflow_kafka::producer::Producer;
+use lambdaflow_speed::served::Served;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,13 +35,13 @@ pub struct AppState {
     /// The shared validator, the same the archiver uses.
     pub validator: Arc<Validator>,
     /// Producer for `POST /v1/events`.
-    pub producer: FutureProducer,
+    pub producer: Producer,
     /// Set once the process can answer queries (`/readyz`).
     pub ready: Arc<AtomicBool>,
     /// Batch runs started through the API, and the run history.
     pub batches: Arc<Batches>,
-    /// The (batch, speed) pairs queries read.
-    pub lambda: Shared,
+    /// The (batch, speed) pairs queries read, and the speed layer's Kafka progress.
+    pub served: Served,
 }
 
 impl std::fmt::Debug for AppState {
@@ -54,13 +54,13 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// State for `config`, producing through `producer`, running batches through `batches`
-    /// and answering queries from `lambda`; not ready until [`Self::set_ready`] and the speed
+    /// and answering queries from `served`; not ready until [`Self::set_ready`] and the speed
     /// layer has caught up.
     pub fn new(
         config: Arc<Config>,
-        producer: FutureProducer,
+        producer: Producer,
         batches: Arc<Batches>,
-        lambda: Shared,
+        served: Served,
     ) -> Self {
         let validator = Arc::new(Validator::new(&config.source));
         Self {
@@ -69,7 +69,7 @@ impl AppState {
             producer,
             ready: Arc::default(),
             batches,
-            lambda,
+            served,
         }
     }
 

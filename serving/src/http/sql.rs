@@ -41,7 +41,7 @@ async fn sql(State(state): State<AppState>, body: Bytes) -> Result<Response, Api
     let answer = query(
         &state.config,
         state.batches.lake(),
-        &state.lambda,
+        &state.served,
         &request.sql,
     )
     .await

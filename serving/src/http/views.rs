@@ -1,9 +1,9 @@
 //! `/v1/views`: view definitions with their batch and speed status, and queries answered from
 //! batch ⊕ speed (SPEC §6).
 //!
-//! A query takes the read lock of the shared state for its whole run, so it sees one (batch
+//! A query holds a snapshot of the served state for its whole run, so it sees one (batch
 //! version, speed state) pair per view even if a swap is waiting. Every answer carries its
-//! consistency token: the batch watermark and the speed layer's consumed offsets.
+//! consistency token: the batch watermark and the offsets the speed states are folded through.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +18,7 @@ use lambdaflow_common::query::{OrderKey, Query, Rollup, Row, Value, answer};
 use lambdaflow_common::state::{Dim, ViewState};
 use lambdaflow_common::timestamp::{format_micros, parse_rfc3339_micros};
 use lambdaflow_common::watermark::Watermark;
-use lambdaflow_speed::lambda::{Lambda, ViewPair};
+use lambdaflow_speed::served::{Progress, Snapshot, ViewPair};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value as Json_, json};
@@ -54,14 +54,10 @@ fn find<'a>(state: &'a AppState, name: &str) -> Result<(usize, &'a ViewDef), Api
         .ok_or_else(|| ApiError::NotFound(format!("no view `{name}`")))
 }
 
-fn read(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Lambda>, ApiError> {
-    let lambda = state.lambda.read().expect("not poisoned");
-    if lambda.views.len() != state.config.views.len() {
-        return Err(ApiError::Unavailable(
-            "the speed layer is starting; retry in a moment".into(),
-        ));
-    }
-    Ok(lambda)
+fn read(state: &AppState) -> Result<Snapshot<'_>, ApiError> {
+    state.served.snapshot().ok_or_else(|| {
+        ApiError::Unavailable("the speed layer is starting; retry in a moment".into())
+    })
 }
 
 fn offsets(map: &BTreeMap<i32, i64>) -> Json_ {
@@ -81,39 +77,43 @@ fn definition(view: &ViewDef) -> Json_ {
     })
 }
 
-fn status(view: &ViewDef, pair: &ViewPair, lambda: &Lambda) -> Json_ {
+fn status(
+    view: &ViewDef,
+    pair: &ViewPair,
+    folded: &BTreeMap<i32, i64>,
+    progress: &Progress,
+) -> Json_ {
     let mut out = definition(view);
-    let watermark = pair.batch.watermark.as_ref();
-    let lag: Map<String, Json_> = lambda
-        .consumed
+    let watermark = pair.batch().watermark.as_ref();
+    let lag: Map<String, Json_> = folded
         .iter()
         .map(|(p, o)| {
             let covered = watermark.map_or(-1, |w| w.next_offset(*p) - 1);
             (p.to_string(), json!((o - covered).max(0)))
         })
         .collect();
-    out["batch_version"] = json!(pair.batch.version);
+    out["batch_version"] = json!(pair.batch().version);
     out["watermark"] = json!(watermark);
-    out["speed_offsets"] = offsets(&lambda.consumed);
+    out["speed_offsets"] = offsets(folded);
     out["speed_lag_behind_batch"] = lag.into();
-    out["rows"] = json!({"batch": pair.batch.state.len(), "speed": pair.speed.len()});
-    let bytes = pair.speed.heap_bytes();
+    out["rows"] = json!({"batch": pair.batch().state.len(), "speed": pair.speed().len()});
+    let bytes = pair.speed().heap_bytes();
     out["speed_state_bytes"] = json!(bytes);
-    out["speed_bytes_per_group"] = json!(bytes.checked_div(pair.speed.len()));
-    out["caught_up"] = json!(lambda.caught_up());
+    out["speed_bytes_per_group"] = json!(bytes.checked_div(pair.speed().len()));
+    out["caught_up"] = json!(progress.caught_up());
     out
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Json_>, ApiError> {
-    let lambda = read(&state)?;
+    let snapshot = read(&state)?;
     let views: Vec<Json_> = state
         .config
         .views
         .iter()
-        .zip(&lambda.views)
+        .zip(snapshot.pairs())
         .map(|(v, pair)| {
             let mut d = definition(v);
-            d["watermark"] = json!(pair.batch.watermark);
+            d["watermark"] = json!(pair.batch().watermark);
             d
         })
         .collect();
@@ -125,8 +125,14 @@ async fn one(
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
     let (i, view) = find(&state, &name)?;
-    let lambda = read(&state)?;
-    Ok(Json(status(view, &lambda.views[i], &lambda)))
+    let progress = state.served.progress();
+    let snapshot = read(&state)?;
+    Ok(Json(status(
+        view,
+        snapshot.pair(i),
+        snapshot.folded(),
+        &progress,
+    )))
 }
 
 /// The body of `POST /v1/views/{name}/query`; every key optional.
@@ -222,12 +228,12 @@ async fn query_post(
 fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, ApiError> {
     let (i, view) = find(state, name)?;
     let (query, granularity, layer) = check(state, view, request)?;
-    let lambda = read(state)?;
-    let pair = &lambda.views[i];
+    let snapshot = read(state)?;
+    let pair = snapshot.pair(i);
     let parts: &[&ViewState] = match layer {
-        Layer::Merged => &[&pair.batch.state, &pair.speed],
-        Layer::Batch => &[&pair.batch.state],
-        Layer::Speed => &[&pair.speed],
+        Layer::Merged => &[&pair.batch().state, pair.speed()],
+        Layer::Batch => &[&pair.batch().state],
+        Layer::Speed => &[pair.speed()],
     };
     let rows = answer(&state.config.source, view, parts, &query);
     let rendered = Rows {
@@ -250,9 +256,9 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
         view: &view.name,
         granularity,
         rows: rendered,
-        watermark: pair.batch.watermark.as_ref(),
-        batch_version: pair.batch.version,
-        speed_offsets: &lambda.consumed,
+        watermark: pair.batch().watermark.as_ref(),
+        batch_version: pair.batch().version,
+        speed_offsets: snapshot.folded(),
     })
     .map_err(|e| ApiError::Internal(format!("rendering an answer: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

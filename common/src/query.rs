@@ -9,8 +9,9 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use crate::config::{AggKind, FieldType, Granularity, SourceConfig, ViewDef};
+use crate::source::{FieldType, SourceConfig};
 use crate::state::{Dim, Num, State, ViewState};
+use crate::view::{AggKind, Granularity, ViewDef};
 
 /// The bucket width of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use lambdaflow_batch::schedule::Batches;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
@@ -22,7 +23,6 @@ use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_serving::http::{AppState, app};
 use lambdaflow_serving::kafka;
 use lambdaflow_speed::consume::{RawIds, RawIdsError, SpeedLayer};
-use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_speed::lambda::{Shared, Speed};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -329,7 +329,7 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
             from: Some(start),
             to: Some(end),
             rollup: lambdaflow_common::query::Rollup::Buckets(
-                lambdaflow_common::config::Granularity::Hour,
+                lambdaflow_common::view::Granularity::Hour,
             ),
             group_by: vec![0],
             filters: Vec::new(),

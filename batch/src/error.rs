@@ -66,6 +66,15 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A view's columns cannot be laid out: its definition was not checked.
+    #[error("view `{view}`: {source}")]
+    Layout {
+        /// The view.
+        view: String,
+        /// Which column is in the way.
+        #[source]
+        source: lambdaflow_common::error::LayoutError,
+    },
     /// The platform's own files under `<lake>/_lambdaflow/` could not be read or written.
     #[error("{context}: {source}")]
     Store {

@@ -16,9 +16,10 @@ use datafusion::functions::expr_fn::nullif;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::{Expr, cast, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
-use lambdaflow_common::config::{Granularity, SourceConfig, ViewDef};
+use lambdaflow_common::layout::{BUCKET, Role, ViewLayout, parse_filter};
 use lambdaflow_common::schema::{EVENT_DATE, timestamp_type};
-use lambdaflow_common::view::{BUCKET, Role, ViewLayout, parse_filter};
+use lambdaflow_common::source::SourceConfig;
+use lambdaflow_common::view::{Granularity, ViewDef};
 
 use crate::sketch_udf::{hll_estimate, hll_sketch};
 
@@ -53,12 +54,13 @@ pub fn view_frame(
         frame = frame.filter(column(EVENT_DATE).in_list(list, false))?;
     }
     if let Some(sql) = &view.filter {
-        let filter = parse_filter(source, sql).map_err(datafusion::error::DataFusionError::Plan)?;
+        let filter = parse_filter(source, sql)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         frame = frame.filter(filter)?;
     }
     let mut groups = vec![bucket_expr(column(&source.time_field), view.granularity).alias(BUCKET)];
     groups.extend(layout.dimensions.iter().map(|(d, _)| column(d)));
-    let field = |c: &lambdaflow_common::view::MeasureColumn| {
+    let field = |c: &lambdaflow_common::layout::MeasureColumn| {
         column(
             c.field
                 .as_deref()

@@ -25,10 +25,12 @@ use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use lambdaflow_common::config::{Config, ViewDef};
+use lambdaflow_common::config::Config;
+use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::timestamp::format_date;
-use lambdaflow_common::view::{ViewLayout, fingerprint};
+use lambdaflow_common::view::ViewDef;
+use lambdaflow_common::view::fingerprint;
 use lambdaflow_common::watermark::Watermark;
 use tokio_util::sync::CancellationToken;
 
@@ -201,9 +203,9 @@ impl BatchRun {
         watermark: &Watermark,
     ) -> Result<(ViewOutcome, BTreeSet<i32>)> {
         let source = &self.config.source;
-        let layout = ViewLayout::new(source, view).map_err(|message| Error::Corrupt {
-            table: view.name.clone(),
-            message,
+        let layout = ViewLayout::new(source, view).map_err(|source| Error::Layout {
+            view: view.name.clone(),
+            source,
         })?;
         let url = self.lake.view(&view.name);
         let table = open_or_create(&url, &layout.schema, &[EVENT_DATE]).await?;

@@ -13,12 +13,13 @@ use lambdaflow_batch::commit::OffsetTable;
 use lambdaflow_batch::history::{History, Mode, RunStatus};
 use lambdaflow_batch::lake::{Lake, open_or_create};
 use lambdaflow_batch::run::BatchRun;
-use lambdaflow_common::config::{AggKind, Config, ViewDef};
+use lambdaflow_common::config::Config;
+use lambdaflow_common::layout::{Role, ViewLayout};
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::sketch::Sketch;
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
-use lambdaflow_common::view::{Role, ViewLayout};
+use lambdaflow_common::view::{AggKind, ViewDef};
 use proptest::prelude::*;
 
 /// 2026-11-20T00:00:00Z in epoch microseconds.

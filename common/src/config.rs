@@ -1,4 +1,6 @@
-//! The typed configuration of the product contract (SPEC §2).
+//! The typed configuration of one deployment (SPEC §2): where events come from, where the lake
+//! is, how the API, the batch layer and the archiver run — and, by reference to their own
+//! modules, the event source ([`crate::source`]) and the declared views ([`crate::view`]).
 //!
 //! One `serde` tree, loaded once in `main` and passed down. Text comes from a TOML file (or the
 //! built-in demo config), then every `LAMBDAFLOW_<SECTION>__<KEY>` environment variable
@@ -12,8 +14,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::humantime_serde;
+use crate::layout::{ViewLayout, parse_filter};
 use crate::schema::RESERVED_COLUMNS;
-use crate::view::{ViewLayout, parse_filter};
+use crate::source::{SourceConfig, check_name};
+use crate::view::ViewDef;
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "LAMBDAFLOW_";
@@ -166,202 +171,6 @@ impl Default for ArchiveConfig {
     }
 }
 
-/// The event source: identity, time and declared fields.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// Names the raw and quarantine tables (`raw/<name>`).
-    pub name: String,
-    /// The string field that identifies an event; duplicates share it.
-    #[serde(default = "default_id_field")]
-    pub id_field: String,
-    /// RFC 3339 string with offset, or integer epoch milliseconds.
-    #[serde(default = "default_time_field")]
-    pub time_field: String,
-    /// Events further in the future than this are rejected with `time_in_future`.
-    #[serde(default = "default_max_future", with = "humantime_serde")]
-    pub max_future: Duration,
-    /// Larger payloads are rejected with `too_large`.
-    #[serde(default = "default_max_event_bytes")]
-    pub max_event_bytes: usize,
-    /// Keep fields that are not declared, as a JSON object in the `_undeclared` column.
-    #[serde(default)]
-    pub keep_undeclared: bool,
-    /// Declared fields, in column order.
-    #[serde(default)]
-    pub fields: Vec<FieldDef>,
-}
-
-impl SourceConfig {
-    /// The declared field called `name`, if any.
-    pub fn field(&self, name: &str) -> Option<&FieldDef> {
-        self.fields.iter().find(|f| f.name == name)
-    }
-}
-
-/// One declared field of an event.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FieldDef {
-    /// JSON key and column name.
-    pub name: String,
-    /// Declared type; values of another type are rejected with `wrong_type:<name>`.
-    #[serde(rename = "type")]
-    pub kind: FieldType,
-    /// Absent or null values are rejected with `missing_field:<name>`.
-    #[serde(default)]
-    pub required: bool,
-    /// String normalisation applied before anything is stored.
-    #[serde(default)]
-    pub normalize: Option<Normalize>,
-    /// Masking applied after normalisation; the clear value is never stored.
-    #[serde(default)]
-    pub mask: Option<Mask>,
-}
-
-/// The type of a declared field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FieldType {
-    /// UTF-8 string.
-    String,
-    /// 64-bit signed integer.
-    Int,
-    /// 64-bit float; integers are accepted.
-    Float,
-    /// true or false.
-    Bool,
-    /// RFC 3339 string with offset or integer epoch milliseconds; stored as UTC milliseconds.
-    Timestamp,
-}
-
-impl FieldType {
-    /// Whether sums and averages of this type make sense.
-    pub fn is_numeric(self) -> bool {
-        matches!(self, Self::Int | Self::Float)
-    }
-}
-
-/// String normalisations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Normalize {
-    /// Strip leading and trailing white space.
-    Trim,
-    /// Trim, then lower-case.
-    Lower,
-    /// Trim, then upper-case.
-    Upper,
-}
-
-/// Masking functions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mask {
-    /// Lowercase hex SHA-256 of the (normalised) value.
-    Sha256,
-}
-
-/// One declared aggregation.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ViewDef {
-    /// Names the view table (`views/<name>`) and the API resource.
-    pub name: String,
-    /// Bucket width.
-    pub granularity: Granularity,
-    /// Declared fields to group by.
-    #[serde(default)]
-    pub dimensions: Vec<String>,
-    /// SQL boolean expression over declared fields; only matching events are aggregated.
-    #[serde(default)]
-    pub filter: Option<String>,
-    /// The aggregates kept per bucket and dimension values.
-    pub measures: Vec<MeasureDef>,
-}
-
-/// Bucket widths, finest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Granularity {
-    /// 60 seconds.
-    Minute,
-    /// 3,600 seconds.
-    Hour,
-    /// One UTC day.
-    Day,
-}
-
-impl Granularity {
-    /// The config and API spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Minute => "minute",
-            Self::Hour => "hour",
-            Self::Day => "day",
-        }
-    }
-
-    /// Width of a bucket in microseconds, the unit of every timestamp column.
-    pub fn micros(self) -> i64 {
-        match self {
-            Self::Minute => 60_000_000,
-            Self::Hour => 3_600_000_000,
-            Self::Day => 86_400_000_000,
-        }
-    }
-
-    /// The start of the bucket holding `us` (UTC epoch microseconds).
-    pub fn truncate(self, us: i64) -> i64 {
-        us - us.rem_euclid(self.micros())
-    }
-}
-
-/// One measure of a view.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeasureDef {
-    /// Column and API name.
-    pub name: String,
-    /// The aggregate function.
-    pub agg: AggKind,
-    /// The field aggregated; not used by `count`.
-    #[serde(default)]
-    pub field: Option<String>,
-}
-
-/// Aggregate functions; each is a monoid so batch and speed states merge exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AggKind {
-    /// Number of events.
-    Count,
-    /// Sum of non-null values.
-    Sum,
-    /// Smallest non-null value.
-    Min,
-    /// Largest non-null value.
-    Max,
-    /// Sum / count of non-null values.
-    Avg,
-    /// HyperLogLog estimate of distinct non-null values.
-    ApproxDistinct,
-}
-
-impl AggKind {
-    /// The config and API spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Count => "count",
-            Self::Sum => "sum",
-            Self::Min => "min",
-            Self::Max => "max",
-            Self::Avg => "avg",
-            Self::ApproxDistinct => "approx_distinct",
-        }
-    }
-}
-
 impl Config {
     /// Parses TOML text, applies `LAMBDAFLOW_*` overrides from `env`, and checks the result.
     ///
@@ -390,7 +199,9 @@ impl Config {
             .expect("the built-in demo config is valid")
     }
 
-    /// Checks what serde cannot: names, references from views to fields, value ranges.
+    /// Checks what serde cannot: names, references from views to fields, value ranges. The
+    /// source and each view check themselves; here they are put together with the schema's
+    /// reserved columns and the compiled view layouts and filters.
     pub fn check(&self) -> Result<()> {
         let invalid = |key: String, message: String| Err(Error::Invalid { key, message });
         if self.kafka.partitions < 1 {
@@ -405,47 +216,10 @@ impl Config {
                 "commit_max_events and dedup_max_dates must be positive".into(),
             );
         }
-        check_name("source.name", &self.source.name)?;
-        check_name("source.id_field", &self.source.id_field)?;
-        check_name("source.time_field", &self.source.time_field)?;
-        if self.source.id_field == self.source.time_field {
-            return invalid(
-                "source.time_field".into(),
-                "must differ from id_field".into(),
-            );
-        }
-        if self.source.max_event_bytes == 0 {
-            return invalid("source.max_event_bytes".into(), "must be positive".into());
-        }
-        let mut seen: HashSet<&str> = [
-            self.source.id_field.as_str(),
-            self.source.time_field.as_str(),
-        ]
-        .into();
-        for (i, f) in self.source.fields.iter().enumerate() {
-            let key = format!("source.fields[{i}]");
-            check_name(&key, &f.name)?;
-            if !seen.insert(&f.name) {
-                return invalid(
-                    key,
-                    format!(
-                        "field `{}` is declared twice (or is the id or time field)",
-                        f.name
-                    ),
-                );
-            }
-            if f.kind != FieldType::String && (f.normalize.is_some() || f.mask.is_some()) {
-                return invalid(
-                    key,
-                    format!(
-                        "field `{}`: normalize and mask apply to string fields only",
-                        f.name
-                    ),
-                );
-            }
-        }
+        self.source.check()?;
+        let columns: HashSet<&str> = self.source.column_names().collect();
         for reserved in RESERVED_COLUMNS {
-            if seen.contains(reserved) {
+            if columns.contains(reserved) {
                 return invalid(
                     "source".into(),
                     format!("`{reserved}` is a column lambdaflow adds itself; rename the field"),
@@ -468,82 +242,19 @@ impl Config {
             if !view_names.insert(&view.name) {
                 return invalid(key, "view declared twice".into());
             }
-            for dim in &view.dimensions {
-                if self.source.field(dim).is_none() {
-                    return invalid(key, format!("dimension `{dim}` is not a declared field"));
-                }
-            }
-            if view.measures.is_empty() {
-                return invalid(key, "declare at least one measure".into());
-            }
-            let mut measure_names = HashSet::new();
-            for m in &view.measures {
-                let key = format!("{key}.measures.{}", m.name);
-                check_name(&key, &m.name)?;
-                if !measure_names.insert(&m.name) || view.dimensions.contains(&m.name) {
-                    return invalid(key, "measure name used twice in the view".into());
-                }
-                check_measure(&self.source, m)
-                    .map_err(|message| Error::Invalid { key, message })?;
-            }
-            ViewLayout::new(&self.source, view).map_err(|message| Error::Invalid {
+            view.check(&self.source)?;
+            ViewLayout::new(&self.source, view).map_err(|detail| Error::Layout {
                 key: key.clone(),
-                message,
+                detail,
             })?;
             if let Some(filter) = &view.filter {
-                parse_filter(&self.source, filter).map_err(|message| Error::Invalid {
+                parse_filter(&self.source, filter).map_err(|detail| Error::Filter {
                     key: format!("{key}.filter"),
-                    message,
+                    detail,
                 })?;
             }
         }
         Ok(())
-    }
-}
-
-fn check_measure(source: &SourceConfig, m: &MeasureDef) -> std::result::Result<(), String> {
-    let field = match (m.agg, &m.field) {
-        (AggKind::Count, None) => return Ok(()),
-        (AggKind::Count, Some(_)) => return Err("count takes no field".into()),
-        (_, None) => return Err(format!("{} needs a field", m.agg.as_str())),
-        (_, Some(name)) => name,
-    };
-    let Some(def) = source.field(field) else {
-        return Err(format!("`{field}` is not a declared field"));
-    };
-    let ok = match m.agg {
-        AggKind::Sum | AggKind::Avg => def.kind.is_numeric(),
-        AggKind::Min | AggKind::Max => def.kind.is_numeric() || def.kind == FieldType::Timestamp,
-        AggKind::ApproxDistinct | AggKind::Count => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "field `{field}` of type {:?} cannot be aggregated that way",
-            def.kind
-        )
-        .to_lowercase())
-    }
-}
-
-/// Names become column, table and path names: keep them to plain identifiers.
-fn check_name(key: &str, name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 64;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid {
-            key: key.to_owned(),
-            message: format!(
-                "`{name}` must be a plain identifier: a letter or _, then letters, digits or _"
-            ),
-        })
     }
 }
 
@@ -630,38 +341,6 @@ fn default_dedup_dates() -> usize {
 fn default_compact_min_files() -> usize {
     50
 }
-fn default_id_field() -> String {
-    "event_id".into()
-}
-fn default_time_field() -> String {
-    "event_time".into()
-}
-fn default_max_future() -> Duration {
-    Duration::from_secs(86_400)
-}
-fn default_max_event_bytes() -> usize {
-    1024 * 1024
-}
-
-/// Durations are written the human way in the config (`"2s"`, `"1d"`).
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration like \"2s\" or \"1d\": {e}"
-            ))
-        })
-    }
-}
 
 /// The built-in demo config: a small shop with views over purchases and page views.
 pub const DEMO_CONFIG: &str = include_str!("demo.toml");
@@ -739,12 +418,5 @@ mod tests {
         assert!(Config::from_toml(&text, "t", []).is_err());
         let text = DEMO_CONFIG.replacen("name = \"country\"", "name = \"coun try\"", 1);
         assert!(Config::from_toml(&text, "t", []).is_err());
-    }
-
-    #[test]
-    fn granularity_truncates_in_utc_including_before_epoch() {
-        assert_eq!(Granularity::Hour.truncate(3_600_000_000 + 5), 3_600_000_000);
-        assert_eq!(Granularity::Day.truncate(-1), -86_400_000_000);
-        assert_eq!(Granularity::Minute.truncate(59_999_999), 0);
     }
 }

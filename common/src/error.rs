@@ -1,4 +1,10 @@
-//! The one error type of the common crate: everything here fails only on bad configuration.
+//! The errors of the common crate: [`Error`] for a configuration that cannot be used, and the
+//! two ways a view definition can fail to compile — its table layout ([`LayoutError`]) and its
+//! filter ([`FilterError`]) — which the config check, the batch layer and the speed layer
+//! each wrap with their own context.
+
+use arrow::datatypes::DataType;
+use datafusion::error::DataFusionError;
 
 /// What can go wrong while loading or checking a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +33,80 @@ pub enum Error {
         key: String,
         /// What is wrong and what to do about it.
         message: String,
+    },
+    /// A view's columns cannot be laid out in one table.
+    #[error("invalid config at `{key}`: {detail}")]
+    Layout {
+        /// The view's key path, `views.<name>`.
+        key: String,
+        /// Which column is in the way; part of the message, not a source, so that it is
+        /// printed once.
+        detail: LayoutError,
+    },
+    /// A view's filter is not a per-event boolean condition over declared fields.
+    #[error("invalid config at `{key}`: {detail}")]
+    Filter {
+        /// The filter's key path, `views.<name>.filter`.
+        key: String,
+        /// What is wrong with the expression; part of the message, not a source.
+        detail: FilterError,
+    },
+}
+
+/// Why a view's columns cannot be laid out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// A dimension or a measure names a field the source does not declare.
+    #[error("`{field}` is not a declared field")]
+    UndeclaredField {
+        /// The field named.
+        field: String,
+    },
+    /// Two columns of the view table would share a name.
+    #[error("column `{column}` would appear twice in the view table; rename the measure")]
+    DuplicateColumn {
+        /// The name used twice.
+        column: String,
+    },
+}
+
+/// Why a view filter cannot be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The declared fields do not make a schema DataFusion accepts.
+    #[error("{0}")]
+    Schema(#[source] DataFusionError),
+    /// The text is not an SQL expression over the declared fields.
+    #[error("filter `{sql}`: {}", .source.strip_backtrace())]
+    Parse {
+        /// The filter's text.
+        sql: String,
+        /// What DataFusion said.
+        #[source]
+        source: DataFusionError,
+    },
+    /// The expression calls a function that may answer differently on each call.
+    #[error("filter `{sql}` calls a volatile function; both layers must give it the same answer")]
+    Volatile {
+        /// The filter's text.
+        sql: String,
+    },
+    /// The expression could not be walked to look for aggregates and subqueries.
+    #[error("{0}")]
+    Inspect(#[source] DataFusionError),
+    /// The expression needs more than one event to be decided.
+    #[error("filter `{sql}` must be a per-event condition: no aggregates, windows or subqueries")]
+    NotPerEvent {
+        /// The filter's text.
+        sql: String,
+    },
+    /// The expression is not a condition.
+    #[error("filter `{sql}` is of type {data_type}, not boolean")]
+    NotBoolean {
+        /// The filter's text.
+        sql: String,
+        /// The type it has.
+        data_type: DataType,
     },
 }
 

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{Normalize, SourceConfig};
+use crate::source::{Normalize, SourceConfig};
 
 /// Lowercase hex SHA-256 of `value`, written into `out`.
 pub fn sha256_hex<'a>(value: &[u8], out: &'a mut [u8; 64]) -> &'a str {

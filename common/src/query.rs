@@ -1,16 +1,26 @@
-//! Answering a view query from states: select groups by time and dimension values, merge the
-//! parts (batch ⊕ speed) per group, roll buckets up to the asked granularity and groups up to
-//! the asked dimensions, finalise the measures, order and limit.
+//! View queries: resolving what a client asked ([`QueryRequest`]) against a view into a checked
+//! [`Query`], and answering it from states: select groups by time and dimension values, merge
+//! the parts (batch ⊕ speed) per group, roll buckets up to the asked granularity and groups up
+//! to the asked dimensions, finalise the measures, order and limit.
 //!
-//! Pure: the parts are [`ViewState`]s however they were obtained, and the answer is a list of
-//! [`Row`]s for the HTTP layer to render.
+//! Pure: the request is plain data however it arrived (a JSON body, a query string), a refusal
+//! is a [`QueryError`] with the API's code, the parts are [`ViewState`]s however they were
+//! obtained, and the answer is a list of [`Row`]s for the HTTP layer to render.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use crate::config::{AggKind, FieldType, Granularity, SourceConfig, ViewDef};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::source::{FieldType, SourceConfig};
 use crate::state::{Dim, Num, State, ViewState};
+use crate::timestamp::parse_rfc3339_micros;
+use crate::view::{AggKind, Granularity, ViewDef};
+
+/// Most rows one answer may hold.
+pub const MAX_LIMIT: usize = 100_000;
 
 /// The bucket width of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +29,16 @@ pub enum Rollup {
     Buckets(Granularity),
     /// One bucket over all time: rows carry no bucket.
     All,
+}
+
+impl Rollup {
+    /// The API spelling of the answer's bucket width: a granularity, or `all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Buckets(g) => g.as_str(),
+            Self::All => "all",
+        }
+    }
 }
 
 /// What to order rows by.
@@ -51,6 +71,326 @@ pub struct Query {
     pub order_by: Vec<(OrderKey, bool)>,
     /// Most rows returned.
     pub limit: Option<usize>,
+}
+
+/// What a client asks of a view, every key optional: the body of
+/// `POST /v1/views/{name}/query`, or its query-string form with lists split.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// First time included, RFC 3339 with an offset.
+    pub from: Option<String>,
+    /// First time excluded, RFC 3339 with an offset.
+    pub to: Option<String>,
+    /// `minute`, `hour`, `day` (no finer than the view's) or `all`; the view's when absent.
+    pub granularity: Option<String>,
+    /// Dimensions to group by; none when absent.
+    pub group_by: Option<Vec<String>>,
+    /// Dimension → accepted values, as JSON values of the dimension's type.
+    pub filters: Option<HashMap<String, Vec<Json>>>,
+    /// Measures to compute; all when absent.
+    pub measures: Option<Vec<String>>,
+    /// Order keys: `bucket`, a grouped dimension or a selected measure.
+    pub order_by: Option<Vec<OrderBy>>,
+    /// Most rows returned, at most [`MAX_LIMIT`].
+    pub limit: Option<usize>,
+    /// `merged` (the default), `batch` or `speed`.
+    pub layer: Option<String>,
+}
+
+/// One order key of a [`QueryRequest`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBy {
+    /// `bucket`, a grouped dimension or a selected measure.
+    pub field: String,
+    /// Descending.
+    #[serde(default)]
+    pub desc: bool,
+}
+
+/// Which side of the merge an answer reads: both (the default and the lambda invariant's
+/// answer), or one alone, to see where the batch/speed seam lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// Batch ⊕ speed.
+    Merged,
+    /// The batch view alone.
+    Batch,
+    /// The speed layer alone.
+    Speed,
+}
+
+/// A request resolved against its view: the checked query and the layer it reads.
+#[derive(Debug, Clone)]
+pub struct ResolvedQuery {
+    /// What to compute.
+    pub query: Query,
+    /// Which parts to compute it over.
+    pub layer: Layer,
+}
+
+/// Why a request cannot be resolved against a view. [`QueryError::code`] is the API's
+/// machine-readable code; the message says what was wrong and what to ask instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueryError {
+    /// `layer` is not one of the three.
+    #[error("layer `{layer}`: use merged, batch or speed")]
+    UnknownLayer {
+        /// What was asked.
+        layer: String,
+    },
+    /// `from` or `to` is not an RFC 3339 time.
+    #[error(
+        "`{key}` must be an RFC 3339 time with an offset, e.g. 2026-11-20T00:00:00Z; got `{text}`"
+    )]
+    InvalidTime {
+        /// `from` or `to`.
+        key: &'static str,
+        /// What was given.
+        text: String,
+    },
+    /// `from` is not before `to`.
+    #[error("`from` must be before `to`")]
+    EmptyRange,
+    /// `granularity` is not one of the spellings.
+    #[error("granularity `{granularity}`: use minute, hour, day or all")]
+    UnknownGranularity {
+        /// What was asked.
+        granularity: String,
+    },
+    /// `granularity` is finer than the view keeps.
+    #[error(
+        "view `{view}` is kept by {}; ask for that or a coarser granularity",
+        .kept.as_str()
+    )]
+    FinerThanView {
+        /// The view.
+        view: String,
+        /// The view's granularity.
+        kept: Granularity,
+    },
+    /// `group_by` or `filters` names something that is not a dimension of the view.
+    #[error("`{key}`: view `{view}` has no dimension `{dimension}` (it has {dimensions:?})")]
+    UnknownDimension {
+        /// `group_by` or `filters`.
+        key: &'static str,
+        /// The view.
+        view: String,
+        /// What was named.
+        dimension: String,
+        /// The view's dimensions.
+        dimensions: Vec<String>,
+    },
+    /// A filter value is not of its dimension's type.
+    #[error("{}", filter_value_message(.dimension, .value, .kind))]
+    InvalidFilterValue {
+        /// The dimension.
+        dimension: String,
+        /// The value given.
+        value: Json,
+        /// The dimension's declared type.
+        kind: Option<FieldType>,
+    },
+    /// `measures` names something that is not a measure of the view.
+    #[error("view `{view}` has no measure `{measure}`")]
+    UnknownMeasure {
+        /// The view.
+        view: String,
+        /// What was named.
+        measure: String,
+    },
+    /// `order_by` names neither the bucket, a grouped dimension nor a selected measure.
+    #[error("order_by `{field}`: order by bucket, a grouped dimension or a selected measure")]
+    InvalidOrder {
+        /// What was named.
+        field: String,
+    },
+    /// `limit` is over [`MAX_LIMIT`].
+    #[error("limit is at most {MAX_LIMIT}")]
+    LimitTooLarge {
+        /// What was asked.
+        limit: usize,
+    },
+}
+
+/// The message of [`QueryError::InvalidFilterValue`]: lower case throughout, as the API has
+/// always said it.
+fn filter_value_message(dimension: &str, value: &Json, kind: &Option<FieldType>) -> String {
+    format!("filter `{dimension}`: `{value}` is not a {kind:?} value").to_lowercase()
+}
+
+impl QueryError {
+    /// The API's machine-readable code for this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownLayer { .. }
+            | Self::InvalidTime { .. }
+            | Self::EmptyRange
+            | Self::LimitTooLarge { .. } => "invalid_query",
+            Self::UnknownGranularity { .. } | Self::FinerThanView { .. } => "invalid_granularity",
+            Self::UnknownDimension { .. } => "unknown_dimension",
+            Self::InvalidFilterValue { .. } => "invalid_filter",
+            Self::UnknownMeasure { .. } => "unknown_measure",
+            Self::InvalidOrder { .. } => "invalid_order",
+        }
+    }
+}
+
+impl Query {
+    /// Resolves `request` against `view` of `source`: parses its times, granularity and filter
+    /// values, and turns the names it uses into indexes of the view's dimensions and measures.
+    /// Checks happen in the order of the request's keys: layer, times, granularity, group_by,
+    /// filters, measures, order_by, limit.
+    pub fn resolve(
+        source: &SourceConfig,
+        view: &ViewDef,
+        request: &QueryRequest,
+    ) -> Result<ResolvedQuery, QueryError> {
+        let layer = match request.layer.as_deref() {
+            None | Some("merged") => Layer::Merged,
+            Some("batch") => Layer::Batch,
+            Some("speed") => Layer::Speed,
+            Some(other) => {
+                return Err(QueryError::UnknownLayer {
+                    layer: other.to_owned(),
+                });
+            }
+        };
+        let from = time("from", request.from.as_deref())?;
+        let to = time("to", request.to.as_deref())?;
+        if let (Some(f), Some(t)) = (from, to)
+            && f >= t
+        {
+            return Err(QueryError::EmptyRange);
+        }
+        let rollup = match request.granularity.as_deref() {
+            None => Rollup::Buckets(view.granularity),
+            Some("all") => Rollup::All,
+            Some(g) => {
+                let parsed: Granularity =
+                    g.parse().map_err(|()| QueryError::UnknownGranularity {
+                        granularity: g.to_owned(),
+                    })?;
+                if parsed < view.granularity {
+                    return Err(QueryError::FinerThanView {
+                        view: view.name.clone(),
+                        kept: view.granularity,
+                    });
+                }
+                Rollup::Buckets(parsed)
+            }
+        };
+        let group_by = request
+            .group_by
+            .iter()
+            .flatten()
+            .map(|d| dimension(view, d, "group_by"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut filters = Vec::new();
+        for (name, values) in request.filters.iter().flatten() {
+            let d = dimension(view, name, "filters")?;
+            let kind = source.field(name).map(|f| f.kind);
+            let values = values
+                .iter()
+                .map(|v| {
+                    dim_of(kind, v).ok_or_else(|| QueryError::InvalidFilterValue {
+                        dimension: name.clone(),
+                        value: v.clone(),
+                        kind,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            filters.push((d, values));
+        }
+        let measures = match &request.measures {
+            None => (0..view.measures.len()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|m| {
+                    view.measures
+                        .iter()
+                        .position(|x| &x.name == m)
+                        .ok_or_else(|| QueryError::UnknownMeasure {
+                            view: view.name.clone(),
+                            measure: m.clone(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let mut order_by = Vec::new();
+        for o in request.order_by.iter().flatten() {
+            let key = if o.field == "bucket" {
+                OrderKey::Bucket
+            } else if let Some(i) = group_by.iter().position(|d| view.dimensions[*d] == o.field) {
+                OrderKey::Dimension(i)
+            } else if let Some(i) = measures
+                .iter()
+                .position(|m| view.measures[*m].name == o.field)
+            {
+                OrderKey::Measure(i)
+            } else {
+                return Err(QueryError::InvalidOrder {
+                    field: o.field.clone(),
+                });
+            };
+            order_by.push((key, o.desc));
+        }
+        if let Some(limit) = request.limit.filter(|l| *l > MAX_LIMIT) {
+            return Err(QueryError::LimitTooLarge { limit });
+        }
+        Ok(ResolvedQuery {
+            query: Query {
+                from,
+                to,
+                rollup,
+                group_by,
+                filters,
+                measures,
+                order_by,
+                limit: request.limit,
+            },
+            layer,
+        })
+    }
+}
+
+fn time(key: &'static str, text: Option<&str>) -> Result<Option<i64>, QueryError> {
+    text.map(|t| {
+        parse_rfc3339_micros(t).ok_or_else(|| QueryError::InvalidTime {
+            key,
+            text: t.to_owned(),
+        })
+    })
+    .transpose()
+}
+
+fn dimension(view: &ViewDef, name: &str, key: &'static str) -> Result<usize, QueryError> {
+    view.dimensions
+        .iter()
+        .position(|d| d == name)
+        .ok_or_else(|| QueryError::UnknownDimension {
+            key,
+            view: view.name.clone(),
+            dimension: name.to_owned(),
+            dimensions: view.dimensions.clone(),
+        })
+}
+
+/// A filter value as the dimension value it matches, if it is of the dimension's type.
+fn dim_of(kind: Option<FieldType>, v: &Json) -> Option<Dim> {
+    Some(match (kind?, v) {
+        (_, Json::Null) => Dim::Null,
+        (FieldType::String, Json::String(s)) => Dim::Str(s.as_str().into()),
+        (FieldType::Int, Json::Number(n)) => Dim::Int(n.as_i64()?),
+        (FieldType::Float, Json::Number(n)) => {
+            let f = n.as_f64()?;
+            Dim::Float(if f == 0.0 { 0.0f64 } else { f }.to_bits())
+        }
+        (FieldType::Bool, Json::Bool(b)) => Dim::Bool(*b),
+        (FieldType::Timestamp, Json::String(s)) => Dim::Int(parse_rfc3339_micros(s)?),
+        _ => return None,
+    })
 }
 
 /// A final measure value.
@@ -219,5 +559,210 @@ pub fn finalise(source: &SourceConfig, view: &ViewDef, m: usize, state: &State) 
         (AggKind::Avg, State::Avg { .. }) => Value::Null,
         (AggKind::ApproxDistinct, State::Distinct(s)) => Value::Int(s.estimate() as i64),
         (agg, state) => panic!("state {state:?} does not belong to a {agg:?} measure"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Resolves the JSON `request` against the demo's `sales_by_country` (hourly, by country).
+    fn resolve(request: Json) -> Result<ResolvedQuery, QueryError> {
+        let config = Config::demo();
+        let request: QueryRequest = serde_json::from_value(request).unwrap();
+        Query::resolve(&config.source, &config.views[0], &request)
+    }
+
+    fn refusal(request: Json) -> (&'static str, String) {
+        let error = resolve(request).unwrap_err();
+        (error.code(), error.to_string())
+    }
+
+    #[test]
+    fn an_empty_request_asks_for_every_measure_by_the_views_buckets() {
+        let resolved = resolve(json!({})).unwrap();
+        assert_eq!(resolved.layer, Layer::Merged);
+        let q = resolved.query;
+        assert_eq!((q.from, q.to), (None, None));
+        assert_eq!(q.rollup, Rollup::Buckets(Granularity::Hour));
+        assert_eq!(q.rollup.as_str(), "hour");
+        assert!(q.group_by.is_empty() && q.filters.is_empty() && q.order_by.is_empty());
+        assert_eq!(q.measures, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(q.limit, None);
+    }
+
+    #[test]
+    fn a_full_request_resolves_names_to_indexes() {
+        let resolved = resolve(json!({
+            "from": "2026-01-01T00:00:00Z",
+            "to": "2026-01-02T09:00:00+09:00",
+            "granularity": "day",
+            "group_by": ["country"],
+            "filters": {"country": ["kr", null]},
+            "measures": ["revenue", "orders"],
+            "order_by": [{"field": "orders", "desc": true}, {"field": "country"}, {"field": "bucket"}],
+            "limit": 100_000,
+            "layer": "speed",
+        }))
+        .unwrap();
+        assert_eq!(resolved.layer, Layer::Speed);
+        let q = resolved.query;
+        assert_eq!(q.from, parse_rfc3339_micros("2026-01-01T00:00:00Z"));
+        assert_eq!(q.to, Some(q.from.unwrap() + 86_400_000_000));
+        assert_eq!(q.rollup, Rollup::Buckets(Granularity::Day));
+        assert_eq!(q.group_by, [0]);
+        assert_eq!(q.filters, [(0, vec![Dim::Str("kr".into()), Dim::Null])]);
+        assert_eq!(q.measures, [1, 0]);
+        assert_eq!(
+            q.order_by,
+            [
+                (OrderKey::Measure(1), true),
+                (OrderKey::Dimension(0), false),
+                (OrderKey::Bucket, false)
+            ]
+        );
+        assert_eq!(q.limit, Some(MAX_LIMIT));
+    }
+
+    #[test]
+    fn layers_and_all_time_are_spelled_out() {
+        for (layer, expected) in [
+            ("merged", Layer::Merged),
+            ("batch", Layer::Batch),
+            ("speed", Layer::Speed),
+        ] {
+            assert_eq!(resolve(json!({"layer": layer})).unwrap().layer, expected);
+        }
+        let q = resolve(json!({"granularity": "all"})).unwrap().query;
+        assert_eq!((q.rollup, q.rollup.as_str()), (Rollup::All, "all"));
+        let q = resolve(json!({"granularity": "hour"})).unwrap().query;
+        assert_eq!(q.rollup, Rollup::Buckets(Granularity::Hour));
+    }
+
+    #[test]
+    fn filter_values_take_their_dimensions_type() {
+        let config = Config::demo();
+        let products = &config.views[2];
+        assert_eq!(products.dimensions, ["product", "country"]);
+        let request: QueryRequest =
+            serde_json::from_value(json!({"filters": {"country": ["DE"]}})).unwrap();
+        let q = Query::resolve(&config.source, products, &request)
+            .unwrap()
+            .query;
+        assert_eq!(q.filters, [(1, vec![Dim::Str("DE".into())])]);
+        assert_eq!(
+            dim_of(Some(FieldType::Float), &json!(-0.0)),
+            Some(Dim::Float(0.0f64.to_bits()))
+        );
+        assert_eq!(dim_of(Some(FieldType::Int), &json!(1.5)), None);
+        assert_eq!(
+            dim_of(Some(FieldType::Bool), &json!(true)),
+            Some(Dim::Bool(true))
+        );
+        assert_eq!(
+            dim_of(Some(FieldType::Timestamp), &json!("1970-01-01T00:00:01Z")),
+            Some(Dim::Int(1_000_000))
+        );
+        assert_eq!(dim_of(None, &json!("x")), None);
+    }
+
+    #[test]
+    fn each_refusal_has_its_code_and_message() {
+        let cases = [
+            (
+                json!({"layer": "both"}),
+                "invalid_query",
+                "layer `both`: use merged, batch or speed",
+            ),
+            (
+                json!({"from": "yesterday"}),
+                "invalid_query",
+                "`from` must be an RFC 3339 time with an offset, e.g. 2026-11-20T00:00:00Z; got `yesterday`",
+            ),
+            (
+                json!({"to": "2026-01-01T00:00:00"}),
+                "invalid_query",
+                "`to` must be an RFC 3339 time with an offset, e.g. 2026-11-20T00:00:00Z; got `2026-01-01T00:00:00`",
+            ),
+            (
+                json!({"from": "2026-01-02T00:00:00Z", "to": "2026-01-02T00:00:00Z"}),
+                "invalid_query",
+                "`from` must be before `to`",
+            ),
+            (
+                json!({"granularity": "week"}),
+                "invalid_granularity",
+                "granularity `week`: use minute, hour, day or all",
+            ),
+            (
+                json!({"granularity": "minute"}),
+                "invalid_granularity",
+                "view `sales_by_country` is kept by hour; ask for that or a coarser granularity",
+            ),
+            (
+                json!({"group_by": ["product"]}),
+                "unknown_dimension",
+                "`group_by`: view `sales_by_country` has no dimension `product` (it has [\"country\"])",
+            ),
+            (
+                json!({"filters": {"product": ["x"]}}),
+                "unknown_dimension",
+                "`filters`: view `sales_by_country` has no dimension `product` (it has [\"country\"])",
+            ),
+            (
+                json!({"filters": {"country": [7]}}),
+                "invalid_filter",
+                "filter `country`: `7` is not a some(string) value",
+            ),
+            (
+                json!({"filters": {"country": ["KR", true]}}),
+                "invalid_filter",
+                "filter `country`: `true` is not a some(string) value",
+            ),
+            (
+                json!({"measures": ["profit"]}),
+                "unknown_measure",
+                "view `sales_by_country` has no measure `profit`",
+            ),
+            (
+                json!({"order_by": [{"field": "country"}]}),
+                "invalid_order",
+                "order_by `country`: order by bucket, a grouped dimension or a selected measure",
+            ),
+            (
+                json!({"measures": ["orders"], "order_by": [{"field": "revenue"}]}),
+                "invalid_order",
+                "order_by `revenue`: order by bucket, a grouped dimension or a selected measure",
+            ),
+            (
+                json!({"limit": 100_001}),
+                "invalid_query",
+                "limit is at most 100000",
+            ),
+        ];
+        for (request, code, message) in cases {
+            assert_eq!(
+                refusal(request.clone()),
+                (code, message.to_owned()),
+                "{request}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_bad_key_is_named() {
+        let (code, _) = refusal(json!({"layer": "x", "granularity": "week"}));
+        assert_eq!(code, "invalid_query");
+        let (code, _) = refusal(json!({"granularity": "week", "measures": ["profit"]}));
+        assert_eq!(code, "invalid_granularity");
+    }
+
+    #[test]
+    fn unknown_request_keys_are_refused_by_serde() {
+        let error = serde_json::from_value::<QueryRequest>(json!({"fields": []})).unwrap_err();
+        assert!(error.to_string().contains("fields"), "{error}");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::config::{FieldType, SourceConfig};
+use crate::source::{FieldType, SourceConfig};
 
 /// UTC date of the event time; the raw table's partition column.
 pub const EVENT_DATE: &str = "event_date";

@@ -18,9 +18,11 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 
-use crate::config::{AggKind, FieldType, SourceConfig, ViewDef};
+use crate::error::LayoutError;
+use crate::layout::{BUCKET, Role, ViewLayout};
 use crate::sketch::{Sketch, SketchError, for_each_hash};
-use crate::view::{BUCKET, Role, ViewLayout};
+use crate::source::{FieldType, SourceConfig};
+use crate::view::{AggKind, ViewDef};
 
 /// Why a batch could not be folded or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,15 @@ pub enum StateError {
         column: String,
         /// What was wrong.
         message: String,
+    },
+    /// The view's columns cannot be laid out (its definition was not checked).
+    #[error("view `{view}`: {source}")]
+    Layout {
+        /// The view.
+        view: String,
+        /// Which column is in the way.
+        #[source]
+        source: LayoutError,
     },
     /// A stored sketch is unreadable.
     #[error(transparent)]
@@ -322,9 +333,9 @@ impl ViewState {
         view: &ViewDef,
         batch: &RecordBatch,
     ) -> Result<(), StateError> {
-        let layout = ViewLayout::new(source, view).map_err(|message| StateError::Column {
-            column: view.name.clone(),
-            message,
+        let layout = ViewLayout::new(source, view).map_err(|source| StateError::Layout {
+            view: view.name.clone(),
+            source,
         })?;
         let typed = |name: &str, data_type: &DataType| -> Result<ArrayRef, StateError> {
             Ok(cast(&column(batch, name)?, data_type)?)

@@ -12,10 +12,11 @@ use arrow::array::{
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow::error::ArrowError;
 
-use crate::config::{SourceConfig, ViewDef};
+use crate::layout::{Role, ViewLayout};
 use crate::query::{Query, Rollup, Value, finalise, merge};
+use crate::source::SourceConfig;
 use crate::state::{Dim, Num, State, ViewState};
-use crate::view::{Role, ViewLayout};
+use crate::view::ViewDef;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 

@@ -24,10 +24,10 @@ use arrow::record_batch::RecordBatch;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::config::{FieldDef, FieldType, SourceConfig};
 use crate::mask::{self, PayloadMasker};
 use crate::reason::Reason;
 use crate::schema;
+use crate::source::{FieldDef, FieldType, SourceConfig};
 use crate::timestamp::{date_of_micros, millis_to_micros, parse_rfc3339_micros};
 
 /// Where a message came from: its Kafka partition and offset (or, for the HTTP collector, its

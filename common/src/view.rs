@@ -1,160 +1,195 @@
-//! What a view stores, and how its filter reads: one definition both layers compile.
+//! What a view is: the declared aggregation of the product contract (SPEC §4) — its bucket
+//! width, the dimensions it groups by, its filter and its measures — and bucketing.
 //!
-//! A view row is a bucket, the dimension values, and per measure one or more columns. State
-//! columns are monoids that batch and speed merge ([`Role::is_state`]); final columns are
-//! derived from them (an average, a sketch's estimate) so that plain Delta readers see values,
-//! not only states. Column names are fixed here: `<measure>` for the value, `<measure>__sum`
-//! and `<measure>__count` for an average's state, `<measure>__hll` for a sketch.
-//!
-//! The filter is SQL parsed by DataFusion against the declared fields, so that the batch
-//! query and the speed layer's vectorised evaluation share one expression and one meaning.
+//! How a view is stored (its table layout) and how its filter is compiled live in the `layout`
+//! module; this module holds only the definition, so that both the config and the layout can
+//! depend on it.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::str::FromStr;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::DFSchema;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Expr, ExprSchemable};
-use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AggKind, FieldType, SourceConfig, ViewDef};
-use crate::schema::{EVENT_DATE, event_fields, field_type, timestamp_type};
+use crate::error::{Error, Result};
+use crate::source::{FieldType, SourceConfig, check_name};
 
-/// The bucket column: event time truncated to the view's granularity, UTC.
-pub const BUCKET: &str = "bucket";
-
-/// What a view column holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Number of events (state and value).
-    Count,
-    /// Sum of non-null values (state and value).
-    Sum,
-    /// Smallest non-null value (state and value).
-    Min,
-    /// Largest non-null value (state and value).
-    Max,
-    /// Sum of an average's non-null values, as float (state).
-    AvgSum,
-    /// Number of an average's non-null values (state).
-    AvgCount,
-    /// The average, `AvgSum / AvgCount` (final).
-    Avg,
-    /// HyperLogLog sketch bytes (state).
-    Sketch,
-    /// The sketch's estimate (final).
-    Estimate,
+/// One declared aggregation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewDef {
+    /// Names the view table (`views/<name>`) and the API resource.
+    pub name: String,
+    /// Bucket width.
+    pub granularity: Granularity,
+    /// Declared fields to group by.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    /// SQL boolean expression over declared fields; only matching events are aggregated.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// The aggregates kept per bucket and dimension values.
+    pub measures: Vec<MeasureDef>,
 }
 
-impl Role {
-    /// Whether the column is a mergeable state (as opposed to one derived from states).
-    pub fn is_state(self) -> bool {
-        !matches!(self, Self::Avg | Self::Estimate)
+/// Bucket widths, finest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// 60 seconds.
+    Minute,
+    /// 3,600 seconds.
+    Hour,
+    /// One UTC day.
+    Day,
+}
+
+impl Granularity {
+    /// The config and API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    /// Width of a bucket in microseconds, the unit of every timestamp column.
+    pub fn micros(self) -> i64 {
+        match self {
+            Self::Minute => 60_000_000,
+            Self::Hour => 3_600_000_000,
+            Self::Day => 86_400_000_000,
+        }
+    }
+
+    /// The start of the bucket holding `us` (UTC epoch microseconds).
+    pub fn truncate(self, us: i64) -> i64 {
+        us - us.rem_euclid(self.micros())
     }
 }
 
-/// One column of a view table holding (part of) a measure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MeasureColumn {
-    /// Column name.
+/// One measure of a view.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureDef {
+    /// Column and API name.
     pub name: String,
-    /// Index of the measure in [`ViewDef::measures`].
-    pub measure: usize,
-    /// What the column holds.
-    pub role: Role,
-    /// The source field aggregated, if any.
+    /// The aggregate function.
+    pub agg: AggKind,
+    /// The field aggregated; not used by `count`.
+    #[serde(default)]
     pub field: Option<String>,
-    /// Arrow type.
-    pub data_type: DataType,
 }
 
-/// A view's columns, derived once from its definition and the source fields.
-#[derive(Debug, Clone)]
-pub struct ViewLayout {
-    /// Dimension names and types, in declared order.
-    pub dimensions: Vec<(String, DataType)>,
-    /// Measure columns, in declared order.
-    pub measures: Vec<MeasureColumn>,
-    /// The Delta table's schema: bucket, dimensions, measure columns, `event_date`.
-    pub schema: SchemaRef,
+/// Aggregate functions; each is a monoid so batch and speed states merge exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggKind {
+    /// Number of events.
+    Count,
+    /// Sum of non-null values.
+    Sum,
+    /// Smallest non-null value.
+    Min,
+    /// Largest non-null value.
+    Max,
+    /// Sum / count of non-null values.
+    Avg,
+    /// HyperLogLog estimate of distinct non-null values.
+    ApproxDistinct,
 }
 
-impl ViewLayout {
-    /// Lays out `view`'s columns; fails (with a message for the config error) when two
-    /// columns would share a name.
-    pub fn new(source: &SourceConfig, view: &ViewDef) -> Result<Self, String> {
-        let kind = |name: &str| {
-            source
-                .field(name)
-                .map(|f| f.kind)
-                .ok_or_else(|| format!("`{name}` is not a declared field"))
-        };
-        let mut dimensions = Vec::new();
-        for d in &view.dimensions {
-            dimensions.push((d.clone(), field_type(kind(d)?)));
+impl AggKind {
+    /// The config and API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::Sum => "sum",
+            Self::Min => "min",
+            Self::Max => "max",
+            Self::Avg => "avg",
+            Self::ApproxDistinct => "approx_distinct",
         }
-        let mut measures = Vec::new();
-        for (i, m) in view.measures.iter().enumerate() {
-            let field_kind = m.field.as_deref().map(kind).transpose()?;
-            let column = |suffix: &str, role, data_type| MeasureColumn {
-                name: format!("{}{suffix}", m.name),
-                measure: i,
-                role,
-                field: m.field.clone(),
-                data_type,
-            };
-            let value_type = field_kind.map(field_type).unwrap_or(DataType::Int64);
-            match m.agg {
-                AggKind::Count => measures.push(column("", Role::Count, DataType::Int64)),
-                AggKind::Sum => {
-                    let t = if field_kind == Some(FieldType::Int) {
-                        DataType::Int64
-                    } else {
-                        DataType::Float64
-                    };
-                    measures.push(column("", Role::Sum, t));
-                }
-                AggKind::Min => measures.push(column("", Role::Min, value_type)),
-                AggKind::Max => measures.push(column("", Role::Max, value_type)),
-                AggKind::Avg => measures.extend([
-                    column("__sum", Role::AvgSum, DataType::Float64),
-                    column("__count", Role::AvgCount, DataType::Int64),
-                    column("", Role::Avg, DataType::Float64),
-                ]),
-                AggKind::ApproxDistinct => measures.extend([
-                    column("__hll", Role::Sketch, DataType::Binary),
-                    column("", Role::Estimate, DataType::Int64),
-                ]),
+    }
+}
+
+impl FromStr for Granularity {
+    type Err = ();
+
+    /// Reads the config and API spelling ([`Granularity::as_str`]).
+    fn from_str(text: &str) -> std::result::Result<Self, ()> {
+        match text {
+            "minute" => Ok(Self::Minute),
+            "hour" => Ok(Self::Hour),
+            "day" => Ok(Self::Day),
+            _ => Err(()),
+        }
+    }
+}
+
+impl ViewDef {
+    /// Checks what serde cannot, against the declared fields of `source`: a plain name, declared
+    /// dimensions, at least one measure, measure names used once, and aggregates that fit their
+    /// field's type. That the columns lay out and the filter compiles is checked with the rest
+    /// of the deployment, once the layout can be derived.
+    pub fn check(&self, source: &SourceConfig) -> Result<()> {
+        let key = format!("views.{}", self.name);
+        check_name("views[].name", &self.name)?;
+        for dim in &self.dimensions {
+            if source.field(dim).is_none() {
+                return Err(Error::Invalid {
+                    key,
+                    message: format!("dimension `{dim}` is not a declared field"),
+                });
             }
         }
-        let mut fields = vec![Field::new(BUCKET, timestamp_type(), true)];
-        fields.extend(
-            dimensions
-                .iter()
-                .map(|(n, t)| Field::new(n, t.clone(), true)),
-        );
-        fields.extend(
-            measures
-                .iter()
-                .map(|c| Field::new(&c.name, c.data_type.clone(), true)),
-        );
-        fields.push(Field::new(EVENT_DATE, DataType::Date32, true));
-        let mut names = HashSet::new();
-        for f in &fields {
-            if !names.insert(f.name().as_str()) {
-                return Err(format!(
-                    "column `{}` would appear twice in the view table; rename the measure",
-                    f.name()
-                ));
-            }
+        if self.measures.is_empty() {
+            return Err(Error::Invalid {
+                key,
+                message: "declare at least one measure".into(),
+            });
         }
-        Ok(Self {
-            dimensions,
-            measures,
-            schema: Arc::new(Schema::new(fields)),
-        })
+        let mut measure_names = HashSet::new();
+        for m in &self.measures {
+            let key = format!("{key}.measures.{}", m.name);
+            check_name(&key, &m.name)?;
+            if !measure_names.insert(&m.name) || self.dimensions.contains(&m.name) {
+                return Err(Error::Invalid {
+                    key,
+                    message: "measure name used twice in the view".into(),
+                });
+            }
+            check_measure(source, m).map_err(|message| Error::Invalid { key, message })?;
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with aggregating `m` as declared, in words for [`Error::Invalid`].
+fn check_measure(source: &SourceConfig, m: &MeasureDef) -> std::result::Result<(), String> {
+    let field = match (m.agg, &m.field) {
+        (AggKind::Count, None) => return Ok(()),
+        (AggKind::Count, Some(_)) => return Err("count takes no field".into()),
+        (_, None) => return Err(format!("{} needs a field", m.agg.as_str())),
+        (_, Some(name)) => name,
+    };
+    let Some(def) = source.field(field) else {
+        return Err(format!("`{field}` is not a declared field"));
+    };
+    let ok = match m.agg {
+        AggKind::Sum | AggKind::Avg => def.kind.is_numeric(),
+        AggKind::Min | AggKind::Max => def.kind.is_numeric() || def.kind == FieldType::Timestamp,
+        AggKind::ApproxDistinct | AggKind::Count => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "field `{field}` of type {:?} cannot be aggregated that way",
+            def.kind
+        )
+        .to_lowercase())
     }
 }
 
@@ -171,127 +206,45 @@ pub fn fingerprint(source: &SourceConfig, view: &ViewDef) -> String {
     hex::encode(&hash.finalize()[..16])
 }
 
-/// The schema a filter is read against: the id, the time and every declared field.
-pub fn filter_schema(source: &SourceConfig) -> SchemaRef {
-    Arc::new(Schema::new(event_fields(source)))
-}
-
-/// Parses a view filter into a DataFusion expression over [`filter_schema`]: it must be a
-/// deterministic boolean expression over declared fields, with no aggregates or subqueries.
-pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, String> {
-    let schema =
-        DFSchema::try_from(filter_schema(source).as_ref().clone()).map_err(|e| e.to_string())?;
-    let expr = SessionContext::new()
-        .parse_sql_expr(sql, &schema)
-        .map_err(|e| format!("filter `{sql}`: {}", e.strip_backtrace()))?;
-    if expr.is_volatile() {
-        return Err(format!(
-            "filter `{sql}` calls a volatile function; both layers must give it the same answer"
-        ));
-    }
-    let mut nested = false;
-    expr.apply(|e| {
-        nested |= matches!(
-            e,
-            Expr::AggregateFunction(_)
-                | Expr::WindowFunction(_)
-                | Expr::ScalarSubquery(_)
-                | Expr::Exists(_)
-                | Expr::InSubquery(_)
-        );
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .map_err(|e| e.to_string())?;
-    if nested {
-        return Err(format!(
-            "filter `{sql}` must be a per-event condition: no aggregates, windows or subqueries"
-        ));
-    }
-    match expr.get_type(&schema) {
-        Ok(DataType::Boolean) => Ok(expr),
-        Ok(other) => Err(format!("filter `{sql}` is of type {other}, not boolean")),
-        Err(e) => Err(format!("filter `{sql}`: {}", e.strip_backtrace())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
-    #[test]
-    fn demo_views_lay_out_states_and_values() {
-        let config = Config::demo();
-        let sales = &config.views[0];
-        let layout = ViewLayout::new(&config.source, sales).unwrap();
-        let names: Vec<&str> = layout
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "bucket",
-                "country",
-                "orders",
-                "revenue",
-                "max_order",
-                "min_order",
-                "avg_order__sum",
-                "avg_order__count",
-                "avg_order",
-                "buyers__hll",
-                "buyers",
-                "event_date"
-            ]
-        );
-        let states: Vec<Role> = layout
-            .measures
-            .iter()
-            .filter(|c| c.role.is_state())
-            .map(|c| c.role)
-            .collect();
-        assert_eq!(
-            states,
-            [
-                Role::Count,
-                Role::Sum,
-                Role::Max,
-                Role::Min,
-                Role::AvgSum,
-                Role::AvgCount,
-                Role::Sketch
-            ]
-        );
+    /// The demo deployment's source and views, read without the config module (which depends
+    /// on this one).
+    fn demo() -> (SourceConfig, Vec<ViewDef>) {
+        #[derive(Deserialize)]
+        struct Demo {
+            source: SourceConfig,
+            views: Vec<ViewDef>,
+        }
+        let demo: Demo = toml::from_str(include_str!("demo.toml")).unwrap();
+        (demo.source, demo.views)
     }
 
     #[test]
-    fn filters_are_checked_against_declared_fields() {
-        let source = Config::demo().source;
-        assert!(parse_filter(&source, "type = 'purchase' AND amount > 10").is_ok());
-        assert!(parse_filter(&source, "event_time >= '2026-01-01T00:00:00Z'").is_ok());
-        for (sql, needle) in [
-            ("colour = 'red'", "colour"),
-            ("amount + 1", "not boolean"),
-            ("random() > 0.5", "volatile"),
-            ("count(*) > 1", "per-event"),
-            ("type = ", "filter"),
-            ("kafka_offset > 3", "kafka_offset"),
-        ] {
-            let error = parse_filter(&source, sql).unwrap_err();
-            assert!(error.contains(needle), "{sql}: {error}");
+    fn granularity_truncates_in_utc_including_before_epoch() {
+        assert_eq!(Granularity::Hour.truncate(3_600_000_000 + 5), 3_600_000_000);
+        assert_eq!(Granularity::Day.truncate(-1), -86_400_000_000);
+        assert_eq!(Granularity::Minute.truncate(59_999_999), 0);
+    }
+
+    #[test]
+    fn granularities_read_their_own_spelling() {
+        for g in [Granularity::Minute, Granularity::Hour, Granularity::Day] {
+            assert_eq!(g.as_str().parse(), Ok(g));
         }
+        assert_eq!("all".parse::<Granularity>(), Err(()));
+        assert_eq!("Hour".parse::<Granularity>(), Err(()));
     }
 
     #[test]
     fn fingerprints_change_with_the_definition() {
-        let config = Config::demo();
-        let mut view = config.views[0].clone();
-        let before = fingerprint(&config.source, &view);
-        assert_eq!(before, fingerprint(&config.source, &view));
+        let (source, views) = demo();
+        let mut view = views[0].clone();
+        let before = fingerprint(&source, &view);
+        assert_eq!(before, fingerprint(&source, &view));
         view.filter = Some("type = 'view'".into());
-        assert_ne!(before, fingerprint(&config.source, &view));
+        assert_ne!(before, fingerprint(&source, &view));
     }
 }

@@ -324,7 +324,7 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
             from: Some(start),
             to: Some(end),
             rollup: lambdaflow_common::query::Rollup::Buckets(
-                lambdaflow_common::config::Granularity::Hour,
+                lambdaflow_common::view::Granularity::Hour,
             ),
             group_by: vec![0],
             filters: Vec::new(),

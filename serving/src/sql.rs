@@ -29,8 +29,8 @@ use datafusion::sql::sqlparser::ast::Statement as Sql;
 use futures::StreamExt;
 use lambdaflow_batch::lake::Lake;
 use lambdaflow_common::config::{Config, ServingConfig};
+use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::table::merged_batch;
-use lambdaflow_common::view::ViewLayout;
 use lambdaflow_speed::served::Served;
 
 /// Why a statement got no answer.

@@ -25,9 +25,9 @@ use datafusion::prelude::SessionContext;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::dedup::SeenIds;
+use lambdaflow_common::layout::parse_filter;
 use lambdaflow_common::schema::{EVENT_DATE, KAFKA_OFFSET, KAFKA_PARTITION, raw_schema};
 use lambdaflow_common::state::ViewState;
-use lambdaflow_common::view::parse_filter;
 use lambdaflow_common::watermark::{Watermark, at_or_beyond};
 
 use crate::error::{Error, Result};

@@ -7,7 +7,7 @@ use lambdaflow_common::watermark::Watermark;
 pub enum Error {
     /// A view filter could not be compiled.
     #[error("view filter: {0}")]
-    Filter(String),
+    Filter(#[source] lambdaflow_common::error::FilterError),
     /// Evaluating a filter failed.
     #[error("evaluating a view filter: {0}")]
     Query(#[from] datafusion::error::DataFusionError),

@@ -369,10 +369,10 @@ pub fn direct_views(
 /// Every query a view answers with all its measures and no time range or filter: each
 /// granularity from the view's up and `all`, times every subset of its dimensions.
 pub fn every_query(
-    view: &lambdaflow_common::config::ViewDef,
+    view: &lambdaflow_common::view::ViewDef,
 ) -> Vec<lambdaflow_common::query::Query> {
-    use lambdaflow_common::config::Granularity;
     use lambdaflow_common::query::{Query, Rollup};
+    use lambdaflow_common::view::Granularity;
     let rollups = [Granularity::Minute, Granularity::Hour, Granularity::Day]
         .into_iter()
         .filter(|g| *g >= view.granularity)

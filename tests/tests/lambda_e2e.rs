@@ -181,7 +181,7 @@ async fn answers_equal_the_truth_through_batches_late_events_and_a_kill() {
     let after = check(&api, &config, &produced, "after the first batch").await;
     for (v, view) in config.views.iter().enumerate() {
         for (m, measure) in view.measures.iter().enumerate() {
-            if measure.agg == lambdaflow_common::config::AggKind::ApproxDistinct {
+            if measure.agg == lambdaflow_common::view::AggKind::ApproxDistinct {
                 assert_eq!(
                     before[v][m], after[v][m],
                     "{}.{} moved when the batch took over from the speed layer",

@@ -3,18 +3,18 @@
 //! `POST` answers 202 with the new run's id at once (the run goes on in the background) or
 //! 409 naming the run in progress; records are read from `<lake>/_lambdaflow/runs/`.
 
-use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use lambdaflow_batch::Error as BatchError;
 use lambdaflow_batch::history::{RunRecord, Trigger, is_run_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::json::{ApiJson, JsonBody};
 
 /// Most records one listing returns.
 const MAX_LIST: usize = 1_000;
@@ -34,26 +34,21 @@ struct TriggerRequest {
     full: bool,
 }
 
+impl JsonBody for TriggerRequest {
+    const INVALID: &'static str = "invalid_json";
+    const EXPECTED: &'static str = "{\"full\": true|false} or an empty body";
+
+    fn when_empty() -> Option<Self> {
+        Some(Self::default())
+    }
+}
+
 async fn trigger(
     State(state): State<AppState>,
-    body: Bytes,
+    ApiJson(request): ApiJson<TriggerRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request: TriggerRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        TriggerRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
-            code: "invalid_json",
-            message: format!("expected {{\"full\": true|false}} or an empty body: {e}"),
-        })?
-    };
-    match state.batches.submit(Trigger::Api, request.full).await {
-        Ok(id) => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id })))),
-        Err(BatchError::RunInProgress { running, .. }) => Err(ApiError::Conflict {
-            message: format!("batch run {running} is in progress; runs never overlap"),
-            id: running,
-        }),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
+    let id = state.batches.submit(Trigger::Api, request.full).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id }))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,25 +59,17 @@ struct ListQuery {
 
 async fn list(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest {
-        code: "invalid_query",
-        message: e.body_text(),
-    })?;
+    let Query(query) = query?;
     let limit = query.limit.unwrap_or(20);
     if limit == 0 || limit > MAX_LIST {
-        return Err(ApiError::BadRequest {
-            code: "invalid_query",
-            message: format!("limit must be between 1 and {MAX_LIST}"),
-        });
+        return Err(ApiError::bad(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_LIST}"),
+        ));
     }
-    let runs = state
-        .batches
-        .history()
-        .list(limit)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let runs = state.batches.history().list(limit).await?;
     Ok(Json(json!({ "runs": runs })))
 }
 
@@ -91,17 +78,16 @@ async fn one(
     Path(id): Path<String>,
 ) -> Result<Json<RunRecord>, ApiError> {
     if !is_run_id(&id) {
-        return Err(ApiError::BadRequest {
-            code: "invalid_run_id",
-            message: "a run id is letters, digits and '-', at most 64 characters".into(),
-        });
+        return Err(ApiError::bad(
+            "invalid_run_id",
+            "a run id is letters, digits and '-', at most 64 characters",
+        ));
     }
     state
         .batches
         .history()
         .get(&id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no batch run `{id}`")))
 }

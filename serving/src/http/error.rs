@@ -1,10 +1,20 @@
 //! One error model for every route: `{"error":{"code","message"}}` with a 4xx/5xx status.
 //! 5xx bodies stay generic; their detail goes to the log.
+//!
+//! Handlers return `Result<_, ApiError>` and use `?`: the errors of the layers below convert
+//! with `From` (a refused query keeps its code, a batch run in progress is a 409, SQL errors
+//! keep theirs), request bodies are read by [`crate::http::json`], whose rejections are
+//! `ApiError`s too, and [`json_errors`] gives axum's own rejections the same shape.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use lambdaflow_batch::Error as BatchError;
+use lambdaflow_common::query::QueryError;
 use serde_json::json;
+
+use crate::sql::SqlError;
 
 /// An error a handler returns.
 #[derive(Debug, thiserror::Error)]
@@ -84,15 +94,56 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses a JSON request body into `T`, or a 400 `invalid_json` naming the `expected` shape.
-/// serde_json refuses nesting deeper than 128 levels, so a deep document is an error, not a
-/// stack overflow.
-pub fn parse_json<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    expected: &str,
-) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad("invalid_json", format!("expected {expected}: {e}")))
+impl From<QueryError> for ApiError {
+    /// A refused view query: a 400 with the query's own code and message.
+    fn from(e: QueryError) -> Self {
+        Self::bad(e.code(), e.to_string())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    /// A query string that does not fit the route's parameters.
+    fn from(e: QueryRejection) -> Self {
+        Self::bad("invalid_query", e.body_text())
+    }
+}
+
+impl From<SqlError> for ApiError {
+    /// Refusals of the statement are 400s with their own code; a timeout is a 504 and a
+    /// process still starting a 503.
+    fn from(e: SqlError) -> Self {
+        let code = match &e {
+            SqlError::NotAQuery(_) => "not_a_query",
+            SqlError::Invalid(_) => "invalid_sql",
+            SqlError::TooManyRows(_) => "row_limit_exceeded",
+            SqlError::Memory { .. } => "memory_limit_exceeded",
+            SqlError::Timeout(_) => return Self::Timeout(e.to_string()),
+            SqlError::Starting => return Self::Unavailable(e.to_string()),
+            SqlError::Internal(detail) => return Self::Internal(detail.clone()),
+        };
+        Self::bad(code, e.to_string())
+    }
+}
+
+impl From<BatchError> for ApiError {
+    /// A run in progress is a 409 naming it; anything else went wrong on our side.
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::RunInProgress { running, .. } => Self::Conflict {
+                message: format!("batch run {running} is in progress; runs never overlap"),
+                id: running,
+            },
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    /// Writing an answer as JSON failed: a bug, not the client's. (Request bodies that do
+    /// not parse are rejected by the extractor with a 400 before a handler runs.)
+    fn from(e: serde_json::Error) -> Self {
+        Self::Internal(format!("rendering an answer as JSON: {e}"))
+    }
 }
 
 /// Turns every error response that did not come from an [`ApiError`] — axum's rejections for

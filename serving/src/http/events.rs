@@ -6,8 +6,6 @@
 //! produced; a client that retries a failed request cannot double-count, as the archiver and
 //! the speed layer drop repeated ids.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
@@ -20,6 +18,7 @@ use serde_json::value::RawValue;
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::json::RawBody;
 
 /// Collector routes, with the body limit of `serving.max_body_bytes`.
 pub fn router(config: &Config) -> Router<AppState> {
@@ -51,20 +50,8 @@ pub struct EventError {
 async fn collect(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.config.serving.max_body_bytes,
-            }
-        } else {
-            ApiError::BadRequest {
-                code: "bad_body",
-                message: rejection.body_text(),
-            }
-        }
-    })?;
     let events = split_events(&headers, &body)?;
     let now = now_micros();
     let topic = &state.config.kafka.topic;
@@ -124,15 +111,14 @@ fn split_events<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<Vec<&'a [u8]>
         .is_some_and(|ct| ct.contains("ndjson") || ct.contains("jsonlines"));
     let starts_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     if starts_array && !ndjson {
-        let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest {
-            code: "invalid_utf8",
-            message: "the body is not UTF-8".into(),
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad("invalid_utf8", "the body is not UTF-8"))?;
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+            ApiError::bad(
+                "malformed_json",
+                format!("the body starts with `[` but is not a JSON array: {e}"),
+            )
         })?;
-        let items: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
-                code: "malformed_json",
-                message: format!("the body starts with `[` but is not a JSON array: {e}"),
-            })?;
         return Ok(items.into_iter().map(|raw| raw.get().as_bytes()).collect());
     }
     Ok(body

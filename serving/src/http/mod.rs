@@ -1,11 +1,17 @@
 //! The HTTP API (SPEC §6): one module per resource, one [`AppState`], one [`app`] used by
 //! `main` and by the tests (through `tower::ServiceExt::oneshot`, no socket needed).
+//!
+//! Errors have one home, [`error::ApiError`], which the lower layers' errors convert into;
+//! request bodies are read by [`json::ApiJson`] (or [`json::RawBody`] for the collector), whose
+//! rejections are `ApiError`s as well. Handlers stay thin: a view query is resolved by
+//! `lambdaflow_common::query`, not here.
 
 pub mod batch;
 pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod quarantine;

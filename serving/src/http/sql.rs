@@ -12,7 +12,6 @@ use arrow::datatypes::{
 };
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -22,8 +21,9 @@ use serde::Deserialize;
 use serde::ser::{Serialize, SerializeSeq, SerializeStruct, Serializer};
 
 use crate::http::AppState;
-use crate::http::error::{ApiError, parse_json};
-use crate::sql::{Answer, SqlError, query};
+use crate::http::error::ApiError;
+use crate::http::json::{ApiJson, JsonBody};
+use crate::sql::{Answer, query};
 
 /// SQL routes.
 pub fn router() -> Router<AppState> {
@@ -36,26 +36,23 @@ struct SqlRequest {
     sql: String,
 }
 
-async fn sql(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: SqlRequest = parse_json(&body, "{\"sql\": \"SELECT ...\"}")?;
+impl JsonBody for SqlRequest {
+    const INVALID: &'static str = "invalid_json";
+    const EXPECTED: &'static str = "{\"sql\": \"SELECT ...\"}";
+}
+
+async fn sql(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<SqlRequest>,
+) -> Result<Response, ApiError> {
     let answer = query(
         &state.config,
         state.batches.lake(),
         &state.served,
         &request.sql,
     )
-    .await
-    .map_err(|e| match e {
-        SqlError::NotAQuery(_) => ApiError::bad("not_a_query", e.to_string()),
-        SqlError::Invalid(_) => ApiError::bad("invalid_sql", e.to_string()),
-        SqlError::TooManyRows(_) => ApiError::bad("row_limit_exceeded", e.to_string()),
-        SqlError::Memory { .. } => ApiError::bad("memory_limit_exceeded", e.to_string()),
-        SqlError::Timeout(_) => ApiError::Timeout(e.to_string()),
-        SqlError::Starting => ApiError::Unavailable(e.to_string()),
-        SqlError::Internal(detail) => ApiError::Internal(detail),
-    })?;
-    let body = serde_json::to_vec(&Rendered::new(&answer)?)
-        .map_err(|e| ApiError::Internal(format!("rendering an SQL answer: {e}")))?;
+    .await?;
+    let body = serde_json::to_vec(&Rendered::new(&answer)?)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

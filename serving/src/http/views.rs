@@ -5,18 +5,19 @@
 //! version, speed state) pair per view even if a swap is waiting. Every answer carries its
 //! consistency token: the batch watermark and the offsets the speed states are folded through.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use lambdaflow_common::config::{FieldType, Granularity, ViewDef};
-use lambdaflow_common::query::{OrderKey, Query, Rollup, Row, Value, answer};
+use lambdaflow_common::query::{Layer, Query, QueryRequest, ResolvedQuery, Row, Value, answer};
+use lambdaflow_common::source::FieldType;
 use lambdaflow_common::state::{Dim, ViewState};
-use lambdaflow_common::timestamp::{format_micros, parse_rfc3339_micros};
+use lambdaflow_common::timestamp::format_micros;
+use lambdaflow_common::view::ViewDef;
 use lambdaflow_common::watermark::Watermark;
 use lambdaflow_speed::served::{Progress, Snapshot, ViewPair};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -25,9 +26,7 @@ use serde_json::{Map, Value as Json_, json};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-
-/// Most rows one answer may hold.
-pub const MAX_LIMIT: usize = 100_000;
+use crate::http::json::{ApiJson, JsonBody};
 
 /// View routes.
 pub fn router() -> Router<AppState> {
@@ -35,13 +34,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/views", get(list))
         .route("/v1/views/{name}", get(one))
         .route("/v1/views/{name}/query", get(query_get).post(query_post))
-}
-
-fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        code,
-        message: message.into(),
-    }
 }
 
 fn find<'a>(state: &'a AppState, name: &str) -> Result<(usize, &'a ViewDef), ApiError> {
@@ -135,36 +127,11 @@ async fn one(
     )))
 }
 
-/// The body of `POST /v1/views/{name}/query`; every key optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueryRequest {
-    from: Option<String>,
-    to: Option<String>,
-    granularity: Option<String>,
-    group_by: Option<Vec<String>>,
-    filters: Option<HashMap<String, Vec<Json_>>>,
-    measures: Option<Vec<String>>,
-    order_by: Option<Vec<OrderBy>>,
-    limit: Option<usize>,
-    layer: Option<String>,
-}
-
-/// Which side of the merge an answer reads: both (the default and the lambda invariant's
-/// answer), or one alone, to see where the batch/speed seam lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layer {
-    Merged,
-    Batch,
-    Speed,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrderBy {
-    field: String,
-    #[serde(default)]
-    desc: bool,
+impl JsonBody for QueryRequest {
+    const INVALID: &'static str = "invalid_query";
+    const EXPECTED: &'static str =
+        "a query object such as {\"group_by\": [..], \"measures\": [..]}";
+    const NEEDS_JSON_CONTENT_TYPE: bool = true;
 }
 
 /// Query-string form: lists are comma-separated.
@@ -194,7 +161,7 @@ async fn query_get(
     Path(name): Path<String>,
     params: Result<QueryParams<QueryString>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let QueryParams(q) = params.map_err(|e| bad("invalid_query", e.body_text()))?;
+    let QueryParams(q) = params?;
     let request = QueryRequest {
         from: q.from,
         to: q.to,
@@ -211,23 +178,14 @@ async fn query_get(
 async fn query_post(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Result<Json<QueryRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<QueryRequest>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.config.serving.max_body_bytes,
-            }
-        } else {
-            bad("invalid_query", e.body_text())
-        }
-    })?;
     run(&state, &name, request)
 }
 
 fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, ApiError> {
     let (i, view) = find(state, name)?;
-    let (query, granularity, layer) = check(state, view, request)?;
+    let ResolvedQuery { query, layer } = Query::resolve(&state.config.source, view, &request)?;
     let snapshot = read(state)?;
     let pair = snapshot.pair(i);
     let parts: &[&ViewState] = match layer {
@@ -254,13 +212,12 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
     };
     let body = serde_json::to_vec(&AnswerOut {
         view: &view.name,
-        granularity,
+        granularity: query.rollup.as_str(),
         rows: rendered,
         watermark: pair.batch().watermark.as_ref(),
         batch_version: pair.batch().version,
         speed_offsets: snapshot.folded(),
-    })
-    .map_err(|e| ApiError::Internal(format!("rendering an answer: {e}")))?;
+    })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -268,7 +225,7 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
 #[derive(Serialize)]
 struct AnswerOut<'a> {
     view: &'a str,
-    granularity: String,
+    granularity: &'static str,
     rows: Rows<'a>,
     watermark: Option<&'a Watermark>,
     batch_version: Option<u64>,
@@ -281,186 +238,6 @@ fn partition_keys<S: Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_map(offsets.iter().map(|(p, o)| (p.to_string(), o)))
-}
-
-fn time(key: &str, text: Option<String>) -> Result<Option<i64>, ApiError> {
-    text.map(|t| {
-        parse_rfc3339_micros(&t).ok_or_else(|| {
-            bad(
-                "invalid_query",
-                format!("`{key}` must be an RFC 3339 time with an offset, e.g. 2026-11-20T00:00:00Z; got `{t}`"),
-            )
-        })
-    })
-    .transpose()
-}
-
-fn dimension(view: &ViewDef, name: &str, key: &str) -> Result<usize, ApiError> {
-    view.dimensions
-        .iter()
-        .position(|d| d == name)
-        .ok_or_else(|| {
-            bad(
-                "unknown_dimension",
-                format!(
-                    "`{key}`: view `{}` has no dimension `{name}` (it has {:?})",
-                    view.name, view.dimensions
-                ),
-            )
-        })
-}
-
-fn check(
-    state: &AppState,
-    view: &ViewDef,
-    r: QueryRequest,
-) -> Result<(Query, String, Layer), ApiError> {
-    let layer = match r.layer.as_deref() {
-        None | Some("merged") => Layer::Merged,
-        Some("batch") => Layer::Batch,
-        Some("speed") => Layer::Speed,
-        Some(other) => {
-            return Err(bad(
-                "invalid_query",
-                format!("layer `{other}`: use merged, batch or speed"),
-            ));
-        }
-    };
-    let from = time("from", r.from)?;
-    let to = time("to", r.to)?;
-    if let (Some(f), Some(t)) = (from, to)
-        && f >= t
-    {
-        return Err(bad("invalid_query", "`from` must be before `to`"));
-    }
-    let (rollup, granularity) = match r.granularity.as_deref() {
-        None => (
-            Rollup::Buckets(view.granularity),
-            view.granularity.as_str().to_owned(),
-        ),
-        Some("all") => (Rollup::All, "all".to_owned()),
-        Some(g) => {
-            let parsed = match g {
-                "minute" => Granularity::Minute,
-                "hour" => Granularity::Hour,
-                "day" => Granularity::Day,
-                other => {
-                    return Err(bad(
-                        "invalid_granularity",
-                        format!("granularity `{other}`: use minute, hour, day or all"),
-                    ));
-                }
-            };
-            if parsed < view.granularity {
-                return Err(bad(
-                    "invalid_granularity",
-                    format!(
-                        "view `{}` is kept by {}; ask for that or a coarser granularity",
-                        view.name,
-                        view.granularity.as_str()
-                    ),
-                ));
-            }
-            (Rollup::Buckets(parsed), g.to_owned())
-        }
-    };
-    let group_by = r
-        .group_by
-        .unwrap_or_default()
-        .iter()
-        .map(|d| dimension(view, d, "group_by"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut filters = Vec::new();
-    for (name, values) in r.filters.unwrap_or_default() {
-        let d = dimension(view, &name, "filters")?;
-        let kind = state.config.source.field(&name).map(|f| f.kind);
-        let values = values
-            .iter()
-            .map(|v| {
-                dim_of(kind, v).ok_or_else(|| {
-                    bad(
-                        "invalid_filter",
-                        format!("filter `{name}`: `{v}` is not a {kind:?} value").to_lowercase(),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        filters.push((d, values));
-    }
-    let measures = match r.measures {
-        None => (0..view.measures.len()).collect(),
-        Some(names) => names
-            .iter()
-            .map(|m| {
-                view.measures
-                    .iter()
-                    .position(|x| &x.name == m)
-                    .ok_or_else(|| {
-                        bad(
-                            "unknown_measure",
-                            format!("view `{}` has no measure `{m}`", view.name),
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-    };
-    let mut order_by = Vec::new();
-    for o in r.order_by.unwrap_or_default() {
-        let key = if o.field == "bucket" {
-            OrderKey::Bucket
-        } else if let Some(i) = group_by.iter().position(|d| view.dimensions[*d] == o.field) {
-            OrderKey::Dimension(i)
-        } else if let Some(i) = measures
-            .iter()
-            .position(|m| view.measures[*m].name == o.field)
-        {
-            OrderKey::Measure(i)
-        } else {
-            return Err(bad(
-                "invalid_order",
-                format!(
-                    "order_by `{}`: order by bucket, a grouped dimension or a selected measure",
-                    o.field
-                ),
-            ));
-        };
-        order_by.push((key, o.desc));
-    }
-    if r.limit.is_some_and(|l| l > MAX_LIMIT) {
-        return Err(bad(
-            "invalid_query",
-            format!("limit is at most {MAX_LIMIT}"),
-        ));
-    }
-    Ok((
-        Query {
-            from,
-            to,
-            rollup,
-            group_by,
-            filters,
-            measures,
-            order_by,
-            limit: r.limit,
-        },
-        granularity,
-        layer,
-    ))
-}
-
-fn dim_of(kind: Option<FieldType>, v: &Json_) -> Option<Dim> {
-    Some(match (kind?, v) {
-        (_, Json_::Null) => Dim::Null,
-        (FieldType::String, Json_::String(s)) => Dim::Str(s.as_str().into()),
-        (FieldType::Int, Json_::Number(n)) => Dim::Int(n.as_i64()?),
-        (FieldType::Float, Json_::Number(n)) => {
-            let f = n.as_f64()?;
-            Dim::Float(if f == 0.0 { 0.0f64 } else { f }.to_bits())
-        }
-        (FieldType::Bool, Json_::Bool(b)) => Dim::Bool(*b),
-        (FieldType::Timestamp, Json_::String(s)) => Dim::Int(parse_rfc3339_micros(s)?),
-        _ => return None,
-    })
 }
 
 /// Answer rows serialised straight from the query's rows, without an intermediate JSON tree.

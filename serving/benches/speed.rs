@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use lambdaflow_batch::schedule::Batches;
+use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::views::schedule::Batches;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
@@ -22,7 +24,6 @@ use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_serving::http::{AppState, app};
 use lambdaflow_serving::kafka;
 use lambdaflow_speed::consume::{RawIds, RawIdsError, SpeedLayer};
-use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_speed::lambda::{Shared, Speed};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -317,10 +318,12 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
     config.lake.uri = lake.path().display().to_string();
     let config = Arc::new(config);
     let batches = Batches::new(config.clone(), CancellationToken::new()).expect("batches");
+    let reader = Arc::new(LakeReader::new(&config.lake).expect("lake reader"));
     let state = AppState::new(
         config,
         kafka::producer(brokers).expect("producer"),
         batches,
+        reader,
         shared,
     );
     let answer_only = {

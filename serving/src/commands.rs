@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use lambdaflow_batch::archive::Archiver;
-use lambdaflow_batch::history::{RunRecord, Trigger};
-use lambdaflow_batch::schedule::Batches;
+use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::views::records::{RunRecord, Trigger};
+use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::Mix;
 use lambdaflow_speed::lambda::Shared;
@@ -178,13 +179,15 @@ pub async fn archive(
 pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
     let (brokers, _broker) = connect(&config).await?;
     let batches = Batches::new(config.clone(), shutdown.clone())?;
+    let lake = Arc::new(LakeReader::new(&config.lake)?);
     let mut tasks = Tasks::new(shutdown.clone());
-    let lambda = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
+    let lambda = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
     spawn_http(
         &mut tasks,
         config,
         &brokers,
         batches.clone(),
+        lake,
         lambda,
         shutdown,
     )
@@ -241,12 +244,14 @@ pub async fn run(
         let batches = batches.clone();
         async move { Ok(batches.schedule().await?) }
     });
-    let lambda = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
+    let lake = Arc::new(LakeReader::new(&config.lake)?);
+    let lambda = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
     let addr = spawn_http(
         &mut tasks,
         config.clone(),
         &brokers,
         batches.clone(),
+        lake,
         lambda,
         shutdown.clone(),
     )
@@ -274,11 +279,17 @@ pub async fn run(
 async fn spawn_speed(
     tasks: &mut Tasks,
     config: &Arc<Config>,
+    lake: &Arc<LakeReader>,
     brokers: &str,
     shutdown: &CancellationToken,
 ) -> Result<Shared> {
-    let (shared, task) =
-        lambda::start(config.clone(), brokers.to_owned(), shutdown.clone()).await?;
+    let (shared, task) = lambda::start(
+        config.clone(),
+        lake.clone(),
+        brokers.to_owned(),
+        shutdown.clone(),
+    )
+    .await?;
     tasks.spawn("speed layer", task);
     Ok(shared)
 }
@@ -288,6 +299,7 @@ async fn spawn_http(
     config: Arc<Config>,
     brokers: &str,
     batches: Arc<Batches>,
+    lake: Arc<LakeReader>,
     lambda: Shared,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
@@ -295,7 +307,7 @@ async fn spawn_http(
         .await
         .with_context(|| format!("listening on {}", config.serving.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(config, kafka::producer(brokers)?, batches, lambda);
+    let state = AppState::new(config, kafka::producer(brokers)?, batches, lake, lambda);
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
     tasks.spawn("http", async move {

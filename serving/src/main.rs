@@ -43,7 +43,10 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(command: Command) -> Result<()> {
-    lambdaflow_batch::faults::install_from_env().map_err(anyhow::Error::msg)?;
+    // Failpoints exist only in test builds (the `faults` feature): a production binary
+    // ignores `LAMBDAFLOW_FAULTS`.
+    #[cfg(feature = "faults")]
+    lambdaflow_batch::faults::install_from_env()?;
     let token = CancellationToken::new();
     let _signals = shutdown::cancel_on_signal(token.clone());
     match command {

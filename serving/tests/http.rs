@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use lambdaflow_batch::history::History;
 use lambdaflow_batch::lake::Lake;
-use lambdaflow_batch::schedule::Batches;
+use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::views::lock::BatchLock;
+use lambdaflow_batch::views::records::History;
+use lambdaflow_batch::views::schedule::Batches;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_serving::http::{AppState, app};
 use lambdaflow_serving::kafka::{self, EmbeddedBroker};
-use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_speed::lambda::{Shared, Speed};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -30,10 +32,12 @@ fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> 
     let lambda = Shared::default();
     Speed::before_any_batch(config.clone(), lambda.clone()).unwrap();
     lambda.write().unwrap().start_head = Some(Default::default());
+    let lake = Arc::new(LakeReader::new(&config.lake).unwrap());
     AppState::new(
         config,
         kafka::producer(broker.bootstrap_servers()).unwrap(),
         batches,
+        lake,
         lambda,
     )
 }
@@ -167,7 +171,10 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
     };
 
     let history = History::new(&Lake::new(&state.config.lake).unwrap()).unwrap();
-    let held = history.lock("20260101T000000000Z-other").await.unwrap();
+    let held = BatchLock::new(history)
+        .acquire("20260101T000000000Z-other")
+        .await
+        .unwrap();
     let (status, reply) = call(&state, trigger("")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(reply["error"]["code"], "run_in_progress");
@@ -396,7 +403,7 @@ fn fixed_messages() -> Vec<Vec<u8>> {
 /// A state whose views hold `fixed_messages`, the first 25 valid events on the batch side and
 /// the rest on the speed side, and whose lake holds them in the raw and quarantine tables.
 async fn state_with_data(broker: &EmbeddedBroker, lake: &tempfile::TempDir) -> AppState {
-    use lambdaflow_batch::commit::OffsetTable;
+    use lambdaflow_batch::archive::commit::OffsetTable;
     use lambdaflow_batch::lake::open_or_create;
     use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
     use lambdaflow_common::state::ViewState;

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use lambdaflow_batch::schedule::Batches;
+use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::validate::Validator;
 use lambdaflow_speed::lambda::Shared;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Batch runs started through the API, and the run history.
     pub batches: Arc<Batches>,
+    /// The lake's tables as the API reads them (refused events, SQL over raw and quarantine).
+    pub lake: Arc<LakeReader>,
     /// The (batch, speed) pairs queries read.
     pub lambda: Shared,
 }
@@ -53,13 +56,14 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for `config`, producing through `producer`, running batches through `batches`
-    /// and answering queries from `lambda`; not ready until [`Self::set_ready`] and the speed
-    /// layer has caught up.
+    /// State for `config`, producing through `producer`, running batches through `batches`,
+    /// reading the lake through `lake` and answering queries from `lambda`; not ready until
+    /// [`Self::set_ready`] and the speed layer has caught up.
     pub fn new(
         config: Arc<Config>,
         producer: FutureProducer,
         batches: Arc<Batches>,
+        lake: Arc<LakeReader>,
         lambda: Shared,
     ) -> Self {
         let validator = Arc::new(Validator::new(&config.source));
@@ -69,6 +73,7 @@ impl AppState {
             producer,
             ready: Arc::default(),
             batches,
+            lake,
             lambda,
         }
     }

@@ -38,22 +38,17 @@ struct SqlRequest {
 
 async fn sql(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let request: SqlRequest = parse_json(&body, "{\"sql\": \"SELECT ...\"}")?;
-    let answer = query(
-        &state.config,
-        state.batches.lake(),
-        &state.lambda,
-        &request.sql,
-    )
-    .await
-    .map_err(|e| match e {
-        SqlError::NotAQuery(_) => ApiError::bad("not_a_query", e.to_string()),
-        SqlError::Invalid(_) => ApiError::bad("invalid_sql", e.to_string()),
-        SqlError::TooManyRows(_) => ApiError::bad("row_limit_exceeded", e.to_string()),
-        SqlError::Memory { .. } => ApiError::bad("memory_limit_exceeded", e.to_string()),
-        SqlError::Timeout(_) => ApiError::Timeout(e.to_string()),
-        SqlError::Starting => ApiError::Unavailable(e.to_string()),
-        SqlError::Internal(detail) => ApiError::Internal(detail),
-    })?;
+    let answer = query(&state.config, &state.lake, &state.lambda, &request.sql)
+        .await
+        .map_err(|e| match e {
+            SqlError::NotAQuery(_) => ApiError::bad("not_a_query", e.to_string()),
+            SqlError::Invalid(_) => ApiError::bad("invalid_sql", e.to_string()),
+            SqlError::TooManyRows(_) => ApiError::bad("row_limit_exceeded", e.to_string()),
+            SqlError::Memory { .. } => ApiError::bad("memory_limit_exceeded", e.to_string()),
+            SqlError::Timeout(_) => ApiError::Timeout(e.to_string()),
+            SqlError::Starting => ApiError::Unavailable(e.to_string()),
+            SqlError::Internal(detail) => ApiError::Internal(detail),
+        })?;
     let body = serde_json::to_vec(&Rendered::new(&answer)?)
         .map_err(|e| ApiError::Internal(format!("rendering an SQL answer: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

@@ -20,7 +20,7 @@ use lambdaflow_common::config::{Granularity, SourceConfig, ViewDef};
 use lambdaflow_common::schema::{EVENT_DATE, timestamp_type};
 use lambdaflow_common::view::{BUCKET, Role, ViewLayout, parse_filter};
 
-use crate::sketch_udf::{hll_estimate, hll_sketch};
+use crate::views::sketch_udf::{hll_estimate, hll_sketch};
 
 fn column(name: &str) -> Expr {
     Expr::Column(Column::from_name(name))

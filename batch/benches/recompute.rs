@@ -17,10 +17,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lambdaflow_batch::commit::OffsetTable;
-use lambdaflow_batch::history::History;
+use lambdaflow_batch::archive::commit::OffsetTable;
 use lambdaflow_batch::lake::{Lake, open_or_create};
-use lambdaflow_batch::run::BatchRun;
+use lambdaflow_batch::views::records::History;
+use lambdaflow_batch::views::run::BatchRun;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};

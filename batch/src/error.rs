@@ -1,5 +1,9 @@
 //! The one error type of the batch crate.
 
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
 /// What can go wrong while archiving or recomputing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,12 +29,41 @@ pub enum Error {
     #[error(transparent)]
     Kafka(#[from] lambdaflow_kafka::Error),
     /// The lake URI is not usable.
-    #[error("lake uri `{uri}`: {message}")]
+    #[error("lake uri `{uri}`: {reason}")]
     LakeUri {
         /// The configured URI.
         uri: String,
         /// Why it cannot be used.
-        message: String,
+        reason: &'static str,
+    },
+    /// A local lake directory could not be created (or its path resolved).
+    #[error("lake uri `{uri}`: cannot create {}: {source}", path.display())]
+    LakeDir {
+        /// The configured URI (or the table URL under it).
+        uri: String,
+        /// The directory.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local table directory exists but cannot be looked into.
+    #[error("cannot read the table directory {}: {source}", path.display())]
+    LocalTable {
+        /// The directory.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A view table's rows do not fit the view's definition.
+    #[error("view table {table}: {source}")]
+    ViewRows {
+        /// The table's URL.
+        table: String,
+        /// What did not fit.
+        #[source]
+        source: lambdaflow_common::state::StateError,
     },
     /// Another process committed offsets this one was about to commit.
     #[error(
@@ -75,6 +108,18 @@ pub enum Error {
         #[source]
         source: lambdaflow_common::error::LayoutError,
     },
+    /// A JSON record lambdaflow wrote (a view commit's watermark, a run record, a raw commit
+    /// entry) cannot be read back.
+    #[error("{table}: unreadable {what}: {source}")]
+    Unreadable {
+        /// The table or directory holding it.
+        table: String,
+        /// Which record.
+        what: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The platform's own files under `<lake>/_lambdaflow/` could not be read or written.
     #[error("{context}: {source}")]
     Store {
@@ -85,13 +130,27 @@ pub enum Error {
         source: object_store::Error,
     },
     /// Another batch run holds the lock.
-    #[error("batch run {running} is in progress (since {since}); runs never overlap")]
+    #[error(
+        "batch run {running} is in progress{}; runs never overlap",
+        .since.as_ref().map(|t| format!(" (since {})", crate::views::records::format_time(t))).unwrap_or_default()
+    )]
     RunInProgress {
         /// The id of the run holding the lock.
         running: String,
-        /// When it took the lock.
-        since: String,
+        /// When it took the lock, if known (a run of this process still queued has not).
+        since: Option<DateTime<Utc>>,
     },
+    /// `LAMBDAFLOW_FAULTS` names a failpoint that does not parse.
+    #[cfg(feature = "faults")]
+    #[error("LAMBDAFLOW_FAULTS: `{entry}` is not <action>:<path part>#<n>")]
+    FaultSpec {
+        /// The entry that does not parse.
+        entry: String,
+    },
+    /// Failpoints could not be installed: delta-rs has no store for `file://` to wrap.
+    #[cfg(feature = "faults")]
+    #[error("LAMBDAFLOW_FAULTS: no object store factory for file:// to wrap")]
+    FaultStore,
     /// The process is stopping.
     #[error("cancelled: the process is stopping")]
     Cancelled,

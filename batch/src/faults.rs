@@ -11,7 +11,10 @@
 //! - `fail-after`: the put lands but returns an error, so the caller cannot know it landed;
 //! - `slow`: `slow:<path part>#<ms>` delays every matching put by that many milliseconds.
 //!
-//! Aborting is the in-process form of SIGKILL: no destructor, flush or graceful shutdown runs.
+//! Aborting is the in-process form of SIGKILL: no destructor, flush or graceful shutdown runs,
+//! which is why this module is compiled only with the cargo feature `faults`, which only the
+//! end-to-end test binary turns on: a production build cannot be made to abort by an
+//! environment variable.
 
 use std::fmt;
 use std::ops::Range;
@@ -32,6 +35,8 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 use url::Url;
+
+use crate::error::Error;
 
 /// The environment variable that installs failpoints.
 pub const FAULTS_VAR: &str = "LAMBDAFLOW_FAULTS";
@@ -57,8 +62,10 @@ struct Fault {
 }
 
 impl Fault {
-    fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("{FAULTS_VAR}: `{text}` is not <action>:<path part>#<n>");
+    fn parse(text: &str) -> Result<Self, Error> {
+        let bad = || Error::FaultSpec {
+            entry: text.to_owned(),
+        };
         let (action, rest) = text.split_once(':').ok_or_else(bad)?;
         let (part, n) = rest.rsplit_once('#').ok_or_else(bad)?;
         let n: u64 = n.parse().map_err(|_| bad())?;
@@ -92,7 +99,7 @@ impl Fault {
 }
 
 /// Parses `spec` and wraps every local store the process opens from now on.
-pub fn install(spec: &str) -> Result<(), String> {
+pub fn install(spec: &str) -> crate::Result<()> {
     let faults: Vec<Fault> = spec
         .split(',')
         .filter(|s| !s.trim().is_empty())
@@ -103,7 +110,7 @@ pub fn install(spec: &str) -> Result<(), String> {
     let inner = registry
         .get(&scheme)
         .map(|f| f.value().clone())
-        .ok_or("no object store factory for file://")?;
+        .ok_or(Error::FaultStore)?;
     tracing::warn!(%spec, "failpoints installed in the object store");
     registry.insert(
         scheme,
@@ -116,7 +123,7 @@ pub fn install(spec: &str) -> Result<(), String> {
 }
 
 /// Installs the failpoints of [`FAULTS_VAR`] when it is set.
-pub fn install_from_env() -> Result<(), String> {
+pub fn install_from_env() -> crate::Result<()> {
     match std::env::var(FAULTS_VAR) {
         Ok(spec) if !spec.is_empty() => install(&spec),
         _ => Ok(()),

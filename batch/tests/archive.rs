@@ -202,15 +202,16 @@ async fn compacts_small_files_without_changing_rows_offsets_or_changed_dates() {
     );
 
     let table = deltalake::open_table(raw.clone()).await.unwrap();
-    let watermark = lambdaflow_batch::watermark::raw_watermark(&table, "events")
+    let watermark = lambdaflow_batch::views::watermark::raw_watermark(&table, "events")
         .await
         .unwrap();
     let read: i64 = watermark.offsets.values().map(|o| o + 1).sum();
     assert_eq!(read, produced, "the txn offsets survive compaction");
     for version in compactions {
-        let changed = lambdaflow_batch::watermark::dates_changed(&table, version - 1, version)
-            .await
-            .unwrap();
+        let changed =
+            lambdaflow_batch::views::watermark::dates_changed(&table, version - 1, version)
+                .await
+                .unwrap();
         assert_eq!(
             changed,
             Some(BTreeSet::new()),

@@ -5,16 +5,31 @@ use chrono::{DateTime, NaiveDate};
 /// Microseconds in one day.
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-/// Parses an RFC 3339 timestamp with offset (`2026-11-20T10:00:00+09:00`) to UTC microseconds.
+/// The earliest time an event may carry: 0001-01-01T00:00:00Z, in UTC microseconds.
+pub const MIN_EVENT_MICROS: i64 = -62_135_596_800_000_000;
+/// The latest time an event may carry: 9999-12-31T23:59:59.999999Z, in UTC microseconds.
+/// Every time in between has a calendar date that Delta, Parquet, DataFusion, DuckDB and
+/// Spark all write and read, so every later stage can store and bucket it.
+pub const MAX_EVENT_MICROS: i64 = 253_402_300_799_999_999;
+
+/// `us` if it lies within [`MIN_EVENT_MICROS`] ..= [`MAX_EVENT_MICROS`].
+fn in_range(us: i64) -> Option<i64> {
+    (MIN_EVENT_MICROS..=MAX_EVENT_MICROS)
+        .contains(&us)
+        .then_some(us)
+}
+
+/// Parses an RFC 3339 timestamp with offset (`2026-11-20T10:00:00+09:00`) to UTC microseconds;
+/// `None` outside years 1 to 9999 (UTC).
 pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(text)
         .ok()
-        .map(|t| t.timestamp_micros())
+        .and_then(|t| in_range(t.timestamp_micros()))
 }
 
-/// Integer epoch milliseconds to microseconds, if representable.
+/// Integer epoch milliseconds to microseconds; `None` outside years 1 to 9999 (UTC).
 pub fn millis_to_micros(ms: i64) -> Option<i64> {
-    ms.checked_mul(1000)
+    ms.checked_mul(1000).and_then(in_range)
 }
 
 /// The UTC date (days since 1970-01-01) holding `us`.
@@ -43,6 +58,29 @@ pub fn format_micros(us: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_outside_years_1_to_9999_are_refused() {
+        assert_eq!(
+            parse_rfc3339_micros("0001-01-01T00:00:00Z"),
+            Some(MIN_EVENT_MICROS)
+        );
+        assert_eq!(
+            parse_rfc3339_micros("9999-12-31T23:59:59.999999Z"),
+            Some(MAX_EVENT_MICROS)
+        );
+        assert_eq!(parse_rfc3339_micros("0001-01-01T00:00:00+00:01"), None);
+        assert_eq!(parse_rfc3339_micros("9999-12-31T23:59:59-00:01"), None);
+        assert_eq!(millis_to_micros(-9_000_000_000_000_000), None);
+        assert_eq!(millis_to_micros(253_402_300_800_000), None);
+        assert_eq!(
+            millis_to_micros(253_402_300_799_999),
+            Some(253_402_300_799_999_000)
+        );
+        for us in [MIN_EVENT_MICROS, MAX_EVENT_MICROS] {
+            assert!(format_date(date_of_micros(us)).len() == 10, "{us}");
+        }
+    }
 
     #[test]
     fn offsets_are_converted_to_utc() {

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use lambdaflow_batch::schedule::Batches;
+use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::{Mix, ShopGenerator};
@@ -311,10 +312,12 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
     config.lake.uri = lake.path().display().to_string();
     let config = Arc::new(config);
     let batches = Batches::new(config.clone(), CancellationToken::new()).expect("batches");
+    let reader = Arc::new(LakeReader::new(&config.lake).expect("lake reader"));
     let state = AppState::new(
         config,
         Producer::new(brokers).expect("producer"),
         batches,
+        reader,
         shared,
     );
     let answer_only = {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use crate::error::Result;
 use clap::{Parser, Subcommand};
 
 /// Exact, fresh analytics over event streams: Kafka → Delta master dataset → batch views ⊕

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use futures::FutureExt;
 use lambdaflow_batch::archive::Archiver;
-use lambdaflow_batch::history::{RunRecord, Trigger};
-use lambdaflow_batch::schedule::Batches;
+use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::views::records::{RunRecord, Trigger};
+use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::Mix;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
@@ -20,14 +21,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::error::{Error, Result};
 use crate::generate::{self, GenOptions};
 use crate::http::{self, AppState};
-use crate::lambda;
+use crate::speed_layer;
 
 /// Reads a config file and applies the `LAMBDAFLOW_*` environment.
 pub fn load_config(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(Config::from_toml(
         &text,
         &path.display().to_string(),
@@ -87,7 +91,8 @@ pub async fn connect(config: &Config) -> Result<(String, Option<EmbeddedBroker>)
     Ok((config.kafka.brokers.clone(), None))
 }
 
-/// Tasks of one process: each failure cancels the others, and the first error is returned.
+/// Tasks of one process: each failure or panic cancels the others, and the first error is
+/// returned.
 struct Tasks {
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -110,9 +115,16 @@ impl Tasks {
     ) {
         let shutdown = self.shutdown.clone();
         let handle = self.tracker.spawn(async move {
-            let result = task.await;
+            let result = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => Err(Error::Panicked {
+                    task: name,
+                    message: panic_message(panic.as_ref()),
+                }),
+            };
             if let Err(error) = &result {
-                tracing::error!(task = name, "{error:#}");
+                let chain = chain(error);
+                tracing::error!(task = name, "{chain}");
                 shutdown.cancel();
             }
             result
@@ -124,10 +136,18 @@ impl Tasks {
         self.tracker.close();
         let mut first = Ok(());
         for (name, handle) in self.handles {
-            let result = handle
-                .await
-                .with_context(|| format!("{name} task panicked"))
-                .and_then(|r| r.with_context(|| format!("{name} failed")));
+            let result = match handle.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error @ Error::Panicked { .. })) => Err(error),
+                Ok(Err(error)) => Err(Error::Task {
+                    task: name,
+                    source: Box::new(error),
+                }),
+                Err(join) => Err(Error::Panicked {
+                    task: name,
+                    message: join.to_string(),
+                }),
+            };
             if first.is_ok() {
                 first = result;
             }
@@ -148,14 +168,19 @@ async fn spawn_ops(
     };
     let listener = TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("binding the metrics address {listen}"))?;
+        .map_err(|source| Error::Listen {
+            what: "metrics",
+            addr: listen.clone(),
+            source,
+        })?;
     tracing::info!(%listen, "serving /healthz and /metrics");
     let app = http::metrics::ops(config.clone());
     let shutdown = shutdown.clone();
     tasks.spawn("metrics", async move {
-        Ok(axum::serve(listener, app)
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?)
+            .await
+            .map_err(Error::Serve)
     });
     Ok(())
 }
@@ -186,12 +211,14 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
     let (brokers, _broker) = connect(&config).await?;
     let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
-    let served = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
+    let lake = Arc::new(LakeReader::new(&config.lake)?);
+    let served = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
     spawn_http(
         &mut tasks,
         config,
         &brokers,
         batches.clone(),
+        lake,
         served,
         shutdown,
     )
@@ -248,12 +275,14 @@ pub async fn run(
         let batches = batches.clone();
         async move { Ok(batches.schedule().await?) }
     });
-    let served = spawn_speed(&mut tasks, &config, &brokers, &shutdown).await?;
+    let lake = Arc::new(LakeReader::new(&config.lake)?);
+    let served = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
     let addr = spawn_http(
         &mut tasks,
         config.clone(),
         &brokers,
         batches.clone(),
+        lake,
         served,
         shutdown.clone(),
     )
@@ -281,11 +310,17 @@ pub async fn run(
 async fn spawn_speed(
     tasks: &mut Tasks,
     config: &Arc<Config>,
+    lake: &Arc<LakeReader>,
     brokers: &str,
     shutdown: &CancellationToken,
 ) -> Result<Served> {
-    let (served, task) =
-        lambda::start(config.clone(), brokers.to_owned(), shutdown.clone()).await?;
+    let (served, task) = speed_layer::start(
+        config.clone(),
+        lake.clone(),
+        brokers.to_owned(),
+        shutdown.clone(),
+    )
+    .await?;
     tasks.spawn("speed layer", task);
     Ok(served)
 }
@@ -295,18 +330,25 @@ async fn spawn_http(
     config: Arc<Config>,
     brokers: &str,
     batches: Arc<Batches>,
+    lake: Arc<LakeReader>,
     served: Served,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(&config.serving.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.serving.listen))?;
-    let addr = listener.local_addr()?;
-    let state = AppState::new(config, Producer::new(brokers)?, batches, served);
+    let listen = &config.serving.listen;
+    let listening = |source| Error::Listen {
+        what: "HTTP API",
+        addr: listen.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(listen).await.map_err(listening)?;
+    let addr = listener.local_addr().map_err(listening)?;
+    let state = AppState::new(config, Producer::new(brokers)?, batches, lake, served);
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
     tasks.spawn("http", async move {
-        Ok(http::serve(listener, state, shutdown).await?)
+        http::serve(listener, state, shutdown)
+            .await
+            .map_err(Error::Serve)
     });
     Ok(addr)
 }
@@ -335,7 +377,8 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> Result<(
         None => Some(
             tempfile::Builder::new()
                 .prefix("lambdaflow-demo-")
-                .tempdir()?,
+                .tempdir()
+                .map_err(Error::DataDir)?,
         ),
     };
     let data_dir = options
@@ -347,9 +390,7 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> Result<(
         config.serving.listen = listen;
     }
     if !config.kafka.is_embedded() {
-        bail!(
-            "the demo runs its own embedded broker; unset LAMBDAFLOW_KAFKA__BROKERS or use `lambdaflow run`"
-        );
+        return Err(Error::DemoNeedsEmbeddedBroker);
     }
     let generator = GenOptions {
         count: None,
@@ -371,13 +412,78 @@ pub async fn gen_events(
     shutdown: CancellationToken,
 ) -> Result<u64> {
     if config.kafka.is_embedded() {
-        bail!(
-            "`gen` needs a broker it can reach: the embedded one lives inside `run` or `demo`; \
-             point LAMBDAFLOW_KAFKA__BROKERS at the address they print"
-        );
+        return Err(Error::GenNeedsBroker);
     }
     let kafka = &config.kafka;
     ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions).await?;
     let producer = Producer::new(&kafka.brokers)?;
     Ok(generate::produce(&producer, &kafka.topic, options, &shutdown).await?)
+}
+
+/// `error` and its sources, joined by `: `, as a log line.
+fn chain(error: &Error) -> String {
+    let mut out = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_stops_the_others_and_fails_the_process() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Tasks::new(shutdown.clone());
+        let stop = shutdown.clone();
+        tasks.spawn("waiter", async move {
+            stop.cancelled().await;
+            Ok(())
+        });
+        tasks.spawn("archiver", async {
+            tokio::task::yield_now().await;
+            panic!("an index out of bounds");
+        });
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), tasks.join())
+            .await
+            .expect("the panic cancelled the waiter");
+        match outcome {
+            Err(Error::Panicked { task, message }) => {
+                assert_eq!(task, "archiver");
+                assert!(message.contains("an index out of bounds"), "{message}");
+            }
+            other => panic!("expected a panic error, got {other:?}"),
+        }
+        assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_failing_task_names_itself() {
+        let mut tasks = Tasks::new(CancellationToken::new());
+        tasks.spawn("generator", async { Err(Error::GenNeedsBroker) });
+        let error = tasks.join().await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("generator failed: `gen` needs a broker"),
+            "{error}"
+        );
+    }
 }

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`cli`]: the command line, parsed by clap.
 //! - [`commands`]: one function per CLI subcommand (`run`, `demo`, `archive`, `serve`, `gen`, …).
+//! - [`error`]: the one error a command fails with, each layer's error kept as its source.
 //! - [`http`]: the axum API, one module per resource, shared by `main` and the tests.
-//! - [`lambda`]: batch views loaded per version, raw ids for deduplication, and the watcher
-//!   that hands new versions to the speed layer.
-//! - [`sql`]: read-only SQL over the merged views and the lake tables, within limits.
+//! - [`speed_layer`]: the speed layer started over the batch views the lake holds, fed raw ids
+//!   for deduplication and every new view version by a watcher.
+//! - [`sql`]: read-only SQL over the merged views and the lake tables, within limits; the
+//!   only module that runs DataFusion.
 //! - [`metrics`]: the Prometheus exposition: counters, request latency, scrape-time gauges.
 //! - [`generate`]: producing synthetic shop events at a rate.
 //! - [`shutdown`]: SIGINT/SIGTERM into one cancellation token.
@@ -16,9 +18,10 @@
 
 pub mod cli;
 pub mod commands;
+pub mod error;
 pub mod generate;
 pub mod http;
-pub mod lambda;
 pub mod metrics;
 pub mod shutdown;
+pub mod speed_layer;
 pub mod sql;

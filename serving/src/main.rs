@@ -43,7 +43,10 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(command: Command) -> Result<()> {
-    lambdaflow_batch::faults::install_from_env().map_err(anyhow::Error::msg)?;
+    // Failpoints exist only in test builds (the `faults` feature): a production binary
+    // ignores `LAMBDAFLOW_FAULTS`.
+    #[cfg(feature = "faults")]
+    lambdaflow_batch::faults::install_from_env()?;
     let token = CancellationToken::new();
     let _signals = shutdown::cancel_on_signal(token.clone());
     match command {
@@ -52,19 +55,18 @@ async fn dispatch(command: Command) -> Result<()> {
             listen,
             rate,
         } => {
-            commands::demo(
-                DemoOptions {
-                    data_dir,
-                    listen,
-                    rate,
-                },
-                token,
-            )
-            .await
+            let options = DemoOptions {
+                data_dir,
+                listen,
+                rate,
+            };
+            Ok(commands::demo(options, token).await?)
         }
-        Command::Run(c) => commands::run(c.load()?, token, None).await,
-        Command::Archive(w) => commands::archive(w.config.load()?, w.metrics_listen, token).await,
-        Command::Serve(c) => commands::serve(c.load()?, token).await,
+        Command::Run(c) => Ok(commands::run(c.load()?, token, None).await?),
+        Command::Archive(w) => {
+            Ok(commands::archive(w.config.load()?, w.metrics_listen, token).await?)
+        }
+        Command::Serve(c) => Ok(commands::serve(c.load()?, token).await?),
         Command::Batch {
             command: BatchCommand::Run { config, full },
         } => {
@@ -74,7 +76,7 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Batch {
             command: BatchCommand::Schedule(w),
-        } => commands::batch_schedule(w.config.load()?, w.metrics_listen, token).await,
+        } => Ok(commands::batch_schedule(w.config.load()?, w.metrics_listen, token).await?),
         Command::Gen {
             config,
             count,

@@ -27,7 +27,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as Sql;
 use futures::StreamExt;
-use lambdaflow_batch::lake::Lake;
+use lambdaflow_batch::lake::reader::{LakeReader, SourceTable};
 use lambdaflow_common::config::{Config, ServingConfig};
 use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::table::merged_batch;
@@ -80,7 +80,7 @@ pub struct Answer {
 /// Runs `sql` against the lake and the current merged views, within the limits of `serving`.
 pub async fn query(
     config: &Config,
-    lake: &Lake,
+    lake: &LakeReader,
     served: &Served,
     sql: &str,
 ) -> Result<Answer, SqlError> {
@@ -90,7 +90,12 @@ pub async fn query(
         .unwrap_or(Err(SqlError::Timeout(limits.sql_timeout)))
 }
 
-async fn run(config: &Config, lake: &Lake, served: &Served, sql: &str) -> Result<Answer, SqlError> {
+async fn run(
+    config: &Config,
+    lake: &LakeReader,
+    served: &Served,
+    sql: &str,
+) -> Result<Answer, SqlError> {
     let limits = &config.serving;
     let ctx = session(limits)?;
     let state = ctx.state();
@@ -169,7 +174,7 @@ fn session(limits: &ServingConfig) -> Result<SessionContext, SqlError> {
         .with_information_schema(true)
         .with_target_partitions(2);
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
-    lambdaflow_batch::sketch_udf::register(&mut ctx)
+    lambdaflow_batch::views::sketch_udf::register(&mut ctx)
         .map_err(|e| SqlError::Internal(e.to_string()))?;
     Ok(ctx)
 }
@@ -207,7 +212,7 @@ fn first_words(statement: &str) -> String {
 /// Registers the table `name` if it is one of ours; DataFusion names any other as not found.
 async fn register(
     config: &Config,
-    lake: &Lake,
+    lake: &LakeReader,
     served: &Served,
     ctx: &SessionContext,
     name: &str,
@@ -236,27 +241,16 @@ async fn register(
             .map_err(|e| internal(&e))?;
         return Ok(());
     }
-    let url = if name == format!("raw_{source}") {
-        lake.raw(source)
+    let table = if name == format!("raw_{source}") {
+        SourceTable::Raw
     } else if name == format!("quarantine_{source}") {
-        lake.quarantine(source)
+        SourceTable::Quarantine
     } else {
         return Ok(());
     };
-    let table = match deltalake::open_table(url).await {
-        Ok(table) => table,
-        // Nothing archived yet: the name stays unknown, as the table does not exist.
-        Err(
-            deltalake::DeltaTableError::NotATable(_)
-            | deltalake::DeltaTableError::InvalidTableLocation(_),
-        ) => return Ok(()),
-        Err(e) => return Err(internal(&e)),
-    };
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| internal(&e))?;
-    let provider = table.table_provider().await.map_err(|e| internal(&e))?;
-    ctx.register_table(name, provider)
+    // A table not there yet (nothing archived) is not registered: its name stays unknown.
+    lake.register(ctx, name, &config.source, table)
+        .await
         .map_err(|e| internal(&e))?;
     Ok(())
 }

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use lambdaflow_batch::history::History;
 use lambdaflow_batch::lake::Lake;
-use lambdaflow_batch::schedule::Batches;
+use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::views::lock::BatchLock;
+use lambdaflow_batch::views::records::History;
+use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::state::ViewState;
@@ -33,10 +35,12 @@ fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> 
         .iter()
         .map(|_| ViewPair::new(Arc::default(), ViewState::new()))
         .collect();
+    let lake = Arc::new(LakeReader::new(&config.lake).unwrap());
     AppState::new(
         config,
         Producer::new(broker.bootstrap_servers()).unwrap(),
         batches,
+        lake,
         Served::from_parts(empty, Default::default(), caught_up()),
     )
 }
@@ -169,7 +173,10 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
     };
 
     let history = History::new(&Lake::new(&state.config.lake).unwrap()).unwrap();
-    let held = history.lock("20260101T000000000Z-other").await.unwrap();
+    let held = BatchLock::new(history)
+        .acquire("20260101T000000000Z-other")
+        .await
+        .unwrap();
     let (status, reply) = call(&state, trigger("")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(reply["error"]["code"], "run_in_progress");
@@ -407,7 +414,7 @@ async fn state_with_data_at(
     lake: &tempfile::TempDir,
     progress: Progress,
 ) -> AppState {
-    use lambdaflow_batch::commit::OffsetTable;
+    use lambdaflow_batch::archive::commit::OffsetTable;
     use lambdaflow_batch::lake::open_or_create;
     use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
     use lambdaflow_common::validate::{Coordinates, Validator};

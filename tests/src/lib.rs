@@ -250,7 +250,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// chunk, a `txn` per partition), without a broker: for batch tests that need a raw table of a
 /// known content quickly.
 pub struct RawWriter {
-    table: lambdaflow_batch::commit::OffsetTable,
+    table: lambdaflow_batch::archive::commit::OffsetTable,
     validator: lambdaflow_common::validate::Validator,
     topic: String,
     partitions: i32,
@@ -271,7 +271,7 @@ impl RawWriter {
         .await
         .expect("raw table");
         let all: Vec<i32> = (0..partitions).collect();
-        let table = lambdaflow_batch::commit::OffsetTable::load(
+        let table = lambdaflow_batch::archive::commit::OffsetTable::load(
             table,
             (schema, EVENT_DATE),
             &config.kafka.topic,

@@ -17,7 +17,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::util::display::array_value_to_string;
 use datafusion::prelude::SessionContext;
 use lambdaflow_batch::lake::Lake;
-use lambdaflow_batch::watermark::view_commit;
+use lambdaflow_batch::views::watermark::view_commit;
 use lambdaflow_common::config::{Config, DEMO_CONFIG};
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::timestamp::now_micros;
@@ -224,15 +224,15 @@ async fn killed_runs_publish_nothing_partial_and_the_next_run_equals_a_clean_one
         assert!(!ours.is_empty(), "{} is empty", view.name);
         assert_eq!(ours, theirs, "{} differs from a clean run", view.name);
     }
-    let history = lambdaflow_batch::history::History::new(&lake).unwrap();
+    let history = lambdaflow_batch::views::records::History::new(&lake).unwrap();
     let runs = history.list(100).await.unwrap();
     assert_eq!(
         runs[0].status,
-        lambdaflow_batch::history::RunStatus::Succeeded
+        lambdaflow_batch::views::records::RunStatus::Succeeded
     );
     assert!(
         runs.iter()
-            .all(|r| r.status != lambdaflow_batch::history::RunStatus::Running),
+            .all(|r| r.status != lambdaflow_batch::views::records::RunStatus::Running),
         "a killed run is still recorded as running"
     );
 

@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use lambdaflow_batch::commit::OffsetTable;
-use lambdaflow_batch::history::History;
+use lambdaflow_batch::archive::commit::OffsetTable;
+use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::lake::{Lake, open_or_create, stored_ids};
-use lambdaflow_batch::run::BatchRun;
+use lambdaflow_batch::views::records::History;
+use lambdaflow_batch::views::run::BatchRun;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::query::{Value, answer};
@@ -18,7 +19,7 @@ use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::state::{State, ViewState};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
-use lambdaflow_serving::lambda::load_batch_view;
+use lambdaflow_serving::speed_layer::load_batch_view;
 use lambdaflow_speed::engine::Speed;
 use lambdaflow_speed::served::Served;
 use lambdaflow_tests::every_query;
@@ -295,7 +296,10 @@ impl World {
 async fn batch_views(config: &Config, lake: &Lake) -> Vec<Arc<BatchView>> {
     let mut out = Vec::new();
     for view in &config.views {
-        out.push(Arc::new(load_batch_view(config, lake, view).await.unwrap()));
+        let reader = LakeReader::from_lake(lake.clone());
+        out.push(Arc::new(
+            load_batch_view(config, &reader, view).await.unwrap(),
+        ));
     }
     out
 }

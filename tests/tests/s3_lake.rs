@@ -115,8 +115,8 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     // The run lock lives in the bucket too: a lock another host holds refuses a run.
     let holder = serde_json::json!({
         "run_id": "20260101T000000000Z-elsewhere",
-        "since": lambdaflow_batch::history::now(),
-        "heartbeat": lambdaflow_batch::history::now(),
+        "since": lambdaflow_batch::views::records::format_time(&std::time::SystemTime::now().into()),
+        "heartbeat": lambdaflow_batch::views::records::format_time(&std::time::SystemTime::now().into()),
         "pid": 1,
         "host": "another-host",
     });

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use lambdaflow_batch::history::{RunRecord, Trigger, is_run_id};
+use lambdaflow_batch::views::records::{RunRecord, Trigger, is_run_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

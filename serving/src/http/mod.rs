@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use lambdaflow_batch::schedule::Batches;
+use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::validate::Validator;
 use lambdaflow_kafka::producer::Producer;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Batch runs started through the API, and the run history.
     pub batches: Arc<Batches>,
+    /// The lake's tables as the API reads them (refused events, SQL over raw and quarantine).
+    pub lake: Arc<LakeReader>,
     /// The (batch, speed) pairs queries read, and the speed layer's Kafka progress.
     pub served: Served,
 }
@@ -59,13 +62,14 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for `config`, producing through `producer`, running batches through `batches`
-    /// and answering queries from `served`; not ready until [`Self::set_ready`] and the speed
-    /// layer has caught up.
+    /// State for `config`, producing through `producer`, running batches through `batches`,
+    /// reading the lake through `lake` and answering queries from `served`; not ready until
+    /// [`Self::set_ready`] and the speed layer has caught up.
     pub fn new(
         config: Arc<Config>,
         producer: Producer,
         batches: Arc<Batches>,
+        lake: Arc<LakeReader>,
         served: Served,
     ) -> Self {
         let validator = Arc::new(Validator::new(&config.source));
@@ -75,6 +79,7 @@ impl AppState {
             producer,
             ready: Arc::default(),
             batches,
+            lake,
             served,
         }
     }

@@ -45,13 +45,7 @@ async fn sql(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<SqlRequest>,
 ) -> Result<Response, ApiError> {
-    let answer = query(
-        &state.config,
-        state.batches.lake(),
-        &state.served,
-        &request.sql,
-    )
-    .await?;
+    let answer = query(&state.config, &state.lake, &state.served, &request.sql).await?;
     let body = serde_json::to_vec(&Rendered::new(&answer)?)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

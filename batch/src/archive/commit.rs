@@ -16,7 +16,7 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 
-use crate::compact::{SmallFiles, compact};
+use crate::archive::compact::{SmallFiles, compact};
 use crate::error::{Error, Result};
 use crate::metrics;
 
@@ -71,7 +71,7 @@ impl OffsetTable {
         Ok(this)
     }
 
-    /// Auto-compacts the table ([`crate::compact`]) once a partition holds `min_files` small
+    /// Auto-compacts the table ([`crate::archive::compact`]) once a partition holds `min_files` small
     /// files (never when `0`); `name` labels its metrics.
     pub fn with_compaction(mut self, name: &'static str, min_files: usize) -> Result<Self> {
         let files =

@@ -1,7 +1,7 @@
 //! Reading watermarks and what changed since one, from the Delta logs themselves.
 //!
 //! - The raw table's watermark at a version is the archiver's `txn` actions at that version
-//!   ([`crate::commit`]): every archiver commit covers every partition of the topic, so the
+//!   ([`crate::archive::commit`]): every archiver commit covers every partition of the topic, so the
 //!   partitions are found by probing 0, 1, … until one has no `txn`.
 //! - A view's watermark lives in the `commitInfo` of the commit that published it, under the
 //!   key `lambdaflow` ([`ViewCommit`]): it is written in the same atomic commit as the view's
@@ -21,7 +21,7 @@ use lambdaflow_common::schema::EVENT_DATE;
 use lambdaflow_common::watermark::Watermark;
 use serde::{Deserialize, Serialize};
 
-use crate::commit::app_id;
+use crate::archive::commit::app_id;
 use crate::error::{Error, Result};
 
 /// The `commitInfo` key under which a view commit records what it covers.
@@ -88,9 +88,10 @@ pub async fn view_commit(view: &DeltaTable) -> Result<Option<ViewCommit>> {
             if let Some(record) = action.pointer(&format!("/commitInfo/{COMMIT_KEY}")) {
                 return serde_json::from_value(record.clone())
                     .map(Some)
-                    .map_err(|e| Error::Corrupt {
+                    .map_err(|source| Error::Unreadable {
                         table: view.table_url().to_string(),
-                        message: format!("version {version}: unreadable {COMMIT_KEY} record: {e}"),
+                        what: format!("{COMMIT_KEY} record of version {version}"),
+                        source,
                     });
             }
         }
@@ -114,9 +115,10 @@ pub async fn dates_changed(
         };
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let action: serde_json::Value =
-                serde_json::from_slice(line).map_err(|e| Error::Corrupt {
+                serde_json::from_slice(line).map_err(|source| Error::Unreadable {
                     table: raw.table_url().to_string(),
-                    message: format!("version {version}: {e}"),
+                    what: format!("commit entry of version {version}"),
+                    source,
                 })?;
             for kind in ["add", "remove"] {
                 let rewritten = action.pointer(&format!("/{kind}/dataChange"))

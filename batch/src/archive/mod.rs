@@ -6,6 +6,12 @@
 //! hands the chunk to the writer, which drops what
 //! the tables already hold (after a restart), drops duplicates against the raw table's ids,
 //! and appends to each table with the chunk's offsets in the same commit.
+//!
+//! - [`commit`]: the idempotent appends keyed by Kafka offsets that make it exactly once;
+//! - [`compact`]: the auto-compaction of the small files those appends leave.
+
+pub mod commit;
+pub mod compact;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,7 +31,7 @@ use lambdaflow_common::watermark::at_or_beyond;
 use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::OffsetTable;
+use self::commit::OffsetTable;
 use crate::error::Result;
 use crate::lake::{self, Lake};
 use crate::metrics;

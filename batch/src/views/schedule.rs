@@ -1,7 +1,7 @@
 //! Batch runs in a long-running process: on the cron schedule, or on request from the API.
 //!
 //! [`Batches`] owns the runs started in this process. Within the process it refuses a second
-//! run while one is queued or running; across processes the lock in [`crate::history`] does.
+//! run while one is queued or running; across processes the lock in [`crate::views::lock`] does.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
-use crate::history::{History, RunRecord, Trigger};
 use crate::lake::Lake;
-use crate::run::BatchRun;
+use crate::views::lock::BatchLock;
+use crate::views::records::{History, RunRecord, Trigger};
+use crate::views::run::BatchRun;
 
 /// The batch runs of one process.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ pub struct Batches {
     config: Arc<Config>,
     lake: Lake,
     history: History,
+    lock: BatchLock,
     /// The run this process has queued or is running.
     current: Mutex<Option<String>>,
     tasks: TaskTracker,
@@ -35,16 +37,12 @@ impl Batches {
         Ok(Arc::new(Self {
             config,
             lake,
+            lock: BatchLock::new(history.clone()),
             history,
             current: Mutex::new(None),
             tasks: TaskTracker::new(),
             shutdown,
         }))
-    }
-
-    /// The lake the runs read and write.
-    pub fn lake(&self) -> &Lake {
-        &self.lake
     }
 
     /// The run records.
@@ -57,20 +55,22 @@ impl Batches {
         {
             let mut current = self.current.lock().expect("not poisoned");
             if let Some(running) = current.as_ref() {
+                // A run of this process, queued or running; when it took the lock is in its
+                // record, not here.
                 return Err(Error::RunInProgress {
                     running: running.clone(),
-                    since: String::new(),
+                    since: None,
                 });
             }
             *current = Some(record.id.clone());
         }
-        match self.history.running().await {
+        match self.lock.holder().await {
             Ok(None) => Ok(()),
-            Ok(Some(running)) => {
+            Ok(Some(holder)) => {
                 self.release();
                 Err(Error::RunInProgress {
-                    running,
-                    since: String::new(),
+                    running: holder.run_id,
+                    since: holder.since,
                 })
             }
             Err(e) => {

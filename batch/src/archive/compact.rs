@@ -7,7 +7,7 @@
 //! partition holds `archive.compact_min_files` files under [`TARGET_SIZE`], the archiver
 //! rewrites them with delta-rs' OPTIMIZE: one commit removing the small files and adding the
 //! merged ones, all with `dataChange: false`, so readers that follow changes
-//! ([`crate::watermark::dates_changed`]) skip it. Rows and `txn` offsets are untouched.
+//! ([`crate::views::watermark::dates_changed`]) skip it. Rows and `txn` offsets are untouched.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;

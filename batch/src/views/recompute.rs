@@ -21,7 +21,7 @@ use lambdaflow_common::schema::{EVENT_DATE, timestamp_type};
 use lambdaflow_common::source::SourceConfig;
 use lambdaflow_common::view::{Granularity, ViewDef};
 
-use crate::sketch_udf::{hll_estimate, hll_sketch};
+use crate::views::sketch_udf::{hll_estimate, hll_sketch};
 
 fn column(name: &str) -> Expr {
     Expr::Column(Column::from_name(name))

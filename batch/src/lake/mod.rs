@@ -1,4 +1,5 @@
-//! The lake layout of SPEC §4 and the opening of its tables.
+//! The lake: the layout of SPEC §4, opening and creating its tables, and the one rule for
+//! "this table does not exist yet" ([`is_missing`]).
 //!
 //! ```text
 //! <lake>/raw/<source>/          master dataset, partitioned by event_date
@@ -6,14 +7,21 @@
 //! <lake>/views/<view>/          batch views
 //! <lake>/_lambdaflow/           run history and other platform state
 //! ```
+//!
+//! It exists so that the lake has one home: the writers ([`crate::archive`],
+//! [`crate::views`]) open their tables here, and every reader outside this crate goes through
+//! [`reader::LakeReader`], so that no other crate opens a Delta table or decides on its own
+//! what a missing table is.
+
+pub mod reader;
 
 use arrow::array::{Array, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
-use deltalake::DeltaTable;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use lambdaflow_common::config::LakeConfig;
 use lambdaflow_common::schema::EVENT_DATE;
 use lambdaflow_common::timestamp::format_date;
@@ -25,7 +33,6 @@ use crate::error::{Error, Result};
 const PLATFORM: &str = "_lambdaflow";
 
 /// The lake root, always ending in `/` so that table paths join under it.
-
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: Url,
@@ -36,15 +43,19 @@ impl Lake {
     /// the working directory. Local roots are created if missing.
     pub fn new(config: &LakeConfig) -> Result<Self> {
         let uri = config.uri.as_str();
-        let err = |message: String| Error::LakeUri {
+        let invalid = |reason: &'static str| Error::LakeUri {
             uri: uri.to_owned(),
-            message,
+            reason,
         };
         let mut root = match Url::parse(uri) {
             Ok(url) if url.scheme().len() > 1 => url,
             _ => {
-                let path = std::path::absolute(uri).map_err(|e| err(e.to_string()))?;
-                Url::from_directory_path(&path).map_err(|()| err("not an absolute path".into()))?
+                let path = std::path::absolute(uri).map_err(|source| Error::LakeDir {
+                    uri: uri.to_owned(),
+                    path: uri.into(),
+                    source,
+                })?;
+                Url::from_directory_path(&path).map_err(|()| invalid("not an absolute path"))?
             }
         };
         if !root.path().ends_with('/') {
@@ -53,9 +64,12 @@ impl Lake {
         if root.scheme() == "file" {
             let path = root
                 .to_file_path()
-                .map_err(|()| err("not a local path".into()))?;
-            std::fs::create_dir_all(path.join(PLATFORM))
-                .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
+                .map_err(|()| invalid("not a local path"))?;
+            std::fs::create_dir_all(path.join(PLATFORM)).map_err(|source| Error::LakeDir {
+                uri: uri.to_owned(),
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(Self { root })
     }
@@ -92,6 +106,54 @@ impl Lake {
     }
 }
 
+/// Whether `error`, from opening or loading a table, means that there is no table there yet.
+/// The one rule for every reader of the lake: a table that is not there is empty, while any
+/// other failure (permissions, the network, a corrupt log, a version that is gone) is an
+/// error, never an empty table.
+///
+/// "Not there" is either of:
+/// - no commit under `_delta_log/` (delta-rs' `NotATable`): an empty directory or prefix, the
+///   only form an object store (S3) has;
+/// - a local table directory that does not exist: the Delta kernel's `InvalidTableLocation`
+///   "Path does not exist". The kernel says the same of a directory it may not look into, so
+///   [`open`] asks the file system first and reports that case as [`Error::LocalTable`].
+pub fn is_missing(error: &DeltaTableError) -> bool {
+    match error {
+        DeltaTableError::NotATable(_) => true,
+        // The kernel's error type is not re-exported by deltalake: known by its message.
+        DeltaTableError::KernelError(kernel) => kernel.to_string().starts_with(KERNEL_NO_PATH),
+        _ => false,
+    }
+}
+
+/// How the Delta kernel's error for a local table directory that does not exist begins.
+const KERNEL_NO_PATH: &str = "Invalid table location: Path does not exist";
+
+/// Opens the Delta table at `url` at its latest version (or at `version`); `None` when there
+/// is no table there ([`is_missing`]).
+pub async fn open(url: &Url, version: Option<u64>) -> Result<Option<DeltaTable>> {
+    let delta = |source| Error::Delta {
+        table: url.to_string(),
+        source,
+    };
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+        && let Err(source) = std::fs::metadata(&path)
+        && source.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(Error::LocalTable { path, source });
+    }
+    let mut builder = DeltaTableBuilder::from_url(url.clone()).map_err(delta)?;
+    if let Some(version) = version {
+        builder = builder.with_version(version);
+    }
+    match builder.load().await {
+        Ok(table) => Ok(Some(table)),
+        Err(error) if is_missing(&error) => Ok(None),
+        Err(error) => Err(delta(error)),
+    }
+}
+
 /// Opens the Delta table at `url`, creating it with `schema` and `partition_by` if there is none.
 pub async fn open_or_create(
     url: &Url,
@@ -105,11 +167,12 @@ pub async fn open_or_create(
     if url.scheme() == "file" {
         let path = url.to_file_path().map_err(|()| Error::LakeUri {
             uri: url.to_string(),
-            message: "not a local path".into(),
+            reason: "not a local path",
         })?;
-        std::fs::create_dir_all(&path).map_err(|e| Error::LakeUri {
+        std::fs::create_dir_all(&path).map_err(|source| Error::LakeDir {
             uri: url.to_string(),
-            message: format!("cannot create {}: {e}", path.display()),
+            path: path.clone(),
+            source,
         })?;
     }
     let table = DeltaTable::try_from_url(url.clone()).await.map_err(delta)?;
@@ -186,6 +249,23 @@ mod tests {
         assert!(lake.root().as_str().ends_with("/lake/"));
         assert!(lake.raw("events").as_str().ends_with("/lake/raw/events/"));
         assert!(dir.path().join("lake").is_dir());
+    }
+
+    #[test]
+    fn only_no_table_there_counts_as_missing() {
+        assert!(is_missing(&DeltaTableError::NotATable("no log".into())));
+        for other in [
+            DeltaTableError::InvalidVersion(3),
+            DeltaTableError::InvalidTableLocation("s3://nowhere".into()),
+            DeltaTableError::ObjectStore {
+                source: object_store::Error::PermissionDenied {
+                    path: "raw/events/_delta_log".into(),
+                    source: "denied".into(),
+                },
+            },
+        ] {
+            assert!(!is_missing(&other), "{other}");
+        }
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! in one Delta commit that also records its watermark.
 //!
 //! For each view, in config order:
-//! 1. read what its last commit covers ([`crate::watermark::view_commit`]);
+//! 1. read what its last commit covers ([`crate::views::watermark::view_commit`]);
 //! 2. pick the mode: *full* for a new view, a changed definition or `--full`; *unchanged* if it
 //!    already covers the raw version read; otherwise *incremental*: the event dates with raw
-//!    rows added since its raw version ([`crate::watermark::dates_changed`]);
-//! 3. compute the dates' rows ([`crate::recompute`]) at the pinned raw version;
+//!    rows added since its raw version ([`crate::views::watermark::dates_changed`]);
+//! 3. compute the dates' rows ([`crate::views::recompute`]) at the pinned raw version;
 //! 4. publish: overwrite exactly those dates (`replaceWhere` on `event_date`), or the whole
 //!    table, in one commit carrying the [`ViewCommit`].
 //!
@@ -35,12 +35,13 @@ use lambdaflow_common::watermark::Watermark;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::history::{History, Mode, RunRecord, RunStatus, Trigger, ViewOutcome, now};
 use crate::lake::{Lake, open_or_create};
 use crate::metrics;
-use crate::recompute::view_frame;
-use crate::sketch_udf;
-use crate::watermark::{COMMIT_KEY, ViewCommit, dates_changed, raw_watermark, view_commit};
+use crate::views::lock::BatchLock;
+use crate::views::recompute::view_frame;
+use crate::views::records::{History, Mode, RunRecord, RunStatus, Trigger, ViewOutcome, now};
+use crate::views::sketch_udf;
+use crate::views::watermark::{COMMIT_KEY, ViewCommit, dates_changed, raw_watermark, view_commit};
 
 /// How often a long view computation logs that it is still going.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -99,7 +100,9 @@ impl BatchRun {
     /// Takes the lock, runs, records the outcome, and returns the final record. An error
     /// after the lock was taken is in the record (`failed`) as well as returned.
     pub async fn run(mut self) -> Result<RunRecord> {
-        let lock = self.history.lock(&self.record.id).await?;
+        let lock = BatchLock::new(self.history.clone())
+            .acquire(&self.record.id)
+            .await?;
         self.record.status = RunStatus::Running;
         self.record.started_at = Some(now());
         let started = std::time::Instant::now();
@@ -282,7 +285,7 @@ fn raw_rows(raw: &DeltaTable, dates: Option<&BTreeSet<i32>>) -> Result<(u64, BTr
             .get(EVENT_DATE)
             .cloned()
             .flatten()
-            .and_then(|d| crate::watermark::parse_date(&d));
+            .and_then(|d| crate::views::watermark::parse_date(&d));
         let Some(date) = date else { continue };
         if dates.is_none_or(|d| d.contains(&date)) {
             rows += file.num_records().unwrap_or(0) as u64;

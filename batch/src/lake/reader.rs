@@ -1,0 +1,403 @@
+//! The one reader of the lake for the rest of the platform.
+//!
+//! The serving process reads four things from the lake: each view's batch side (at start, then
+//! every new version the watcher sees), the raw ids of a date at a pinned raw version (the
+//! speed layer's deduplication), the latest refused events (`GET /v1/quarantine`), and the raw
+//! and quarantine tables for SQL. [`LakeReader`] offers exactly those, so that no other crate
+//! opens a Delta table, and every read decides "not there yet" by the one rule,
+//! [`super::is_missing`]: a missing table reads as empty, any other failure is an error.
+//!
+//! [`ViewWatch`] keeps each view table open between checks, so a check replays only the log
+//! entries committed since the last one, and loads a view's rows only when its version moved.
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use lambdaflow_common::batch_view::BatchView;
+use lambdaflow_common::config::LakeConfig;
+use lambdaflow_common::schema::INGEST_TIME;
+use lambdaflow_common::source::SourceConfig;
+use lambdaflow_common::state::ViewState;
+use lambdaflow_common::view::ViewDef;
+use url::Url;
+
+use super::{Lake, open, stored_ids};
+use crate::error::{Error, Result};
+use crate::views::watermark::view_commit;
+
+/// Reads the lake's tables for the serving side: views, raw ids, refused events, SQL tables.
+#[derive(Debug, Clone)]
+pub struct LakeReader {
+    lake: Lake,
+}
+
+/// A table of the source that SQL can read as it is in the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceTable {
+    /// `<lake>/raw/<source>/`, the master dataset.
+    Raw,
+    /// `<lake>/quarantine/<source>/`, the refused events.
+    Quarantine,
+}
+
+/// One refused event of the quarantine table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedEvent {
+    /// The message payload as received; `None` for a message without one.
+    pub raw: Option<Vec<u8>>,
+    /// Why it was refused.
+    pub reason: String,
+    /// The Kafka topic it was read from.
+    pub topic: String,
+    /// Its Kafka partition.
+    pub partition: i32,
+    /// Its Kafka offset.
+    pub offset: i64,
+    /// When the archiver read it, in microseconds since the epoch (UTC).
+    pub ingest_time: i64,
+}
+
+impl LakeReader {
+    /// A reader of the lake `config` names (the same resolution as the writers').
+    pub fn new(config: &LakeConfig) -> Result<Self> {
+        Ok(Self::from_lake(Lake::new(config)?))
+    }
+
+    /// A reader of `lake`.
+    pub fn from_lake(lake: Lake) -> Self {
+        Self { lake }
+    }
+
+    /// The lake read.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// `view`'s batch side at its latest version; empty before the view's first batch run.
+    pub async fn view(&self, source: &SourceConfig, view: &ViewDef) -> Result<BatchView> {
+        match open(&self.lake.view(&view.name), None).await? {
+            Some(table) => read_view(source, view, &table).await,
+            None => Ok(BatchView::default()),
+        }
+    }
+
+    /// `view`'s batch side at table version `version`; empty when the table does not exist.
+    pub async fn view_at(
+        &self,
+        source: &SourceConfig,
+        view: &ViewDef,
+        version: u64,
+    ) -> Result<BatchView> {
+        match open(&self.lake.view(&view.name), Some(version)).await? {
+            Some(table) => read_view(source, view, &table).await,
+            None => Ok(BatchView::default()),
+        }
+    }
+
+    /// Opens every view table of `views` and loads its batch side at its latest version (in
+    /// `views` order); the [`ViewWatch`] then reports each later version.
+    pub async fn watch_views(
+        &self,
+        source: &SourceConfig,
+        views: &[ViewDef],
+    ) -> Result<(ViewWatch, Vec<BatchView>)> {
+        let mut watched = Vec::with_capacity(views.len());
+        let mut loaded = Vec::with_capacity(views.len());
+        for view in views {
+            let url = self.lake.view(&view.name);
+            let table = open(&url, None).await?;
+            loaded.push(match &table {
+                Some(table) => read_view(source, view, table).await?,
+                None => BatchView::default(),
+            });
+            watched.push(Watched {
+                view: view.clone(),
+                url,
+                version: table.as_ref().and_then(DeltaTable::version),
+                table,
+            });
+        }
+        let watch = ViewWatch {
+            source: source.clone(),
+            views: watched,
+        };
+        Ok((watch, loaded))
+    }
+
+    /// The ids the raw table holds for event date `date` (days since the epoch) at raw table
+    /// version `version`; none when there is no raw table yet.
+    pub async fn raw_ids(
+        &self,
+        source: &SourceConfig,
+        version: u64,
+        date: i32,
+    ) -> Result<Vec<String>> {
+        let Some(table) = open(&self.lake.raw(&source.name), Some(version)).await? else {
+            return Ok(Vec::new());
+        };
+        let ids = stored_ids(&table, &source.id_field, date).await?;
+        Ok(ids.iter().flatten().map(str::to_owned).collect())
+    }
+
+    /// The latest `limit` refused events of `source`: newest ingestion first, and within one
+    /// ingestion time, latest offset first. None when there is no quarantine table yet.
+    pub async fn latest_quarantined(
+        &self,
+        source: &SourceConfig,
+        limit: usize,
+    ) -> Result<Vec<QuarantinedEvent>> {
+        let url = self.lake.quarantine(&source.name);
+        let Some(table) = open(&url, None).await? else {
+            return Ok(Vec::new());
+        };
+        let query = |source| Error::Query {
+            table: url.to_string(),
+            source,
+        };
+        let ctx = SessionContext::new();
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|source| Error::Delta {
+                table: url.to_string(),
+                source,
+            })?;
+        ctx.register_table("quarantine", table.table_provider().await.map_err(query)?)
+            .map_err(query)?;
+        let batches = ctx
+            .sql(&format!(
+                "SELECT raw, reason, topic, \"partition\", \"offset\", {INGEST_TIME} FROM quarantine \
+                 ORDER BY {INGEST_TIME} DESC, \"offset\" DESC LIMIT {limit}"
+            ))
+            .await
+            .map_err(query)?
+            .collect()
+            .await
+            .map_err(query)?;
+        let mut events = Vec::with_capacity(limit);
+        for batch in &batches {
+            events.extend(quarantined(batch).map_err(|e| query(e.into()))?);
+        }
+        Ok(events)
+    }
+
+    /// Registers `source`'s `table` in `ctx` as `name`, at its latest version. `false` (and
+    /// nothing registered) when the table does not exist yet.
+    pub async fn register(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        source: &SourceConfig,
+        table: SourceTable,
+    ) -> Result<bool> {
+        let url = match table {
+            SourceTable::Raw => self.lake.raw(&source.name),
+            SourceTable::Quarantine => self.lake.quarantine(&source.name),
+        };
+        let Some(table) = open(&url, None).await? else {
+            return Ok(false);
+        };
+        let query = |source| Error::Query {
+            table: url.to_string(),
+            source,
+        };
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|source| Error::Delta {
+                table: url.to_string(),
+                source,
+            })?;
+        let provider = table.table_provider().await.map_err(query)?;
+        ctx.register_table(name, provider).map_err(query)?;
+        Ok(true)
+    }
+}
+
+/// The view tables of one process, kept open between checks for new versions.
+#[derive(Debug)]
+pub struct ViewWatch {
+    source: SourceConfig,
+    views: Vec<Watched>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    view: ViewDef,
+    url: Url,
+    /// `None` until the table exists.
+    table: Option<DeltaTable>,
+    /// The version last loaded (or seen without a lambdaflow commit).
+    version: Option<u64>,
+}
+
+impl ViewWatch {
+    /// Brings every view table up to its latest version (reading only the log entries added
+    /// since the last check) and loads the views whose version moved. One entry per view, in
+    /// the order given to [`LakeReader::watch_views`]: `Ok(Some(_))` a new version published
+    /// by a batch run, `Ok(None)` nothing new, `Err(_)` the table could not be read (the next
+    /// check tries again).
+    pub async fn changed(&mut self) -> Vec<Result<Option<BatchView>>> {
+        let mut out = Vec::with_capacity(self.views.len());
+        for watched in &mut self.views {
+            out.push(watched.check(&self.source).await);
+        }
+        out
+    }
+}
+
+impl Watched {
+    async fn check(&mut self, source: &SourceConfig) -> Result<Option<BatchView>> {
+        let table = match &mut self.table {
+            Some(table) => {
+                table.update_state().await.map_err(|source| Error::Delta {
+                    table: self.url.to_string(),
+                    source,
+                })?;
+                table
+            }
+            slot @ None => match open(&self.url, None).await? {
+                Some(table) => slot.insert(table),
+                None => return Ok(None),
+            },
+        };
+        if table.version() == self.version {
+            return Ok(None);
+        }
+        let batch = read_view(source, &self.view, table).await?;
+        self.version = table.version();
+        Ok(batch.watermark.is_some().then_some(batch))
+    }
+}
+
+/// `view`'s batch side at the loaded version of `table`: its rows as states, with the
+/// watermark of the lambdaflow commit that published them (empty when there is none).
+async fn read_view(source: &SourceConfig, view: &ViewDef, table: &DeltaTable) -> Result<BatchView> {
+    let Some(commit) = view_commit(table).await? else {
+        return Ok(BatchView::default());
+    };
+    let url = table.table_url().to_string();
+    let query = |source| Error::Query {
+        table: url.clone(),
+        source,
+    };
+    let ctx = SessionContext::new();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|source| Error::Delta {
+            table: url.clone(),
+            source,
+        })?;
+    ctx.register_table("v", table.table_provider().await.map_err(query)?)
+        .map_err(query)?;
+    let mut state = ViewState::new();
+    let batches = ctx
+        .sql("SELECT * FROM v")
+        .await
+        .map_err(query)?
+        .collect()
+        .await
+        .map_err(query)?;
+    for batch in &batches {
+        state
+            .from_view_batch(source, view, batch)
+            .map_err(|source| Error::ViewRows {
+                table: url.clone(),
+                source,
+            })?;
+    }
+    Ok(BatchView {
+        version: table.version(),
+        watermark: Some(commit.watermark),
+        state,
+    })
+}
+
+/// The rows of a quarantine query's `batch` (columns in the order the query selects them).
+fn quarantined(batch: &RecordBatch) -> Result<Vec<QuarantinedEvent>, arrow::error::ArrowError> {
+    let column = |i: usize, t: &DataType| cast(batch.column(i), t);
+    let raw = column(0, &DataType::Binary)?;
+    let reason = column(1, &DataType::Utf8)?;
+    let topic = column(2, &DataType::Utf8)?;
+    let partition = column(3, &DataType::Int32)?;
+    let offset = column(4, &DataType::Int64)?;
+    let time = column(5, batch.schema().field(5).data_type())?;
+    let (raw, reason, topic) = (
+        raw.as_binary::<i32>(),
+        reason.as_string::<i32>(),
+        topic.as_string::<i32>(),
+    );
+    let (partition, offset, time) = (
+        partition.as_primitive::<Int32Type>(),
+        offset.as_primitive::<Int64Type>(),
+        time.as_primitive::<TimestampMicrosecondType>(),
+    );
+    Ok((0..batch.num_rows())
+        .map(|row| QuarantinedEvent {
+            raw: (!raw.is_null(row)).then(|| raw.value(row).to_vec()),
+            reason: reason.value(row).to_owned(),
+            topic: topic.value(row).to_owned(),
+            partition: partition.value(row),
+            offset: offset.value(row),
+            ingest_time: time.value(row),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::SessionContext;
+    use lambdaflow_common::config::{Config, LakeConfig};
+
+    use super::*;
+
+    fn reader(dir: &tempfile::TempDir) -> (Config, LakeReader) {
+        let config = Config::demo();
+        let lake = LakeConfig {
+            uri: dir.path().display().to_string(),
+        };
+        (config, LakeReader::new(&lake).unwrap())
+    }
+
+    #[tokio::test]
+    async fn tables_not_there_yet_read_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, reader) = reader(&dir);
+        let view = reader.view(&config.source, &config.views[0]).await.unwrap();
+        assert!(view.version.is_none() && view.watermark.is_none());
+        assert!(
+            reader
+                .raw_ids(&config.source, 0, 20_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let refused = reader.latest_quarantined(&config.source, 10).await;
+        assert!(refused.unwrap().is_empty());
+        let ctx = SessionContext::new();
+        let registered = reader
+            .register(&ctx, "raw_events", &config.source, SourceTable::Raw)
+            .await
+            .unwrap();
+        assert!(!registered);
+        let (mut watch, views) = reader
+            .watch_views(&config.source, &config.views)
+            .await
+            .unwrap();
+        assert_eq!(views.len(), config.views.len());
+        assert!(watch.changed().await.iter().all(|c| matches!(c, Ok(None))));
+    }
+
+    #[tokio::test]
+    async fn a_table_that_cannot_be_read_is_an_error_not_an_empty_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, reader) = reader(&dir);
+        let log = dir
+            .path()
+            .join(format!("views/{}/_delta_log", config.views[0].name));
+        std::fs::create_dir_all(&log).unwrap();
+        std::fs::write(log.join("00000000000000000000.json"), "not a delta log").unwrap();
+        let error = reader.view(&config.source, &config.views[0]).await;
+        assert!(matches!(error, Err(Error::Delta { .. })), "{error:?}");
+    }
+}

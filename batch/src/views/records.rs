@@ -1,0 +1,364 @@
+//! Batch run records, kept under `<lake>/_lambdaflow/runs/`.
+//!
+//! `runs/<id>.json` holds one [`RunRecord`] per run, rewritten as the run moves from `queued`
+//! to `running` (with progress) to `succeeded` or `failed`; `GET /v1/batch/runs` and
+//! `lambdaflow batch run` show them as they are stored. Ids start with the UTC time, so
+//! listing them in reverse order lists the newest first. Times are typed in memory and stored
+//! as RFC 3339 text in UTC with milliseconds and a `Z` ([`format_time`]).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use deltalake::DeltaTableBuilder;
+use futures::TryStreamExt;
+use lambdaflow_common::watermark::Watermark;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+
+const RUNS: &str = "runs";
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Accepted, not started.
+    Queued,
+    /// Holding the lock and computing.
+    Running,
+    /// Every view published.
+    Succeeded,
+    /// Stopped by an error; views published before the error stay, the rest keep their
+    /// previous version.
+    Failed,
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// `lambdaflow batch run`.
+    Cli,
+    /// The cron schedule.
+    Schedule,
+    /// `POST /v1/batch/runs`.
+    Api,
+}
+
+/// How a view was brought up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every date recomputed: `--full`, a new view, or a changed definition.
+    Full,
+    /// Only the dates with new raw rows recomputed.
+    Incremental,
+    /// Already at the raw version read: nothing written.
+    Unchanged,
+}
+
+/// One view's part of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewOutcome {
+    /// View name.
+    pub name: String,
+    /// How it was brought up to date.
+    pub mode: Mode,
+    /// Dates recomputed (all dates of the raw table for a full recompute).
+    pub dates: usize,
+    /// Raw rows in the files scanned.
+    pub rows_read: u64,
+    /// View rows written.
+    pub rows_written: u64,
+    /// The view table version published, if anything was.
+    pub version: Option<u64>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// The record of one batch run (`GET /v1/batch/runs/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Sortable id: UTC start time, then a random suffix.
+    pub id: String,
+    /// Where the run is.
+    pub status: RunStatus,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Whether every date of every view was recomputed.
+    pub full: bool,
+    /// When it was accepted.
+    #[serde(with = "time")]
+    pub queued_at: DateTime<Utc>,
+    /// When it took the lock.
+    #[serde(with = "time::optional")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    #[serde(with = "time::optional")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The raw table version read.
+    pub raw_version: Option<u64>,
+    /// The Kafka offsets the views now cover.
+    pub watermark: Option<Watermark>,
+    /// Raw rows in the files scanned, summed over views.
+    pub rows_read: u64,
+    /// View rows written, summed over views.
+    pub rows_written: u64,
+    /// Event dates recomputed by any view, `YYYY-MM-DD`.
+    pub dates: Vec<String>,
+    /// Per view, in config order, as each finishes.
+    pub views: Vec<ViewOutcome>,
+    /// What the run is doing now, while it runs.
+    pub progress: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Now, to the millisecond: the precision records are stored with, so that a record read back
+/// equals the one written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+/// `time` as the text records store: RFC 3339, UTC, milliseconds, `Z`
+/// (`2026-11-23T04:05:06.789Z`).
+pub fn format_time(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A time stored by [`format_time`] (or any RFC 3339 text), if `text` is one.
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Serde of times as [`format_time`] text (chrono's own serde would write nanoseconds).
+pub(crate) mod time {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use super::{format_time, parse_time};
+
+    pub(crate) fn serialize<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_time(time))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_time(&text)
+            .ok_or_else(|| de::Error::custom(format!("`{text}` is not an RFC 3339 time")))
+    }
+
+    /// An optional time: `null` when absent.
+    pub(crate) mod optional {
+        use chrono::{DateTime, Utc};
+        use serde::{Deserialize, Deserializer, Serializer, de};
+
+        use super::{format_time, parse_time};
+
+        pub(crate) fn serialize<S: Serializer>(
+            time: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => s.serialize_str(&format_time(time)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| {
+                    parse_time(&text).ok_or_else(|| {
+                        de::Error::custom(format!("`{text}` is not an RFC 3339 time"))
+                    })
+                })
+                .transpose()
+        }
+    }
+
+    /// A time that reads as `None` when it is not one (a torn or hand-edited file): the
+    /// lock's times, where an unreadable heartbeat means a stale lock, not an error.
+    pub(crate) mod lenient {
+        use chrono::{DateTime, Utc};
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::{format_time, parse_time};
+
+        pub(crate) fn serialize<S: Serializer>(
+            time: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&time.as_ref().map(format_time).unwrap_or_default())
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Ok(parse_time(&String::deserialize(d)?))
+        }
+    }
+}
+
+impl RunRecord {
+    /// A new queued run.
+    pub fn queued(trigger: Trigger, full: bool) -> Self {
+        let queued_at = now();
+        let id = format!(
+            "{}-{:06x}",
+            queued_at.format("%Y%m%dT%H%M%S%3fZ"),
+            rand::random::<u32>() & 0xff_ffff
+        );
+        Self {
+            id,
+            status: RunStatus::Queued,
+            trigger,
+            full,
+            queued_at,
+            started_at: None,
+            finished_at: None,
+            raw_version: None,
+            watermark: None,
+            rows_read: 0,
+            rows_written: 0,
+            dates: Vec::new(),
+            views: Vec::new(),
+            progress: None,
+            error: None,
+        }
+    }
+}
+
+/// Whether `id` has the shape of a run id, so that it can name a file.
+pub fn is_run_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The run records of one lake (and the store the run lock, [`super::lock`], shares).
+#[derive(Debug, Clone)]
+pub struct History {
+    store: Arc<dyn ObjectStore>,
+    root: String,
+}
+
+impl History {
+    /// The history of `lake`, through the same object store configuration as its tables.
+    pub fn new(lake: &Lake) -> Result<Self> {
+        let url = lake.platform();
+        let store = DeltaTableBuilder::from_url(url.clone())
+            .and_then(|b| b.build_storage())
+            .map_err(|source| Error::Delta {
+                table: url.to_string(),
+                source,
+            })?
+            .object_store(None);
+        Ok(Self {
+            store,
+            root: url.to_string(),
+        })
+    }
+
+    /// The store of `<lake>/_lambdaflow/`.
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// An error of the store while doing `what`.
+    pub(crate) fn store_err(&self, what: &str) -> impl Fn(object_store::Error) -> Error + '_ {
+        let context = format!("{what} under {}", self.root);
+        move |source| Error::Store {
+            context: context.clone(),
+            source,
+        }
+    }
+
+    /// Writes `record` (replacing an earlier state of the same run).
+    pub async fn save(&self, record: &RunRecord) -> Result<()> {
+        let path = Path::from(format!("{RUNS}/{}.json", record.id));
+        let body = serde_json::to_vec_pretty(record).expect("records serialise");
+        self.store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(self.store_err("writing a run record"))?;
+        Ok(())
+    }
+
+    /// The record of run `id`, if there is one.
+    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>> {
+        if !is_run_id(id) {
+            return Ok(None);
+        }
+        let path = Path::from(format!("{RUNS}/{id}.json"));
+        let bytes = match self.store.get(&path).await {
+            Ok(found) => found.bytes().await,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => Err(e),
+        }
+        .map_err(self.store_err("reading a run record"))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Unreadable {
+                table: self.root.clone(),
+                what: format!("run record {id}"),
+                source,
+            })
+    }
+
+    /// The newest `limit` runs, newest first.
+    pub async fn list(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut ids: Vec<String> = self
+            .store
+            .list(Some(&Path::from(RUNS)))
+            .map_ok(|meta| meta.location.filename().unwrap_or_default().to_owned())
+            .try_collect()
+            .await
+            .map_err(self.store_err("listing run records"))?;
+        ids.retain(|name| name.ends_with(".json"));
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut records = Vec::new();
+        for name in ids.into_iter().take(limit) {
+            if let Some(record) = self.get(name.trim_end_matches(".json")).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time_and_name_files_safely() {
+        let a = RunRecord::queued(Trigger::Cli, false);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = RunRecord::queued(Trigger::Api, true);
+        assert!(a.id < b.id, "{} {}", a.id, b.id);
+        assert!(is_run_id(&a.id));
+        for bad in ["", "../x", "a/b", "a.json", &"x".repeat(65)] {
+            assert!(!is_run_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_are_stored_as_before_rfc3339_millis_utc() {
+        let mut record = RunRecord::queued(Trigger::Cli, false);
+        record.queued_at = parse_time("2026-11-23T04:05:06.789Z").unwrap();
+        record.started_at = parse_time("2026-11-23T04:05:07Z");
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["queued_at"], "2026-11-23T04:05:06.789Z");
+        assert_eq!(json["started_at"], "2026-11-23T04:05:07.000Z");
+        assert_eq!(json["finished_at"], serde_json::Value::Null);
+        let back: RunRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+        let now = now();
+        assert_eq!(parse_time(&format_time(&now)), Some(now));
+    }
+}

@@ -1,0 +1,113 @@
+//! The speed layer as this process runs it: started over the batch views loaded from the lake,
+//! fed the raw ids its deduplication needs, and handed every new view version for an atomic
+//! swap by a watcher. Every read of the lake goes through the batch crate's [`LakeReader`];
+//! this module only wires it to the speed layer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use lambdaflow_batch::lake::reader::{LakeReader, ViewWatch};
+use lambdaflow_common::batch_view::BatchView;
+use lambdaflow_common::config::Config;
+use lambdaflow_common::view::ViewDef;
+use lambdaflow_speed::consume::{RawIds, RawIdsError, SpeedLayer, Swap};
+use lambdaflow_speed::engine::Speed;
+use lambdaflow_speed::served::Served;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+
+/// How often view tables are checked for a new version.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Loads the latest version of `view`'s table; an empty batch side when there is none yet.
+pub async fn load_batch_view(
+    config: &Config,
+    lake: &LakeReader,
+    view: &ViewDef,
+) -> Result<BatchView> {
+    Ok(lake.view(&config.source, view).await?)
+}
+
+/// Raw ids from the lake's raw table at a pinned version.
+struct LakeRawIds {
+    lake: Arc<LakeReader>,
+    config: Arc<Config>,
+}
+
+impl RawIds for LakeRawIds {
+    fn ids(&self, version: u64, date: i32) -> BoxFuture<'_, Result<Vec<String>, RawIdsError>> {
+        Box::pin(async move {
+            Ok(self
+                .lake
+                .raw_ids(&self.config.source, version, date)
+                .await?)
+        })
+    }
+}
+
+/// Starts the speed layer and the batch watcher; returns the shared state queries read and the
+/// task that runs both until `shutdown`.
+pub async fn start(
+    config: Arc<Config>,
+    lake: Arc<LakeReader>,
+    brokers: String,
+    shutdown: CancellationToken,
+) -> Result<(Served, impl Future<Output = Result<()>> + Send + 'static)> {
+    let (views, batches) = lake.watch_views(&config.source, &config.views).await?;
+    let batches = batches.into_iter().map(Arc::new).collect();
+    let served = Served::new();
+    let speed = Speed::new(config.clone(), served.clone(), batches)?;
+    let (swaps_tx, swaps_rx) = mpsc::channel(4);
+    let raw_ids = Arc::new(LakeRawIds {
+        lake,
+        config: config.clone(),
+    });
+    let layer = SpeedLayer::new(config.clone(), brokers, speed, raw_ids, swaps_rx);
+    let task = async move {
+        let watcher = watch(config, views, swaps_tx, shutdown.clone());
+        let ((), speed) = tokio::join!(watcher, layer.run(shutdown.clone()));
+        Ok(speed?)
+    };
+    Ok((served, task))
+}
+
+/// Checks every view table for a new version (reading only the log entries added since the
+/// last check) and sends each new one to the speed layer, until `shutdown` or the speed layer
+/// is gone; a version that cannot be read is retried at the next check.
+async fn watch(
+    config: Arc<Config>,
+    mut views: ViewWatch,
+    swaps: mpsc::Sender<Swap>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        let mut swap: Swap = vec![None; config.views.len()];
+        for ((view, changed), slot) in config
+            .views
+            .iter()
+            .zip(views.changed().await)
+            .zip(&mut swap)
+        {
+            match changed {
+                Ok(Some(batch)) => {
+                    tracing::info!(view = %view.name, version = ?batch.version, raw_version = batch.watermark.as_ref().map(|w| w.raw_version), groups = batch.state.len(), "new batch version loaded");
+                    *slot = Some(Arc::new(batch));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(view = %view.name, %error, "could not load the view's new version; retrying")
+                }
+            }
+        }
+        if swap.iter().any(Option::is_some) && swaps.send(swap).await.is_err() {
+            return;
+        }
+    }
+}

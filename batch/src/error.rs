@@ -132,7 +132,7 @@ pub enum Error {
     /// Another batch run holds the lock.
     #[error(
         "batch run {running} is in progress{}; runs never overlap",
-        .since.as_ref().map(|t| format!(" (since {})", crate::views::records::format_time(t))).unwrap_or_default()
+        .since.as_ref().map(|t| format!(" (since {})", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))).unwrap_or_default()
     )]
     RunInProgress {
         /// The id of the run holding the lock.

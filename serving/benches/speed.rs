@@ -23,8 +23,9 @@ use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_serving::http::{AppState, app};
-use lambdaflow_speed::consume::{RawIds, RawIdsError, SpeedLayer};
+use lambdaflow_speed::consume::{RawIds, SpeedLayer};
 use lambdaflow_speed::engine::Speed;
+use lambdaflow_speed::error::RawIdsError;
 use lambdaflow_speed::served::Served;
 use tokio_util::sync::CancellationToken;
 

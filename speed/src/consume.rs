@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Speed;
-use crate::error::{Error, Result};
+use crate::error::{Error, RawIdsError, Result};
 use crate::metrics;
 use crate::served::Served;
 
@@ -31,9 +31,6 @@ const MICRO_BATCH: ChunkPolicy = ChunkPolicy {
 
 /// How often the partition heads behind the lag metrics are read.
 const HEADS_EVERY: Duration = Duration::from_secs(2);
-
-/// Why the raw ids of a date could not be read: the lake adapter's own error, kept whole.
-pub type RawIdsError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where deduplication reads the ids the raw table holds for a date at a version.
 pub trait RawIds: Send + Sync {

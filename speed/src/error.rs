@@ -27,7 +27,7 @@ pub enum Error {
         date: String,
         /// What the lake reader said.
         #[source]
-        source: crate::consume::RawIdsError,
+        source: RawIdsError,
     },
     /// A new batch version covers less than the current one: the view tables were replaced
     /// by older ones. Restart the process to rebuild from the new watermark.
@@ -49,6 +49,9 @@ pub enum Error {
         message: String,
     },
 }
+
+/// Why the raw ids of a date could not be read: the lake adapter's own error, kept whole.
+pub type RawIdsError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -214,18 +214,7 @@ pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, FilterErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The demo deployment's source and views, read without the config module (which depends
-    /// on this one).
-    fn demo() -> (SourceConfig, Vec<ViewDef>) {
-        #[derive(serde::Deserialize)]
-        struct Demo {
-            source: SourceConfig,
-            views: Vec<ViewDef>,
-        }
-        let demo: Demo = toml::from_str(include_str!("demo.toml")).unwrap();
-        (demo.source, demo.views)
-    }
+    use crate::view::tests::demo;
 
     #[test]
     fn demo_views_lay_out_states_and_values() {

@@ -207,12 +207,12 @@ pub fn fingerprint(source: &SourceConfig, view: &ViewDef) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The demo deployment's source and views, read without the config module (which depends
-    /// on this one).
-    fn demo() -> (SourceConfig, Vec<ViewDef>) {
+    /// on this one and on [`crate::layout`]).
+    pub(crate) fn demo() -> (SourceConfig, Vec<ViewDef>) {
         #[derive(Deserialize)]
         struct Demo {
             source: SourceConfig,

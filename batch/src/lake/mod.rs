@@ -191,13 +191,13 @@ pub async fn open_or_create(
         .map_err(delta)
 }
 
-/// The ids the raw table (at its loaded version) holds for one event date, read through DataFusion with partition
-/// pruning so that only that date's files are opened.
-pub async fn stored_ids(
+/// Runs `sql` over `table` (at its loaded version) registered as `name` in a session of its
+/// own, and collects the answer.
+pub(crate) async fn query_table(
     table: &DeltaTable,
-    id_field: &str,
-    date: i32,
-) -> Result<arrow::array::StringArray> {
+    name: &str,
+    sql: &str,
+) -> Result<Vec<arrow::array::RecordBatch>> {
     let url = table.table_url().to_string();
     let query = |source| Error::Query {
         table: url.clone(),
@@ -210,19 +210,32 @@ pub async fn stored_ids(
             table: url.clone(),
             source,
         })?;
-    ctx.register_table("raw", table.table_provider().await.map_err(query)?)
+    ctx.register_table(name, table.table_provider().await.map_err(query)?)
         .map_err(query)?;
-    let sql = format!(
-        "SELECT \"{id_field}\" FROM raw WHERE {EVENT_DATE} = DATE '{}'",
-        format_date(date)
-    );
-    let batches = ctx
-        .sql(&sql)
+    ctx.sql(sql)
         .await
         .map_err(query)?
         .collect()
         .await
-        .map_err(query)?;
+        .map_err(query)
+}
+
+/// The ids the raw table (at its loaded version) holds for one event date, read through
+/// DataFusion with partition pruning so that only that date's files are opened.
+pub async fn stored_ids(
+    table: &DeltaTable,
+    id_field: &str,
+    date: i32,
+) -> Result<arrow::array::StringArray> {
+    let sql = format!(
+        "SELECT \"{id_field}\" FROM raw WHERE {EVENT_DATE} = DATE '{}'",
+        format_date(date)
+    );
+    let batches = query_table(table, "raw", &sql).await?;
+    let query = |source| Error::Query {
+        table: table.table_url().to_string(),
+        source,
+    };
     let mut ids = arrow::array::StringBuilder::new();
     for batch in &batches {
         let column = cast(batch.column(0), &DataType::Utf8).map_err(|e| query(e.into()))?;

@@ -23,7 +23,7 @@ use lambdaflow_common::state::ViewState;
 use lambdaflow_common::view::ViewDef;
 use url::Url;
 
-use super::{Lake, open, stored_ids};
+use super::{Lake, open, query_table, stored_ids};
 use crate::error::{Error, Result};
 use crate::views::watermark::view_commit;
 
@@ -152,29 +152,15 @@ impl LakeReader {
         let Some(table) = open(&url, None).await? else {
             return Ok(Vec::new());
         };
+        let sql = format!(
+            "SELECT raw, reason, topic, \"partition\", \"offset\", {INGEST_TIME} FROM quarantine \
+             ORDER BY {INGEST_TIME} DESC, \"offset\" DESC LIMIT {limit}"
+        );
+        let batches = query_table(&table, "quarantine", &sql).await?;
         let query = |source| Error::Query {
             table: url.to_string(),
             source,
         };
-        let ctx = SessionContext::new();
-        table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|source| Error::Delta {
-                table: url.to_string(),
-                source,
-            })?;
-        ctx.register_table("quarantine", table.table_provider().await.map_err(query)?)
-            .map_err(query)?;
-        let batches = ctx
-            .sql(&format!(
-                "SELECT raw, reason, topic, \"partition\", \"offset\", {INGEST_TIME} FROM quarantine \
-                 ORDER BY {INGEST_TIME} DESC, \"offset\" DESC LIMIT {limit}"
-            ))
-            .await
-            .map_err(query)?
-            .collect()
-            .await
-            .map_err(query)?;
         let mut events = Vec::with_capacity(limit);
         for batch in &batches {
             events.extend(quarantined(batch).map_err(|e| query(e.into()))?);
@@ -277,27 +263,8 @@ async fn read_view(source: &SourceConfig, view: &ViewDef, table: &DeltaTable) ->
         return Ok(BatchView::default());
     };
     let url = table.table_url().to_string();
-    let query = |source| Error::Query {
-        table: url.clone(),
-        source,
-    };
-    let ctx = SessionContext::new();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|source| Error::Delta {
-            table: url.clone(),
-            source,
-        })?;
-    ctx.register_table("v", table.table_provider().await.map_err(query)?)
-        .map_err(query)?;
+    let batches = query_table(table, "v", "SELECT * FROM v").await?;
     let mut state = ViewState::new();
-    let batches = ctx
-        .sql("SELECT * FROM v")
-        .await
-        .map_err(query)?
-        .collect()
-        .await
-        .map_err(query)?;
     for batch in &batches {
         state
             .from_view_batch(source, view, batch)

@@ -2,16 +2,22 @@
 //!
 //! lambdaflow never lets the consumer group decide where to read: the archiver resumes after
 //! the offsets its Delta tables hold and the speed layer after the batch watermark, so both
-//! assign every partition themselves from start offsets. What happens when a start offset is
-//! no longer on the broker (retention deleted it) is a policy each role states explicitly
-//! ([`OffsetReset`]).
+//! assign every partition themselves from start offsets. A start offset that is no longer on
+//! the broker (retention deleted it) resumes at the earliest offset the broker holds
+//! (`auto.offset.reset = earliest` in every consumer's [`settings`]): what was deleted is
+//! reported as lost, and nothing the broker still holds is skipped.
 //!
 //! [`Consumer::poll_into`] is the one poll loop: it validates each message straight into the
-//! caller's Arrow builder and returns the last offset read per partition; [`ChunkReader`]
-//! runs it on a thread of its own and hands over one [`Chunk`] at a time.
+//! caller's Arrow builder and returns the first and last offset read per partition;
+//! [`ChunkReader`] runs it on a thread of its own and hands over one [`Chunk`] at a time. The
+//! reader also finds partitions added to the topic while it runs (within
+//! [`DISCOVER_EVERY`]) and assigns them from their beginning, and notices offsets the broker
+//! deleted before they were read: a gap before the first offset read that the broker's
+//! earliest retained offset explains is reported as lost, logged and counted
+//! ([`crate::metrics::OFFSETS_LOST`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lambdaflow_common::timestamp::now_micros;
@@ -23,25 +29,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::settings;
+use crate::{metrics, settings};
 
-/// Where a partition resumes when its start offset is no longer on the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OffsetReset {
-    /// At the earliest offset the broker still holds.
-    Earliest,
-    /// At the partition's head: only messages written from now on.
-    Latest,
-}
-
-impl OffsetReset {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Earliest => "earliest",
-            Self::Latest => "latest",
-        }
-    }
-}
+/// How often a [`ChunkReader`] looks for partitions added to its topic.
+pub const DISCOVER_EVERY: Duration = Duration::from_secs(3);
 
 /// When [`Consumer::poll_into`] hands its messages back.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +48,8 @@ pub struct ChunkPolicy {
 /// What one [`Consumer::poll_into`] read.
 #[derive(Debug, Default)]
 pub struct Polled {
+    /// The first offset read per partition.
+    pub first: BTreeMap<i32, i64>,
     /// The last offset read per partition.
     pub upto: BTreeMap<i32, i64>,
     /// Messages read.
@@ -74,6 +67,22 @@ pub struct Chunk {
     pub upto: BTreeMap<i32, i64>,
     /// Messages read.
     pub messages: usize,
+    /// Partitions added to the topic since the reader started, now assigned from their
+    /// beginning.
+    pub discovered: Vec<i32>,
+    /// Offset ranges (partition, first, last) the broker deleted before they were read.
+    pub lost: Vec<LostRange>,
+}
+
+/// Offsets of one partition that the broker no longer held when they were to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostRange {
+    /// Partition.
+    pub partition: i32,
+    /// First offset lost.
+    pub first: i64,
+    /// Last offset lost.
+    pub last: i64,
 }
 
 /// One message, copied out of librdkafka's buffers (tools and tests).
@@ -93,6 +102,8 @@ pub struct Record {
 pub struct Consumer {
     inner: BaseConsumer,
     topic: String,
+    /// The partitions assigned and the offset each started from.
+    assigned: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -104,48 +115,34 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    fn create(mut config: ClientConfig, topic: &str, reset: OffsetReset) -> Result<Self> {
-        let brokers = config
-            .get("bootstrap.servers")
-            .unwrap_or_default()
-            .to_owned();
+    fn create(config: &ClientConfig, topic: &str) -> Result<Self> {
+        let brokers = config.get("bootstrap.servers").unwrap_or_default();
         let inner = config
-            .set("auto.offset.reset", reset.as_str())
             .create()
             .map_err(Error::client(format!("connecting to {brokers}")))?;
         Ok(Self {
             inner,
             topic: topic.to_owned(),
+            assigned: Mutex::default(),
         })
     }
 
     /// The archiver's consumer of `topic` ([`settings::archiver`]); resumes at the earliest
     /// retained offset when its start offset is gone.
     pub fn archiver(brokers: &str, group_id: &str, topic: &str) -> Result<Self> {
-        Self::create(
-            settings::archiver(brokers, group_id),
-            topic,
-            OffsetReset::Earliest,
-        )
+        Self::create(&settings::archiver(brokers, group_id), topic)
     }
 
-    /// The speed layer's consumer of `topic` ([`settings::speed`]); resumes at the head when
-    /// its start offset is gone (librdkafka's default, stated here so it is a choice).
+    /// The speed layer's consumer of `topic` ([`settings::speed`]); resumes at the earliest
+    /// retained offset when its start offset is gone, so that it skips only what the broker
+    /// deleted (reported as lost), never what it still holds.
     pub fn speed(brokers: &str, group_id: &str, topic: &str) -> Result<Self> {
-        Self::create(
-            settings::speed(brokers, group_id),
-            topic,
-            OffsetReset::Latest,
-        )
+        Self::create(&settings::speed(brokers, group_id), topic)
     }
 
     /// A plain reader of `topic` ([`settings::reader`]), for tools and tests.
     pub fn reader(brokers: &str, group_id: &str, topic: &str) -> Result<Self> {
-        Self::create(
-            settings::reader(brokers, group_id),
-            topic,
-            OffsetReset::Earliest,
-        )
+        Self::create(&settings::reader(brokers, group_id), topic)
     }
 
     /// The topic.
@@ -186,6 +183,47 @@ impl Consumer {
     /// Assigns exactly the partitions of `starts`, each to be read from its start offset (the
     /// first offset to read; 0 reads from the beginning, whatever the broker still holds).
     pub fn assign(&self, starts: &BTreeMap<i32, i64>) -> Result<()> {
+        let assignment = self.assignment(starts)?;
+        self.inner
+            .assign(&assignment)
+            .map_err(Error::client(format!("assigning {}", self.topic)))?;
+        *self.assigned.lock().expect("not poisoned") = starts.clone();
+        Ok(())
+    }
+
+    /// The partitions assigned and the offset each started from.
+    pub fn assigned(&self) -> BTreeMap<i32, i64> {
+        self.assigned.lock().expect("not poisoned").clone()
+    }
+
+    /// Assigns, from their beginning, the partitions the topic has now that are not assigned
+    /// yet (partitions added while this consumer runs); returns them. Blocks for at most
+    /// `timeout`; a metadata request that fails finds nothing.
+    pub fn discover(&self, timeout: Duration) -> Result<Vec<i32>> {
+        let Some(partitions) = self.partitions(timeout) else {
+            return Ok(Vec::new());
+        };
+        let mut assigned = self.assigned.lock().expect("not poisoned");
+        let new: BTreeMap<i32, i64> = partitions
+            .into_iter()
+            .filter(|p| !assigned.contains_key(p))
+            .map(|p| (p, 0))
+            .collect();
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .incremental_assign(&self.assignment(&new)?)
+            .map_err(Error::client(format!(
+                "assigning new partitions of {}",
+                self.topic
+            )))?;
+        assigned.extend(&new);
+        tracing::info!(topic = %self.topic, partitions = ?new.keys().collect::<Vec<_>>(), "partitions added to the topic: consuming them from their beginning");
+        Ok(new.into_keys().collect())
+    }
+
+    fn assignment(&self, starts: &BTreeMap<i32, i64>) -> Result<TopicPartitionList> {
         let mut assignment = TopicPartitionList::new();
         for (&partition, &start) in starts {
             let offset = if start <= 0 {
@@ -197,9 +235,7 @@ impl Consumer {
                 .add_partition_offset(&self.topic, partition, offset)
                 .map_err(Error::client("assigning partitions"))?;
         }
-        self.inner
-            .assign(&assignment)
-            .map_err(Error::client(format!("assigning {}", self.topic)))
+        Ok(assignment)
     }
 
     /// The first offset the broker still holds in `partition` and its head (the next offset
@@ -237,7 +273,9 @@ impl Consumer {
                     if builder.push(message.payload(), at).is_err() {
                         polled.rejected += 1;
                     }
-                    polled.upto.insert(at.partition, at.offset);
+                    if polled.upto.insert(at.partition, at.offset).is_none() {
+                        polled.first.insert(at.partition, at.offset);
+                    }
                     polled.messages += 1;
                 }
                 Some(Err(error)) => {
@@ -247,6 +285,54 @@ impl Consumer {
             }
         }
         polled
+    }
+
+    /// The ranges before each partition's `first` offset read that the broker deleted before
+    /// they were read, given the offset `next` expected per partition; logged and counted for
+    /// `component`. A gap the broker's earliest offset does not explain (compaction,
+    /// transaction markers) is not a loss.
+    fn lost(
+        &self,
+        component: &'static str,
+        first: &BTreeMap<i32, i64>,
+        next: &BTreeMap<i32, i64>,
+    ) -> Vec<LostRange> {
+        let mut lost = Vec::new();
+        for (&partition, &first) in first {
+            let expected = next.get(&partition).copied().unwrap_or(0);
+            if first <= expected {
+                continue;
+            }
+            let low = match self.bounds(partition, Duration::from_secs(2)) {
+                Ok((low, _)) => low,
+                Err(error) => {
+                    tracing::warn!(%error, partition, "reading a partition's bounds after a gap");
+                    continue;
+                }
+            };
+            if low <= expected {
+                continue;
+            }
+            let range = LostRange {
+                partition,
+                first: expected,
+                last: low.min(first) - 1,
+            };
+            let count = range.last - range.first + 1;
+            tracing::error!(
+                component,
+                topic = %self.topic,
+                partition,
+                first = range.first,
+                last = range.last,
+                "the broker deleted {count} offsets before they were read (retention): their events are lost to the {component}"
+            );
+            metrics::OFFSETS_LOST
+                .with_label_values(&[component, &partition.to_string()])
+                .inc_by(u64::try_from(count).unwrap_or(0));
+            lost.push(range);
+        }
+        lost
     }
 
     /// The next message, copied, waiting at most `timeout`.
@@ -275,27 +361,47 @@ pub struct ChunkReader {
 impl ChunkReader {
     /// Starts reading; chunks arrive on the returned receiver (`capacity` chunks may wait).
     /// Each chunk's builder is made at the moment the chunk starts: that moment is the
-    /// validation time and the ingest time of its events.
+    /// validation time and the ingest time of its events. `component` names the reader in
+    /// logs and metrics (`archiver`, `speed`).
     pub fn spawn(
         consumer: Arc<Consumer>,
         validator: Validator,
         policy: ChunkPolicy,
         shutdown: CancellationToken,
-        capacity: usize,
+        (component, capacity): (&'static str, usize),
     ) -> (Self, mpsc::Receiver<Chunk>) {
         let (tx, rx) = mpsc::channel(capacity);
         let handle = tokio::task::spawn_blocking(move || {
             let topic = consumer.topic().to_owned();
+            let mut next = consumer.assigned();
+            let mut discovered_at = Instant::now();
             while !shutdown.is_cancelled() {
+                let mut discovered = Vec::new();
+                if discovered_at.elapsed() >= DISCOVER_EVERY {
+                    discovered_at = Instant::now();
+                    match consumer.discover(Duration::from_secs(2)) {
+                        Ok(new) => {
+                            next.extend(new.iter().map(|p| (*p, 0)));
+                            discovered = new;
+                        }
+                        Err(error) => tracing::warn!(%error, %topic, "looking for new partitions"),
+                    }
+                }
                 let mut builder = validator.batch_builder(&topic, now_micros());
                 let polled = consumer.poll_into(&mut builder, &policy, &shutdown);
-                if polled.messages == 0 {
+                let lost = consumer.lost(component, &polled.first, &next);
+                for (p, last) in &polled.upto {
+                    next.insert(*p, last + 1);
+                }
+                if polled.messages == 0 && discovered.is_empty() {
                     continue;
                 }
                 let chunk = Chunk {
                     validated: builder.finish(),
                     upto: polled.upto,
                     messages: polled.messages,
+                    discovered,
+                    lost,
                 };
                 if tx.blocking_send(chunk).is_err() {
                     return;
@@ -312,5 +418,75 @@ impl ChunkReader {
             task: "kafka reader",
             message: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lambdaflow_common::config::Config;
+
+    use super::*;
+    use crate::embedded::EmbeddedBroker;
+    use crate::producer::Producer;
+
+    #[tokio::test]
+    async fn partitions_the_reader_was_not_given_are_found_and_read_from_their_beginning() {
+        let broker = EmbeddedBroker::start("events", 3).unwrap();
+        let brokers = broker.bootstrap_servers();
+        let producer = Producer::bulk(brokers).unwrap();
+        let config = Config::demo();
+        let pending: Vec<_> = (0..60)
+            .map(|i| {
+                let payload = format!(
+                    r#"{{"event_id":"e{i}","event_time":"2026-01-02T03:04:05Z","type":"view","user_id":"u","country":"kr"}}"#
+                );
+                producer
+                    .queue("events", format!("e{i}").as_bytes(), payload.as_bytes())
+                    .unwrap()
+            })
+            .collect();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        drop(pending);
+
+        // Only partition 0 is known at start: 1 and 2 play partitions added while running.
+        let consumer = Consumer::speed(brokers, "discovery-test", "events").unwrap();
+        consumer.assign(&[(0, 0)].into()).unwrap();
+        let policy = ChunkPolicy {
+            max_wait: Duration::from_millis(50),
+            max_messages: 1_000,
+            poll: Duration::from_millis(5),
+        };
+        let shutdown = CancellationToken::new();
+        let (reader, mut chunks) = ChunkReader::spawn(
+            Arc::new(consumer),
+            Validator::new(&config.source),
+            policy,
+            shutdown.clone(),
+            ("speed", 4),
+        );
+        let mut discovered = Vec::new();
+        // Messages read per partition: one past the last offset read (each starts at 0).
+        let mut read: BTreeMap<i32, usize> = BTreeMap::new();
+        let deadline = Instant::now() + DISCOVER_EVERY * 3;
+        while read.values().sum::<usize>() < 60 && Instant::now() < deadline {
+            let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(1), chunks.recv()).await
+            else {
+                continue;
+            };
+            discovered.extend(chunk.discovered);
+            for (p, last) in chunk.upto {
+                read.insert(p, usize::try_from(last + 1).unwrap());
+            }
+        }
+        shutdown.cancel();
+        drop(chunks);
+        reader.join().await.unwrap();
+        assert_eq!(discovered, vec![1, 2]);
+        assert_eq!(
+            read.values().sum::<usize>(),
+            60,
+            "read per partition: {read:?}"
+        );
+        assert_eq!(read.len(), 3, "read per partition: {read:?}");
     }
 }

@@ -9,6 +9,7 @@
 //!   the one poll → validate → chunk loop of the archiver and the speed layer.
 //! - [`producer`]: the idempotent producer of `POST /v1/events`, `gen` and the tests.
 //! - [`topic`]: creating the topic on a real broker.
+//! - [`metrics`]: offsets found missing from the broker, per component and partition.
 //! - [`embedded`]: librdkafka's in-process mock cluster, for the demo and fast tests.
 //! - `peer` (feature `peer`): the plain consumer the benchmarks compare against.
 //!
@@ -22,6 +23,7 @@
 pub mod consumer;
 pub mod embedded;
 pub mod error;
+pub mod metrics;
 #[cfg(feature = "peer")]
 pub mod peer;
 pub mod producer;

@@ -10,14 +10,23 @@ fn base(brokers: &str) -> ClientConfig {
     config
 }
 
-/// The archiver's consumer: offsets live in the lake (`txn` actions), never in the consumer
-/// group, so nothing is committed or stored; a start offset the broker no longer holds resumes
-/// at the earliest one it does.
-pub fn archiver(brokers: &str, group_id: &str) -> ClientConfig {
+/// Settings every consumer shares: a start offset the broker no longer holds resumes at the
+/// earliest one it does (never at the head, which would skip retained messages no batch
+/// covers); the consumers report the deleted range as lost.
+fn consumer(brokers: &str, group_id: String) -> ClientConfig {
     let mut config = base(brokers);
     config
-        .set("group.id", format!("{group_id}-archiver"))
+        .set("group.id", group_id)
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    config
+}
+
+/// The archiver's consumer: offsets live in the lake (`txn` actions), never in the consumer
+/// group, so nothing is committed or stored.
+pub fn archiver(brokers: &str, group_id: &str) -> ClientConfig {
+    let mut config = consumer(brokers, format!("{group_id}-archiver"));
+    config
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
@@ -28,10 +37,8 @@ pub fn archiver(brokers: &str, group_id: &str) -> ClientConfig {
 /// The speed layer's consumer: starts from the batch watermark, commits nothing; short fetch
 /// waits keep produce-to-visible latency low.
 pub fn speed(brokers: &str, group_id: &str) -> ClientConfig {
-    let mut config = base(brokers);
+    let mut config = consumer(brokers, format!("{group_id}-speed"));
     config
-        .set("group.id", format!("{group_id}-speed"))
-        .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "10")
         // With librdkafka's default (100,000) the consumer stalled for ~0.9 s once its
@@ -42,11 +49,7 @@ pub fn speed(brokers: &str, group_id: &str) -> ClientConfig {
 
 /// A plain reader (tools and tests reading a topic back): librdkafka's defaults, no commits.
 pub fn reader(brokers: &str, group_id: &str) -> ClientConfig {
-    let mut config = base(brokers);
-    config
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false");
-    config
+    consumer(brokers, group_id.to_owned())
 }
 
 /// A metadata and admin client: no settings beyond the brokers.

@@ -998,3 +998,46 @@ async fn the_dashboard_is_one_self_contained_page() {
         );
     }
 }
+
+#[tokio::test]
+async fn answers_say_when_offsets_were_lost_and_a_halted_partition_is_not_ready() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let lost = Progress {
+        lost: [(0, vec![(5, 9)])].into(),
+        ..caught_up()
+    };
+    let state = state_with_data_at(&broker, &lake, lost).await;
+    state.set_ready();
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    let (status, answer) = call(&state, get("/v1/views/sales_by_country/query")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["complete"], false);
+    assert_eq!(answer["lost_offsets"], json!({"0": [[5, 9]]}));
+    let (_, batch_only) = call(&state, get("/v1/views/sales_by_country/query?layer=batch")).await;
+    assert_eq!(batch_only["complete"], true);
+    assert!(batch_only.get("lost_offsets").is_none(), "{batch_only}");
+    let (_, status) = call(&state, get("/v1/views/sales_by_country")).await;
+    assert_eq!(status["complete"], false);
+    assert_eq!(status["lost_offsets"], json!({"0": [[5, 9]]}));
+    assert_eq!(call(&state, get("/readyz")).await.0, StatusCode::OK);
+
+    let halted = Progress {
+        halted: [(0, "the topic was recreated".to_owned())].into(),
+        ..caught_up()
+    };
+    let state = state_with_data_at(&broker, &lake, halted).await;
+    state.set_ready();
+    let (status, body) = call(&state, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("partition 0") && message.contains("recreated"),
+        "{message}"
+    );
+    let (_, status) = call(&state, get("/v1/views/sales_by_country")).await;
+    assert_eq!(
+        status["halted_partitions"],
+        json!({"0": "the topic was recreated"})
+    );
+}

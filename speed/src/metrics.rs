@@ -96,6 +96,15 @@ static SPEED_GROUPS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         "view",
     )
 });
+/// 1 for a partition the speed layer does not consume because the broker's head is below the
+/// offsets the lake holds (the topic was recreated or lost its data).
+pub static HALTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "lambdaflow_speed_partition_halted",
+        "1 for a partition not consumed because the topic went back below the lake's offsets",
+        "partition",
+    )
+});
 static RETAINED: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "lambdaflow_speed_retained_events",
@@ -123,6 +132,7 @@ pub fn register() {
 /// per view of `config`, the retained events.
 pub fn observe(config: &Config, served: &Served) {
     register();
+    lambdaflow_kafka::metrics::register();
     let progress = served.progress();
     let lag = progress.lag();
     for (p, head) in &progress.heads {

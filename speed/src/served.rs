@@ -63,6 +63,13 @@ pub struct Retained {
 /// The speed layer's progress through Kafka, published after every change.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Progress {
+    /// Per partition, the offset ranges (first, last; merged, ascending) the broker deleted
+    /// before the speed layer read them: their events are missing from its answers until a
+    /// batch version covers them.
+    pub lost: BTreeMap<i32, Vec<(i64, i64)>>,
+    /// Partitions the speed layer does not consume, and why: the broker's head is below the
+    /// offsets the lake already holds (the topic was recreated or lost its data).
+    pub halted: BTreeMap<i32, String>,
     /// The last offset consumed per partition.
     pub consumed: BTreeMap<i32, i64>,
     /// The head of each partition when the speed layer started (the first offset not yet
@@ -92,6 +99,39 @@ impl Progress {
                 (*p, (head - consumed - 1).max(0))
             })
             .collect()
+    }
+
+    /// The lost offset ranges of each partition that `covered` (the first offset per partition
+    /// a batch version does not cover) leaves uncovered.
+    pub fn uncovered(&self, covered: impl Fn(i32) -> i64) -> BTreeMap<i32, Vec<(i64, i64)>> {
+        self.lost
+            .iter()
+            .filter_map(|(p, ranges)| {
+                let next = covered(*p);
+                let open: Vec<(i64, i64)> = ranges
+                    .iter()
+                    .filter(|(_, last)| *last >= next)
+                    .map(|(first, last)| ((*first).max(next), *last))
+                    .collect();
+                (!open.is_empty()).then_some((*p, open))
+            })
+            .collect()
+    }
+
+    /// Records offsets `first..=last` of `partition` as lost, merged with the ranges already
+    /// known.
+    pub(crate) fn add_lost(&mut self, partition: i32, first: i64, last: i64) {
+        let ranges = self.lost.entry(partition).or_default();
+        ranges.push((first, last));
+        ranges.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+        for &(first, last) in ranges.iter() {
+            match merged.last_mut() {
+                Some(prev) if first <= prev.1 + 1 => prev.1 = prev.1.max(last),
+                _ => merged.push((first, last)),
+            }
+        }
+        *ranges = merged;
     }
 
     /// Records `offsets` as consumed (an offset never moves back).

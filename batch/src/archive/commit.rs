@@ -85,6 +85,18 @@ impl OffsetTable {
         Ok(self)
     }
 
+    /// Adds partitions that appeared in the topic since [`Self::load`]: the next commit
+    /// records them (at `-1` until they are read), so that readers probing partitions 0, 1, …
+    /// find every one.
+    pub fn add_partitions(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            if !self.partitions.contains(p) {
+                self.partitions.push(*p);
+            }
+        }
+        self.partitions.sort_unstable();
+    }
+
     /// The last offset this table holds for `partition`, if any.
     pub fn offset(&self, partition: i32) -> Option<i64> {
         self.offsets.get(&partition).copied()

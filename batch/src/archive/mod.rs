@@ -94,8 +94,13 @@ impl Archiver {
             poll: Duration::from_millis(50),
         };
         let validator = Validator::new(&config.source);
-        let (reader, mut chunks) =
-            ChunkReader::spawn(Arc::new(consumer), validator, policy, shutdown.clone(), 2);
+        let (reader, mut chunks) = ChunkReader::spawn(
+            Arc::new(consumer),
+            validator,
+            policy,
+            shutdown.clone(),
+            ("archiver", 2),
+        );
         let mut read = BTreeMap::new();
         let mut report = Report::new();
         let mut outcome = Ok(());
@@ -106,6 +111,7 @@ impl Archiver {
                 .fetch_add(chunk.messages as u64, Ordering::Relaxed);
             read.extend(&chunk.upto);
             report.maybe_log(stats, &read);
+            tables.add_partitions(&chunk.discovered);
             if let Err(error) = tables.write(chunk, stats).await {
                 outcome = Err(error);
                 shutdown.cancel();
@@ -172,6 +178,14 @@ impl Tables {
             seen: SeenIds::new(config.archive.dedup_max_dates),
             id_field: config.source.id_field.clone(),
         })
+    }
+
+    /// Partitions added to the topic while the archiver runs: both tables record them.
+    fn add_partitions(&mut self, partitions: &[i32]) {
+        if !partitions.is_empty() {
+            self.raw.add_partitions(partitions);
+            self.quarantine.add_partitions(partitions);
+        }
     }
 
     /// The first offset to read per partition: after the last offset both tables hold.

@@ -23,7 +23,13 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let speed_ready = state.served.is_loaded() && state.served.progress().caught_up();
+    let progress = state.served.progress();
+    if let Some((partition, reason)) = progress.halted.iter().next() {
+        return Err(ApiError::Unavailable(format!(
+            "partition {partition} is not consumed: {reason}"
+        )));
+    }
+    let speed_ready = state.served.is_loaded() && progress.caught_up();
     if state.ready.load(Ordering::Acquire) && speed_ready {
         Ok(Json(json!({ "status": "ready" })))
     } else {

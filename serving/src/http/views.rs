@@ -93,6 +93,15 @@ fn status(
     out["speed_state_bytes"] = json!(bytes);
     out["speed_bytes_per_group"] = json!(bytes.checked_div(pair.speed().len()));
     out["caught_up"] = json!(progress.caught_up());
+    let lost = progress.uncovered(|p| pair.batch().next_offset(p));
+    out["complete"] = json!(lost.is_empty());
+    out["lost_offsets"] = lost_json(&lost);
+    out["halted_partitions"] = progress
+        .halted
+        .iter()
+        .map(|(p, reason)| (p.to_string(), json!(reason)))
+        .collect::<Map<_, _>>()
+        .into();
     out
 }
 
@@ -183,11 +192,27 @@ async fn query_post(
     run(&state, &name, request)
 }
 
+/// Lost offset ranges as `{"<partition>": [[first, last], …]}`.
+fn lost_json(lost: &BTreeMap<i32, Vec<(i64, i64)>>) -> Json_ {
+    lost.iter()
+        .map(|(p, ranges)| {
+            let ranges: Vec<[i64; 2]> = ranges.iter().map(|(f, l)| [*f, *l]).collect();
+            (p.to_string(), json!(ranges))
+        })
+        .collect::<Map<_, _>>()
+        .into()
+}
+
 fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, ApiError> {
     let (i, view) = find(state, name)?;
     let ResolvedQuery { query, layer } = Query::resolve(&state.config.source, view, &request)?;
+    let progress = state.served.progress();
     let snapshot = read(state)?;
     let pair = snapshot.pair(i);
+    let lost = match layer {
+        Layer::Batch => BTreeMap::new(),
+        Layer::Merged | Layer::Speed => progress.uncovered(|p| pair.batch().next_offset(p)),
+    };
     let parts: &[&ViewState] = match layer {
         Layer::Merged => &[&pair.batch().state, pair.speed()],
         Layer::Batch => &[&pair.batch().state],
@@ -217,6 +242,8 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
         watermark: pair.batch().watermark.as_ref(),
         batch_version: pair.batch().version,
         speed_offsets: snapshot.folded(),
+        complete: lost.is_empty(),
+        lost_offsets: (!lost.is_empty()).then(|| lost_json(&lost)),
     })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -231,6 +258,12 @@ struct AnswerOut<'a> {
     batch_version: Option<u64>,
     #[serde(serialize_with = "partition_keys")]
     speed_offsets: &'a BTreeMap<i32, i64>,
+    /// False when offsets the answer should count were deleted from Kafka before the speed
+    /// layer read them and no batch version covers them yet.
+    complete: bool,
+    /// Those offsets per partition, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_offsets: Option<Json_>,
 }
 
 fn partition_keys<S: Serializer>(

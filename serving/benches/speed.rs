@@ -307,7 +307,9 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         watermark: Some(Default::default()),
         state: batch_state,
     }));
-    speed.swap(swap).expect("swap");
+    speed
+        .swap(swap, &lambdaflow_speed::engine::RawIdSets::default())
+        .expect("swap");
     let lake = tempfile::tempdir().expect("temp dir");
     let mut config = (**config).clone();
     config.lake.uri = lake.path().display().to_string();

@@ -16,7 +16,7 @@ use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Speed;
+use crate::engine::{RawIdSets, Speed};
 use crate::error::{Error, RawIdsError, Result};
 use crate::metrics;
 use crate::served::Served;
@@ -119,7 +119,7 @@ impl SpeedLayer {
                     }
                 }
                 Some(swap) = self.swaps.recv() => {
-                    if let Err(e) = self.speed.swap(swap) {
+                    if let Err(e) = self.swap(swap).await {
                         break Err(e);
                     }
                 }
@@ -201,6 +201,23 @@ impl SpeedLayer {
             progress.halted = halted;
         });
         Ok(consume)
+    }
+
+    /// Applies new batch versions, with the raw ids the swap checks retained events against.
+    async fn swap(&mut self, swap: Swap) -> Result<()> {
+        let mut raw = RawIdSets::default();
+        for (version, date) in self.speed.swap_needs(&swap) {
+            let ids = self
+                .raw_ids
+                .ids(version, date)
+                .await
+                .map_err(|source| Error::RawIds {
+                    date: format_date(date),
+                    source,
+                })?;
+            raw.insert(version, date, ids.iter().map(String::as_str));
+        }
+        self.speed.swap(swap, &raw)
     }
 
     async fn fold(&mut self, chunk: Chunk) -> Result<()> {

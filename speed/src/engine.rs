@@ -13,7 +13,7 @@
 //! in the raw table at the lowest watermark's version or among the first occurrences retained
 //! since; both together cover every offset before it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
@@ -24,7 +24,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::dedup::SeenIds;
+use lambdaflow_common::dedup::{SeenIds, id_hash};
 use lambdaflow_common::layout::parse_filter;
 use lambdaflow_common::schema::{EVENT_DATE, KAFKA_OFFSET, KAFKA_PARTITION, raw_schema};
 use lambdaflow_common::state::ViewState;
@@ -259,11 +259,33 @@ impl Speed {
             .collect()
     }
 
+    /// The (raw version, event date) pairs whose stored ids [`Self::swap`] to `batches` needs:
+    /// per changed view with a watermark, the dates of the retained events beyond it.
+    pub fn swap_needs(&self, batches: &[Option<Arc<BatchView>>]) -> BTreeSet<(u64, i32)> {
+        let mut needs = BTreeSet::new();
+        for new in batches.iter().flatten() {
+            let Some(watermark) = &new.watermark else {
+                continue;
+            };
+            for events in &self.retained {
+                let mask = beyond(events, |p| new.next_offset(p));
+                let dates = dates(events);
+                for i in (0..events.num_rows()).filter(|i| mask.value(*i)) {
+                    needs.insert((watermark.raw_version, dates.value(i)));
+                }
+            }
+        }
+        needs
+    }
+
     /// Swaps in new batch versions (`None` keeps a view's current one): each changed view's
-    /// speed state is refolded from the retained events beyond its new watermark, and both
+    /// speed state is refolded from the retained events beyond its new watermark whose (date,
+    /// id) the raw table at the view's raw version does not hold (`raw`, loaded for
+    /// [`Self::swap_needs`]): a copy of an event that the archiver stored from another
+    /// partition is counted by the batch side, so the speed side drops its own copy. Both
     /// replace the old pair in one step. Retention and deduplication then start at the new
     /// lowest watermark; the caller reloads ids at [`Self::raw_version`] as they are asked for.
-    pub fn swap(&mut self, batches: Vec<Option<Arc<BatchView>>>) -> Result<()> {
+    pub fn swap(&mut self, batches: Vec<Option<Arc<BatchView>>>, raw: &RawIdSets) -> Result<()> {
         let current: Vec<Arc<BatchView>> = self
             .served
             .snapshot()
@@ -303,7 +325,10 @@ impl Speed {
         for events in &self.retained {
             let masks = self.masks(events)?;
             for ((i, new), state) in changed.iter().zip(&mut states) {
-                let mask = and(&masks[*i], &beyond(events, |p| new.next_offset(p)))?;
+                let mut mask = and(&masks[*i], &beyond(events, |p| new.next_offset(p)))?;
+                if let Some(watermark) = &new.watermark {
+                    mask = and(&mask, &raw.absent(watermark.raw_version, events))?;
+                }
                 state.fold(&self.config.source, &self.config.views[*i], events, &mask)?;
             }
         }
@@ -344,6 +369,38 @@ impl Speed {
         }
         self.floor = floor;
         Ok(())
+    }
+}
+
+/// Ids the raw table holds, per (version, event date): what [`Speed::swap`] checks retained
+/// events against.
+#[derive(Debug, Default)]
+pub struct RawIdSets {
+    sets: HashMap<(u64, i32), HashSet<u128>>,
+}
+
+impl RawIdSets {
+    /// Records the ids the raw table at `version` holds for `date`.
+    pub fn insert<'a>(&mut self, version: u64, date: i32, ids: impl IntoIterator<Item = &'a str>) {
+        self.sets
+            .entry((version, date))
+            .or_default()
+            .extend(ids.into_iter().map(id_hash));
+    }
+
+    /// Which rows of `events` the raw table at `version` does not hold.
+    fn absent(&self, version: u64, events: &RecordBatch) -> BooleanArray {
+        let ids = events.column(0).as_string::<i32>();
+        let dates = dates(events);
+        (0..events.num_rows())
+            .map(|i| {
+                let held = self
+                    .sets
+                    .get(&(version, dates.value(i)))
+                    .is_some_and(|set| set.contains(&id_hash(ids.value(i))));
+                Some(!held)
+            })
+            .collect()
     }
 }
 
@@ -533,7 +590,7 @@ mod tests {
         let covered = events(&config, &[("a", (0, 0)), ("b", (0, 1))]);
         let mut swap: Vec<Option<Arc<BatchView>>> = vec![None; config.views.len()];
         swap[TRAFFIC] = Some(batch_at(&config, &[(0, 1), (1, -1)], &covered));
-        speed.swap(swap).unwrap();
+        speed.swap(swap, &RawIdSets::default()).unwrap();
 
         let snapshot = served.snapshot().unwrap();
         let pair = snapshot.pair(TRAFFIC);
@@ -558,9 +615,9 @@ mod tests {
                 .map(|_| Some(batch_at(&config, &[(0, offset)], &all)))
                 .collect::<Vec<_>>()
         };
-        speed.swap(at(2)).unwrap();
+        speed.swap(at(2), &RawIdSets::default()).unwrap();
         assert_eq!(speed.start(&[0]), [(0, 3)].into());
-        let error = speed.swap(at(0)).unwrap_err();
+        let error = speed.swap(at(0), &RawIdSets::default()).unwrap_err();
         assert!(matches!(error, Error::WatermarkMovedBack { .. }), "{error}");
     }
 

@@ -13,6 +13,9 @@ pub struct BatchView {
     pub watermark: Option<Watermark>,
     /// Its rows as states.
     pub state: ViewState,
+    /// The fingerprint of the definition it was computed under
+    /// ([`crate::view::fingerprint`]); `None` when unknown.
+    pub definition: Option<String>,
 }
 
 impl BatchView {

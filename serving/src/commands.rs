@@ -13,6 +13,7 @@ use lambdaflow_batch::views::records::{RunRecord, Trigger};
 use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::Mix;
+use lambdaflow_common::view::fingerprint;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_kafka::topic::ensure_topic;
@@ -213,6 +214,7 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
     let mut tasks = Tasks::new(shutdown.clone());
     let lake = Arc::new(LakeReader::new(&config.lake)?);
     let served = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
+    rebuild_redefined(&config, &served, &batches).await;
     spawn_http(
         &mut tasks,
         config,
@@ -277,6 +279,7 @@ pub async fn run(
     });
     let lake = Arc::new(LakeReader::new(&config.lake)?);
     let served = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
+    rebuild_redefined(&config, &served, &batches).await;
     let addr = spawn_http(
         &mut tasks,
         config.clone(),
@@ -305,6 +308,40 @@ pub async fn run(
     batches.drain().await;
     drop(broker);
     outcome
+}
+
+/// Starts a batch run when a view's loaded batch version was computed under another
+/// definition than the config's: until it publishes, the API answers that view with 503
+/// `view_rebuilding` rather than merge states of two definitions.
+async fn rebuild_redefined(config: &Config, served: &Served, batches: &Arc<Batches>) {
+    let redefined: Vec<&str> = {
+        let Some(snapshot) = served.snapshot() else {
+            return;
+        };
+        config
+            .views
+            .iter()
+            .zip(snapshot.pairs())
+            .filter(|(view, pair)| {
+                pair.batch()
+                    .definition
+                    .as_ref()
+                    .is_some_and(|d| *d != fingerprint(&config.source, view))
+            })
+            .map(|(view, _)| view.name.as_str())
+            .collect()
+    };
+    if redefined.is_empty() {
+        return;
+    }
+    match batches.submit(Trigger::Redefinition, false).await {
+        Ok(id) => {
+            tracing::warn!(views = ?redefined, run = %id, "views were redefined: recomputing them; they answer 503 view_rebuilding until the run publishes")
+        }
+        Err(error) => {
+            tracing::warn!(views = ?redefined, %error, "views were redefined but no batch run could be started for them now; the next run recomputes them")
+        }
+    }
 }
 
 async fn spawn_speed(
@@ -446,6 +483,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use lambdaflow_common::view::ViewDef;
+
     use super::*;
 
     #[tokio::test]
@@ -472,6 +511,41 @@ mod tests {
             other => panic!("expected a panic error, got {other:?}"),
         }
         assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_view_loaded_under_another_definition_starts_a_batch_run() {
+        let lake = tempfile::tempdir().unwrap();
+        let mut config = Config::demo();
+        config.lake.uri = lake.path().display().to_string();
+        let config = Arc::new(config);
+        let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
+        let loaded = |definition: &dyn Fn(&ViewDef) -> Option<String>| {
+            let pairs = config
+                .views
+                .iter()
+                .map(|view| {
+                    let batch = lambdaflow_common::batch_view::BatchView {
+                        definition: definition(view),
+                        ..Default::default()
+                    };
+                    lambdaflow_speed::served::ViewPair::new(Arc::new(batch), Default::default())
+                })
+                .collect();
+            Served::from_parts(pairs, Default::default(), Default::default())
+        };
+        let current = |view: &ViewDef| Some(fingerprint(&config.source, view));
+        rebuild_redefined(&config, &loaded(&current), &batches).await;
+        rebuild_redefined(&config, &loaded(&|_| None), &batches).await;
+        batches.drain().await;
+        assert!(batches.history().list(10).await.unwrap().is_empty());
+
+        let older = |view: &ViewDef| (view.name == "traffic_by_minute").then(|| "older".to_owned());
+        rebuild_redefined(&config, &loaded(&older), &batches).await;
+        batches.drain().await;
+        let runs = batches.history().list(10).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].trigger, Trigger::Redefinition);
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ use lambdaflow_batch::lake::reader::{LakeReader, SourceTable};
 use lambdaflow_common::config::{Config, ServingConfig};
 use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::table::merged_batch;
+use lambdaflow_common::view::fingerprint;
 use lambdaflow_speed::served::Served;
 
 /// Why a statement got no answer.
@@ -63,6 +64,9 @@ pub enum SqlError {
     /// The views are not loaded yet; retrying later works.
     #[error("the speed layer is starting; retry in a moment")]
     Starting,
+    /// The view was redefined and its batch side is being recomputed.
+    #[error("view `{0}` was redefined and is being recomputed under its new definition")]
+    Rebuilding(String),
     /// Not the statement's fault: the lake could not be read, or a bug.
     #[error("{0}")]
     Internal(String),
@@ -227,6 +231,14 @@ async fn register(
                 return Err(SqlError::Starting);
             };
             let pair = snapshot.pair(i);
+            if pair
+                .batch()
+                .definition
+                .as_ref()
+                .is_some_and(|d| *d != fingerprint(&config.source, view))
+            {
+                return Err(SqlError::Rebuilding(view.name.clone()));
+            }
             merged_batch(
                 &config.source,
                 view,

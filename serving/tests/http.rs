@@ -485,6 +485,7 @@ async fn state_with_data_at(
                 version: Some(1),
                 watermark: None,
                 state: batch,
+                definition: None,
             };
             ViewPair::new(Arc::new(batch), speed)
         })
@@ -1040,4 +1041,51 @@ async fn answers_say_when_offsets_were_lost_and_a_halted_partition_is_not_ready(
         status["halted_partitions"],
         json!({"0": "the topic was recreated"})
     );
+}
+
+#[tokio::test]
+async fn a_redefined_view_answers_503_until_its_batch_side_is_recomputed() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let base = state(&broker, 1 << 20, &lake);
+    let at = |definition: &str| {
+        let pairs = base
+            .config
+            .views
+            .iter()
+            .map(|_| {
+                let batch = BatchView {
+                    version: Some(4),
+                    watermark: None,
+                    state: ViewState::new(),
+                    definition: Some(definition.to_owned()),
+                };
+                ViewPair::new(Arc::new(batch), ViewState::new())
+            })
+            .collect();
+        AppState {
+            served: Served::from_parts(pairs, Default::default(), caught_up()),
+            ..base.clone()
+        }
+    };
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+
+    let stale = at("computed under an older filter");
+    let (status, body) = call(&stale, get("/v1/views/sales_by_country/query")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "view_rebuilding");
+    let (status, body) = call(&stale, sql("SELECT count(*) FROM sales_by_country")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "view_rebuilding");
+    let (_, status) = call(&stale, get("/v1/views/sales_by_country")).await;
+    assert_eq!(status["rebuilding"], true);
+    // The batch side alone is still readable, as what it is.
+    let (status, _) = call(&stale, get("/v1/views/sales_by_country/query?layer=batch")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let current = at(&base.definitions[0]);
+    let (status, body) = call(&current, get("/v1/views/sales_by_country/query")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, status) = call(&current, get("/v1/views/sales_by_country")).await;
+    assert_eq!(status["rebuilding"], false);
 }

@@ -383,6 +383,7 @@ mod tests {
                 offsets: [(0, 10)].into(),
             }),
             state: Default::default(),
+            definition: None,
         });
         let batches = vec![batch.clone(), batch.clone(), batch];
         let served = run_until(&brokers, batches, |s| {
@@ -413,6 +414,7 @@ mod tests {
                 offsets: [(0, 999)].into(),
             }),
             state: Default::default(),
+            definition: None,
         });
         let served = run_until(&brokers, vec![batch.clone(), batch.clone(), batch], |s| {
             !s.progress().halted.is_empty()

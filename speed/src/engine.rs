@@ -516,6 +516,7 @@ mod tests {
                 offsets: offsets.iter().copied().collect(),
             }),
             state,
+            definition: None,
         })
     }
 

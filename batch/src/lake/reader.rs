@@ -277,6 +277,7 @@ async fn read_view(source: &SourceConfig, view: &ViewDef, table: &DeltaTable) ->
         version: table.version(),
         watermark: Some(commit.watermark),
         state,
+        definition: Some(commit.definition),
     })
 }
 

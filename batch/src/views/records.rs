@@ -46,6 +46,8 @@ pub enum Trigger {
     Schedule,
     /// `POST /v1/batch/runs`.
     Api,
+    /// A process found a view whose batch version was computed under another definition.
+    Redefinition,
 }
 
 /// How a view was brought up to date.

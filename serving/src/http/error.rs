@@ -50,6 +50,12 @@ pub enum ApiError {
     /// A dependency (the broker) is not available; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
+    /// The view's batch side was computed under another definition: it is not merged with
+    /// the speed side until a batch run recomputes it.
+    #[error(
+        "view `{0}` was redefined and is being recomputed under its new definition; retry once the batch run started for it has published"
+    )]
+    Rebuilding(String),
     /// A bug or an unexpected failure; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,6 +78,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "query_timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Rebuilding(_) => (StatusCode::SERVICE_UNAVAILABLE, "view_rebuilding"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -119,6 +126,7 @@ impl From<SqlError> for ApiError {
             SqlError::Memory { .. } => "memory_limit_exceeded",
             SqlError::Timeout(_) => return Self::Timeout(e.to_string()),
             SqlError::Starting => return Self::Unavailable(e.to_string()),
+            SqlError::Rebuilding(view) => return Self::Rebuilding(view.clone()),
             SqlError::Internal(detail) => return Self::Internal(detail.clone()),
         };
         Self::bad(code, e.to_string())

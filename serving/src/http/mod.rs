@@ -25,8 +25,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::views::schedule::Batches;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::validate::Validator;
+use lambdaflow_common::view::fingerprint;
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_speed::served::Served;
 use tokio::net::TcpListener;
@@ -47,6 +49,9 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Batch runs started through the API, and the run history.
     pub batches: Arc<Batches>,
+    /// Per view in config order, the fingerprint of its definition: a batch version computed
+    /// under another one is never merged with the speed side.
+    pub definitions: Arc<Vec<String>>,
     /// The lake's tables as the API reads them (refused events, SQL over raw and quarantine).
     pub lake: Arc<LakeReader>,
     /// The (batch, speed) pairs queries read, and the speed layer's Kafka progress.
@@ -62,6 +67,15 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// Whether view `index`'s loaded batch version was computed under another definition
+    /// than the config's (the view was redefined since that batch run).
+    pub fn rebuilding(&self, index: usize, batch: &BatchView) -> bool {
+        batch
+            .definition
+            .as_ref()
+            .is_some_and(|definition| *definition != self.definitions[index])
+    }
+
     /// State for `config`, producing through `producer`, running batches through `batches`,
     /// reading the lake through `lake` and answering queries from `served`; not ready until
     /// [`Self::set_ready`] and the speed layer has caught up.
@@ -73,9 +87,15 @@ impl AppState {
         served: Served,
     ) -> Self {
         let validator = Arc::new(Validator::new(&config.source));
+        let definitions = config
+            .views
+            .iter()
+            .map(|view| fingerprint(&config.source, view))
+            .collect();
         Self {
             config,
             validator,
+            definitions: Arc::new(definitions),
             producer,
             ready: Arc::default(),
             batches,

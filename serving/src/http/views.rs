@@ -74,6 +74,7 @@ fn status(
     pair: &ViewPair,
     folded: &BTreeMap<i32, i64>,
     progress: &Progress,
+    rebuilding: bool,
 ) -> Json_ {
     let mut out = definition(view);
     let watermark = pair.batch().watermark.as_ref();
@@ -93,6 +94,7 @@ fn status(
     out["speed_state_bytes"] = json!(bytes);
     out["speed_bytes_per_group"] = json!(bytes.checked_div(pair.speed().len()));
     out["caught_up"] = json!(progress.caught_up());
+    out["rebuilding"] = json!(rebuilding);
     let lost = progress.uncovered(|p| pair.batch().next_offset(p));
     out["complete"] = json!(lost.is_empty());
     out["lost_offsets"] = lost_json(&lost);
@@ -128,11 +130,14 @@ async fn one(
     let (i, view) = find(&state, &name)?;
     let progress = state.served.progress();
     let snapshot = read(&state)?;
+    let pair = snapshot.pair(i);
+    let rebuilding = state.rebuilding(i, pair.batch());
     Ok(Json(status(
         view,
-        snapshot.pair(i),
+        pair,
         snapshot.folded(),
         &progress,
+        rebuilding,
     )))
 }
 
@@ -209,6 +214,9 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
     let progress = state.served.progress();
     let snapshot = read(state)?;
     let pair = snapshot.pair(i);
+    if layer != Layer::Batch && state.rebuilding(i, pair.batch()) {
+        return Err(ApiError::Rebuilding(view.name.clone()));
+    }
     let lost = match layer {
         Layer::Batch => BTreeMap::new(),
         Layer::Merged | Layer::Speed => progress.uncovered(|p| pair.batch().next_offset(p)),

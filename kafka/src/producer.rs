@@ -119,6 +119,29 @@ impl Producer {
         }
     }
 
+    /// Sends `payload` under `key` to `partition` itself, whatever the key's partition, and
+    /// waits for the acknowledgement: what a producer with another partitioner does.
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<Delivery> {
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(key)
+            .payload(payload);
+        let inner = self
+            .inner
+            .send_result(record)
+            .map_err(|(source, _)| Error::Client {
+                context: format!("producing to {topic} partition {partition}"),
+                source,
+            })?;
+        Pending { inner }.await
+    }
+
     /// Waits up to `timeout` for every queued message to be delivered.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         self.inner

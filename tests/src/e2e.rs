@@ -93,8 +93,30 @@ pub fn start_run(binary: &str, config: &Path, logs: &Path, name: &str) -> Proces
     )
 }
 
-/// Produces every message, one per record batch (see the archiver test on tansu 0.6), and
-/// returns where each landed.
+/// Sends a copy of each of `messages` (partition, offset, payload, as [`produce`] returns
+/// them) to the next partition of [`TOPIC`] (`partitions` in all), as a producer with another
+/// partitioner would; returns the copies as stored.
+pub async fn produce_strays(
+    producer: &Producer,
+    messages: &[(i32, i64, Vec<u8>)],
+    partitions: i32,
+) -> Vec<(i32, i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (partition, offset, payload) in messages {
+        let other = (partition + 1) % partitions;
+        let key = format!("stray-{partition}-{offset}");
+        let delivery = producer
+            .send_to(TOPIC, other, key.as_bytes(), payload)
+            .await
+            .expect("the broker acknowledged");
+        out.push((delivery.partition, delivery.offset, payload.clone()));
+    }
+    out
+}
+
+/// Produces every message (key, payload) to [`TOPIC`], each to its key's partition and one per
+/// record batch (see the archiver test on tansu 0.6); returns where each landed: (partition,
+/// offset, payload).
 pub async fn produce(
     producer: &Producer,
     messages: &[(String, Vec<u8>)],

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use lambdaflow_common::config::Config;
 use lambdaflow_tests::e2e::{
-    Api, TOPIC, Truth, batch, check, messages, produce, sample, shop, start_run, test_config,
-    wait_for,
+    Api, TOPIC, Truth, batch, check, messages, produce, produce_strays, sample, shop, start_run,
+    test_config, wait_for,
 };
 use lambdaflow_tests::{Tansu, free_port, scratch_dir};
 
@@ -191,12 +191,16 @@ async fn answers_equal_the_truth_through_batches_late_events_and_a_kill() {
         }
     }
 
-    produced.extend(produce(&producer, &wave(300)).await);
+    let second = produce(&producer, &wave(300)).await;
+    produced.extend(second.iter().cloned());
+    // Copies of some of them on other partitions: each counts once, whichever copy the
+    // archiver stores.
+    produced.extend(produce_strays(&producer, &second[..40], PARTITIONS as i32).await);
     check(
         &api,
         &config,
         &produced,
-        "late events and duplicates on top of a batch",
+        "late events, duplicates and copies on other partitions on top of a batch",
     )
     .await;
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::logical_expr::{Expr, ExprSchemable, Volatility};
 use datafusion::prelude::SessionContext;
 
 use crate::error::{FilterError, LayoutError};
@@ -167,7 +167,9 @@ pub fn filter_schema(source: &SourceConfig) -> SchemaRef {
 }
 
 /// Parses a view filter into a DataFusion expression over [`filter_schema`]: it must be a
-/// deterministic boolean expression over declared fields, with no aggregates or subqueries.
+/// deterministic boolean expression over declared fields, with no aggregates or subqueries,
+/// calling only immutable functions: a stable one such as `now()` would be folded to the run's
+/// start by the batch layer and to another instant (or refused) by the speed layer.
 pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, FilterError> {
     let schema =
         DFSchema::try_from(filter_schema(source).as_ref().clone()).map_err(FilterError::Schema)?;
@@ -178,13 +180,14 @@ pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, FilterErro
     let expr = SessionContext::new()
         .parse_sql_expr(sql, &schema)
         .map_err(parse)?;
-    if expr.is_volatile() {
-        return Err(FilterError::Volatile {
-            sql: sql.to_owned(),
-        });
-    }
     let mut nested = false;
+    let mut changing = None;
     expr.apply(|e| {
+        if let Expr::ScalarFunction(call) = e
+            && call.func.signature().volatility != Volatility::Immutable
+        {
+            changing.get_or_insert_with(|| call.func.name().to_owned());
+        }
         nested |= matches!(
             e,
             Expr::AggregateFunction(_)
@@ -196,6 +199,12 @@ pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, FilterErro
         Ok(TreeNodeRecursion::Continue)
     })
     .map_err(FilterError::Inspect)?;
+    if let Some(function) = changing {
+        return Err(FilterError::NotImmutable {
+            sql: sql.to_owned(),
+            function,
+        });
+    }
     if nested {
         return Err(FilterError::NotPerEvent {
             sql: sql.to_owned(),
@@ -269,10 +278,16 @@ mod tests {
         let (source, _) = demo();
         assert!(parse_filter(&source, "type = 'purchase' AND amount > 10").is_ok());
         assert!(parse_filter(&source, "event_time >= '2026-01-01T00:00:00Z'").is_ok());
+        assert!(parse_filter(&source, "lower(country) = 'kr'").is_ok());
+        assert!(parse_filter(&source, "abs(amount) > 1").is_ok());
         for (sql, needle) in [
             ("colour = 'red'", "colour"),
             ("amount + 1", "not boolean"),
-            ("random() > 0.5", "volatile"),
+            ("random() > 0.5", "`random`"),
+            ("event_time < now()", "`now`"),
+            ("event_time < current_date()", "`current_date`"),
+            ("event_time < current_time()", "`current_time`"),
+            ("lower(type) = 'x' AND random() > 0.5", "`random`"),
             ("count(*) > 1", "per-event"),
             ("type = ", "filter"),
             ("kafka_offset > 3", "kafka_offset"),

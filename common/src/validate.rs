@@ -67,6 +67,7 @@ pub struct Validator {
     slots: HashMap<String, Slot>,
     masker: PayloadMasker,
     max_future_us: i64,
+    max_past_us: Option<i64>,
     schema: arrow::datatypes::SchemaRef,
 }
 
@@ -93,6 +94,9 @@ impl Validator {
             slots,
             masker: PayloadMasker::new(source),
             max_future_us: i64::try_from(source.max_future.as_micros()).unwrap_or(i64::MAX),
+            max_past_us: source
+                .max_past
+                .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
             schema: schema::raw_schema(source),
         }
     }
@@ -107,7 +111,9 @@ impl Validator {
         &self.source
     }
 
-    /// Checks one payload against SPEC §3 at wall-clock time `now_us`.
+    /// Checks one payload against SPEC §3 at time `now_us`: the Kafka message's timestamp
+    /// (the HTTP collector's arrival time), so that the verdict never depends on when a layer
+    /// reads the message.
     pub fn check<'a>(&self, payload: Option<&'a [u8]>, now_us: i64) -> Result<Checked<'a>, Reason> {
         let bytes = payload.ok_or(Reason::MalformedJson)?;
         if bytes.len() > self.source.max_event_bytes {
@@ -147,6 +153,11 @@ impl Validator {
         };
         if time_us > now_us.saturating_add(self.max_future_us) {
             return Err(Reason::TimeInFuture);
+        }
+        if let Some(max_past) = self.max_past_us
+            && time_us < now_us.saturating_sub(max_past)
+        {
+            return Err(Reason::TimeTooOld);
         }
         for (def, value) in source.fields.iter().zip(&parsed.values) {
             check_value(def, value)?;
@@ -286,9 +297,22 @@ impl<'v> BatchBuilder<'v> {
         }
     }
 
-    /// Validates one message and adds it to the events or the rejects.
+    /// Validates one message at the builder's time and adds it to the events or the rejects.
     pub fn push(&mut self, payload: Option<&[u8]>, at: Coordinates) -> Result<(), Reason> {
-        match self.validator.check(payload, self.now_us) {
+        self.push_message(payload, at, None)
+    }
+
+    /// Validates one Kafka message against its timestamp (`message_time_us`; the builder's
+    /// time when the message has none) and adds it to the events or the rejects. The ingest
+    /// time stays the builder's.
+    pub fn push_message(
+        &mut self,
+        payload: Option<&[u8]>,
+        at: Coordinates,
+        message_time_us: Option<i64>,
+    ) -> Result<(), Reason> {
+        let now = message_time_us.unwrap_or(self.now_us);
+        match self.validator.check(payload, now) {
             Ok(event) => {
                 self.append(&event, at);
                 Ok(())
@@ -776,6 +800,97 @@ mod tests {
     fn escaped_keys_and_values_are_understood() {
         let payload = br#"{"event\u005fid":"a\"b","event_time":"2025-11-19T23:00:00Z","type":"view","user_id":"u","country":"kr"}"#;
         assert_eq!(validator().check(Some(payload), NOW).unwrap().id, "a\"b");
+    }
+
+    #[test]
+    fn the_message_timestamp_not_the_clock_decides() {
+        let v = validator();
+        let day = 86_400_000_000_i64;
+        let sent = NOW - 30 * day;
+        // A day and a second after the message was sent: in the future of the message,
+        // although long past by the wall clock of any reader.
+        let time_ms = (sent + day + 1_000_000) / 1000;
+        let payload = format!(
+            r#"{{"event_id":"a","event_time":{time_ms},"type":"view","user_id":"u","country":"kr"}}"#
+        );
+        for clock in [NOW, NOW + 365 * day, sent] {
+            let mut b = v.batch_builder("events", clock);
+            let at = Coordinates {
+                partition: 0,
+                offset: 0,
+            };
+            assert_eq!(
+                b.push_message(Some(payload.as_bytes()), at, Some(sent)),
+                Err(Reason::TimeInFuture),
+                "read at {clock}"
+            );
+            // Sent a second later, it is at the edge of max_future and accepted.
+            assert_eq!(
+                b.push_message(Some(payload.as_bytes()), at, Some(sent + 1_000_000)),
+                Ok(())
+            );
+            let out = b.finish();
+            // The ingest time stays the reader's clock.
+            assert_eq!(
+                out.events
+                    .column_by_name(schema::INGEST_TIME)
+                    .unwrap()
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .value(0),
+                clock
+            );
+        }
+        // Without a message timestamp the builder's clock is the reference.
+        let mut b = v.batch_builder("events", sent);
+        let at = Coordinates {
+            partition: 0,
+            offset: 0,
+        };
+        assert_eq!(
+            b.push(Some(payload.as_bytes()), at),
+            Err(Reason::TimeInFuture)
+        );
+    }
+
+    #[test]
+    fn events_older_than_max_past_are_too_old() {
+        let mut source = Config::demo().source;
+        let payload = |us: i64| {
+            format!(
+                r#"{{"event_id":"a","event_time":{},"type":"view","user_id":"u","country":"kr"}}"#,
+                us / 1000
+            )
+        };
+        let old = payload(NOW - 400 * 86_400_000_000 - 1000);
+        let edge = payload(NOW - 400 * 86_400_000_000);
+        let ancient = r#"{"event_id":"a","event_time":"0001-01-01T00:00:00Z","type":"view","user_id":"u","country":"kr"}"#;
+        // No limit without max_past.
+        let v = Validator::new(&source);
+        assert!(v.check(Some(old.as_bytes()), NOW).is_ok());
+        assert!(v.check(Some(ancient.as_bytes()), NOW).is_ok());
+        source.max_past = Some(std::time::Duration::from_secs(400 * 86_400));
+        let v = Validator::new(&source);
+        assert!(v.check(Some(edge.as_bytes()), NOW).is_ok());
+        assert_eq!(
+            v.check(Some(old.as_bytes()), NOW).unwrap_err().to_string(),
+            "time_too_old"
+        );
+        assert_eq!(
+            v.check(Some(ancient.as_bytes()), NOW).unwrap_err(),
+            Reason::TimeTooOld
+        );
+        // A huge max_past reaches before year 1: no event is too old.
+        source.max_past = Some(std::time::Duration::from_secs(u64::MAX / 4));
+        let v = Validator::new(&source);
+        assert!(v.check(Some(ancient.as_bytes()), NOW).is_ok());
+        // Read from the config as a human duration; absent is no limit.
+        let parsed: SourceConfig = toml::from_str("name = \"e\"\nmax_past = \"400d\"\n").unwrap();
+        assert_eq!(
+            parsed.max_past,
+            Some(std::time::Duration::from_secs(400 * 86_400))
+        );
+        let parsed: SourceConfig = toml::from_str("name = \"e\"\n").unwrap();
+        assert_eq!(parsed.max_past, None);
     }
 
     proptest::proptest! {

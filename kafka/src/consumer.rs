@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::{Coordinates, Validated, Validator};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -214,7 +214,9 @@ impl Consumer {
     }
 
     /// Polls messages into `builder` until `policy` ends the chunk or `shutdown` is cancelled:
-    /// each payload is validated straight into the builder's Arrow columns. Blocks the thread.
+    /// each payload is validated straight into the builder's Arrow columns, against the
+    /// message's own timestamp (the builder's time only when it has none), so that the
+    /// archiver, the speed layer and every replay reach one verdict. Blocks the thread.
     pub fn poll_into(
         &self,
         builder: &mut lambdaflow_common::validate::BatchBuilder<'_>,
@@ -234,7 +236,8 @@ impl Consumer {
                         offset: message.offset(),
                     };
                     // A refused message is kept in the builder's rejects with its reason.
-                    if builder.push(message.payload(), at).is_err() {
+                    let sent = message_time_us(message.timestamp());
+                    if builder.push_message(message.payload(), at, sent).is_err() {
                         polled.rejected += 1;
                     }
                     polled.upto.insert(at.partition, at.offset);
@@ -265,6 +268,15 @@ impl Consumer {
     }
 }
 
+/// A message's timestamp in UTC microseconds, the "now" its event is validated against;
+/// `None` when it carries none.
+fn message_time_us(timestamp: Timestamp) -> Option<i64> {
+    timestamp
+        .to_millis()
+        .filter(|ms| *ms >= 0)
+        .and_then(|ms| ms.checked_mul(1000))
+}
+
 /// [`Consumer::poll_into`] on a blocking thread of its own, handing each non-empty chunk to a
 /// channel until `shutdown` is cancelled or the receiver is dropped.
 #[derive(Debug)]
@@ -274,8 +286,8 @@ pub struct ChunkReader {
 
 impl ChunkReader {
     /// Starts reading; chunks arrive on the returned receiver (`capacity` chunks may wait).
-    /// Each chunk's builder is made at the moment the chunk starts: that moment is the
-    /// validation time and the ingest time of its events.
+    /// Each chunk's builder is made at the moment the chunk starts: that moment is the ingest
+    /// time of its events (and their validation time only for messages without a timestamp).
     pub fn spawn(
         consumer: Arc<Consumer>,
         validator: Validator,

@@ -73,6 +73,15 @@ pub enum LayoutError {
 /// Why a view filter cannot be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
+    /// The parsed expression cannot be planned for evaluation over the raw table's columns.
+    #[error("filter `{sql}` cannot be compiled: {}", .source.strip_backtrace())]
+    Compile {
+        /// The filter's text.
+        sql: String,
+        /// What DataFusion said.
+        #[source]
+        source: DataFusionError,
+    },
     /// The declared fields do not make a schema DataFusion accepts.
     #[error("{0}")]
     Schema(#[source] DataFusionError),

@@ -478,6 +478,7 @@ mod tests {
             "name": "numbers",
             "granularity": "minute",
             "dimensions": ["country", "product"],
+            "filter": "abs(quantity) >= 0 OR quantity IS NULL",
             "measures": [
                 {"name": "n", "agg": "count"},
                 {"name": "qty", "agg": "sum", "field": "quantity"},
@@ -574,7 +575,7 @@ mod tests {
             source.keep_undeclared = true;
             source.max_future = std::time::Duration::from_secs(10_000 * 366 * 86_400);
             views.push(numeric_view());
-            let validator = Validator::new(&source);
+            let validator = Validator::new(&source).with_views(&views).unwrap();
             let mut builder = validator.batch_builder("events", 1_763_856_000_000_000);
             for (offset, payload) in events.iter().enumerate() {
                 let at = Coordinates { partition: 0, offset: offset as i64 };

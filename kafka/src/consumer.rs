@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
+use arrow::datatypes::{Int32Type, Int64Type};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::{Coordinates, Validated, Validator};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -268,6 +270,33 @@ impl Consumer {
     }
 }
 
+/// Says which messages the validator accepted but a later stage could not handle
+/// (`unprocessable:<stage>`): rare, and worth a look at the event or the view that refused it.
+fn log_unprocessable(validated: &Validated) {
+    let rejects = &validated.rejects;
+    let (Some(reasons), Some(partitions), Some(offsets)) = (
+        rejects.column_by_name("reason"),
+        rejects.column_by_name("partition"),
+        rejects.column_by_name("offset"),
+    ) else {
+        return;
+    };
+    let reasons = reasons.as_string::<i32>();
+    let partitions = partitions.as_primitive::<Int32Type>();
+    let offsets = offsets.as_primitive::<Int64Type>();
+    for row in 0..rejects.num_rows() {
+        let reason = reasons.value(row);
+        if reason.starts_with("unprocessable:") {
+            tracing::warn!(
+                partition = partitions.value(row),
+                offset = offsets.value(row),
+                %reason,
+                "an event the validator accepted cannot be processed; it is quarantined, ingestion goes on"
+            );
+        }
+    }
+}
+
 /// A message's timestamp in UTC microseconds, the "now" its event is validated against;
 /// `None` when it carries none.
 fn message_time_us(timestamp: Timestamp) -> Option<i64> {
@@ -304,8 +333,10 @@ impl ChunkReader {
                 if polled.messages == 0 {
                     continue;
                 }
+                let validated = builder.finish();
+                log_unprocessable(&validated);
                 let chunk = Chunk {
-                    validated: builder.finish(),
+                    validated,
                     upto: polled.upto,
                     messages: polled.messages,
                 };

@@ -89,6 +89,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// The payload, if any.
     pub payload: Option<Vec<u8>>,
+    /// The message timestamp, epoch milliseconds, if any.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A consumer of one topic.
@@ -264,6 +266,7 @@ impl Consumer {
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
+                    timestamp_ms: m.timestamp().to_millis(),
                 })
                 .map_err(Error::client(format!("reading {}", self.topic))),
         )

@@ -1022,6 +1022,30 @@ async fn an_event_up_to_max_event_bytes_is_accepted_whatever_its_size() {
     assert_eq!(produced_keys(&broker), vec!["big"]);
 }
 
+/// The collector validates at the request's arrival time and produces each event with that
+/// time as its message timestamp, which every layer then validates against.
+#[tokio::test]
+async fn collected_events_carry_their_arrival_time() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 1 << 20, &lake);
+    let before = lambdaflow_common::timestamp::now_micros() / 1000;
+    let (status, reply) = call(&state, post(good("a").to_string(), "application/json")).await;
+    let after = lambdaflow_common::timestamp::now_micros() / 1000;
+    assert_eq!((status, &reply["accepted"]), (StatusCode::OK, &json!(1)));
+    let consumer = Consumer::reader(broker.bootstrap_servers(), "ts-read", "events").unwrap();
+    consumer.assign(&[(0, 0)].into()).unwrap();
+    let record = consumer
+        .poll_record(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    let sent = record.timestamp_ms.unwrap();
+    assert!(
+        (before..=after).contains(&sent),
+        "{before} <= {sent} <= {after}"
+    );
+}
+
 /// A Kafka message's timestamp, not the reader's clock, is the "now" of `max_future` and
 /// `max_past`: both consumers (the archiver's and the speed layer's, through the one poll
 /// loop) refuse an event whose message was sent long before its event time, although the

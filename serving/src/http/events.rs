@@ -1,10 +1,9 @@
 //! `POST /v1/events`: the HTTP collector.
 //!
 //! Takes a JSON array or NDJSON, checks each event with the shared validator at the request's
-//! arrival time, produces the valid ones keyed by event id with that time as their message
-//! timestamp (so the archiver and the speed layer reach the same verdict) with the idempotent
-//! producer, and answers only after the
-//! broker acknowledged every one of them. Invalid events are reported by index and not
+//! arrival time, produces the valid ones keyed by event id with the idempotent producer and
+//! that time as their message timestamp (so that the archiver and the speed layer reach the
+//! same verdict), and answers only after the broker acknowledged every one of them. Invalid events are reported by index and not
 //! produced; a client that retries a failed request cannot double-count, as the archiver and
 //! the speed layer drop repeated ids.
 

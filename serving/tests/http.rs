@@ -1446,6 +1446,9 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
         }
         pairs.push(ViewPair::new(Arc::new(batch), pair.speed().clone()));
     }
+    if let Some(python) = std::env::var_os("LAMBDAFLOW_PYTHON") {
+        readable_from_python(&python, lake.path(), &config, validated.events.num_rows());
+    }
     let state = AppState {
         served: Served::from_parts(pairs, Default::default(), caught_up()),
         ..state
@@ -1473,6 +1476,54 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     ] {
         let (status, body) = call(&state, sql(statement)).await;
         assert_eq!(status, StatusCode::OK, "{statement}: {body}");
+    }
+}
+
+/// External Delta readers (Python `deltalake` and DuckDB's `delta_scan`) read the raw table
+/// and every view table whole.
+const EXTERNAL_READER: &str = r#"
+import glob, json, os, sys
+import duckdb, duckdb_extension_delta
+from deltalake import DeltaTable
+
+lake, tables = sys.argv[1], json.loads(sys.argv[2])
+con = duckdb.connect()
+ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "**", "*.duckdb_extension"), recursive=True)[0]
+con.execute(f"LOAD '{ext}'")
+out = {}
+for table in tables:
+    path = os.path.join(lake, table)
+    rows = DeltaTable(path).to_pyarrow_table()
+    rows.to_pylist()
+    (count,) = con.execute(f"SELECT count(*) FROM delta_scan('{path}')").fetchone()
+    con.execute(f"SELECT CAST(COLUMNS(*) AS VARCHAR) FROM delta_scan('{path}')").fetchall()
+    out[table] = [rows.num_rows, count]
+print(json.dumps(out))
+"#;
+
+fn readable_from_python(
+    python: &std::ffi::OsStr,
+    lake: &std::path::Path,
+    config: &Config,
+    raw_rows: usize,
+) {
+    let mut tables = vec!["raw/events".to_owned()];
+    tables.extend(config.views.iter().map(|v| format!("views/{}", v.name)));
+    let out = std::process::Command::new(python)
+        .args(["-c", EXTERNAL_READER])
+        .arg(lake)
+        .arg(json!(tables).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python readers failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["raw/events"], json!([raw_rows, raw_rows]), "{got}");
+    for table in &tables {
+        assert_eq!(got[table][0], got[table][1], "{table}: {got}");
     }
 }
 

@@ -99,6 +99,9 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A view's filter cannot be compiled: its definition was not checked.
+    #[error(transparent)]
+    Filter(#[from] lambdaflow_common::error::FilterError),
     /// A view's columns cannot be laid out: its definition was not checked.
     #[error("view `{view}`: {source}")]
     Layout {

@@ -73,6 +73,15 @@ pub enum LayoutError {
 /// Why a view filter cannot be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
+    /// The parsed expression cannot be planned for evaluation over the raw table's columns.
+    #[error("filter `{sql}` cannot be compiled: {}", .source.strip_backtrace())]
+    Compile {
+        /// The filter's text.
+        sql: String,
+        /// What DataFusion said.
+        #[source]
+        source: DataFusionError,
+    },
     /// The declared fields do not make a schema DataFusion accepts.
     #[error("{0}")]
     Schema(#[source] DataFusionError),
@@ -85,11 +94,16 @@ pub enum FilterError {
         #[source]
         source: DataFusionError,
     },
-    /// The expression calls a function that may answer differently on each call.
-    #[error("filter `{sql}` calls a volatile function; both layers must give it the same answer")]
-    Volatile {
+    /// The expression calls a function that may answer differently on another call or run
+    /// (volatile like `random()`, or stable like `now()`).
+    #[error(
+        "filter `{sql}` calls `{function}`, which is not immutable (it may answer differently on another call or run); use only immutable functions so that both layers and every rerun give the filter the same answer"
+    )]
+    NotImmutable {
         /// The filter's text.
         sql: String,
+        /// The first such function.
+        function: String,
     },
     /// The expression could not be walked to look for aggregates and subqueries.
     #[error("{0}")]

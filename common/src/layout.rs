@@ -14,9 +14,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::logical_expr::{Expr, ExprSchemable, Volatility};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
 use crate::error::{FilterError, LayoutError};
@@ -167,7 +169,9 @@ pub fn filter_schema(source: &SourceConfig) -> SchemaRef {
 }
 
 /// Parses a view filter into a DataFusion expression over [`filter_schema`]: it must be a
-/// deterministic boolean expression over declared fields, with no aggregates or subqueries.
+/// deterministic boolean expression over declared fields, with no aggregates or subqueries,
+/// calling only immutable functions: a stable one such as `now()` would be folded to the run's
+/// start by the batch layer and to another instant (or refused) by the speed layer.
 pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, FilterError> {
     let schema =
         DFSchema::try_from(filter_schema(source).as_ref().clone()).map_err(FilterError::Schema)?;
@@ -178,13 +182,14 @@ pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, FilterErro
     let expr = SessionContext::new()
         .parse_sql_expr(sql, &schema)
         .map_err(parse)?;
-    if expr.is_volatile() {
-        return Err(FilterError::Volatile {
-            sql: sql.to_owned(),
-        });
-    }
     let mut nested = false;
+    let mut changing = None;
     expr.apply(|e| {
+        if let Expr::ScalarFunction(call) = e
+            && call.func.signature().volatility != Volatility::Immutable
+        {
+            changing.get_or_insert_with(|| call.func.name().to_owned());
+        }
         nested |= matches!(
             e,
             Expr::AggregateFunction(_)
@@ -196,6 +201,12 @@ pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, FilterErro
         Ok(TreeNodeRecursion::Continue)
     })
     .map_err(FilterError::Inspect)?;
+    if let Some(function) = changing {
+        return Err(FilterError::NotImmutable {
+            sql: sql.to_owned(),
+            function,
+        });
+    }
     if nested {
         return Err(FilterError::NotPerEvent {
             sql: sql.to_owned(),
@@ -208,6 +219,74 @@ pub fn parse_filter(source: &SourceConfig, sql: &str) -> Result<Expr, FilterErro
             data_type,
         }),
         Err(e) => Err(parse(e)),
+    }
+}
+
+/// Every view's filter, compiled for evaluation over validated events (the raw table's
+/// columns), so that the validator can tell which events a filter cannot decide.
+///
+/// An immutable filter can still fail on one value: `abs(quantity)` of `i64::MIN` overflows,
+/// `quantity % 0` divides by zero. Such an event would stop every batch run over its date and
+/// every speed fold of its micro-batch; instead the validator finds it here and quarantines it
+/// as `unprocessable:view_filter`, so neither layer ever sees it.
+#[derive(Clone)]
+pub struct ViewFilters {
+    filters: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+impl std::fmt::Debug for ViewFilters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewFilters")
+            .field("filters", &self.filters.len())
+            .finish()
+    }
+}
+
+impl ViewFilters {
+    /// Compiles the filters of `views` over `schema` (the raw table's schema of `source`).
+    pub fn new(
+        source: &SourceConfig,
+        views: &[ViewDef],
+        schema: &SchemaRef,
+    ) -> Result<Self, FilterError> {
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(FilterError::Schema)?;
+        let ctx = SessionContext::new();
+        let mut filters = Vec::new();
+        for sql in views.iter().filter_map(|v| v.filter.as_deref()) {
+            let expr = parse_filter(source, sql)?;
+            let compiled = ctx
+                .create_physical_expr(expr, &df_schema)
+                .map_err(|source| FilterError::Compile {
+                    sql: sql.to_owned(),
+                    source,
+                })?;
+            filters.push(compiled);
+        }
+        Ok(Self { filters })
+    }
+
+    /// Whether there is no filter to evaluate.
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// The rows of `events` for which some filter fails to evaluate, in ascending order. The
+    /// whole batch is evaluated at once; only when that fails is each row tried alone.
+    pub fn failing_rows(&self, events: &RecordBatch) -> Vec<usize> {
+        let mut failing = std::collections::BTreeSet::new();
+        for filter in &self.filters {
+            let decides = |batch: &RecordBatch| {
+                filter
+                    .evaluate(batch)
+                    .and_then(|v| v.into_array(batch.num_rows()))
+                    .is_ok()
+            };
+            if decides(events) {
+                continue;
+            }
+            failing.extend((0..events.num_rows()).filter(|&row| !decides(&events.slice(row, 1))));
+        }
+        failing.into_iter().collect()
     }
 }
 
@@ -269,10 +348,16 @@ mod tests {
         let (source, _) = demo();
         assert!(parse_filter(&source, "type = 'purchase' AND amount > 10").is_ok());
         assert!(parse_filter(&source, "event_time >= '2026-01-01T00:00:00Z'").is_ok());
+        assert!(parse_filter(&source, "lower(country) = 'kr'").is_ok());
+        assert!(parse_filter(&source, "abs(amount) > 1").is_ok());
         for (sql, needle) in [
             ("colour = 'red'", "colour"),
             ("amount + 1", "not boolean"),
-            ("random() > 0.5", "volatile"),
+            ("random() > 0.5", "`random`"),
+            ("event_time < now()", "`now`"),
+            ("event_time < current_date()", "`current_date`"),
+            ("event_time < current_time()", "`current_time`"),
+            ("lower(type) = 'x' AND random() > 0.5", "`random`"),
             ("count(*) > 1", "per-event"),
             ("type = ", "filter"),
             ("kafka_offset > 3", "kafka_offset"),

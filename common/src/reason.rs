@@ -19,8 +19,13 @@ pub enum Reason {
     WrongType(String),
     /// The time field is a string that is not RFC 3339, or a number that is not integer ms.
     BadTimestamp,
-    /// The event time is beyond now + `max_future`.
+    /// The event time is beyond the message's timestamp + `max_future`.
     TimeInFuture,
+    /// The event time is before the message's timestamp − `max_past`.
+    TimeTooOld,
+    /// Accepted by the validator, but a later stage (named) could not handle it; the event
+    /// is quarantined there instead of stopping ingestion.
+    Unprocessable(&'static str),
 }
 
 impl fmt::Display for Reason {
@@ -34,6 +39,8 @@ impl fmt::Display for Reason {
             Self::WrongType(name) => write!(f, "wrong_type:{name}"),
             Self::BadTimestamp => f.write_str("bad_timestamp"),
             Self::TimeInFuture => f.write_str("time_in_future"),
+            Self::TimeTooOld => f.write_str("time_too_old"),
+            Self::Unprocessable(stage) => write!(f, "unprocessable:{stage}"),
         }
     }
 }

@@ -24,9 +24,19 @@ pub struct SourceConfig {
     /// RFC 3339 string with offset, or integer epoch milliseconds.
     #[serde(default = "default_time_field")]
     pub time_field: String,
-    /// Events further in the future than this are rejected with `time_in_future`.
+    /// Events further in the future than this are rejected with `time_in_future`. "Now" is
+    /// the Kafka message's timestamp (the HTTP collector sets it to the request's arrival), so
+    /// every layer and every replay judge a message alike.
     #[serde(default = "default_max_future", with = "humantime_serde")]
     pub max_future: Duration,
+    /// Events older than the message's timestamp minus this are rejected with
+    /// `time_too_old`; absent, there is no limit.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_past: Option<Duration>,
     /// Larger payloads are rejected with `too_large`.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,

@@ -462,3 +462,147 @@ fn num(array: &dyn Array, row: usize, kind: FieldType) -> Option<Num> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::query::{Query, Rollup, answer};
+    use crate::validate::{Coordinates, Validator};
+
+    /// A view that sums, bounds and averages both numeric fields of the demo source.
+    fn numeric_view() -> ViewDef {
+        serde_json::from_value(json!({
+            "name": "numbers",
+            "granularity": "minute",
+            "dimensions": ["country", "product"],
+            "filter": "abs(quantity) >= 0 OR quantity IS NULL",
+            "measures": [
+                {"name": "n", "agg": "count"},
+                {"name": "qty", "agg": "sum", "field": "quantity"},
+                {"name": "qty_min", "agg": "min", "field": "quantity"},
+                {"name": "qty_max", "agg": "max", "field": "quantity"},
+                {"name": "qty_avg", "agg": "avg", "field": "quantity"},
+                {"name": "amt", "agg": "sum", "field": "amount"},
+                {"name": "amt_min", "agg": "min", "field": "amount"},
+                {"name": "amt_avg", "agg": "avg", "field": "amount"},
+                {"name": "users", "agg": "approx_distinct", "field": "user_id"},
+            ],
+        }))
+        .unwrap()
+    }
+
+    fn hostile() -> impl Strategy<Value = Vec<u8>> {
+        let text = prop_oneof![
+            any::<String>(),
+            Just(String::new()),
+            Just("NaN".to_owned()),
+            Just("-0".to_owned()),
+            Just("x".repeat(3000)),
+        ];
+        let time = prop_oneof![
+            Just(json!("0001-01-01T00:00:00Z")),
+            Just(json!("9999-12-31T23:59:59.999999Z")),
+            Just(json!(-62_135_596_800_000_i64)),
+            Just(json!(253_402_300_799_999_i64)),
+            Just(json!("1969-12-31T23:59:59.999999Z")),
+            any::<i64>().prop_map(|v| json!(v)),
+            any::<String>().prop_map(|v| json!(v)),
+        ];
+        let int = prop_oneof![
+            Just(json!(i64::MAX)),
+            Just(json!(i64::MIN)),
+            any::<i64>().prop_map(|v| json!(v)),
+            Just(Value::Null),
+        ];
+        let float = prop_oneof![
+            Just(json!(1e308)),
+            Just(json!(-1e308)),
+            Just(json!(f64::MAX)),
+            Just(json!(5e-324)),
+            Just(json!(-0.0)),
+            Just(json!(u64::MAX)),
+            any::<f64>().prop_map(|v| json!(v)),
+            Just(json!("NaN")),
+        ];
+        (
+            text.clone(),
+            time,
+            text.clone(),
+            text.clone(),
+            (text, int, float, 0usize..140),
+        )
+            .prop_map(
+                |(id, time, user, country, (product, quantity, amount, depth))| {
+                    let mut event = json!({
+                        "event_id": id,
+                        "event_time": time,
+                        "type": "purchase",
+                        "user_id": user,
+                        "country": country,
+                        "product": product,
+                        "quantity": quantity,
+                        "amount": amount,
+                    })
+                    .to_string();
+                    event.pop();
+                    event.push_str(&format!(
+                        ",\"deep\":{}0{}}}",
+                        "[".repeat(depth),
+                        "]".repeat(depth)
+                    ));
+                    event.into_bytes()
+                },
+            )
+    }
+
+    fn cases() -> u32 {
+        std::env::var("LAMBDAFLOW_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+        /// Whatever the validator accepts, folding, merging and answering never fail or panic
+        /// (`LAMBDAFLOW_FUZZ_CASES=100000` for a long run).
+        #[test]
+        fn every_accepted_event_folds_and_answers(events in proptest::collection::vec(hostile(), 1..8)) {
+            let (mut source, mut views) = crate::view::tests::demo();
+            source.keep_undeclared = true;
+            source.max_future = std::time::Duration::from_secs(10_000 * 366 * 86_400);
+            views.push(numeric_view());
+            let validator = Validator::new(&source).with_views(&views).unwrap();
+            let mut builder = validator.batch_builder("events", 1_763_856_000_000_000);
+            for (offset, payload) in events.iter().enumerate() {
+                let at = Coordinates { partition: 0, offset: offset as i64 };
+                let _ = builder.push(Some(payload), at);
+            }
+            let out = builder.finish();
+            prop_assert_eq!(out.events.num_rows() + out.rejects.num_rows(), events.len());
+            let all = BooleanArray::from(vec![true; out.events.num_rows()]);
+            for view in &views {
+                let mut state = ViewState::new();
+                state.fold(&source, view, &out.events, &all).unwrap();
+                let mut twice = state.clone();
+                twice.merge_into(view, &state);
+                for rollup in [Rollup::Buckets(view.granularity), Rollup::All] {
+                    let query = Query {
+                        from: None,
+                        to: None,
+                        rollup,
+                        group_by: (0..view.dimensions.len()).collect(),
+                        filters: Vec::new(),
+                        measures: (0..view.measures.len()).collect(),
+                        order_by: Vec::new(),
+                        limit: None,
+                    };
+                    answer(&source, view, &[&state, &twice], &query);
+                }
+            }
+        }
+    }
+}

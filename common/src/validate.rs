@@ -16,19 +16,24 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder,
     Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
+use arrow::datatypes::{Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::error::FilterError;
+use crate::layout::ViewFilters;
 use crate::mask::{self, PayloadMasker};
 use crate::reason::Reason;
 use crate::schema;
 use crate::source::{FieldDef, FieldType, SourceConfig};
 use crate::timestamp::{date_of_micros, millis_to_micros, parse_rfc3339_micros};
+use crate::view::ViewDef;
 
 /// Where a message came from: its Kafka partition and offset (or, for the HTTP collector, its
 /// index in the request).
@@ -67,7 +72,9 @@ pub struct Validator {
     slots: HashMap<String, Slot>,
     masker: PayloadMasker,
     max_future_us: i64,
+    max_past_us: Option<i64>,
     schema: arrow::datatypes::SchemaRef,
+    filters: Option<ViewFilters>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,8 +100,21 @@ impl Validator {
             slots,
             masker: PayloadMasker::new(source),
             max_future_us: i64::try_from(source.max_future.as_micros()).unwrap_or(i64::MAX),
+            max_past_us: source
+                .max_past
+                .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
             schema: schema::raw_schema(source),
+            filters: None,
         }
+    }
+
+    /// Also refuses, as `unprocessable:view_filter`, events that the filter of one of `views`
+    /// cannot evaluate ([`ViewFilters`]), so that no layer stops on them. The archiver and the
+    /// speed layer validate with the views of their config.
+    pub fn with_views(mut self, views: &[ViewDef]) -> Result<Self, FilterError> {
+        let filters = ViewFilters::new(&self.source, views, &self.schema)?;
+        self.filters = (!filters.is_empty()).then_some(filters);
+        Ok(self)
     }
 
     /// The schema of [`Validated::events`].
@@ -107,7 +127,9 @@ impl Validator {
         &self.source
     }
 
-    /// Checks one payload against SPEC §3 at wall-clock time `now_us`.
+    /// Checks one payload against SPEC §3 at time `now_us`: the Kafka message's timestamp
+    /// (the HTTP collector's arrival time), so that the verdict never depends on when a layer
+    /// reads the message.
     pub fn check<'a>(&self, payload: Option<&'a [u8]>, now_us: i64) -> Result<Checked<'a>, Reason> {
         let bytes = payload.ok_or(Reason::MalformedJson)?;
         if bytes.len() > self.source.max_event_bytes {
@@ -147,6 +169,11 @@ impl Validator {
         };
         if time_us > now_us.saturating_add(self.max_future_us) {
             return Err(Reason::TimeInFuture);
+        }
+        if let Some(max_past) = self.max_past_us
+            && time_us < now_us.saturating_sub(max_past)
+        {
+            return Err(Reason::TimeTooOld);
         }
         for (def, value) in source.fields.iter().zip(&parsed.values) {
             check_value(def, value)?;
@@ -202,6 +229,8 @@ pub struct BatchBuilder<'v> {
     partition: Int32Builder,
     offset: Int64Builder,
     rejects: RejectBuilder,
+    /// The payloads of the valid events, kept only while view filters may still refuse one.
+    payloads: Option<BinaryBuilder>,
     scratch: String,
     valid: usize,
 }
@@ -281,16 +310,33 @@ impl<'v> BatchBuilder<'v> {
                 offset: Int64Builder::new(),
                 len: 0,
             },
+            payloads: validator.filters.is_some().then(BinaryBuilder::new),
             scratch: String::new(),
             valid: 0,
         }
     }
 
-    /// Validates one message and adds it to the events or the rejects.
+    /// Validates one message at the builder's time and adds it to the events or the rejects.
     pub fn push(&mut self, payload: Option<&[u8]>, at: Coordinates) -> Result<(), Reason> {
-        match self.validator.check(payload, self.now_us) {
+        self.push_message(payload, at, None)
+    }
+
+    /// Validates one Kafka message against its timestamp (`message_time_us`; the builder's
+    /// time when the message has none) and adds it to the events or the rejects. The ingest
+    /// time stays the builder's.
+    pub fn push_message(
+        &mut self,
+        payload: Option<&[u8]>,
+        at: Coordinates,
+        message_time_us: Option<i64>,
+    ) -> Result<(), Reason> {
+        let now = message_time_us.unwrap_or(self.now_us);
+        match self.validator.check(payload, now) {
             Ok(event) => {
                 self.append(&event, at);
+                if let Some(payloads) = &mut self.payloads {
+                    payloads.append_option(payload);
+                }
                 Ok(())
             }
             Err(reason) => {
@@ -373,9 +419,10 @@ impl<'v> BatchBuilder<'v> {
         if let Some(b) = &mut self.undeclared {
             columns.push(Arc::new(b.finish()));
         }
+        let now_us = self.now_us;
         let ingest = |len: usize| {
             Arc::new(
-                arrow::array::TimestampMicrosecondArray::from(vec![self.now_us; len])
+                arrow::array::TimestampMicrosecondArray::from(vec![now_us; len])
                     .with_timezone("UTC"),
             ) as ArrayRef
         };
@@ -393,8 +440,31 @@ impl<'v> BatchBuilder<'v> {
             ingest(n),
             Arc::new(dates.finish()),
         ]);
-        let events = RecordBatch::try_new(self.validator.schema.clone(), columns)
+        let mut events = RecordBatch::try_new(self.validator.schema.clone(), columns)
             .expect("columns are built to the raw schema");
+        let validator = self.validator;
+        if let (Some(filters), Some(mut payloads)) = (&validator.filters, self.payloads.take()) {
+            let failing = filters.failing_rows(&events);
+            if !failing.is_empty() {
+                let payloads = payloads.finish();
+                let column = |name| events.column_by_name(name).expect("a raw-table column");
+                let partitions = column(schema::KAFKA_PARTITION).as_primitive::<Int32Type>();
+                let offsets = column(schema::KAFKA_OFFSET).as_primitive::<Int64Type>();
+                let reason = Reason::Unprocessable("view_filter");
+                for &row in &failing {
+                    let at = Coordinates {
+                        partition: partitions.value(row),
+                        offset: offsets.value(row),
+                    };
+                    self.reject(Some(payloads.value(row)), &reason, at);
+                }
+                let keep: arrow::array::BooleanArray = (0..events.num_rows())
+                    .map(|row| Some(failing.binary_search(&row).is_err()))
+                    .collect();
+                events = arrow::compute::filter_record_batch(&events, &keep)
+                    .expect("a mask as long as the batch");
+            }
+        }
 
         let r = &mut self.rejects;
         let today = date_of_micros(self.now_us);
@@ -579,8 +649,8 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use arrow::array::Array;
+    use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 
     use super::*;
     use crate::config::Config;
@@ -776,6 +846,142 @@ mod tests {
     fn escaped_keys_and_values_are_understood() {
         let payload = br#"{"event\u005fid":"a\"b","event_time":"2025-11-19T23:00:00Z","type":"view","user_id":"u","country":"kr"}"#;
         assert_eq!(validator().check(Some(payload), NOW).unwrap().id, "a\"b");
+    }
+
+    #[test]
+    fn the_message_timestamp_not_the_clock_decides() {
+        let v = validator();
+        let day = 86_400_000_000_i64;
+        let sent = NOW - 30 * day;
+        // A day and a second after the message was sent: in the future of the message,
+        // although long past by the wall clock of any reader.
+        let time_ms = (sent + day + 1_000_000) / 1000;
+        let payload = format!(
+            r#"{{"event_id":"a","event_time":{time_ms},"type":"view","user_id":"u","country":"kr"}}"#
+        );
+        for clock in [NOW, NOW + 365 * day, sent] {
+            let mut b = v.batch_builder("events", clock);
+            let at = Coordinates {
+                partition: 0,
+                offset: 0,
+            };
+            assert_eq!(
+                b.push_message(Some(payload.as_bytes()), at, Some(sent)),
+                Err(Reason::TimeInFuture),
+                "read at {clock}"
+            );
+            // Sent a second later, it is at the edge of max_future and accepted.
+            assert_eq!(
+                b.push_message(Some(payload.as_bytes()), at, Some(sent + 1_000_000)),
+                Ok(())
+            );
+            let out = b.finish();
+            // The ingest time stays the reader's clock.
+            assert_eq!(
+                out.events
+                    .column_by_name(schema::INGEST_TIME)
+                    .unwrap()
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .value(0),
+                clock
+            );
+        }
+        // Without a message timestamp the builder's clock is the reference.
+        let mut b = v.batch_builder("events", sent);
+        let at = Coordinates {
+            partition: 0,
+            offset: 0,
+        };
+        assert_eq!(
+            b.push(Some(payload.as_bytes()), at),
+            Err(Reason::TimeInFuture)
+        );
+    }
+
+    #[test]
+    fn events_older_than_max_past_are_too_old() {
+        let mut source = Config::demo().source;
+        let payload = |us: i64| {
+            format!(
+                r#"{{"event_id":"a","event_time":{},"type":"view","user_id":"u","country":"kr"}}"#,
+                us / 1000
+            )
+        };
+        let old = payload(NOW - 400 * 86_400_000_000 - 1000);
+        let edge = payload(NOW - 400 * 86_400_000_000);
+        let ancient = r#"{"event_id":"a","event_time":"0001-01-01T00:00:00Z","type":"view","user_id":"u","country":"kr"}"#;
+        // No limit without max_past.
+        let v = Validator::new(&source);
+        assert!(v.check(Some(old.as_bytes()), NOW).is_ok());
+        assert!(v.check(Some(ancient.as_bytes()), NOW).is_ok());
+        source.max_past = Some(std::time::Duration::from_secs(400 * 86_400));
+        let v = Validator::new(&source);
+        assert!(v.check(Some(edge.as_bytes()), NOW).is_ok());
+        assert_eq!(
+            v.check(Some(old.as_bytes()), NOW).unwrap_err().to_string(),
+            "time_too_old"
+        );
+        assert_eq!(
+            v.check(Some(ancient.as_bytes()), NOW).unwrap_err(),
+            Reason::TimeTooOld
+        );
+        // A huge max_past reaches before year 1: no event is too old.
+        source.max_past = Some(std::time::Duration::from_secs(u64::MAX / 4));
+        let v = Validator::new(&source);
+        assert!(v.check(Some(ancient.as_bytes()), NOW).is_ok());
+        // Read from the config as a human duration; absent is no limit.
+        let parsed: SourceConfig = toml::from_str("name = \"e\"\nmax_past = \"400d\"\n").unwrap();
+        assert_eq!(
+            parsed.max_past,
+            Some(std::time::Duration::from_secs(400 * 86_400))
+        );
+        let parsed: SourceConfig = toml::from_str("name = \"e\"\n").unwrap();
+        assert_eq!(parsed.max_past, None);
+    }
+
+    #[test]
+    fn events_a_view_filter_cannot_evaluate_are_unprocessable() {
+        let (source, mut views) = crate::view::tests::demo();
+        views[0].filter = Some("type = 'purchase' AND abs(quantity) >= 0".into());
+        let event = |id: &str, quantity: i64| {
+            format!(
+                r#"{{"event_id":"{id}","event_time":"2025-11-19T23:00:00Z","type":"purchase","user_id":"u","country":"kr","quantity":{quantity}}}"#
+            )
+        };
+        let poison = event("poison", i64::MIN);
+        let payloads = [event("a", 1), poison.clone(), event("b", i64::MAX)];
+        let validate = |v: &Validator| {
+            let mut b = v.batch_builder("events", NOW);
+            for (offset, p) in payloads.iter().enumerate() {
+                let at = Coordinates {
+                    partition: 2,
+                    offset: offset as i64,
+                };
+                let _ = b.push(Some(p.as_bytes()), at);
+            }
+            b.finish()
+        };
+        // Without the views, all three are valid.
+        let plain = validate(&Validator::new(&source));
+        assert_eq!(plain.events.num_rows(), 3);
+        let out = validate(&Validator::new(&source).with_views(&views).unwrap());
+        assert_eq!(out.events.num_rows(), 2);
+        let ids = out.events.column(0).as_string::<i32>();
+        assert_eq!((ids.value(0), ids.value(1)), ("a", "b"));
+        let r = &out.rejects;
+        assert_eq!(r.num_rows(), 1);
+        assert_eq!(
+            r.column(1).as_string::<i32>().value(0),
+            "unprocessable:view_filter"
+        );
+        assert_eq!(r.column(0).as_binary::<i32>().value(0), poison.as_bytes());
+        assert_eq!(
+            r.column(3)
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .value(0),
+            2
+        );
+        assert_eq!(r.column(4).as_primitive::<Int64Type>().value(0), 1);
     }
 
     proptest::proptest! {

@@ -20,10 +20,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
+use arrow::datatypes::{Int32Type, Int64Type};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::{Coordinates, Validated, Validator};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +98,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// The payload, if any.
     pub payload: Option<Vec<u8>>,
+    /// The message timestamp, epoch milliseconds, if any.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A consumer of one topic.
@@ -250,7 +254,9 @@ impl Consumer {
     }
 
     /// Polls messages into `builder` until `policy` ends the chunk or `shutdown` is cancelled:
-    /// each payload is validated straight into the builder's Arrow columns. Blocks the thread.
+    /// each payload is validated straight into the builder's Arrow columns, against the
+    /// message's own timestamp (the builder's time only when it has none), so that the
+    /// archiver, the speed layer and every replay reach one verdict. Blocks the thread.
     pub fn poll_into(
         &self,
         builder: &mut lambdaflow_common::validate::BatchBuilder<'_>,
@@ -270,7 +276,8 @@ impl Consumer {
                         offset: message.offset(),
                     };
                     // A refused message is kept in the builder's rejects with its reason.
-                    if builder.push(message.payload(), at).is_err() {
+                    let sent = message_time_us(message.timestamp());
+                    if builder.push_message(message.payload(), at, sent).is_err() {
                         polled.rejected += 1;
                     }
                     if polled.upto.insert(at.partition, at.offset).is_none() {
@@ -345,10 +352,47 @@ impl Consumer {
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
+                    timestamp_ms: m.timestamp().to_millis(),
                 })
                 .map_err(Error::client(format!("reading {}", self.topic))),
         )
     }
+}
+
+/// Says which messages the validator accepted but a later stage could not handle
+/// (`unprocessable:<stage>`): rare, and worth a look at the event or the view that refused it.
+fn log_unprocessable(validated: &Validated) {
+    let rejects = &validated.rejects;
+    let (Some(reasons), Some(partitions), Some(offsets)) = (
+        rejects.column_by_name("reason"),
+        rejects.column_by_name("partition"),
+        rejects.column_by_name("offset"),
+    ) else {
+        return;
+    };
+    let reasons = reasons.as_string::<i32>();
+    let partitions = partitions.as_primitive::<Int32Type>();
+    let offsets = offsets.as_primitive::<Int64Type>();
+    for row in 0..rejects.num_rows() {
+        let reason = reasons.value(row);
+        if reason.starts_with("unprocessable:") {
+            tracing::warn!(
+                partition = partitions.value(row),
+                offset = offsets.value(row),
+                %reason,
+                "an event the validator accepted cannot be processed; it is quarantined, ingestion goes on"
+            );
+        }
+    }
+}
+
+/// A message's timestamp in UTC microseconds, the "now" its event is validated against;
+/// `None` when it carries none.
+fn message_time_us(timestamp: Timestamp) -> Option<i64> {
+    timestamp
+        .to_millis()
+        .filter(|ms| *ms >= 0)
+        .and_then(|ms| ms.checked_mul(1000))
 }
 
 /// [`Consumer::poll_into`] on a blocking thread of its own, handing each non-empty chunk to a
@@ -360,9 +404,9 @@ pub struct ChunkReader {
 
 impl ChunkReader {
     /// Starts reading; chunks arrive on the returned receiver (`capacity` chunks may wait).
-    /// Each chunk's builder is made at the moment the chunk starts: that moment is the
-    /// validation time and the ingest time of its events. `component` names the reader in
-    /// logs and metrics (`archiver`, `speed`).
+    /// Each chunk's builder is made at the moment the chunk starts: that moment is the ingest
+    /// time of its events (and their validation time only for messages without a timestamp).
+    /// `component` names the reader in logs and metrics (`archiver`, `speed`).
     pub fn spawn(
         consumer: Arc<Consumer>,
         validator: Validator,
@@ -396,8 +440,10 @@ impl ChunkReader {
                 if polled.messages == 0 && discovered.is_empty() {
                     continue;
                 }
+                let validated = builder.finish();
+                log_unprocessable(&validated);
                 let chunk = Chunk {
-                    validated: builder.finish(),
+                    validated,
                     upto: polled.upto,
                     messages: polled.messages,
                     discovered,

@@ -80,6 +80,13 @@ impl Producer {
         Self::create(&settings::producer(brokers))
     }
 
+    /// The idempotent producer of the product, able to send every event the validator
+    /// accepts: up to `max_event_bytes` of payload plus its key
+    /// ([`settings::producer_for_events`]).
+    pub fn for_events(brokers: &str, max_event_bytes: usize) -> Result<Self> {
+        Self::create(&settings::producer_for_events(brokers, max_event_bytes))
+    }
+
     /// An idempotent producer with one message per record batch
     /// ([`settings::producer_one_per_batch`]).
     pub fn one_message_per_batch(brokers: &str) -> Result<Self> {
@@ -94,7 +101,23 @@ impl Producer {
     /// Queues `payload` under `key`; [`Error::QueueFull`] when librdkafka's local queue is
     /// full (await some [`Pending`]s, then queue again).
     pub fn queue(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<Pending> {
-        let record = FutureRecord::to(topic).key(key).payload(payload);
+        self.queue_at(topic, key, payload, None)
+    }
+
+    /// Queues `payload` under `key` with the message timestamp `timestamp_ms` (epoch
+    /// milliseconds; librdkafka's clock when `None`). The timestamp is the "now" every layer
+    /// validates the event against; [`Error::QueueFull`] as for [`Producer::queue`].
+    pub fn queue_at(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<Pending> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(ms) = timestamp_ms {
+            record = record.timestamp(ms);
+        }
         match self.inner.send_result(record) {
             Ok(inner) => Ok(Pending { inner }),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

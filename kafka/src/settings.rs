@@ -69,6 +69,28 @@ pub fn producer(brokers: &str) -> ClientConfig {
     config
 }
 
+/// The idempotent producer, with `message.max.bytes` raised so that an event of
+/// `max_event_bytes` fits with its key (the event id, never longer than the payload) and the
+/// record framing; librdkafka's default (1,000,000) would refuse larger valid events forever.
+/// A broker keeps its own limit (Kafka's `message.max.bytes`, a topic's `max.message.bytes`).
+pub fn producer_for_events(brokers: &str, max_event_bytes: usize) -> ClientConfig {
+    let mut config = producer(brokers);
+    config.set(
+        "message.max.bytes",
+        max_message_bytes(max_event_bytes).to_string(),
+    );
+    config
+}
+
+/// The `message.max.bytes` that fits a payload and a key of `max_event_bytes` each plus 64 KiB
+/// of framing: at least librdkafka's default, at most its maximum.
+pub fn max_message_bytes(max_event_bytes: usize) -> usize {
+    max_event_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .clamp(1_000_000, 1_000_000_000)
+}
+
 /// An idempotent producer that puts one message in each record batch. Some Kafka-protocol
 /// brokers (tansu 0.6) serve a fetch only from the first offset of a record batch; with one
 /// message per batch a restarted consumer may resume at any offset, as Kafka allows.

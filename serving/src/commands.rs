@@ -379,7 +379,8 @@ async fn spawn_http(
     };
     let listener = TcpListener::bind(listen).await.map_err(listening)?;
     let addr = listener.local_addr().map_err(listening)?;
-    let state = AppState::new(config, Producer::new(brokers)?, batches, lake, served);
+    let producer = Producer::for_events(brokers, config.source.max_event_bytes)?;
+    let state = AppState::new(config, producer, batches, lake, served);
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
     tasks.spawn("http", async move {

@@ -25,10 +25,17 @@ use tower::ServiceExt;
 
 fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> AppState {
     let mut config = Config::demo();
-    config.kafka.brokers = broker.bootstrap_servers().to_owned();
     config.serving.max_body_bytes = max_body;
+    state_with(broker, lake, config)
+}
+
+/// An app over `config`, its Kafka pointed at `broker` and its lake at `lake`; no data.
+fn state_with(broker: &EmbeddedBroker, lake: &tempfile::TempDir, mut config: Config) -> AppState {
+    config.kafka.brokers = broker.bootstrap_servers().to_owned();
     config.lake.uri = lake.path().display().to_string();
     let config = Arc::new(config);
+    let producer =
+        Producer::for_events(broker.bootstrap_servers(), config.source.max_event_bytes).unwrap();
     let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
     let empty = config
         .views
@@ -38,7 +45,7 @@ fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> 
     let lake = Arc::new(LakeReader::new(&config.lake).unwrap());
     AppState::new(
         config,
-        Producer::new(broker.bootstrap_servers()).unwrap(),
+        producer,
         batches,
         lake,
         Served::from_parts(empty, Default::default(), caught_up()),
@@ -1088,4 +1095,541 @@ async fn a_redefined_view_answers_503_until_its_batch_side_is_recomputed() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, status) = call(&current, get("/v1/views/sales_by_country")).await;
     assert_eq!(status["rebuilding"], false);
+}
+
+#[tokio::test]
+async fn an_event_up_to_max_event_bytes_is_accepted_whatever_its_size() {
+    let broker = EmbeddedBroker::start("events", 4).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let mut config = Config::demo();
+    config.source.max_event_bytes = 2_000_000;
+    config.serving.max_body_bytes = 4 << 20;
+    let state = state_with(&broker, &lake, config);
+    let mut event = good("big");
+    event["product"] = "p".repeat(1_500_000).into();
+    let (status, reply) = call(&state, post(event.to_string(), "application/json")).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["accepted"], 1);
+    assert_eq!(produced_keys(&broker), vec!["big"]);
+}
+
+/// The collector validates at the request's arrival time and produces each event with that
+/// time as its message timestamp, which every layer then validates against.
+#[tokio::test]
+async fn collected_events_carry_their_arrival_time() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 1 << 20, &lake);
+    let before = lambdaflow_common::timestamp::now_micros() / 1000;
+    let (status, reply) = call(&state, post(good("a").to_string(), "application/json")).await;
+    let after = lambdaflow_common::timestamp::now_micros() / 1000;
+    assert_eq!((status, &reply["accepted"]), (StatusCode::OK, &json!(1)));
+    let consumer = Consumer::reader(broker.bootstrap_servers(), "ts-read", "events").unwrap();
+    consumer.assign(&[(0, 0)].into()).unwrap();
+    let record = consumer
+        .poll_record(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    let sent = record.timestamp_ms.unwrap();
+    assert!(
+        (before..=after).contains(&sent),
+        "{before} <= {sent} <= {after}"
+    );
+}
+
+/// A Kafka message's timestamp, not the reader's clock, is the "now" of `max_future` and
+/// `max_past`: both consumers (the archiver's and the speed layer's, through the one poll
+/// loop) refuse an event whose message was sent long before its event time, although the
+/// wall clock says the event is in the past.
+#[tokio::test]
+async fn both_consumers_judge_an_event_by_its_message_timestamp() {
+    use lambdaflow_common::validate::Validator;
+    use lambdaflow_kafka::consumer::{ChunkPolicy, ChunkReader};
+
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let mut source = Config::demo().source;
+    source.max_past = Some(Duration::from_secs(400 * 86_400));
+    let producer = Producer::new(broker.bootstrap_servers()).unwrap();
+    let sent_ms = 1_600_000_000_000_i64; // 2020-09-13
+    let day_ms = 86_400_000_i64;
+    let event = |id: &str, time_ms: i64| {
+        json!({"event_id": id, "event_time": time_ms, "type": "view", "user_id": "u", "country": "kr"})
+            .to_string()
+    };
+    // (id, event time, verdict): max_future is 1 day and max_past 400 days of the message's
+    // timestamp, each bound included.
+    let cases = [
+        ("future", sent_ms + 2 * day_ms, Some("time_in_future")),
+        ("edge_future", sent_ms + day_ms, None),
+        ("edge_past", sent_ms - 400 * day_ms, None),
+        ("old", sent_ms - 400 * day_ms - 1, Some("time_too_old")),
+        ("fine", sent_ms - 5 * day_ms, None),
+    ];
+    for (id, time_ms, _) in cases {
+        producer
+            .queue_at(
+                "events",
+                id.as_bytes(),
+                event(id, time_ms).as_bytes(),
+                Some(sent_ms),
+            )
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let policy = ChunkPolicy {
+        max_wait: Duration::from_secs(3),
+        max_messages: cases.len(),
+        poll: Duration::from_millis(50),
+    };
+    for consumer in [
+        Consumer::archiver(broker.bootstrap_servers(), "ts-test", "events").unwrap(),
+        Consumer::speed(broker.bootstrap_servers(), "ts-test", "events").unwrap(),
+    ] {
+        consumer.assign(&[(0, 0)].into()).unwrap();
+        let shutdown = CancellationToken::new();
+        let (reader, mut chunks) = ChunkReader::spawn(
+            Arc::new(consumer),
+            Validator::new(&source),
+            policy,
+            shutdown.clone(),
+            ("test", 1),
+        );
+        let chunk = chunks.recv().await.unwrap();
+        shutdown.cancel();
+        drop(chunks);
+        reader.join().await.unwrap();
+        assert_eq!(chunk.messages, cases.len());
+        let rejects = &chunk.validated.rejects;
+        let reasons = arrow::array::AsArray::as_string::<i32>(rejects.column(1).as_ref());
+        let offsets = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+            rejects.column(4).as_ref(),
+        );
+        let got: Vec<(usize, &str)> = (0..rejects.num_rows())
+            .map(|i| (offsets.value(i) as usize, reasons.value(i)))
+            .collect();
+        let want: Vec<(usize, &str)> = cases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, _, reason))| reason.map(|r| (i, r)))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(chunk.validated.events.num_rows(), 3);
+    }
+}
+
+/// Valid events as hostile as the contract allows: ids and dimension values of any Unicode
+/// (control characters, NUL, thousands of bytes), times at both ends of years 1 to 9999 and
+/// around the epoch, integers near `i64::MAX` whose sums overflow, floats near `f64::MAX`
+/// whose sums overflow to infinity, subnormals and negative zero, number-like strings, and
+/// deep arrays and objects in undeclared fields.
+mod hostile {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "\\PC{0,12}",
+            Just(String::new()),
+            Just("NaN".to_owned()),
+            Just("-Infinity".to_owned()),
+            Just("-0".to_owned()),
+            Just("ß\u{0}\u{1F600}\u{202E}".to_owned()),
+            Just("x".repeat(5_000)),
+        ]
+    }
+
+    fn time() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("0001-01-01T00:00:00Z")),
+            Just(json!("9999-12-31T23:59:59.999999Z")),
+            Just(json!("0001-01-01T09:00:00+09:00")),
+            Just(json!("1969-12-31T23:59:59.999999Z")),
+            Just(json!(-62_135_596_800_000_i64)),
+            Just(json!(253_402_300_799_999_i64)),
+            Just(json!(0)),
+            (-62_135_596_800_000_i64..=253_402_300_799_999).prop_map(|ms| json!(ms)),
+        ]
+    }
+
+    fn int() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!(i64::MAX)),
+            Just(json!(i64::MIN)),
+            Just(json!(i64::MAX - 1)),
+            Just(json!(-1)),
+            any::<i64>().prop_map(|v| json!(v)),
+            Just(Value::Null),
+        ]
+    }
+
+    fn float() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!(1e308)),
+            Just(json!(-1e308)),
+            Just(json!(f64::MAX)),
+            Just(json!(f64::MIN)),
+            Just(json!(f64::MIN_POSITIVE)),
+            Just(json!(5e-324)),
+            Just(json!(-0.0)),
+            Just(json!(u64::MAX)),
+            Just(json!(i64::MIN)),
+            any::<f64>().prop_map(|v| json!(v)),
+            Just(Value::Null),
+        ]
+    }
+
+    fn deep() -> impl Strategy<Value = String> {
+        (0usize..120, any::<bool>()).prop_map(|(depth, arrays)| {
+            if arrays {
+                format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+            } else {
+                format!("{}1{}", "{\"k\":".repeat(depth), "}".repeat(depth))
+            }
+        })
+    }
+
+    /// An event: its id and the rest of its payload.
+    #[derive(Debug, Clone)]
+    pub struct Event {
+        id: String,
+        rest: String,
+    }
+
+    impl Event {
+        /// The payload, its id prefixed with `n` so that ids are unique in a test.
+        pub fn payload(&self, n: usize) -> Vec<u8> {
+            let id = serde_json::to_string(&format!("{n}:{}", self.id)).unwrap();
+            format!("{{\"event_id\":{id},{}", self.rest).into_bytes()
+        }
+    }
+
+    /// One event.
+    pub fn event() -> impl Strategy<Value = Event> {
+        (
+            (text(), time(), text(), text()),
+            (text(), text(), int(), float()),
+            (deep(), text(), time()),
+        )
+            .prop_map(
+                |(
+                    (id, time, kind, user),
+                    (country, product, quantity, amount),
+                    (deep, key, seen_at),
+                )| {
+                    let mut event = json!({
+                        "event_time": time,
+                        "type": kind,
+                        "user_id": user,
+                        "country": country,
+                        "product": product,
+                        "quantity": quantity,
+                        "amount": amount,
+                        "seen_at": seen_at,
+                    });
+                    if ![
+                        "event_id",
+                        "event_time",
+                        "type",
+                        "user_id",
+                        "country",
+                        "product",
+                        "quantity",
+                        "amount",
+                        "email",
+                        "seen_at",
+                    ]
+                    .contains(&key.as_str())
+                    {
+                        event[key] = json!("undeclared");
+                    }
+                    let mut rest = event.to_string();
+                    rest.remove(0);
+                    rest.pop();
+                    rest.push_str(",\"nested\":");
+                    rest.push_str(&deep);
+                    rest.push('}');
+                    Event { id, rest }
+                },
+            )
+    }
+}
+
+/// The demo's config with undeclared fields kept, no effective `max_future` (so that year
+/// 9999 is valid) and a view that sums, bounds and averages the integer and float fields.
+fn hostile_config() -> Config {
+    let mut config = Config::demo();
+    config.source.keep_undeclared = true;
+    config.source.max_future = Duration::from_secs(10_000 * 366 * 86_400);
+    config.views.push(
+        serde_json::from_value(json!({
+            "name": "hostile_by_day",
+            "granularity": "day",
+            "dimensions": ["country", "product"],
+            "filter": "lower(type) <> 'never' AND abs(quantity) >= 0",
+            "measures": [
+                {"name": "n", "agg": "count"},
+                {"name": "qty", "agg": "sum", "field": "quantity"},
+                {"name": "qty_min", "agg": "min", "field": "quantity"},
+                {"name": "qty_max", "agg": "max", "field": "quantity"},
+                {"name": "qty_avg", "agg": "avg", "field": "quantity"},
+                {"name": "amt", "agg": "sum", "field": "amount"},
+                {"name": "amt_max", "agg": "max", "field": "amount"},
+                {"name": "amt_avg", "agg": "avg", "field": "amount"},
+                {"name": "products", "agg": "approx_distinct", "field": "product"},
+            ],
+        }))
+        .unwrap(),
+    );
+    config
+        .source
+        .fields
+        .push(serde_json::from_value(json!({"name": "seen_at", "type": "timestamp"})).unwrap());
+    config.views.push(
+        serde_json::from_value(json!({
+            "name": "hostile_by_value",
+            "granularity": "minute",
+            "dimensions": ["amount", "quantity", "seen_at"],
+            "measures": [
+                {"name": "n", "agg": "count"},
+                {"name": "first_seen", "agg": "min", "field": "seen_at"},
+                {"name": "last_seen", "agg": "max", "field": "seen_at"},
+                {"name": "users", "agg": "approx_distinct", "field": "user_id"},
+            ],
+        }))
+        .unwrap(),
+    );
+    config.check().unwrap();
+    config
+}
+
+/// Every stage after the validator takes `messages`: the archive's raw and quarantine
+/// commits, a full batch run, the speed fold, the query API on batch ⊕ speed, SQL over the
+/// views and the lake tables. No stage may fail or panic, and batch and speed agree on every
+/// count, integer sum and extreme.
+async fn through_every_stage(messages: Vec<Vec<u8>>) {
+    use lambdaflow_batch::archive::commit::OffsetTable;
+    use lambdaflow_batch::lake::open_or_create;
+    use lambdaflow_batch::views::run::BatchRun;
+    use lambdaflow_common::query::{Query, Rollup, Value as Answer, answer};
+    use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
+    use lambdaflow_common::validate::{Coordinates, Validator};
+    use lambdaflow_serving::speed_layer::load_batch_view;
+    use lambdaflow_speed::engine::Speed;
+
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with(&broker, &lake, hostile_config());
+    let config = state.config.clone();
+    // As the archiver and the speed layer validate: with the views' filters.
+    let validator = Validator::new(&config.source)
+        .with_views(&config.views)
+        .unwrap();
+    let mut builder = validator.batch_builder("events", 1_763_856_000_000_000);
+    for (offset, payload) in messages.iter().enumerate() {
+        let at = Coordinates {
+            partition: 0,
+            offset: offset as i64,
+        };
+        let _ = builder.push(Some(payload), at);
+    }
+    let validated = builder.finish();
+    assert_eq!(
+        validated.events.num_rows() + validated.rejects.num_rows(),
+        messages.len()
+    );
+    // Every generated event is valid; only a stage that cannot take one refuses it.
+    let reasons = arrow::array::AsArray::as_string::<i32>(validated.rejects.column(1).as_ref());
+    for reason in reasons.iter().flatten() {
+        assert_eq!(reason, "unprocessable:view_filter");
+    }
+    // Ids are unique per (id, date) so that the archive's dedup keeps every event. Two
+    // commits, each followed by a batch run: a full one, then an incremental one.
+    let upto = [(0, messages.len() as i64 - 1)].into();
+    let lake_root = Lake::new(&config.lake).unwrap();
+    let mut tables = Vec::new();
+    for (url, schema, partition_by) in [
+        (
+            lake_root.raw("events"),
+            raw_schema(&config.source),
+            EVENT_DATE,
+        ),
+        (
+            lake_root.quarantine("events"),
+            quarantine_schema(),
+            INGEST_DATE,
+        ),
+    ] {
+        let table = open_or_create(&url, &schema, &[partition_by])
+            .await
+            .unwrap();
+        tables.push(
+            OffsetTable::load(table, (schema, partition_by), "events", &[0])
+                .await
+                .unwrap(),
+        );
+    }
+    let half = validated.events.num_rows() / 2;
+    let mut raw_version = None;
+    for (events, rejects) in [
+        (validated.events.slice(0, half), None),
+        (
+            validated
+                .events
+                .slice(half, validated.events.num_rows() - half),
+            Some(&validated.rejects),
+        ),
+    ] {
+        let last = events.num_rows() as i64 + i64::from(rejects.is_some()) * 1_000_000;
+        let upto = [(0, last)].into();
+        tables[0].append(events, &upto).await.unwrap();
+        if let Some(rejects) = rejects {
+            tables[1].append(rejects.clone(), &upto).await.unwrap();
+        }
+        let history = History::new(&lake_root).unwrap();
+        let record = BatchRun::new(config.clone(), lake_root.clone(), history)
+            .run()
+            .await
+            .unwrap();
+        assert!(record.error.is_none(), "{record:?}");
+        raw_version = record.raw_version;
+    }
+
+    // The speed layer, deduplicating against the raw table's ids of every date it sees.
+    let reader = LakeReader::new(&config.lake).unwrap();
+    let served = Served::new();
+    let mut speed = Speed::before_any_batch(config.clone(), served.clone()).unwrap();
+    for date in speed.dates_to_load(&validated.events) {
+        let ids = reader
+            .raw_ids(&config.source, raw_version.unwrap(), date)
+            .await
+            .unwrap();
+        assert!(!ids.is_empty(), "no ids stored for date {date}");
+        speed.load_ids(date, []);
+    }
+    speed.fold(validated.events.clone(), &upto).unwrap();
+    let snapshot = served.snapshot().unwrap();
+
+    let mut pairs = Vec::new();
+    for (view, pair) in config.views.iter().zip(snapshot.pairs()) {
+        let batch = load_batch_view(&config, &reader, view).await.unwrap();
+        let query = Query {
+            from: None,
+            to: None,
+            rollup: Rollup::Buckets(view.granularity),
+            group_by: (0..view.dimensions.len()).collect(),
+            filters: Vec::new(),
+            measures: (0..view.measures.len()).collect(),
+            order_by: Vec::new(),
+            limit: None,
+        };
+        let from_batch = answer(&config.source, view, &[&batch.state], &query);
+        let from_speed = answer(&config.source, view, &[pair.speed()], &query);
+        assert_eq!(from_batch.len(), from_speed.len(), "{}", view.name);
+        for (b, s) in from_batch.iter().zip(&from_speed) {
+            assert_eq!((b.bucket, &b.dimensions), (s.bucket, &s.dimensions));
+            for (x, y) in b.values.iter().zip(&s.values) {
+                if !matches!((x, y), (Answer::Float(_), Answer::Float(_))) {
+                    assert_eq!(x, y, "{}: batch and speed differ", view.name);
+                }
+            }
+        }
+        pairs.push(ViewPair::new(Arc::new(batch), pair.speed().clone()));
+    }
+    if let Some(python) = std::env::var_os("LAMBDAFLOW_PYTHON") {
+        readable_from_python(&python, lake.path(), &config, validated.events.num_rows());
+    }
+    let state = AppState {
+        served: Served::from_parts(pairs, Default::default(), caught_up()),
+        ..state
+    };
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    for view in &config.views {
+        let dims = view.dimensions.join(",");
+        for granularity in ["all", "day", view.granularity.as_str()] {
+            let uri = format!(
+                "/v1/views/{}/query?granularity={granularity}&group_by={dims}",
+                view.name
+            );
+            let (status, body) = call(&state, get(&uri)).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        }
+        let (status, body) = call(&state, sql(&format!("SELECT * FROM {}", view.name))).await;
+        assert_eq!(status, StatusCode::OK, "{}: {body}", view.name);
+    }
+    for statement in [
+        "SELECT * FROM raw_events",
+        "SELECT sum(quantity), sum(amount), avg(amount), min(event_time), max(event_time), \
+         count(DISTINCT event_id) FROM raw_events",
+        "SELECT event_date, country, count(*) FROM raw_events GROUP BY 1, 2",
+        "SELECT * FROM quarantine_events",
+    ] {
+        let (status, body) = call(&state, sql(statement)).await;
+        assert_eq!(status, StatusCode::OK, "{statement}: {body}");
+    }
+}
+
+/// External Delta readers (Python `deltalake` and DuckDB's `delta_scan`) read the raw table
+/// and every view table whole.
+const EXTERNAL_READER: &str = r#"
+import glob, json, os, sys
+import duckdb, duckdb_extension_delta
+from deltalake import DeltaTable
+
+lake, tables = sys.argv[1], json.loads(sys.argv[2])
+con = duckdb.connect()
+ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "**", "*.duckdb_extension"), recursive=True)[0]
+con.execute(f"LOAD '{ext}'")
+out = {}
+for table in tables:
+    path = os.path.join(lake, table)
+    rows = DeltaTable(path).to_pyarrow_table()
+    rows.to_pylist()
+    (count,) = con.execute(f"SELECT count(*) FROM delta_scan('{path}')").fetchone()
+    con.execute(f"SELECT CAST(COLUMNS(*) AS VARCHAR) FROM delta_scan('{path}')").fetchall()
+    out[table] = [rows.num_rows, count]
+print(json.dumps(out))
+"#;
+
+fn readable_from_python(
+    python: &std::ffi::OsStr,
+    lake: &std::path::Path,
+    config: &Config,
+    raw_rows: usize,
+) {
+    let mut tables = vec!["raw/events".to_owned()];
+    tables.extend(config.views.iter().map(|v| format!("views/{}", v.name)));
+    let out = std::process::Command::new(python)
+        .args(["-c", EXTERNAL_READER])
+        .arg(lake)
+        .arg(json!(tables).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python readers failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["raw/events"], json!([raw_rows, raw_rows]), "{got}");
+    for table in &tables {
+        assert_eq!(got[table][0], got[table][1], "{table}: {got}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: std::env::var("LAMBDAFLOW_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(6),
+        max_shrink_iters: 40,
+        .. proptest::prelude::ProptestConfig::default()
+    })]
+    #[test]
+    fn hostile_valid_events_pass_every_stage(
+        events in proptest::collection::vec(hostile::event(), 1..24)
+    ) {
+        // Unique ids, so that the archive keeps every event and batch and speed see the same.
+        let messages = events.iter().enumerate().map(|(n, e)| e.payload(n)).collect();
+        tokio::runtime::Runtime::new().unwrap().block_on(through_every_stage(messages));
+    }
 }

@@ -78,6 +78,11 @@ impl SpeedLayer {
 
     /// Consumes until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        // Events a view filter cannot evaluate are rejected (`unprocessable:view_filter`) and
+        // counted with the other rejects, as the archiver quarantines them.
+        let validator = Validator::new(&self.config.source)
+            .with_views(&self.config.views)
+            .map_err(Error::Filter)?;
         let topic = &self.config.kafka.topic;
         let consumer = Consumer::speed(&self.brokers, &self.config.kafka.group_id, topic)?;
         let Some(partitions) = consumer.wait_for_partitions(&shutdown).await else {
@@ -95,7 +100,6 @@ impl SpeedLayer {
             shutdown: shutdown.clone(),
         };
         let mut heads = Some(tokio::task::spawn_blocking(move || heads.run()));
-        let validator = Validator::new(&self.config.source);
         let (reader, mut chunks) = ChunkReader::spawn(
             consumer,
             validator,

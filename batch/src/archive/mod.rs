@@ -93,7 +93,7 @@ impl Archiver {
             max_messages: config.archive.commit_max_events,
             poll: Duration::from_millis(50),
         };
-        let validator = Validator::new(&config.source);
+        let validator = Validator::new(&config.source).with_views(&config.views)?;
         let (reader, mut chunks) = ChunkReader::spawn(
             Arc::new(consumer),
             validator,

@@ -1,8 +1,9 @@
 //! `POST /v1/events`: the HTTP collector.
 //!
-//! Takes a JSON array or NDJSON, checks each event with the shared validator, produces the
-//! valid ones keyed by event id with the idempotent producer, and answers only after the
-//! broker acknowledged every one of them. Invalid events are reported by index and not
+//! Takes a JSON array or NDJSON, checks each event with the shared validator at the request's
+//! arrival time, produces the valid ones keyed by event id with the idempotent producer and
+//! that time as their message timestamp (so that the archiver and the speed layer reach the
+//! same verdict), and answers only after the broker acknowledged every one of them. Invalid events are reported by index and not
 //! produced; a client that retries a failed request cannot double-count, as the archiver and
 //! the speed layer drop repeated ids.
 
@@ -53,7 +54,10 @@ async fn collect(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
     let events = split_events(&headers, &body)?;
-    let now = now_micros();
+    // The arrival time, to the millisecond a Kafka timestamp holds: each event is judged
+    // against it here and, as its message's timestamp, by every layer that reads it.
+    let arrival_ms = now_micros().div_euclid(1000);
+    let now = arrival_ms * 1000;
     let topic = &state.config.kafka.topic;
     let mut errors = Vec::new();
     let mut deliveries = Vec::with_capacity(events.len());
@@ -62,7 +66,7 @@ async fn collect(
             Ok(checked) => {
                 let delivery = state
                     .producer
-                    .queue(topic, checked.id.as_bytes(), event)
+                    .queue_at(topic, checked.id.as_bytes(), event, Some(arrival_ms))
                     .map_err(|e| {
                         ApiError::Unavailable(format!("the broker did not take the events: {e}"))
                     })?;

@@ -4,7 +4,11 @@
 //! `archiver-<topic>-<partition>`, version = the last offset the table holds for that
 //! partition. delta-rs does not refuse a repeated version, so [`OffsetTable::append`] checks the
 //! versions before writing, and after a failed commit re-reads the log to learn whether it
-//! landed before it tries again: the outcome is checked, never guessed.
+//! landed before it tries again: the outcome is checked, never guessed. Two writers can both
+//! pass the check before writing; delta-rs then refuses the loser's commit
+//! (`ConcurrentTransaction`, the winner's commit has a `txn` of the same app id), and the
+//! loser's re-read finds the winner's offsets and stops with [`Error::ConcurrentWriter`]
+//! instead of retrying: no offset is stored twice and no `txn` version goes backwards.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -159,16 +163,7 @@ impl OffsetTable {
         self.refresh().await?;
         if self.table.version() != self.known_at {
             let held = self.read_offsets(&partitions).await?;
-            for (p, found) in &held {
-                if Some(*found) != self.offset(*p) {
-                    return Err(Error::ConcurrentWriter {
-                        table: self.url(),
-                        partition: *p,
-                        expected: self.offset(*p).unwrap_or(-1),
-                        found: *found,
-                    });
-                }
-            }
+            self.check_unmoved(&held)?;
             self.known_at = self.table.version();
         }
         let txns: Vec<Transaction> = advancing
@@ -209,6 +204,11 @@ impl OffsetTable {
                     self.committed(&batch).await;
                     return Ok(());
                 }
+                // It did not land. If another writer moved any of these partitions meanwhile
+                // (a conflict such as `ConcurrentTransaction`), retrying would store again
+                // offsets it already holds and could move a `txn` version backwards: stop.
+                self.check_unmoved(&now)?;
+                self.known_at = self.table.version();
             }
             if attempt >= MAX_ATTEMPTS {
                 return Err(Error::CommitRetriesExhausted {
@@ -218,6 +218,28 @@ impl OffsetTable {
                 });
             }
         }
+    }
+
+    /// Fails with [`Error::ConcurrentWriter`] if `found` (offsets just read from the log)
+    /// differs from what this writer holds for any partition: another writer moved it.
+    ///
+    /// The archiver stops rather than dropping the rows the other writer holds and going on:
+    /// its deduplication knows only the ids it read itself, so an event the other writer
+    /// stored at an offset dropped here would not be known as seen, and a later copy of it
+    /// would be stored twice. Two archivers of one lake (a rolling deploy) are one too many;
+    /// the one that stops is restarted by its supervisor and resumes after what the lake holds.
+    fn check_unmoved(&self, found: &BTreeMap<i32, i64>) -> Result<()> {
+        for (p, found) in found {
+            if Some(*found) != self.offset(*p) {
+                return Err(Error::ConcurrentWriter {
+                    table: self.url(),
+                    partition: *p,
+                    expected: self.offset(*p).unwrap_or(-1),
+                    found: *found,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// After a commit of `batch`: counts its files and compacts the partitions that are due.

@@ -140,6 +140,14 @@ pub enum Error {
         /// When it took the lock, if known (a run of this process still queued has not).
         since: Option<DateTime<Utc>>,
     },
+    /// The topic has no partitions the broker would tell of.
+    #[error("topic {topic} has no partitions on {brokers} (does it exist, is the broker up?)")]
+    TopicUnavailable {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        brokers: String,
+    },
     /// This run's batch lock was taken over (its heartbeat stopped for longer than the lock's
     /// time to live, so another run judged it dead): the run stops before publishing anything
     /// more, since another run may now be publishing the same views.

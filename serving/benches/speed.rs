@@ -306,6 +306,7 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         version: Some(1),
         watermark: Some(Default::default()),
         state: batch_state,
+        ..BatchView::default()
     }));
     speed.swap(swap).expect("swap");
     let lake = tempfile::tempdir().expect("temp dir");

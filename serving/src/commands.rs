@@ -205,6 +205,26 @@ pub async fn archive(
     tasks.join().await
 }
 
+/// `lambdaflow archive --accept-topic-reset`: records in the lake that the partitions whose
+/// topic went back in time start a new epoch, prints them, and exits.
+pub async fn accept_topic_reset(config: Arc<Config>) -> Result<()> {
+    let (brokers, _broker) = connect(&config).await?;
+    let accepted = lambdaflow_batch::archive::accept_topic_reset(&config, &brokers).await?;
+    if accepted.is_empty() {
+        println!(
+            "no partition of topic {} is below the offsets the lake holds: nothing to accept",
+            config.kafka.topic
+        );
+    }
+    for (partition, epoch) in accepted {
+        println!(
+            "topic {} partition {partition}: reset accepted, offsets start again at 0 in epoch {epoch}",
+            config.kafka.topic
+        );
+    }
+    Ok(())
+}
+
 /// `lambdaflow serve`: the speed layer and the HTTP API (batch runs it is asked for run in
 /// this process).
 pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {

@@ -485,6 +485,7 @@ async fn state_with_data_at(
                 version: Some(1),
                 watermark: None,
                 state: batch,
+                ..BatchView::default()
             };
             ViewPair::new(Arc::new(batch), speed)
         })

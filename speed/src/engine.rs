@@ -80,6 +80,7 @@ fn floor(batches: &[Arc<BatchView>], partitions: &BTreeSet<i32>) -> Watermark {
     Watermark {
         raw_version,
         offsets,
+        ..Watermark::default()
     }
 }
 
@@ -457,8 +458,10 @@ mod tests {
             watermark: Some(Watermark {
                 raw_version: 1,
                 offsets: offsets.iter().copied().collect(),
+                ..Watermark::default()
             }),
             state,
+            ..BatchView::default()
         })
     }
 

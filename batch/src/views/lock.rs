@@ -140,7 +140,6 @@ impl BatchLock {
     /// Takes the run lock for `run_id`, or says which run holds it. A lock whose holder
     /// stopped refreshing it is taken over, and that holder's record marked failed.
     pub async fn acquire(&self, run_id: &str) -> Result<RunLock> {
-        let history = &self.history;
         let since = now();
         let record = LockRecord {
             run_id: run_id.to_owned(),

@@ -32,7 +32,7 @@ pub enum Command {
         rate: f64,
     },
     /// Archiver, serving and batch scheduler in one process (single node).
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Kafka → raw and quarantine Delta tables, exactly once.
     Archive(ArchiveArgs),
     /// Speed layer and HTTP API.
@@ -92,6 +92,18 @@ pub struct WorkerArgs {
     /// Serve `/healthz` and `/metrics` (Prometheus) on this address.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+}
+
+/// `lambdaflow run`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The config.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Before starting, record in the lake that the partitions whose broker head is below the
+    /// offsets the lake holds start a new epoch (as `archive --accept-topic-reset`).
+    #[arg(long)]
+    pub accept_topic_reset: bool,
 }
 
 /// `lambdaflow archive`'s arguments.

@@ -143,6 +143,27 @@ pub enum Error {
         /// When it took the lock, if known (a run of this process still queued has not).
         since: Option<DateTime<Utc>>,
     },
+    /// The topic has no partitions the broker would tell of.
+    #[error("topic {topic} has no partitions on {brokers} (does it exist, is the broker up?)")]
+    TopicUnavailable {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        brokers: String,
+    },
+    /// This run's batch lock was taken over (its heartbeat stopped for longer than the lock's
+    /// time to live, so another run judged it dead): the run stops before publishing anything
+    /// more, since another run may now be publishing the same views.
+    #[error(
+        "batch run {run_id} lost its lock to another run (generation {generation} is not its own); \
+         it stops without publishing further views"
+    )]
+    LockLost {
+        /// The run that lost the lock.
+        run_id: String,
+        /// The lock generation it found taken.
+        generation: u64,
+    },
     /// `LAMBDAFLOW_FAULTS` names a failpoint that does not parse.
     #[cfg(feature = "faults")]
     #[error("LAMBDAFLOW_FAULTS: `{entry}` is not <action>:<path part>#<n>")]

@@ -31,6 +31,17 @@ pub static ARCHIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("registered once")
 });
 
+/// 1 for each partition whose topic went back in time (its broker head below the lake's next
+/// offset), until an operator accepts the reset.
+pub static TOPIC_RESET: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_topic_reset_detected",
+        "1 while a partition is halted because its broker head is below the offsets the lake holds (the topic was recreated or lost data); run `lambdaflow archive --accept-topic-reset`",
+        &["component", "partition"]
+    )
+    .expect("registered once")
+});
+
 /// Auto-compactions of the archiver's tables, by table and outcome.
 pub static COMPACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -88,6 +99,7 @@ pub static LAST_RUN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub fn register() {
     LazyLock::force(&COMMIT_SECONDS);
     LazyLock::force(&ARCHIVED);
+    LazyLock::force(&TOPIC_RESET);
     LazyLock::force(&COMPACTIONS);
     LazyLock::force(&TABLE);
     LazyLock::force(&RUN_SECONDS);

@@ -225,3 +225,122 @@ async fn compacts_small_files_without_changing_rows_offsets_or_changed_dates() {
         "resumes after compaction"
     );
 }
+
+/// A topic recreated empty (a fresh embedded broker plays it) restarts its offsets below
+/// those the lake holds. The archiver must not drop the new events as already archived: it
+/// halts the partitions and says why, an accepted reset starts a new epoch, the running
+/// archiver resumes and archives every new event once, and a batch run after the reset has a
+/// watermark in the new epoch, while a view computed before it covers nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_went_back_in_time_halts_until_the_reset_is_accepted() {
+    use lambdaflow_batch::archive::accept_topic_reset;
+    use lambdaflow_batch::lake::reader::LakeReader;
+    use lambdaflow_batch::views::records::History;
+    use lambdaflow_batch::views::run::BatchRun;
+
+    let (old, _dir, mut config) = setup(2, 100);
+    let lake = Lake::new(&config.lake).unwrap();
+    let raw = lake.raw("events");
+    let mut generator = ShopGenerator::new(5, 100, Mix::default());
+    let mut ids = HashSet::new();
+    let old_brokers = old.bootstrap_servers().to_owned();
+    let (valid, _) = produce(&old_brokers, &mut generator, 300, &mut ids);
+    archive(&Arc::new(config.clone()), &old_brokers, 300).await;
+    assert_eq!(count(&raw).await, valid);
+    let history = History::new(&lake).unwrap();
+    BatchRun::new(Arc::new(config.clone()), lake.clone(), history.clone())
+        .run()
+        .await
+        .unwrap();
+    let reader = LakeReader::from_lake(lake.clone());
+    let before = reader.view(&config.source, &config.views[0]).await.unwrap();
+    assert!(before.next_offset(0) > 40 && before.next_offset(1) > 40);
+    drop(old);
+
+    let fresh = EmbeddedBroker::start("events", 2).unwrap();
+    let brokers = fresh.bootstrap_servers().to_owned();
+    config.kafka.brokers = brokers.clone();
+    let config = Arc::new(config);
+    let (new_valid, _) = produce(&brokers, &mut generator, 40, &mut ids);
+    let archiver = Archiver::new(config.clone(), brokers.clone());
+    let stats = archiver.stats();
+    let token = CancellationToken::new();
+    let run = tokio::spawn(archiver.run(token.clone()));
+    let started = Instant::now();
+    while stats.topic_resets().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no reset reported: {:?}",
+            stats.topic_resets()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for reset in stats.topic_resets() {
+        assert!(reset.head < reset.lake_next, "{reset:?}");
+        assert!(reset.to_string().contains("--accept-topic-reset"));
+    }
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&prometheus::gather())
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"lambdaflow_topic_reset_detected{component="archiver",partition="0"} 1"#),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stats.archived.load(Ordering::Relaxed), 0);
+    assert_eq!(count(&raw).await, valid, "nothing archived while halted");
+
+    let accepted = accept_topic_reset(&config, &brokers).await.unwrap();
+    assert_eq!(accepted, BTreeMap::from([(0, 1), (1, 1)]));
+    assert!(
+        accept_topic_reset(&config, &brokers)
+            .await
+            .unwrap()
+            .is_empty(),
+        "accepting twice changes nothing"
+    );
+    while stats.archived.load(Ordering::Relaxed) < new_valid {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "archived {} of {new_valid} after the reset",
+            stats.archived.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stats.topic_resets().is_empty());
+    token.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(count(&raw).await, valid + new_valid, "every new event once");
+
+    let epochs = reader.raw_epochs(&config.source, "events").await.unwrap();
+    assert_eq!(epochs, BTreeMap::from([(0, 1), (1, 1)]));
+    let before = before.with_epochs(epochs.clone());
+    assert_eq!(
+        (before.next_offset(0), before.next_offset(1)),
+        (0, 0),
+        "a view computed before the reset covers nothing of the new epoch"
+    );
+    let record = BatchRun::new(config.clone(), lake.clone(), history)
+        .run()
+        .await
+        .unwrap();
+    let watermark = record.watermark.unwrap();
+    assert_eq!(watermark.epochs, epochs);
+    assert_eq!(
+        watermark.offsets.values().map(|o| o + 1).sum::<i64>(),
+        40,
+        "the watermark covers the new epoch's offsets"
+    );
+    let after = reader
+        .view(&config.source, &config.views[0])
+        .await
+        .unwrap()
+        .with_epochs(epochs);
+    assert_eq!(
+        after.next_offset(0) + after.next_offset(1),
+        40,
+        "{:?}",
+        after.watermark
+    );
+}

@@ -1,6 +1,8 @@
 //! A view's batch side at one version of its table: what the lake reader loads and the speed
 //! layer pairs with its own state.
 
+use std::collections::BTreeMap;
+
 use crate::state::ViewState;
 use crate::watermark::Watermark;
 
@@ -16,13 +18,26 @@ pub struct BatchView {
     /// The fingerprint of the definition it was computed under
     /// ([`crate::view::fingerprint`]); `None` when unknown.
     pub definition: Option<String>,
+    /// The epoch each Kafka partition's offsets currently count in, as the raw table said
+    /// when this was loaded (absent: epoch 0). After a topic reset the watermark of a view
+    /// computed before it is of an older epoch and covers nothing of the new one.
+    pub epochs: BTreeMap<i32, u32>,
 }
 
 impl BatchView {
-    /// The first offset of `partition` this version does not cover (0 before any batch run).
+    /// The first offset of `partition` this version does not cover (0 before any batch run,
+    /// and 0 when the partition's current epoch is newer than the watermark's).
     pub fn next_offset(&self, partition: i32) -> i64 {
+        let current = self.epochs.get(&partition).copied().unwrap_or(0);
         self.watermark
             .as_ref()
-            .map_or(0, |w| w.next_offset(partition))
+            .map_or(0, |w| w.next_offset_at(partition, current))
+    }
+
+    /// This batch side with the raw table's current epochs (`LakeReader::raw_epochs`).
+    #[must_use]
+    pub fn with_epochs(mut self, epochs: BTreeMap<i32, u32>) -> Self {
+        self.epochs = epochs;
+        self
     }
 }

@@ -242,6 +242,18 @@ impl Consumer {
         Ok(assignment)
     }
 
+    /// Stops fetching `partitions` (of those assigned) for as long as this consumer lives: the
+    /// archiver halts a partition whose topic went back in time.
+    pub fn pause(&self, partitions: &[i32]) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        self.inner
+            .pause(&list)
+            .map_err(Error::client(format!("pausing {}", self.topic)))
+    }
+
     /// The first offset the broker still holds in `partition` and its head (the next offset
     /// to be written). Blocks for at most `timeout`.
     pub fn bounds(&self, partition: i32, timeout: Duration) -> Result<(i64, i64)> {

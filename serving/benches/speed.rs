@@ -306,7 +306,7 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         version: Some(1),
         watermark: Some(Default::default()),
         state: batch_state,
-        definition: None,
+        ..BatchView::default()
     }));
     speed
         .swap(swap, &lambdaflow_speed::engine::RawIdSets::default())

@@ -32,9 +32,9 @@ pub enum Command {
         rate: f64,
     },
     /// Archiver, serving and batch scheduler in one process (single node).
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Kafka → raw and quarantine Delta tables, exactly once.
-    Archive(WorkerArgs),
+    Archive(ArchiveArgs),
     /// Speed layer and HTTP API.
     Serve(ConfigArg),
     /// The batch layer.
@@ -92,6 +92,31 @@ pub struct WorkerArgs {
     /// Serve `/healthz` and `/metrics` (Prometheus) on this address.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+}
+
+/// `lambdaflow run`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The config.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Before starting, record in the lake that the partitions whose broker head is below the
+    /// offsets the lake holds start a new epoch (as `archive --accept-topic-reset`).
+    #[arg(long)]
+    pub accept_topic_reset: bool,
+}
+
+/// `lambdaflow archive`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct ArchiveArgs {
+    /// The config and the metrics address.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Record in the lake that the partitions whose broker head is below the offsets the lake
+    /// holds (a recreated topic, lost data) start a new epoch from offset 0, then exit. A
+    /// running archiver resumes those partitions by itself.
+    #[arg(long)]
+    pub accept_topic_reset: bool,
 }
 
 #[derive(Debug, clap::Args)]

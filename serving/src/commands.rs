@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::FutureExt;
-use lambdaflow_batch::archive::Archiver;
+use lambdaflow_batch::archive::{ArchiveStats, Archiver};
 use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::views::records::{RunRecord, Trigger};
 use lambdaflow_batch::views::schedule::Batches;
@@ -206,6 +206,26 @@ pub async fn archive(
     tasks.join().await
 }
 
+/// `lambdaflow archive --accept-topic-reset`: records in the lake that the partitions whose
+/// topic went back in time start a new epoch, prints them, and exits.
+pub async fn accept_topic_reset(config: Arc<Config>) -> Result<()> {
+    let (brokers, _broker) = connect(&config).await?;
+    let accepted = lambdaflow_batch::archive::accept_topic_reset(&config, &brokers).await?;
+    if accepted.is_empty() {
+        println!(
+            "no partition of topic {} is below the offsets the lake holds: nothing to accept",
+            config.kafka.topic
+        );
+    }
+    for (partition, epoch) in accepted {
+        println!(
+            "topic {} partition {partition}: reset accepted, offsets start again at 0 in epoch {epoch}",
+            config.kafka.topic
+        );
+    }
+    Ok(())
+}
+
 /// `lambdaflow serve`: the speed layer and the HTTP API (batch runs it is asked for run in
 /// this process).
 pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
@@ -222,6 +242,7 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
         batches.clone(),
         lake,
         served,
+        None,
         shutdown,
     )
     .await?;
@@ -269,6 +290,7 @@ pub async fn run(
     let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
     let archiver = Archiver::new(config.clone(), brokers.clone());
+    let archive_stats = archiver.stats();
     tasks.spawn("archiver", {
         let shutdown = shutdown.clone();
         async move { Ok(archiver.run(shutdown).await?) }
@@ -287,6 +309,7 @@ pub async fn run(
         batches.clone(),
         lake,
         served,
+        Some(archive_stats),
         shutdown.clone(),
     )
     .await?;
@@ -369,6 +392,7 @@ async fn spawn_http(
     batches: Arc<Batches>,
     lake: Arc<LakeReader>,
     served: Served,
+    archiver: Option<Arc<ArchiveStats>>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
     let listen = &config.serving.listen;
@@ -380,7 +404,10 @@ async fn spawn_http(
     let listener = TcpListener::bind(listen).await.map_err(listening)?;
     let addr = listener.local_addr().map_err(listening)?;
     let producer = Producer::for_events(brokers, config.source.max_event_bytes)?;
-    let state = AppState::new(config, producer, batches, lake, served);
+    let mut state = AppState::new(config, producer, batches, lake, served);
+    if let Some(stats) = archiver {
+        state = state.with_archiver(stats);
+    }
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
     tasks.spawn("http", async move {

@@ -62,8 +62,18 @@ async fn dispatch(command: Command) -> Result<()> {
             };
             Ok(commands::demo(options, token).await?)
         }
-        Command::Run(c) => Ok(commands::run(c.load()?, token, None).await?),
-        Command::Archive(w) => {
+        Command::Run(r) => {
+            let config = r.config.load()?;
+            if r.accept_topic_reset {
+                commands::accept_topic_reset(config.clone()).await?;
+            }
+            Ok(commands::run(config, token, None).await?)
+        }
+        Command::Archive(a) if a.accept_topic_reset => {
+            Ok(commands::accept_topic_reset(a.worker.config.load()?).await?)
+        }
+        Command::Archive(a) => {
+            let w = a.worker;
             Ok(commands::archive(w.config.load()?, w.metrics_listen, token).await?)
         }
         Command::Serve(c) => Ok(commands::serve(c.load()?, token).await?),

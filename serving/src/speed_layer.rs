@@ -58,17 +58,23 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Served, impl Future<Output = Result<()>> + Send + 'static)> {
     let (views, batches) = lake.watch_views(&config.source, &config.views).await?;
-    let batches = batches.into_iter().map(Arc::new).collect();
+    // After an accepted topic reset only the raw table knows each partition's current epoch:
+    // a view computed before it covers nothing of the new one.
+    let epochs = lake.raw_epochs(&config.source, &config.kafka.topic).await?;
+    let batches = batches
+        .into_iter()
+        .map(|b| Arc::new(b.with_epochs(epochs.clone())))
+        .collect();
     let served = Served::new();
     let speed = Speed::new(config.clone(), served.clone(), batches)?;
     let (swaps_tx, swaps_rx) = mpsc::channel(4);
     let raw_ids = Arc::new(LakeRawIds {
-        lake,
+        lake: lake.clone(),
         config: config.clone(),
     });
     let layer = SpeedLayer::new(config.clone(), brokers, speed, raw_ids, swaps_rx);
     let task = async move {
-        let watcher = watch(config, views, swaps_tx, shutdown.clone());
+        let watcher = watch(config, (lake, views), swaps_tx, shutdown.clone());
         let ((), speed) = tokio::join!(watcher, layer.run(shutdown.clone()));
         Ok(speed?)
     };
@@ -80,7 +86,7 @@ pub async fn start(
 /// is gone; a version that cannot be read is retried at the next check.
 async fn watch(
     config: Arc<Config>,
-    mut views: ViewWatch,
+    (lake, mut views): (Arc<LakeReader>, ViewWatch),
     swaps: mpsc::Sender<Swap>,
     shutdown: CancellationToken,
 ) {
@@ -107,7 +113,25 @@ async fn watch(
                 }
             }
         }
-        if swap.iter().any(Option::is_some) && swaps.send(swap).await.is_err() {
+        if swap.iter().all(Option::is_none) {
+            continue;
+        }
+        match lake.raw_epochs(&config.source, &config.kafka.topic).await {
+            Ok(epochs) => {
+                for slot in swap.iter_mut().flatten() {
+                    if slot.epochs != epochs {
+                        let batch = Arc::get_mut(slot).expect("not shared yet");
+                        batch.epochs = epochs.clone();
+                    }
+                }
+            }
+            Err(error) => {
+                // The views' watermarks are used as they are: right unless a topic reset was
+                // accepted since the speed layer started.
+                tracing::warn!(%error, "could not read the raw table's epochs");
+            }
+        }
+        if swaps.send(swap).await.is_err() {
             return;
         }
     }

@@ -492,7 +492,7 @@ async fn state_with_data_at(
                 version: Some(1),
                 watermark: None,
                 state: batch,
-                definition: None,
+                ..BatchView::default()
             };
             ViewPair::new(Arc::new(batch), speed)
         })
@@ -1066,6 +1066,7 @@ async fn a_redefined_view_answers_503_until_its_batch_side_is_recomputed() {
                     watermark: None,
                     state: ViewState::new(),
                     definition: Some(definition.to_owned()),
+                    ..BatchView::default()
                 };
                 ViewPair::new(Arc::new(batch), ViewState::new())
             })

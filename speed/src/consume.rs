@@ -385,9 +385,9 @@ mod tests {
             watermark: Some(Watermark {
                 raw_version: 1,
                 offsets: [(0, 10)].into(),
+                ..Watermark::default()
             }),
-            state: Default::default(),
-            definition: None,
+            ..BatchView::default()
         });
         let batches = vec![batch.clone(), batch.clone(), batch];
         let served = run_until(&brokers, batches, |s| {
@@ -416,9 +416,9 @@ mod tests {
             watermark: Some(Watermark {
                 raw_version: 7,
                 offsets: [(0, 999)].into(),
+                ..Watermark::default()
             }),
-            state: Default::default(),
-            definition: None,
+            ..BatchView::default()
         });
         let served = run_until(&brokers, vec![batch.clone(), batch.clone(), batch], |s| {
             !s.progress().halted.is_empty()

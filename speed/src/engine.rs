@@ -77,9 +77,21 @@ fn floor(batches: &[Arc<BatchView>], partitions: &BTreeSet<i32>) -> Watermark {
             (*p, next - 1)
         })
         .collect();
+    // The epoch each partition's offsets count in now: the newest any view was loaded with.
+    let epochs = partitions
+        .iter()
+        .filter_map(|p| {
+            let epoch = batches
+                .iter()
+                .filter_map(|b| b.epochs.get(p).copied())
+                .max()?;
+            (epoch > 0).then_some((*p, epoch))
+        })
+        .collect();
     Watermark {
         raw_version,
         offsets,
+        epochs,
     }
 }
 
@@ -306,15 +318,36 @@ impl Speed {
                 .flat_map(|w| w.offsets.keys().copied()),
         );
         let floor = floor(&next, &partitions);
-        if floor
-            .offsets
-            .iter()
-            .any(|(p, o)| *o < self.floor.offsets.get(p).copied().unwrap_or(-1))
-        {
+        // A newer epoch (a topic reset was accepted) moves a partition forward whatever its
+        // offsets; within one epoch an offset must not go back.
+        let moved_back = floor.offsets.iter().any(|(p, o)| {
+            let (now, before) = (floor.epoch(*p), self.floor.epoch(*p));
+            now < before || (now == before && *o < self.floor.offsets.get(p).copied().unwrap_or(-1))
+        });
+        if moved_back {
             return Err(Error::WatermarkMovedBack {
                 before: self.floor.clone(),
                 after: floor,
             });
+        }
+        // Retained events of a partition whose epoch moved on were read in the old epoch: the
+        // new batch versions cover none of their offsets, so they must not count again.
+        let reset: BTreeSet<i32> = floor
+            .offsets
+            .keys()
+            .copied()
+            .filter(|p| floor.epoch(*p) > self.floor.epoch(*p))
+            .collect();
+        if !reset.is_empty() {
+            let mut kept = Vec::new();
+            for events in self.retained.drain(..) {
+                let mask = beyond(&events, |p| if reset.contains(&p) { i64::MAX } else { 0 });
+                let events = filter_record_batch(&events, &mask)?;
+                if events.num_rows() > 0 {
+                    kept.push(events);
+                }
+            }
+            self.retained = kept;
         }
         let changed: Vec<(usize, &Arc<BatchView>)> = batches
             .iter()
@@ -514,9 +547,10 @@ mod tests {
             watermark: Some(Watermark {
                 raw_version: 1,
                 offsets: offsets.iter().copied().collect(),
+                ..Watermark::default()
             }),
             state,
-            definition: None,
+            ..BatchView::default()
         })
     }
 
@@ -620,6 +654,21 @@ mod tests {
         assert_eq!(speed.start(&[0]), [(0, 3)].into());
         let error = speed.swap(at(0), &RawIdSets::default()).unwrap_err();
         assert!(matches!(error, Error::WatermarkMovedBack { .. }), "{error}");
+
+        // After an accepted topic reset the offsets start again in a newer epoch: forward.
+        let reset: Vec<_> = config
+            .views
+            .iter()
+            .map(|_| {
+                let mut batch = Arc::try_unwrap(batch_at(&config, &[(0, 0)], &all)).unwrap();
+                if let Some(w) = batch.watermark.as_mut() {
+                    w.epochs = [(0, 1)].into();
+                }
+                Some(Arc::new(batch.with_epochs([(0, 1)].into())))
+            })
+            .collect();
+        speed.swap(reset, &RawIdSets::default()).unwrap();
+        assert_eq!(speed.start(&[0]), [(0, 1)].into());
     }
 
     #[test]

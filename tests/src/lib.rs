@@ -182,6 +182,17 @@ impl Tansu {
             .expect("running tansu topic create");
         assert!(status.success(), "tansu topic create failed");
     }
+
+    /// Deletes a topic and its messages.
+    pub fn delete_topic(&self, topic: &str) {
+        let status = Command::new(tansu_bin())
+            .args(["topic", "delete", topic])
+            .args(["--broker", &format!("tcp://{}", self.bootstrap)])
+            .stdout(Stdio::null())
+            .status()
+            .expect("running tansu topic delete");
+        assert!(status.success(), "tansu topic delete failed");
+    }
 }
 
 fn tansu_bin() -> PathBuf {

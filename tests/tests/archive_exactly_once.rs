@@ -23,6 +23,8 @@ const PARTITIONS: u32 = 4;
 const WAVES: usize = 5;
 const VALID_PER_WAVE: usize = 600;
 const HOUR_US: i64 = 3_600_000_000;
+/// Failpoints of the two-writer test: every data file put takes this long.
+const SLOW_PARQUET: &str = "slow:.parquet#300";
 
 /// What the test produced and therefore expects to find.
 #[derive(Default)]
@@ -162,16 +164,218 @@ fn start_archiver(
     logs: &std::path::Path,
     metrics_port: u16,
 ) -> Process {
+    start_named_archiver("archive", bin, config, logs, metrics_port, "")
+}
+
+fn start_named_archiver(
+    name: &str,
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    logs: &std::path::Path,
+    metrics_port: u16,
+    faults: &str,
+) -> Process {
     Process::start(
-        "archive",
+        name,
         Command::new(bin)
             .args(["archive", "--config"])
             .arg(config)
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{metrics_port}"))
-            .env("LAMBDAFLOW_LOG", "info"),
+            .env("LAMBDAFLOW_LOG", "info")
+            .env("LAMBDAFLOW_FAULTS", faults),
         logs,
     )
+}
+
+/// The config of these tests: the demo's, on `tansu` and a lake at `lake`, with small chunks.
+fn archive_config(tansu: &Tansu, lake: &url::Url) -> String {
+    lambdaflow_common::config::DEMO_CONFIG
+        .replace(
+            "brokers = \"embedded\"",
+            &format!("brokers = \"{}\"", tansu.bootstrap),
+        )
+        .replace(
+            "uri = \"file:///tmp/lambdaflow/lake\"",
+            &format!("uri = \"{lake}\""),
+        )
+        .replace("commit_interval = \"1s\"", "commit_interval = \"250ms\"")
+        .replace("commit_max_events = 100000", "commit_max_events = 300")
+        .replace("max_event_bytes = 65536", "max_event_bytes = 4096")
+}
+
+/// (partition, offset) of every row of `table` (a raw or quarantine table of the lake).
+async fn coordinates(table: &url::Url, partition: &str, offset: &str) -> Vec<(i32, i64)> {
+    let sql = format!("SELECT CAST({partition} AS INT), CAST({offset} AS BIGINT) FROM t");
+    let Some(batches) = query_table(table, &sql).await else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for b in &batches {
+        let p = b.column(0).as_primitive::<arrow::datatypes::Int32Type>();
+        let o = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        rows.extend((0..b.num_rows()).map(|i| (p.value(i), o.value(i))));
+    }
+    rows
+}
+
+/// Every `txn` action in the Delta log under `table_dir`, in commit order, as
+/// (version, app id, offset).
+fn txn_history(table_dir: &std::path::Path) -> Vec<(u64, String, i64)> {
+    let mut commits: Vec<(u64, std::path::PathBuf)> =
+        std::fs::read_dir(table_dir.join("_delta_log"))
+            .unwrap()
+            .filter_map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_name()?.to_str()?;
+                let version = name.strip_suffix(".json")?.parse().ok()?;
+                Some((version, path))
+            })
+            .collect();
+    commits.sort();
+    let mut txns = Vec::new();
+    for (version, path) in commits {
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(txn) = action.get("txn") {
+                txns.push((
+                    version,
+                    txn["appId"].as_str().unwrap().to_owned(),
+                    txn["version"].as_i64().unwrap(),
+                ));
+            }
+        }
+    }
+    txns
+}
+
+/// Asserts that no app id's `txn` version ever stays or goes back from one commit to a later one.
+fn assert_txn_versions_rise(table_dir: &std::path::Path) {
+    let mut last: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for (version, app, offset) in txn_history(table_dir) {
+        if let Some((at, before)) = last.get(&app) {
+            assert!(
+                offset > *before,
+                "{}: txn {app} went from {before} (commit {at}) to {offset} (commit {version})",
+                table_dir.display()
+            );
+        }
+        last.insert(app, (version, offset));
+    }
+}
+
+/// Two archivers on one topic and one lake, as during a rolling deploy: whichever finds the
+/// other's commits stops (`ConcurrentWriter`) and is restarted, as a supervisor would. Slow
+/// Parquet puts widen the window between a writer's check of the table and its commit, so
+/// that both pass the check and one commit loses to the other (`ConcurrentTransaction`). Every
+/// (partition, offset) must be in the raw and quarantine tables exactly once, every unique
+/// event once, and no `txn` version may ever go backwards in either table's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_archivers_on_one_lake_store_every_offset_once() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"));
+    let dir = scratch_dir();
+    let logs = dir.path();
+    let tansu = Tansu::start(logs);
+    tansu.create_topic(TOPIC, PARTITIONS);
+    let lake_dir = dir.path().join("lake");
+    let lake = url::Url::from_directory_path(&lake_dir).unwrap();
+    let config = dir.path().join("lambdaflow.toml");
+    std::fs::write(&config, archive_config(&tansu, &lake)).unwrap();
+    let producer = tansu.producer();
+    let seed: u64 = std::env::var("LAMBDAFLOW_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed}, logs in {}", logs.display());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut truth = Truth::default();
+
+    let mut restarts = 0;
+    let mut archivers: Vec<(String, Process)> = ["archive-a", "archive-b"]
+        .into_iter()
+        .map(|name| {
+            let process = start_named_archiver(name, bin, &config, logs, free_port(), SLOW_PARQUET);
+            (name.to_owned(), process)
+        })
+        .collect();
+    let mut supervise = |archivers: &mut Vec<(String, Process)>| {
+        for (name, process) in archivers.iter_mut() {
+            if !process.is_running() {
+                restarts += 1;
+                *process =
+                    start_named_archiver(name, bin, &config, logs, free_port(), SLOW_PARQUET);
+            }
+        }
+    };
+    let mut produced = 0;
+    for w in 0..3 {
+        let messages = wave(w, &mut rng, &mut truth);
+        produced += messages.len();
+        for part in messages.chunks(messages.len() / 4 + 1) {
+            produce(&producer, part).await;
+            supervise(&mut archivers);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
+        }
+    }
+    let started = Instant::now();
+    loop {
+        supervise(&mut archivers);
+        let raw = coordinates(
+            &lake.join("raw/events/").unwrap(),
+            "kafka_partition",
+            "kafka_offset",
+        )
+        .await;
+        let quarantined = coordinates(
+            &lake.join("quarantine/events/").unwrap(),
+            "partition",
+            "offset",
+        )
+        .await;
+        if raw.len() >= truth.raw.len() && quarantined.len() >= truth.reasons.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{} raw and {} quarantined rows of {} and {}; logs in {}",
+            raw.len(),
+            quarantined.len(),
+            truth.raw.len(),
+            truth.reasons.len(),
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (_, process) in archivers {
+        // A process that finds the other's seal at its own stop exits non-zero: either is fine.
+        process.terminate(Duration::from_secs(30));
+    }
+
+    for (table, partition, offset) in [
+        ("raw/events/", "kafka_partition", "kafka_offset"),
+        ("quarantine/events/", "partition", "offset"),
+    ] {
+        let rows = coordinates(&lake.join(table).unwrap(), partition, offset).await;
+        let mut counts: BTreeMap<(i32, i64), usize> = BTreeMap::new();
+        for row in &rows {
+            *counts.entry(*row).or_default() += 1;
+        }
+        let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(
+            repeated.is_empty(),
+            "{table}: offsets stored twice: {repeated:?}"
+        );
+        assert_txn_versions_rise(&lake_dir.join(table));
+    }
+    let stored: Vec<(String, String)> = raw_rows(&lake).await;
+    let unique: BTreeSet<(String, String)> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), unique.len(), "an event stored twice");
+    assert_eq!(unique, truth.raw);
+    let mut expected_reasons = truth.reasons.clone();
+    expected_reasons.sort();
+    assert_eq!(quarantine_reasons(&lake).await, expected_reasons);
+    println!("{produced} messages, {restarts} restarts of an archiver that stopped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,19 +389,7 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
     let lake_dir = dir.path().join("lake");
     let lake = url::Url::from_directory_path(&lake_dir).unwrap();
     let config = dir.path().join("lambdaflow.toml");
-    let demo = lambdaflow_common::config::DEMO_CONFIG
-        .replace(
-            "brokers = \"embedded\"",
-            &format!("brokers = \"{}\"", tansu.bootstrap),
-        )
-        .replace(
-            "uri = \"file:///tmp/lambdaflow/lake\"",
-            &format!("uri = \"{lake}\""),
-        )
-        .replace("commit_interval = \"1s\"", "commit_interval = \"250ms\"")
-        .replace("commit_max_events = 100000", "commit_max_events = 300")
-        .replace("max_event_bytes = 65536", "max_event_bytes = 4096");
-    std::fs::write(&config, demo).unwrap();
+    std::fs::write(&config, archive_config(&tansu, &lake)).unwrap();
 
     let producer = tansu.producer();
     let seed: u64 = std::env::var("LAMBDAFLOW_TEST_SEED")
@@ -339,4 +531,110 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
         truth.raw.len(),
         truth.reasons.len()
     );
+}
+
+/// A topic deleted and recreated: its offsets start again below those the lake holds. The
+/// archiver halts the partitions and says so (log, metric) instead of dropping the new events
+/// as already archived; `archive --accept-topic-reset` records a new epoch, and the running
+/// archiver archives every new event once. The archiver is stopped while the topic is
+/// deleted: librdkafka 2.12.1 crashes (SIGSEGV in its metadata cache, `rd_kafka_metadata_cache_find`)
+/// when tansu deletes a topic a client has assigned, so the restart a supervisor would do
+/// follows the delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_halts_the_archiver_until_the_reset_is_accepted() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"));
+    let dir = scratch_dir();
+    let logs = dir.path();
+    let tansu = Tansu::start(logs);
+    tansu.create_topic(TOPIC, 2);
+    let lake_dir = dir.path().join("lake");
+    let lake = url::Url::from_directory_path(&lake_dir).unwrap();
+    let config = dir.path().join("lambdaflow.toml");
+    std::fs::write(&config, archive_config(&tansu, &lake)).unwrap();
+    let producer = tansu.producer();
+    let now = now_micros();
+    let events = |prefix: &str, n: usize| -> Vec<(String, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let id = format!("{prefix}{i}");
+                let payload = event(&id, now, "a@example.com", 1.0);
+                (id, payload)
+            })
+            .collect()
+    };
+    let metrics_port = free_port();
+    let archiver = start_archiver(bin, &config, logs, metrics_port);
+    produce(&producer, &events("before-", 60)).await;
+    let wait_rows = |n: usize, what: &'static str| {
+        let lake = lake.clone();
+        async move {
+            let started = Instant::now();
+            while raw_rows(&lake).await.len() < n {
+                assert!(started.elapsed() < Duration::from_secs(60), "{what}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    wait_rows(60, "the first 60 events archived").await;
+
+    assert!(archiver.terminate(Duration::from_secs(30)));
+    tansu.delete_topic(TOPIC);
+    tansu.create_topic(TOPIC, 2);
+    produce(&producer, &events("after-", 10)).await;
+    let archiver = start_archiver(bin, &config, logs, metrics_port);
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let started = Instant::now();
+    loop {
+        let Ok(reply) = reqwest::get(&metrics_url).await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let text = reply.text().await.unwrap();
+        let halted = ["0", "1"].iter().all(|p| {
+            sample(
+                &text,
+                "lambdaflow_topic_reset_detected",
+                &[("component", "archiver"), ("partition", p)],
+            ) == Some(1.0)
+        });
+        if halted {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no reset detected; logs in {}",
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = std::fs::read_to_string(logs.join("archive.log")).unwrap();
+    assert!(log.contains("went back in time") && log.contains("--accept-topic-reset"));
+    assert_eq!(
+        raw_rows(&lake).await.len(),
+        60,
+        "nothing archived while halted"
+    );
+
+    let accepted = Command::new(bin)
+        .args(["archive", "--accept-topic-reset", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        accepted.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(
+        said.contains("partition 0: reset accepted")
+            && said.contains("partition 1: reset accepted"),
+        "{said}"
+    );
+    wait_rows(70, "the 10 events of the recreated topic archived").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(archiver.terminate(Duration::from_secs(30)));
+    let rows = raw_rows(&lake).await;
+    let unique: BTreeSet<_> = rows.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!((rows.len(), unique.len()), (70, 70), "every event once");
 }

@@ -164,7 +164,10 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
                     )
                 });
         let (config_path, metrics) = match &cli.command {
-            Sub::Archive(w) => (w.config.config.clone(), w.metrics_listen.clone()),
+            Sub::Archive(a) => (
+                a.worker.config.config.clone(),
+                a.worker.metrics_listen.clone(),
+            ),
             Sub::Batch {
                 command: BatchCommand::Schedule(w),
             } => (w.config.config.clone(), w.metrics_listen.clone()),

@@ -28,19 +28,13 @@ fn moto_server() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("moto_server"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
-    let dir = scratch_dir();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let tansu = Tansu::start(&logs);
-    tansu.create_topic(TOPIC, 4);
-
+/// moto's S3 server on a free port with the bucket created; its endpoint URL.
+async fn start_moto(logs: &std::path::Path) -> (Process, String) {
     let s3_port = free_port();
-    let _s3 = Process::start(
+    let s3 = Process::start(
         "moto",
         Command::new(moto_server()).args(["-H", "127.0.0.1", "-p", &s3_port.to_string()]),
-        &logs,
+        logs,
     );
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     let http = reqwest::Client::new();
@@ -55,6 +49,124 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
         },
     )
     .await;
+    (s3, endpoint)
+}
+
+/// Two batch runners race for a stale run lock in the bucket, 20 rounds: exactly one wins
+/// each round. The race runs in a child process of this test binary
+/// ([`lock_race_in_the_bucket`]), which reads the S3 settings from its environment as
+/// `lambdaflow` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_racing_for_a_stale_lock_in_the_bucket_never_both_win() {
+    let dir = scratch_dir();
+    let (_s3, endpoint) = start_moto(dir.path()).await;
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lock_race_in_the_bucket",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("LAMBDAFLOW_TEST_S3_LAKE", format!("s3://{BUCKET}/lake"))
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_ACCESS_KEY_ID", "lambdaflow")
+        .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the race in the bucket failed: {status}");
+}
+
+/// The race of [`two_runners_racing_for_a_stale_lock_in_the_bucket_never_both_win`], run by
+/// it in a child process with the S3 settings in the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by two_runners_racing_for_a_stale_lock_in_the_bucket_never_both_win"]
+async fn lock_race_in_the_bucket() {
+    use lambdaflow_batch::error::Error;
+    use lambdaflow_batch::lake::Lake;
+    use lambdaflow_batch::views::lock::BatchLock;
+    use lambdaflow_batch::views::records::History;
+
+    let Ok(uri) = std::env::var("LAMBDAFLOW_TEST_S3_LAKE") else {
+        return;
+    };
+    let lake = Lake::new(&lambdaflow_common::config::LakeConfig { uri: uri.clone() }).unwrap();
+    let store = deltalake::DeltaTableBuilder::from_url(
+        url::Url::parse(&format!("{uri}/_lambdaflow/")).unwrap(),
+    )
+    .unwrap()
+    .build_storage()
+    .unwrap()
+    .object_store(None);
+    // A lock left by a run that died, where this version and earlier ones look.
+    let stale = serde_json::json!({
+        "run_id": "20200101T000000000Z-dead", "since": "2020-01-01T00:00:00Z",
+        "heartbeat": "2020-01-01T00:00:00Z", "pid": 1, "host": "",
+    })
+    .to_string();
+    let lock = || BatchLock::new(History::new(&lake).unwrap());
+    let (a, b) = (lock(), lock());
+    for round in 0..20 {
+        let listing = store.list_with_delimiter(None).await.unwrap();
+        let next = listing
+            .objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()?
+                    .strip_prefix("batch.lock.")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |n| n + 1);
+        for path in ["batch.lock".to_owned(), format!("batch.lock.{next:020}")] {
+            store
+                .put(
+                    &object_store::path::Path::from(path),
+                    stale.clone().into_bytes().into(),
+                )
+                .await
+                .unwrap();
+        }
+        let barrier = tokio::sync::Barrier::new(2);
+        let take = |lock: &BatchLock, who: &'static str| {
+            let (lock, barrier) = (lock.clone(), &barrier);
+            async move {
+                barrier.wait().await;
+                lock.acquire(&format!("20260101T000000000Z-round{round}{who}"))
+                    .await
+            }
+        };
+        let (first, second) = tokio::join!(take(&a, "a"), take(&b, "b"));
+        let mut winners = Vec::new();
+        for taken in [first, second] {
+            match taken {
+                Ok(held) => winners.push(held),
+                Err(Error::RunInProgress { .. }) => {}
+                Err(other) => panic!("round {round}: {other}"),
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: both runners took the lock"
+        );
+        println!("round {round}: one winner");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
+    let dir = scratch_dir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let tansu = Tansu::start(&logs);
+    tansu.create_topic(TOPIC, 4);
+
+    let (_s3, endpoint) = start_moto(&logs).await;
+    let http = reqwest::Client::new();
 
     let port = free_port();
     let text = test_config(&tansu.bootstrap, &format!("s3://{BUCKET}/lake"), port);

@@ -1,10 +1,17 @@
 //! Idempotent Delta appends keyed by Kafka offsets.
 //!
 //! Every commit carries one `txn` action per Kafka partition it covers: app id
-//! `archiver-<topic>-<partition>`, version = the last offset the table holds for that
-//! partition. delta-rs does not refuse a repeated version, so [`OffsetTable::append`] checks the
+//! `archiver-<topic>-<partition>` (in a partition's epoch 0) or
+//! `archiver-<topic>-<partition>-e<N>` (in epoch N, begun by an accepted topic reset,
+//! [`OffsetTable::begin_epochs`]), version = the last offset the table holds for that
+//! partition in that epoch. A partition's current epoch is the highest with a `txn`, and its
+//! offsets compare only within it. delta-rs does not refuse a repeated version, so [`OffsetTable::append`] checks the
 //! versions before writing, and after a failed commit re-reads the log to learn whether it
-//! landed before it tries again: the outcome is checked, never guessed.
+//! landed before it tries again: the outcome is checked, never guessed. Two writers can both
+//! pass the check before writing; delta-rs then refuses the loser's commit
+//! (`ConcurrentTransaction`, the winner's commit has a `txn` of the same app id), and the
+//! loser's re-read finds the winner's offsets and stops with [`Error::ConcurrentWriter`]
+//! instead of retrying: no offset is stored twice and no `txn` version goes backwards.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,7 +40,10 @@ pub struct OffsetTable {
     /// Every partition of the topic; each gets a `txn` in the first commit (`-1` while nothing
     /// was read), so that readers find the partitions by probing 0, 1, … until one is missing.
     partitions: Vec<i32>,
+    /// Partition → last offset held, in the partition's current epoch.
     offsets: BTreeMap<i32, i64>,
+    /// Partition → its current epoch (absent: 0).
+    epochs: BTreeMap<i32, u32>,
     /// The table version `offsets` were read at or written by: while the log holds no later
     /// version, no other writer can have moved them, and they are not read again (each read
     /// replays the log since the last checkpoint, once per partition).
@@ -42,9 +52,39 @@ pub struct OffsetTable {
     compaction: Option<(&'static str, SmallFiles)>,
 }
 
-/// The app id of a partition's `txn` action.
+/// The app id of a partition's `txn` action in epoch 0.
 pub fn app_id(topic: &str, partition: i32) -> String {
     format!("archiver-{topic}-{partition}")
+}
+
+/// The app id of a partition's `txn` action in `epoch`.
+pub fn epoch_app_id(topic: &str, partition: i32, epoch: u32) -> String {
+    match epoch {
+        0 => app_id(topic, partition),
+        n => format!("archiver-{topic}-{partition}-e{n}"),
+    }
+}
+
+/// `partition`'s current epoch in `table` (at its loaded version) and the last offset the
+/// table holds in it; `None` when the table has no `txn` for the partition.
+pub async fn held(
+    table: &DeltaTable,
+    topic: &str,
+    partition: i32,
+) -> deltalake::DeltaResult<Option<(u32, i64)>> {
+    let snapshot = table.snapshot()?;
+    let log = table.log_store();
+    let version =
+        |epoch| snapshot.transaction_version(log.as_ref(), epoch_app_id(topic, partition, epoch));
+    let Some(mut offset) = version(0).await? else {
+        return Ok(None);
+    };
+    let mut epoch = 0;
+    while let Some(next) = version(epoch + 1).await? {
+        epoch += 1;
+        offset = next;
+    }
+    Ok(Some((epoch, offset)))
 }
 
 impl OffsetTable {
@@ -63,10 +103,14 @@ impl OffsetTable {
             schema,
             partitions: partitions.to_vec(),
             offsets: BTreeMap::new(),
+            epochs: BTreeMap::new(),
             known_at: None,
             compaction: None,
         };
-        this.offsets = this.read_offsets(partitions).await?;
+        for (p, (epoch, offset)) in this.read_offsets(partitions).await? {
+            this.offsets.insert(p, offset);
+            this.epochs.insert(p, epoch);
+        }
         this.known_at = this.table.version();
         Ok(this)
     }
@@ -102,6 +146,16 @@ impl OffsetTable {
         self.offsets.get(&partition).copied()
     }
 
+    /// The first offset of `partition` this table does not hold (in its current epoch).
+    pub fn next(&self, partition: i32) -> i64 {
+        self.offset(partition).map_or(0, |held| held + 1)
+    }
+
+    /// The epoch `partition`'s offsets currently count in.
+    pub fn epoch(&self, partition: i32) -> u32 {
+        self.epochs.get(&partition).copied().unwrap_or(0)
+    }
+
     /// Every partition's last offset this table holds.
     pub fn offsets(&self) -> &BTreeMap<i32, i64> {
         &self.offsets
@@ -116,24 +170,71 @@ impl OffsetTable {
         self.table.table_url().to_string()
     }
 
-    async fn read_offsets(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
+    /// Partition → (epoch, last offset) as the log says at the loaded version.
+    async fn read_offsets(&self, partitions: &[i32]) -> Result<BTreeMap<i32, (u32, i64)>> {
+        let mut offsets = BTreeMap::new();
+        for &p in partitions {
+            let found = held(&self.table, &self.topic, p)
+                .await
+                .map_err(|source| Error::Delta {
+                    table: self.url(),
+                    source,
+                })?;
+            if let Some(found) = found {
+                offsets.insert(p, found);
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// `partition`'s current epoch as the log says now (the table itself stays at its
+    /// version): another process may have begun a new one ([`Self::begin_epochs`]).
+    pub async fn latest_epoch(&self, partition: i32) -> Result<u32> {
+        let mut latest = self.table.clone();
         let delta = |source| Error::Delta {
             table: self.url(),
             source,
         };
-        let state = self.table.snapshot().map_err(delta)?;
-        let log = self.table.log_store();
-        let mut offsets = BTreeMap::new();
-        for &p in partitions {
-            if let Some(v) = state
-                .transaction_version(log.as_ref(), app_id(&self.topic, p))
-                .await
-                .map_err(delta)?
-            {
-                offsets.insert(p, v);
-            }
+        latest.update_state().await.map_err(delta)?;
+        let found = held(&latest, &self.topic, partition).await.map_err(delta)?;
+        Ok(found.map_or(0, |(epoch, _)| epoch))
+    }
+
+    /// Begins a new epoch for each of `partitions` (a topic reset an operator accepted): one
+    /// commit with no rows and a `txn` of `-1` under each partition's next epoch's app id, so
+    /// that the partition is read again from offset 0 of the new epoch. Returns the new epochs.
+    pub async fn begin_epochs(&mut self, partitions: &[i32]) -> Result<BTreeMap<i32, u32>> {
+        self.refresh().await?;
+        let all = self.partitions.clone();
+        let held = self.read_offsets(&all).await?;
+        self.check_unmoved(&held)?;
+        let next: BTreeMap<i32, u32> = partitions
+            .iter()
+            .map(|p| (*p, self.epoch(*p) + 1))
+            .collect();
+        if next.is_empty() {
+            return Ok(next);
         }
-        Ok(offsets)
+        let txns: Vec<Transaction> = next
+            .iter()
+            .map(|(p, epoch)| Transaction::new(epoch_app_id(&self.topic, *p, *epoch), -1))
+            .collect();
+        let url = self.url();
+        self.table = self
+            .table
+            .clone()
+            .write(vec![RecordBatch::new_empty(self.schema.clone())])
+            .with_partition_columns([self.partition_by])
+            .with_save_mode(SaveMode::Append)
+            .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+            .await
+            .map_err(|source| Error::Delta { table: url, source })?;
+        for (p, epoch) in &next {
+            self.epochs.insert(*p, *epoch);
+            self.offsets.insert(*p, -1);
+        }
+        self.known_at = self.table.version();
+        Ok(next)
     }
 
     /// Appends `batch`, recording `upto` (partition → last offset covered) in the same commit.
@@ -171,21 +272,12 @@ impl OffsetTable {
         self.refresh().await?;
         if self.table.version() != self.known_at {
             let held = self.read_offsets(&partitions).await?;
-            for (p, found) in &held {
-                if Some(*found) != self.offset(*p) {
-                    return Err(Error::ConcurrentWriter {
-                        table: self.url(),
-                        partition: *p,
-                        expected: self.offset(*p).unwrap_or(-1),
-                        found: *found,
-                    });
-                }
-            }
+            self.check_unmoved(&held)?;
             self.known_at = self.table.version();
         }
         let txns: Vec<Transaction> = advancing
             .iter()
-            .map(|(p, o)| Transaction::new(app_id(&self.topic, *p), *o))
+            .map(|(p, o)| Transaction::new(epoch_app_id(&self.topic, *p, self.epoch(*p)), *o))
             .collect();
         let mut attempt = 0;
         loop {
@@ -214,13 +306,21 @@ impl OffsetTable {
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
             if self.refresh().await.is_ok() {
                 let now = self.read_offsets(&partitions).await?;
-                if advancing.iter().all(|(p, o)| now.get(p) == Some(o)) {
+                if advancing
+                    .iter()
+                    .all(|(p, o)| now.get(p) == Some(&(self.epoch(*p), *o)))
+                {
                     tracing::info!(table = %self.url(), "the failed commit had landed");
                     self.offsets.extend(&advancing);
                     self.known_at = self.table.version();
                     self.committed(&batch).await;
                     return Ok(());
                 }
+                // It did not land. If another writer moved any of these partitions meanwhile
+                // (a conflict such as `ConcurrentTransaction`), retrying would store again
+                // offsets it already holds and could move a `txn` version backwards: stop.
+                self.check_unmoved(&now)?;
+                self.known_at = self.table.version();
             }
             if attempt >= MAX_ATTEMPTS {
                 return Err(Error::CommitRetriesExhausted {
@@ -230,6 +330,28 @@ impl OffsetTable {
                 });
             }
         }
+    }
+
+    /// Fails with [`Error::ConcurrentWriter`] if `found` (offsets just read from the log)
+    /// differs from what this writer holds for any partition: another writer moved it.
+    ///
+    /// The archiver stops rather than dropping the rows the other writer holds and going on:
+    /// its deduplication knows only the ids it read itself, so an event the other writer
+    /// stored at an offset dropped here would not be known as seen, and a later copy of it
+    /// would be stored twice. Two archivers of one lake (a rolling deploy) are one too many;
+    /// the one that stops is restarted by its supervisor and resumes after what the lake holds.
+    fn check_unmoved(&self, found: &BTreeMap<i32, (u32, i64)>) -> Result<()> {
+        for (p, (epoch, found)) in found {
+            if Some(*found) != self.offset(*p) || *epoch != self.epoch(*p) {
+                return Err(Error::ConcurrentWriter {
+                    table: self.url(),
+                    partition: *p,
+                    expected: self.offset(*p).unwrap_or(-1),
+                    found: *found,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// After a commit of `batch`: counts its files and compacts the partitions that are due.

@@ -7,6 +7,13 @@
 //! the tables already hold (after a restart), drops duplicates against the raw table's ids,
 //! and appends to each table with the chunk's offsets in the same commit.
 //!
+//! A partition whose broker head is below the next offset the lake holds for it went back in
+//! time (the topic was recreated, or lost its data): its new messages would all look already
+//! archived. The archiver halts that partition (the others go on), says so in the log, the
+//! metric `lambdaflow_topic_reset_detected` and [`ArchiveStats::topic_resets`], and resumes it
+//! once an operator accepted the reset ([`accept_topic_reset`]), which starts a new epoch of
+//! the partition's offsets in both tables.
+//!
 //! - [`commit`]: the idempotent appends keyed by Kafka offsets that make it exactly once;
 //! - [`compact`]: the auto-compaction of the small files those appends leave.
 
@@ -32,7 +39,7 @@ use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use self::commit::OffsetTable;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lake::{self, Lake};
 use crate::metrics;
 
@@ -49,7 +56,60 @@ pub struct ArchiveStats {
     pub quarantined: AtomicU64,
     /// Delta commits made.
     pub commits: AtomicU64,
+    /// Partitions halted because their topic went back in time, until the reset is accepted.
+    resets: std::sync::Mutex<BTreeMap<i32, TopicReset>>,
 }
+
+impl ArchiveStats {
+    /// The partitions halted because their topic went back in time: while any is listed, the
+    /// archiver is not archiving everything (a readiness check should say so, with
+    /// [`TopicReset`]'s message as the reason).
+    pub fn topic_resets(&self) -> Vec<TopicReset> {
+        self.resets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn set_resets(&self, resets: &BTreeMap<i32, TopicReset>) {
+        *self
+            .resets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = resets.clone();
+    }
+}
+
+/// A partition whose broker head is below the offsets the lake holds for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReset {
+    /// The topic.
+    pub topic: String,
+    /// The Kafka partition.
+    pub partition: i32,
+    /// The next offset the lake expects (one past the last it holds).
+    pub lake_next: i64,
+    /// The broker's head of the partition (the next offset it will write).
+    pub head: i64,
+}
+
+impl std::fmt::Display for TopicReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topic {} partition {} went back in time: the lake holds offsets up to {} but the broker's head is {} (was the topic recreated or its data lost?); \
+             the partition is halted until `lambdaflow archive --config F --accept-topic-reset` records the reset",
+            self.topic,
+            self.partition,
+            self.lake_next - 1,
+            self.head
+        )
+    }
+}
+
+/// How often a halted partition is checked for an accepted reset.
+const RESET_CHECK: Duration = Duration::from_secs(2);
 
 /// Archives one topic into one lake. Build with [`Archiver::new`], then [`Archiver::run`].
 #[derive(Debug)]
@@ -76,17 +136,41 @@ impl Archiver {
 
     /// Archives until `shutdown` is cancelled, then commits what it has read and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        // A partition's accepted reset starts it again from the new epoch: the tables and the
+        // assignment are loaded afresh.
+        while self.run_once(&shutdown).await? {
+            tracing::info!(topic = %self.config.kafka.topic, "a topic reset was accepted: resuming every partition");
+        }
+        Ok(())
+    }
+
+    /// One run over a fixed assignment; `true` when it stopped to resume a partition whose
+    /// reset was accepted meanwhile.
+    async fn run_once(&self, shutdown: &CancellationToken) -> Result<bool> {
         let config = &*self.config;
         let topic = &config.kafka.topic;
         let (raw, quarantine) = open_tables(config).await?;
         let consumer = Consumer::archiver(&self.brokers, &config.kafka.group_id, topic)?;
-        let Some(partitions) = consumer.wait_for_partitions(&shutdown).await else {
-            return Ok(());
+        let Some(partitions) = consumer.wait_for_partitions(shutdown).await else {
+            return Ok(false);
         };
+        let consumer = Arc::new(consumer);
         let mut tables = Tables::load(config, raw, quarantine, &partitions).await?;
-        let starts = tables.resume_at(&partitions);
+        let mut halted = BTreeMap::new();
+        for &p in &partitions {
+            if let Some(reset) = tables.went_back(&consumer, p).await {
+                halt(&reset);
+                halted.insert(p, reset);
+            }
+        }
+        self.stats.set_resets(&halted);
+        let starts: BTreeMap<i32, i64> = tables
+            .resume_at(&partitions)
+            .into_iter()
+            .filter(|(p, _)| !halted.contains_key(p))
+            .collect();
         consumer.assign(&starts)?;
-        tracing::info!(%topic, partitions = partitions.len(), raw_offsets = ?tables.raw.offsets(), "archiver resuming");
+        tracing::info!(%topic, partitions = partitions.len(), halted = halted.len(), raw_offsets = ?tables.raw.offsets(), "archiver resuming");
 
         let policy = ChunkPolicy {
             max_wait: config.archive.commit_interval,
@@ -94,21 +178,56 @@ impl Archiver {
             poll: Duration::from_millis(50),
         };
         let validator = Validator::new(&config.source).with_views(&config.views)?;
+        let stop = shutdown.child_token();
         let (reader, mut chunks) = ChunkReader::spawn(
-            Arc::new(consumer),
+            consumer.clone(),
             validator,
             policy,
-            shutdown.clone(),
+            stop.clone(),
             ("archiver", 2),
         );
         let mut read = BTreeMap::new();
         let mut report = Report::new();
         let mut outcome = Ok(());
-        while let Some(chunk) = chunks.recv().await {
+        let mut resume = false;
+        let mut check = tokio::time::interval(RESET_CHECK);
+        loop {
+            let chunk = tokio::select! {
+                chunk = chunks.recv() => chunk,
+                _ = check.tick(), if !halted.is_empty() && !resume => {
+                    if tables.accepted(&halted).await {
+                        resume = true;
+                        stop.cancel();
+                    }
+                    continue;
+                }
+            };
+            let Some(mut chunk) = chunk else { break };
             let stats = &self.stats;
             stats
                 .consumed
                 .fetch_add(chunk.messages as u64, Ordering::Relaxed);
+            // The consumer read offsets below what the lake holds: after a restart that is
+            // the tail of the last chunk again, unless the topic went back in time.
+            let behind: Vec<i32> = chunk
+                .upto
+                .iter()
+                .filter(|(p, o)| !halted.contains_key(*p) && **o < tables.next(**p) - 1)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in behind {
+                if let Some(reset) = tables.went_back(&consumer, p).await {
+                    halt(&reset);
+                    if let Err(error) = consumer.pause(&[p]) {
+                        tracing::warn!(%error, partition = p, "could not pause the partition");
+                    }
+                    halted.insert(p, reset);
+                    self.stats.set_resets(&halted);
+                }
+            }
+            if !halted.is_empty() {
+                chunk = without(chunk, &halted);
+            }
             read.extend(&chunk.upto);
             report.maybe_log(stats, &read);
             tables.add_partitions(&chunk.discovered);
@@ -123,8 +242,102 @@ impl Archiver {
         }
         drop(chunks);
         reader.join().await?;
-        outcome
+        for p in halted.keys() {
+            metrics::TOPIC_RESET
+                .with_label_values(&["archiver", &p.to_string()])
+                .set(0);
+        }
+        self.stats.set_resets(&BTreeMap::new());
+        outcome.map(|()| resume && !shutdown.is_cancelled())
     }
+}
+
+/// Says that `reset`'s partition is halted: the log, the metric.
+fn halt(reset: &TopicReset) {
+    tracing::error!(
+        topic = %reset.topic,
+        partition = reset.partition,
+        lake_offset = reset.lake_next - 1,
+        broker_head = reset.head,
+        "{reset}"
+    );
+    metrics::TOPIC_RESET
+        .with_label_values(&["archiver", &reset.partition.to_string()])
+        .set(1);
+}
+
+/// `chunk` without the rows and offsets of the `halted` partitions.
+fn without(chunk: Chunk, halted: &BTreeMap<i32, TopicReset>) -> Chunk {
+    let keep = |batch: &RecordBatch, partition_col: &str| {
+        let partitions = batch
+            .column_by_name(partition_col)
+            .expect("partition column")
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let mask: arrow::array::BooleanArray = partitions
+            .values()
+            .iter()
+            .map(|p| Some(!halted.contains_key(p)))
+            .collect();
+        filter_record_batch(batch, &mask).expect("mask matches the batch")
+    };
+    let mut chunk = chunk;
+    chunk.validated.events = keep(&chunk.validated.events, KAFKA_PARTITION);
+    chunk.validated.rejects = keep(&chunk.validated.rejects, "partition");
+    chunk.upto.retain(|p, _| !halted.contains_key(p));
+    chunk
+}
+
+/// Records, in both tables, that every partition of `config`'s topic whose broker head is
+/// below the next offset the table holds went back in time on purpose (a recreated topic, lost
+/// data): each starts a new epoch, read from offset 0. Partitions that did not go back are
+/// left alone, so running it twice changes nothing. Returns the partitions given a new epoch,
+/// with it.
+pub async fn accept_topic_reset(config: &Config, brokers: &str) -> Result<BTreeMap<i32, u32>> {
+    let topic = &config.kafka.topic;
+    let (raw, quarantine) = open_tables(config).await?;
+    let consumer = Consumer::reader(brokers, &config.kafka.group_id, topic)?;
+    let partitions = consumer
+        .partitions(Duration::from_secs(10))
+        .ok_or_else(|| Error::TopicUnavailable {
+            topic: topic.clone(),
+            brokers: brokers.to_owned(),
+        })?;
+    let consumer = Arc::new(consumer);
+    let mut tables = Tables::load(config, raw, quarantine, &partitions).await?;
+    let mut heads = BTreeMap::new();
+    for &p in &partitions {
+        heads.insert(p, head(&consumer, p).await?);
+    }
+    let mut accepted = BTreeMap::new();
+    for (name, table) in [
+        ("raw", &mut tables.raw),
+        ("quarantine", &mut tables.quarantine),
+    ] {
+        let back: Vec<i32> = heads
+            .iter()
+            .filter(|(p, head)| **head < table.next(**p))
+            .map(|(p, _)| *p)
+            .collect();
+        for (p, epoch) in table.begin_epochs(&back).await? {
+            tracing::warn!(%topic, partition = p, table = name, epoch, broker_head = heads[&p], "topic reset accepted: the partition's offsets start again at 0 in a new epoch");
+            let newest = accepted.entry(p).or_insert(epoch);
+            *newest = (*newest).max(epoch);
+        }
+    }
+    Ok(accepted)
+}
+
+/// The broker's head of `partition`, read off the async runtime (it blocks).
+async fn head(consumer: &Arc<Consumer>, partition: i32) -> Result<i64> {
+    let consumer = consumer.clone();
+    let bounds =
+        tokio::task::spawn_blocking(move || consumer.bounds(partition, Duration::from_secs(5)))
+            .await
+            .map_err(|e| Error::Task {
+                task: "reading a partition's bounds",
+                message: e.to_string(),
+            })??;
+    Ok(bounds.1)
 }
 
 /// Opens (or creates) the raw and quarantine tables of `config`'s source.
@@ -186,6 +399,55 @@ impl Tables {
             self.raw.add_partitions(partitions);
             self.quarantine.add_partitions(partitions);
         }
+    }
+
+    /// The first offset of `partition` that neither table holds.
+    fn next(&self, partition: i32) -> i64 {
+        self.raw
+            .next(partition)
+            .max(self.quarantine.next(partition))
+    }
+
+    /// `Some` when `partition`'s broker head is below the next offset the tables hold for it:
+    /// the topic went back in time. A head that cannot be read is logged and taken as fine.
+    async fn went_back(&self, consumer: &Arc<Consumer>, partition: i32) -> Option<TopicReset> {
+        let next = self.next(partition);
+        if next == 0 {
+            return None;
+        }
+        match head(consumer, partition).await {
+            Ok(head) if head < next => Some(TopicReset {
+                topic: consumer.topic().to_owned(),
+                partition,
+                lake_next: next,
+                head,
+            }),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, partition, "could not read the partition's head to check for a topic reset");
+                None
+            }
+        }
+    }
+
+    /// Whether every table has begun a newer epoch for one of the `halted` partitions (an
+    /// operator accepted its reset), as the raw and quarantine logs now say.
+    async fn accepted(&self, halted: &BTreeMap<i32, TopicReset>) -> bool {
+        let mut any = false;
+        for &p in halted.keys() {
+            let mut newer = true;
+            for table in [&self.raw, &self.quarantine] {
+                match table.latest_epoch(p).await {
+                    Ok(epoch) => newer &= epoch > table.epoch(p),
+                    Err(error) => {
+                        tracing::warn!(%error, partition = p, "could not check for an accepted topic reset");
+                        newer = false;
+                    }
+                }
+            }
+            any |= newer;
+        }
+        any
     }
 
     /// The first offset to read per partition: after the last offset both tables hold.
@@ -317,9 +579,7 @@ fn not_yet_held(
     offset_col: &str,
     table: &OffsetTable,
 ) -> RecordBatch {
-    let keep = at_or_beyond(batch, (partition_col, offset_col), |p| {
-        table.offset(p).map_or(0, |held| held + 1)
-    });
+    let keep = at_or_beyond(batch, (partition_col, offset_col), |p| table.next(p));
     if keep.true_count() == batch.num_rows() {
         return batch.clone();
     }

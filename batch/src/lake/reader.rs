@@ -25,7 +25,7 @@ use url::Url;
 
 use super::{Lake, open, query_table, stored_ids};
 use crate::error::{Error, Result};
-use crate::views::watermark::view_commit;
+use crate::views::watermark::{raw_watermark, view_commit};
 
 /// Reads the lake's tables for the serving side: views, raw ids, refused events, SQL tables.
 #[derive(Debug, Clone)]
@@ -124,6 +124,22 @@ impl LakeReader {
             views: watched,
         };
         Ok((watch, loaded))
+    }
+
+    /// The epoch each Kafka partition's offsets currently count in, from the raw table's
+    /// latest version (only partitions past epoch 0 are listed; none without a raw table).
+    /// Right after an accepted topic reset only the raw table knows it: a batch view loaded
+    /// before it carries a watermark of the older epoch, and
+    /// [`BatchView::with_epochs`] makes that watermark cover nothing of the new one.
+    pub async fn raw_epochs(
+        &self,
+        source: &SourceConfig,
+        topic: &str,
+    ) -> Result<std::collections::BTreeMap<i32, u32>> {
+        let Some(raw) = open(&self.lake.raw(&source.name), None).await? else {
+            return Ok(Default::default());
+        };
+        Ok(raw_watermark(&raw, topic).await?.epochs)
     }
 
     /// The ids the raw table holds for event date `date` (days since the epoch) at raw table
@@ -278,6 +294,7 @@ async fn read_view(source: &SourceConfig, view: &ViewDef, table: &DeltaTable) ->
         watermark: Some(commit.watermark),
         state,
         definition: Some(commit.definition),
+        ..BatchView::default()
     })
 }
 

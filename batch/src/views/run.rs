@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, open_or_create};
 use crate::metrics;
-use crate::views::lock::BatchLock;
+use crate::views::lock::{BatchLock, RunLock};
 use crate::views::recompute::view_frame;
 use crate::views::records::{History, Mode, RunRecord, RunStatus, Trigger, ViewOutcome, now};
 use crate::views::sketch_udf;
@@ -109,7 +109,7 @@ impl BatchRun {
         self.history.save(&self.record).await?;
         let cancel = self.cancel.clone();
         let outcome = tokio::select! {
-            outcome = self.views() => outcome,
+            outcome = self.views(&lock) => outcome,
             () = cancel.cancelled() => Err(Error::Cancelled),
         };
         self.record.finished_at = Some(now());
@@ -153,7 +153,7 @@ impl BatchRun {
         }
     }
 
-    async fn views(&mut self) -> Result<()> {
+    async fn views(&mut self, lock: &RunLock) -> Result<()> {
         let source = &self.config.source;
         let raw_url = self.lake.raw(&source.name);
         let raw = open_or_create(&raw_url, &raw_schema(source), &[EVENT_DATE]).await?;
@@ -181,7 +181,7 @@ impl BatchRun {
             self.history.save(&self.record).await?;
             let started = Instant::now();
             let (outcome, dates) = self
-                .view(&ctx, &raw, provider.clone(), view, &watermark)
+                .view(&ctx, &raw, provider.clone(), view, (&watermark, lock))
                 .await?;
             let outcome = ViewOutcome {
                 seconds: started.elapsed().as_secs_f64(),
@@ -203,7 +203,7 @@ impl BatchRun {
         raw: &DeltaTable,
         provider: Arc<dyn datafusion::catalog::TableProvider>,
         view: &ViewDef,
-        watermark: &Watermark,
+        (watermark, lock): (&Watermark, &RunLock),
     ) -> Result<(ViewOutcome, BTreeSet<i32>)> {
         let source = &self.config.source;
         let layout = ViewLayout::new(source, view).map_err(|source| Error::Layout {
@@ -257,6 +257,9 @@ impl BatchRun {
             definition,
             run_id: self.record.id.clone(),
         };
+        // A run paused past the lock's time to live may have been taken over: it must not
+        // publish over the run that now holds the lock.
+        lock.confirm().await?;
         let table = publish(table, &layout, batches, dates.as_ref(), redefined, &commit).await?;
         outcome.version = table.version();
         Ok((outcome, scanned))

@@ -2,7 +2,8 @@
 //!
 //! - The raw table's watermark at a version is the archiver's `txn` actions at that version
 //!   ([`crate::archive::commit`]): every archiver commit covers every partition of the topic, so the
-//!   partitions are found by probing 0, 1, … until one has no `txn`.
+//!   partitions are found by probing 0, 1, … until one has no `txn`; each partition's offset
+//!   is the one of its current epoch, which the watermark records beside it.
 //! - A view's watermark lives in the `commitInfo` of the commit that published it, under the
 //!   key `lambdaflow` ([`ViewCommit`]): it is written in the same atomic commit as the view's
 //!   rows, and any Delta reader sees it in the table history (`DESCRIBE HISTORY`,
@@ -21,7 +22,7 @@ use lambdaflow_common::schema::EVENT_DATE;
 use lambdaflow_common::watermark::Watermark;
 use serde::{Deserialize, Serialize};
 
-use crate::archive::commit::app_id;
+use crate::archive::commit::held;
 use crate::error::{Error, Result};
 
 /// The `commitInfo` key under which a view commit records what it covers.
@@ -52,20 +53,18 @@ fn delta(table: &DeltaTable) -> impl Fn(deltalake::DeltaTableError) -> Error + '
 /// The watermark of `raw` at its loaded version.
 pub async fn raw_watermark(raw: &DeltaTable, topic: &str) -> Result<Watermark> {
     let snapshot = raw.snapshot().map_err(delta(raw))?;
-    let log = raw.log_store();
     let mut watermark = Watermark {
         raw_version: snapshot.version(),
-        offsets: Default::default(),
+        ..Watermark::default()
     };
     for partition in 0.. {
-        match snapshot
-            .transaction_version(log.as_ref(), app_id(topic, partition))
-            .await
-            .map_err(delta(raw))?
-        {
-            Some(offset) => watermark.offsets.insert(partition, offset),
-            None => break,
+        let Some((epoch, offset)) = held(raw, topic, partition).await.map_err(delta(raw))? else {
+            break;
         };
+        watermark.offsets.insert(partition, offset);
+        if epoch > 0 {
+            watermark.epochs.insert(partition, epoch);
+        }
     }
     Ok(watermark)
 }

@@ -23,6 +23,16 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if let Some(reset) = state
+        .archiver
+        .as_ref()
+        .and_then(|stats| stats.topic_resets().into_iter().next())
+    {
+        return Err(ApiError::Unavailable(format!(
+            "the archiver halted partition {}: {reset}",
+            reset.partition
+        )));
+    }
     let progress = state.served.progress();
     if let Some((partition, reason)) = progress.halted.iter().next() {
         return Err(ApiError::Unavailable(format!(

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use lambdaflow_batch::archive::ArchiveStats;
 use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::batch_view::BatchView;
@@ -47,6 +48,9 @@ pub struct AppState {
     pub producer: Producer,
     /// Set once the process can answer queries (`/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// The archiver of this process, where it runs one (`run`, `demo`): `/readyz` reports the
+    /// partitions it halted.
+    pub archiver: Option<Arc<ArchiveStats>>,
     /// Batch runs started through the API, and the run history.
     pub batches: Arc<Batches>,
     /// Per view in config order, the fingerprint of its definition: a batch version computed
@@ -98,10 +102,18 @@ impl AppState {
             definitions: Arc::new(definitions),
             producer,
             ready: Arc::default(),
+            archiver: None,
             batches,
             lake,
             served,
         }
+    }
+
+    /// The state with this process's archiver, whose halted partitions `/readyz` reports.
+    #[must_use]
+    pub fn with_archiver(mut self, stats: Arc<ArchiveStats>) -> Self {
+        self.archiver = Some(stats);
+        self
     }
 
     /// Marks the process ready for `/readyz`.

@@ -211,17 +211,21 @@ impl SpeedLayer {
     async fn swap(&mut self, swap: Swap) -> Result<()> {
         let mut raw = RawIdSets::default();
         for (version, date) in self.speed.swap_needs(&swap) {
-            let ids = self
-                .raw_ids
-                .ids(version, date)
-                .await
-                .map_err(|source| Error::RawIds {
-                    date: format_date(date),
-                    source,
-                })?;
+            let ids = self.stored_ids(version, date).await?;
             raw.insert(version, date, ids.iter().map(String::as_str));
         }
         self.speed.swap(swap, &raw)
+    }
+
+    /// The ids the raw table holds for `date` at `version`.
+    async fn stored_ids(&self, version: u64, date: i32) -> Result<Vec<String>> {
+        self.raw_ids
+            .ids(version, date)
+            .await
+            .map_err(|source| Error::RawIds {
+                date: format_date(date),
+                source,
+            })
     }
 
     async fn fold(&mut self, chunk: Chunk) -> Result<()> {
@@ -241,15 +245,7 @@ impl SpeedLayer {
         }
         let events = chunk.validated.events;
         for date in self.speed.dates_to_load(&events) {
-            let version = self.speed.raw_version();
-            let ids = self
-                .raw_ids
-                .ids(version, date)
-                .await
-                .map_err(|source| Error::RawIds {
-                    date: format_date(date),
-                    source,
-                })?;
+            let ids = self.stored_ids(self.speed.raw_version(), date).await?;
             self.speed.load_ids(date, ids.iter().map(String::as_str));
         }
         let folded = self.speed.fold(events, &chunk.upto)?;

@@ -238,6 +238,21 @@ impl QueryError {
 }
 
 impl Query {
+    /// Every group of `view` at its own granularity with every measure, in bucket then
+    /// dimension order: the view's whole state as rows.
+    pub fn whole(view: &ViewDef) -> Self {
+        Self {
+            from: None,
+            to: None,
+            rollup: Rollup::Buckets(view.granularity),
+            group_by: (0..view.dimensions.len()).collect(),
+            filters: Vec::new(),
+            measures: (0..view.measures.len()).collect(),
+            order_by: Vec::new(),
+            limit: None,
+        }
+    }
+
     /// Resolves `request` against `view` of `source`: parses its times, granularity and filter
     /// values, and turns the names it uses into indexes of the view's dimensions and measures.
     /// Checks happen in the order of the request's keys: layer, times, granularity, group_by,

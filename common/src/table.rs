@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, TimeUnit};
 use arrow::error::ArrowError;
 
 use crate::layout::{Role, ViewLayout};
-use crate::query::{Query, Rollup, Value, finalise, merge};
+use crate::query::{Query, Value, finalise, merge};
 use crate::source::SourceConfig;
 use crate::state::{Dim, Num, State, ViewState};
 use crate::view::ViewDef;
@@ -28,16 +28,7 @@ pub fn merged_batch(
     layout: &ViewLayout,
     parts: &[&ViewState],
 ) -> Result<RecordBatch, ArrowError> {
-    let all = Query {
-        from: None,
-        to: None,
-        rollup: Rollup::Buckets(view.granularity),
-        group_by: (0..view.dimensions.len()).collect(),
-        filters: Vec::new(),
-        measures: (0..view.measures.len()).collect(),
-        order_by: Vec::new(),
-        limit: None,
-    };
+    let all = Query::whole(view);
     let mut groups: Vec<_> = merge(parts, &all).into_iter().collect();
     groups.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
 

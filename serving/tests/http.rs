@@ -14,6 +14,7 @@ use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::state::ViewState;
+use lambdaflow_common::validate::{Coordinates, Validated, Validator};
 use lambdaflow_kafka::consumer::Consumer;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
 use lambdaflow_kafka::producer::Producer;
@@ -78,6 +79,19 @@ fn post(body: impl Into<Body>, content_type: &str) -> Request<Body> {
 
 fn good(id: &str) -> Value {
     json!({"event_id": id, "event_time": "2026-01-02T03:04:05Z", "type": "view", "user_id": "u1", "country": "kr"})
+}
+
+/// `messages` validated at `now` as offsets 0, 1, … of partition 0.
+fn validate_in_order(validator: &Validator, now: i64, messages: &[Vec<u8>]) -> Validated {
+    let mut builder = validator.batch_builder("events", now);
+    for (offset, payload) in messages.iter().enumerate() {
+        let at = Coordinates {
+            partition: 0,
+            offset: offset as i64,
+        };
+        let _ = builder.push(Some(payload), at);
+    }
+    builder.finish()
 }
 
 /// Keys of every message on the topic, in partition order.
@@ -424,23 +438,15 @@ async fn state_with_data_at(
     use lambdaflow_batch::archive::commit::OffsetTable;
     use lambdaflow_batch::lake::open_or_create;
     use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
-    use lambdaflow_common::validate::{Coordinates, Validator};
+
     use lambdaflow_speed::engine::Speed;
 
     let state = state(broker, 1 << 20, lake);
     let config = state.config.clone();
     let now = 1_763_856_000_000_000; // 2025-11-23T00:00:00Z in microseconds
     let validator = Validator::new(&config.source);
-    let mut builder = validator.batch_builder("events", now);
     let messages = fixed_messages();
-    for (offset, payload) in messages.iter().enumerate() {
-        let at = Coordinates {
-            partition: 0,
-            offset: offset as i64,
-        };
-        let _ = builder.push(Some(payload), at);
-    }
-    let validated = builder.finish();
+    let validated = validate_in_order(&validator, now, &messages);
     let upto = [(0, messages.len() as i64 - 1)].into();
     let lake_root = Lake::new(&config.lake).unwrap();
     for (url, schema, partition_by, batch) in [
@@ -1144,7 +1150,6 @@ async fn collected_events_carry_their_arrival_time() {
 /// wall clock says the event is in the past.
 #[tokio::test]
 async fn both_consumers_judge_an_event_by_its_message_timestamp() {
-    use lambdaflow_common::validate::Validator;
     use lambdaflow_kafka::consumer::{ChunkPolicy, ChunkReader};
 
     let broker = EmbeddedBroker::start("events", 1).unwrap();
@@ -1413,9 +1418,9 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     use lambdaflow_batch::archive::commit::OffsetTable;
     use lambdaflow_batch::lake::open_or_create;
     use lambdaflow_batch::views::run::BatchRun;
-    use lambdaflow_common::query::{Query, Rollup, Value as Answer, answer};
+    use lambdaflow_common::query::{Query, Value as Answer, answer};
     use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
-    use lambdaflow_common::validate::{Coordinates, Validator};
+
     use lambdaflow_serving::speed_layer::load_batch_view;
     use lambdaflow_speed::engine::Speed;
 
@@ -1427,15 +1432,7 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     let validator = Validator::new(&config.source)
         .with_views(&config.views)
         .unwrap();
-    let mut builder = validator.batch_builder("events", 1_763_856_000_000_000);
-    for (offset, payload) in messages.iter().enumerate() {
-        let at = Coordinates {
-            partition: 0,
-            offset: offset as i64,
-        };
-        let _ = builder.push(Some(payload), at);
-    }
-    let validated = builder.finish();
+    let validated = validate_in_order(&validator, 1_763_856_000_000_000, &messages);
     assert_eq!(
         validated.events.num_rows() + validated.rejects.num_rows(),
         messages.len()
@@ -1515,16 +1512,7 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     let mut pairs = Vec::new();
     for (view, pair) in config.views.iter().zip(snapshot.pairs()) {
         let batch = load_batch_view(&config, &reader, view).await.unwrap();
-        let query = Query {
-            from: None,
-            to: None,
-            rollup: Rollup::Buckets(view.granularity),
-            group_by: (0..view.dimensions.len()).collect(),
-            filters: Vec::new(),
-            measures: (0..view.measures.len()).collect(),
-            order_by: Vec::new(),
-            limit: None,
-        };
+        let query = Query::whole(view);
         let from_batch = answer(&config.source, view, &[&batch.state], &query);
         let from_speed = answer(&config.source, view, &[pair.speed()], &query);
         assert_eq!(from_batch.len(), from_speed.len(), "{}", view.name);

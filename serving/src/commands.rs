@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::FutureExt;
-use lambdaflow_batch::archive::{ArchiveStats, Archiver};
+use lambdaflow_batch::archive::Archiver;
 use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::views::records::{RunRecord, Trigger};
 use lambdaflow_batch::views::schedule::Batches;
@@ -235,17 +235,8 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
     let lake = Arc::new(LakeReader::new(&config.lake)?);
     let served = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
     rebuild_redefined(&config, &served, &batches).await;
-    spawn_http(
-        &mut tasks,
-        config,
-        &brokers,
-        batches.clone(),
-        lake,
-        served,
-        None,
-        shutdown,
-    )
-    .await?;
+    let state = app_state(config, &brokers, batches.clone(), lake, served)?;
+    spawn_http(&mut tasks, state, shutdown).await?;
     let outcome = tasks.join().await;
     batches.drain().await;
     outcome
@@ -302,17 +293,9 @@ pub async fn run(
     let lake = Arc::new(LakeReader::new(&config.lake)?);
     let served = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
     rebuild_redefined(&config, &served, &batches).await;
-    let addr = spawn_http(
-        &mut tasks,
-        config.clone(),
-        &brokers,
-        batches.clone(),
-        lake,
-        served,
-        Some(archive_stats),
-        shutdown.clone(),
-    )
-    .await?;
+    let state = app_state(config.clone(), &brokers, batches.clone(), lake, served)?
+        .with_archiver(archive_stats);
+    let addr = spawn_http(&mut tasks, state, shutdown.clone()).await?;
     if let Some(options) = generator {
         let producer = Producer::new(&brokers)?;
         let topic = config.kafka.topic.clone();
@@ -385,29 +368,32 @@ async fn spawn_speed(
     Ok(served)
 }
 
-async fn spawn_http(
-    tasks: &mut Tasks,
+/// The API's state: the producer of `POST /v1/events` for `brokers`, batch runs through
+/// `batches`, the lake through `lake`, answers from `served`.
+fn app_state(
     config: Arc<Config>,
     brokers: &str,
     batches: Arc<Batches>,
     lake: Arc<LakeReader>,
     served: Served,
-    archiver: Option<Arc<ArchiveStats>>,
+) -> Result<AppState> {
+    let producer = Producer::for_events(brokers, config.source.max_event_bytes)?;
+    Ok(AppState::new(config, producer, batches, lake, served))
+}
+
+async fn spawn_http(
+    tasks: &mut Tasks,
+    state: AppState,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
-    let listen = &config.serving.listen;
+    let listen = state.config.serving.listen.clone();
     let listening = |source| Error::Listen {
         what: "HTTP API",
         addr: listen.clone(),
         source,
     };
-    let listener = TcpListener::bind(listen).await.map_err(listening)?;
+    let listener = TcpListener::bind(&listen).await.map_err(listening)?;
     let addr = listener.local_addr().map_err(listening)?;
-    let producer = Producer::for_events(brokers, config.source.max_event_bytes)?;
-    let mut state = AppState::new(config, producer, batches, lake, served);
-    if let Some(stats) = archiver {
-        state = state.with_archiver(stats);
-    }
     state.set_ready();
     tracing::info!(%addr, "HTTP API listening");
     tasks.spawn("http", async move {

@@ -21,9 +21,10 @@ pub enum Error {
     /// Kafka could not be reached or refused a request.
     #[error(transparent)]
     Kafka(#[from] lambdaflow_kafka::Error),
-    /// The lake side (archiver, batch runs, lake reads) failed.
+    /// The lake side (archiver, batch runs, lake reads) failed. Boxed: it is the largest
+    /// error of the workspace, and every `Result` of this crate would carry its size.
     #[error(transparent)]
-    Batch(#[from] lambdaflow_batch::Error),
+    Batch(Box<lambdaflow_batch::Error>),
     /// The speed layer failed.
     #[error(transparent)]
     Speed(#[from] lambdaflow_speed::Error),
@@ -72,6 +73,12 @@ pub enum Error {
         /// The panic's message.
         message: String,
     },
+}
+
+impl From<lambdaflow_batch::Error> for Error {
+    fn from(error: lambdaflow_batch::Error) -> Self {
+        Self::Batch(Box::new(error))
+    }
 }
 
 /// Result alias for this crate.

@@ -557,7 +557,7 @@ fn a_redefined_view_is_exact_again_after_its_batch_run() {
         edge: 0,
     };
     // Three purchases for every cart: the two filters give different answers.
-    let kind = |i: u16| if i % 4 == 0 { 2 } else { 0 };
+    let kind = |i: u16| if i.is_multiple_of(4) { 2 } else { 0 };
     let wave = |ids: std::ops::Range<u16>| ids.map(|i| event(i, kind(i))).collect();
     let steps = vec![
         Step::Produce(wave(0..12)),

@@ -34,6 +34,13 @@ impl BatchView {
             .map_or(0, |w| w.next_offset_at(partition, current))
     }
 
+    /// Whether this version was computed under another definition than `current` (a
+    /// [`crate::view::fingerprint`]): the view was redefined since, and its states must not be
+    /// merged with ones folded under `current`. An unknown definition counts as the same.
+    pub fn redefined(&self, current: &str) -> bool {
+        self.definition.as_deref().is_some_and(|d| d != current)
+    }
+
     /// This batch side with the raw table's current epochs (`LakeReader::raw_epochs`).
     #[must_use]
     pub fn with_epochs(mut self, epochs: BTreeMap<i32, u32>) -> Self {

@@ -328,12 +328,7 @@ async fn rebuild_redefined(config: &Config, served: &Served, batches: &Arc<Batch
             .views
             .iter()
             .zip(snapshot.pairs())
-            .filter(|(view, pair)| {
-                pair.batch()
-                    .definition
-                    .as_ref()
-                    .is_some_and(|d| *d != fingerprint(&config.source, view))
-            })
+            .filter(|(view, pair)| pair.batch().redefined(&fingerprint(&config.source, view)))
             .map(|(view, _)| view.name.as_str())
             .collect()
     };

@@ -231,12 +231,7 @@ async fn register(
                 return Err(SqlError::Starting);
             };
             let pair = snapshot.pair(i);
-            if pair
-                .batch()
-                .definition
-                .as_ref()
-                .is_some_and(|d| *d != fingerprint(&config.source, view))
-            {
+            if pair.batch().redefined(&fingerprint(&config.source, view)) {
                 return Err(SqlError::Rebuilding(view.name.clone()));
             }
             merged_batch(

@@ -381,12 +381,7 @@ impl World {
         }
         for ((view, pair), want) in self.config.views.iter().zip(snapshot.pairs()).zip(&direct) {
             let current = fingerprint(&self.config.source, view);
-            if pair
-                .batch()
-                .definition
-                .as_ref()
-                .is_some_and(|d| *d != current)
-            {
+            if pair.batch().redefined(&current) {
                 continue;
             }
             let mut merged = ViewState::new();

@@ -74,10 +74,7 @@ impl AppState {
     /// Whether view `index`'s loaded batch version was computed under another definition
     /// than the config's (the view was redefined since that batch run).
     pub fn rebuilding(&self, index: usize, batch: &BatchView) -> bool {
-        batch
-            .definition
-            .as_ref()
-            .is_some_and(|definition| *definition != self.definitions[index])
+        batch.redefined(&self.definitions[index])
     }
 
     /// State for `config`, producing through `producer`, running batches through `batches`,

@@ -98,6 +98,11 @@ pub struct ServingConfig {
     /// Memory a `/v1/sql` query may hold for sorts, joins and aggregations, in bytes.
     #[serde(default = "default_sql_max_memory")]
     pub sql_max_memory_bytes: usize,
+    /// Where the speed layer writes the first occurrences it keeps until a batch version
+    /// covers them (a new directory under it, removed when the process stops); the system's
+    /// temporary directory when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServingConfig {
@@ -108,6 +113,7 @@ impl Default for ServingConfig {
             sql_timeout: default_sql_timeout(),
             sql_max_rows: default_sql_max_rows(),
             sql_max_memory_bytes: default_sql_max_memory(),
+            speed_dir: None,
         }
     }
 }

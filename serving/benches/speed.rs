@@ -132,7 +132,7 @@ fn fold_only(config: &Arc<Config>, samples: &[lambdaflow_common::sample::Sample]
     let started = Instant::now();
     for events in chunks {
         for date in speed.dates_to_load(&events) {
-            speed.load_ids(date, []);
+            speed.load_ids(date, []).unwrap();
         }
         speed.fold(events, &BTreeMap::new()).expect("fold");
     }

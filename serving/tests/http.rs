@@ -477,7 +477,7 @@ async fn state_with_data_at(
         let served = Served::new();
         let mut speed = Speed::before_any_batch(config.clone(), served.clone()).unwrap();
         for date in speed.dates_to_load(&events) {
-            speed.load_ids(date, []);
+            speed.load_ids(date, []).unwrap();
         }
         speed.fold(events, &Default::default()).unwrap();
         let snapshot = served.snapshot().unwrap();
@@ -1504,7 +1504,7 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
             .await
             .unwrap();
         assert!(!ids.is_empty(), "no ids stored for date {date}");
-        speed.load_ids(date, []);
+        speed.load_ids(date, []).unwrap();
     }
     speed.fold(validated.events.clone(), &upto).unwrap();
     let snapshot = served.snapshot().unwrap();

@@ -210,7 +210,7 @@ impl SpeedLayer {
     /// Applies new batch versions, with the raw ids the swap checks retained events against.
     async fn swap(&mut self, swap: Swap) -> Result<()> {
         let mut raw = RawIdSets::default();
-        for (version, date) in self.speed.swap_needs(&swap) {
+        for (version, date) in self.speed.swap_needs(&swap)? {
             let ids = self.stored_ids(version, date).await?;
             raw.insert(version, date, ids.iter().map(String::as_str));
         }
@@ -246,7 +246,7 @@ impl SpeedLayer {
         let events = chunk.validated.events;
         for date in self.speed.dates_to_load(&events) {
             let ids = self.stored_ids(self.speed.raw_version(), date).await?;
-            self.speed.load_ids(date, ids.iter().map(String::as_str));
+            self.speed.load_ids(date, ids.iter().map(String::as_str))?;
         }
         let folded = self.speed.fold(events, &chunk.upto)?;
         metrics::DUPLICATES.inc_by(folded.duplicates as u64);

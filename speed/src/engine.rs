@@ -4,10 +4,12 @@
 //! the raw ids deduplication needs, and counts what it reports.
 //!
 //! The speed side keeps every first occurrence of a valid event since the lowest watermark of
-//! any view ("retained" Arrow batches), so that when a view gets a new batch version its speed
-//! state is refolded from memory — no Kafka replay — and swapped with the batch version in one
-//! step of the [`Served`] state: a query holding a snapshot sees one (batch, speed) pair per
-//! view, never a mix.
+//! any view ("retained" Arrow batches, on local disk: [`crate::spill`]), so that when a view
+//! gets a new batch version its speed state is refolded from them — no Kafka replay — while
+//! the old pair keeps serving, and swapped with the batch version in one step of the
+//! [`Served`] state: a query holding a snapshot sees one (batch, speed) pair per view, never a
+//! mix. Memory then follows the number of groups in the states, plus the ids deduplication
+//! remembers (16 bytes and a little per first occurrence, see [`SeenIds`]).
 //!
 //! Deduplication (SPEC §3) is exact: an event is a first occurrence unless its (date, id) is
 //! in the raw table at the lowest watermark's version or among the first occurrences retained
@@ -32,6 +34,7 @@ use lambdaflow_common::watermark::{Watermark, at_or_beyond};
 
 use crate::error::{Error, Result};
 use crate::served::{Retained, Served, ViewPair, Views};
+use crate::spill::{SEGMENT_ROWS, Spill};
 
 /// What one [`Speed::fold`] did, for the adapter to count.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +50,7 @@ pub struct Speed {
     config: Arc<Config>,
     served: Served,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
-    retained: Vec<RecordBatch>,
+    retained: Spill,
     seen: SeenIds,
     /// The lowest watermark over views: where retention and the raw ids start.
     floor: Watermark,
@@ -56,7 +59,7 @@ pub struct Speed {
 impl std::fmt::Debug for Speed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Speed")
-            .field("retained", &self.retained.len())
+            .field("retained", &self.retained)
             .field("floor", &self.floor)
             .finish_non_exhaustive()
     }
@@ -138,12 +141,34 @@ impl Speed {
         });
         Ok(Self {
             seen: SeenIds::new(config.archive.dedup_max_dates),
+            retained: Spill::new(config.serving.speed_dir.as_deref(), SEGMENT_ROWS)?,
             config,
             served,
             filters,
-            retained: Vec::new(),
             floor,
         })
+    }
+
+    /// From now on, write retained first occurrences to disk every `rows` rows (default
+    /// [`SEGMENT_ROWS`]).
+    pub fn set_segment_rows(&mut self, rows: usize) {
+        self.retained.set_segment_rows(rows);
+    }
+
+    /// The directory retained first occurrences are written to.
+    pub fn spill_dir(&self) -> &std::path::Path {
+        self.retained.dir()
+    }
+
+    /// What the speed side keeps besides its states.
+    fn usage(&self) -> Retained {
+        let spill = self.retained.usage();
+        Retained {
+            events: spill.rows,
+            memory_bytes: spill.memory_bytes,
+            disk_bytes: spill.disk_bytes,
+            id_bytes: self.seen.bytes(),
+        }
     }
 
     /// The state queries read.
@@ -191,19 +216,24 @@ impl Speed {
 
     /// Records the ids the raw table holds for `date` at [`Self::raw_version`]; the retained
     /// first occurrences of that date are added here.
-    pub fn load_ids<'a>(&mut self, date: i32, raw_ids: impl IntoIterator<Item = &'a str>) {
+    pub fn load_ids<'a>(
+        &mut self,
+        date: i32,
+        raw_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
         self.seen.load(date, raw_ids);
-        let id_field = 0;
-        for batch in &self.retained {
+        let seen = &mut self.seen;
+        self.retained.scan(|batch| {
             let ds = dates(batch);
-            let ids = batch.column(id_field).as_string::<i32>();
-            self.seen.load(
+            let ids = batch.column(0).as_string::<i32>();
+            seen.load(
                 date,
                 (0..batch.num_rows())
                     .filter(|i| ds.value(*i) == date)
                     .map(|i| ids.value(i)),
             );
-        }
+            Ok(())
+        })
     }
 
     /// Folds validated events (raw-table columns, in offset order per partition) into every
@@ -244,15 +274,13 @@ impl Speed {
                 let entry = views.folded.entry(*p).or_insert(*o);
                 *entry = (*entry).max(*o);
             }
-            if first.num_rows() > 0 {
-                views.retained.events += first.num_rows();
-                views.retained.bytes += first.get_array_memory_size();
-            }
+        }
+        self.retained.push(first)?;
+        let usage = self.usage();
+        if let Some(views) = self.served.write_views().as_mut() {
+            views.retained = usage;
         }
         self.served.publish(|progress| progress.consume(consumed));
-        if first.num_rows() > 0 {
-            self.retained.push(first);
-        }
         Ok(folded)
     }
 
@@ -273,21 +301,27 @@ impl Speed {
 
     /// The (raw version, event date) pairs whose stored ids [`Self::swap`] to `batches` needs:
     /// per changed view with a watermark, the dates of the retained events beyond it.
-    pub fn swap_needs(&self, batches: &[Option<Arc<BatchView>>]) -> BTreeSet<(u64, i32)> {
+    pub fn swap_needs(&self, batches: &[Option<Arc<BatchView>>]) -> Result<BTreeSet<(u64, i32)>> {
         let mut needs = BTreeSet::new();
-        for new in batches.iter().flatten() {
-            let Some(watermark) = &new.watermark else {
-                continue;
-            };
-            for events in &self.retained {
+        let watermarked: Vec<(&Arc<BatchView>, u64)> = batches
+            .iter()
+            .flatten()
+            .filter_map(|new| Some((new, new.watermark.as_ref()?.raw_version)))
+            .collect();
+        if watermarked.is_empty() {
+            return Ok(needs);
+        }
+        self.retained.scan(|events| {
+            let dates = dates(events);
+            for (new, raw_version) in &watermarked {
                 let mask = beyond(events, |p| new.next_offset(p));
-                let dates = dates(events);
                 for i in (0..events.num_rows()).filter(|i| mask.value(*i)) {
-                    needs.insert((watermark.raw_version, dates.value(i)));
+                    needs.insert((*raw_version, dates.value(i)));
                 }
             }
-        }
-        needs
+            Ok(())
+        })?;
+        Ok(needs)
     }
 
     /// Swaps in new batch versions (`None` keeps a view's current one): each changed view's
@@ -338,32 +372,29 @@ impl Speed {
             .copied()
             .filter(|p| floor.epoch(*p) > self.floor.epoch(*p))
             .collect();
-        if !reset.is_empty() {
-            let mut kept = Vec::new();
-            for events in self.retained.drain(..) {
-                let mask = beyond(&events, |p| if reset.contains(&p) { i64::MAX } else { 0 });
-                let events = filter_record_batch(&events, &mask)?;
-                if events.num_rows() > 0 {
-                    kept.push(events);
-                }
-            }
-            self.retained = kept;
-        }
+        let current_epoch = |events: &RecordBatch| {
+            beyond(events, |p| if reset.contains(&p) { i64::MAX } else { 0 })
+        };
         let changed: Vec<(usize, &Arc<BatchView>)> = batches
             .iter()
             .enumerate()
             .filter_map(|(i, new)| new.as_ref().map(|new| (i, new)))
             .collect();
         let mut states: Vec<ViewState> = changed.iter().map(|_| ViewState::new()).collect();
-        for events in &self.retained {
-            let masks = self.masks(events)?;
-            for ((i, new), state) in changed.iter().zip(&mut states) {
-                let mut mask = and(&masks[*i], &beyond(events, |p| new.next_offset(p)))?;
-                if let Some(watermark) = &new.watermark {
-                    mask = and(&mask, &raw.absent(watermark.raw_version, events))?;
+        if !changed.is_empty() {
+            self.retained.scan(|events| {
+                let masks = self.masks(events)?;
+                let epoch = current_epoch(events);
+                for ((i, new), state) in changed.iter().zip(&mut states) {
+                    let mut mask = and(&masks[*i], &beyond(events, |p| new.next_offset(p)))?;
+                    mask = and(&mask, &epoch)?;
+                    if let Some(watermark) = &new.watermark {
+                        mask = and(&mask, &raw.absent(watermark.raw_version, events))?;
+                    }
+                    state.fold(&self.config.source, &self.config.views[*i], events, &mask)?;
                 }
-                state.fold(&self.config.source, &self.config.views[*i], events, &mask)?;
-            }
+                Ok(())
+            })?;
         }
         let refolded: Vec<(usize, Arc<BatchView>, ViewState)> = changed
             .into_iter()
@@ -377,30 +408,20 @@ impl Speed {
                 views.pairs[i] = ViewPair::new(batch, speed);
             }
         }
-        let mut kept = Vec::new();
-        for events in self.retained.drain(..) {
-            let mask = beyond(&events, |p| floor.next_offset(p));
-            let events = filter_record_batch(&events, &mask)?;
-            if events.num_rows() > 0 {
-                kept.push(events);
-            }
-        }
-        self.retained = kept;
-        let retained = Retained {
-            events: self.retained.iter().map(RecordBatch::num_rows).sum(),
-            bytes: self
-                .retained
-                .iter()
-                .map(RecordBatch::get_array_memory_size)
-                .sum(),
-        };
-        if let Some(views) = self.served.write_views().as_mut() {
-            views.retained = retained;
-        }
+        self.retained.retain(|events| {
+            Ok(and(
+                &current_epoch(events),
+                &beyond(events, |p| floor.next_offset(p)),
+            )?)
+        })?;
         if floor.raw_version != self.floor.raw_version {
             self.seen = SeenIds::new(self.config.archive.dedup_max_dates);
         }
         self.floor = floor;
+        let usage = self.usage();
+        if let Some(views) = self.served.write_views().as_mut() {
+            views.retained = usage;
+        }
         Ok(())
     }
 }
@@ -488,7 +509,7 @@ mod tests {
 
     fn fold(speed: &mut Speed, events: RecordBatch) -> Folded {
         for date in speed.dates_to_load(&events) {
-            speed.load_ids(date, []);
+            speed.load_ids(date, []).unwrap();
         }
         let consumed = last_offsets(&events);
         speed.fold(events, &consumed).unwrap()
@@ -602,7 +623,7 @@ mod tests {
         let mut speed = Speed::before_any_batch(config.clone(), served.clone()).unwrap();
         let batch = events(&config, &[("a", (0, 5)), ("z", (0, 6))]);
         for date in speed.dates_to_load(&batch) {
-            speed.load_ids(date, ["a"]);
+            speed.load_ids(date, ["a"]).unwrap();
         }
         let folded = speed.fold(batch, &[(0, 6)].into()).unwrap();
         assert_eq!(folded.duplicates, 1);
@@ -694,13 +715,50 @@ mod tests {
             builder.push(Some(&sample.payload), at).unwrap();
             let events = builder.finish().events;
             for date in speed.dates_to_load(&events) {
-                speed.load_ids(date, []);
+                speed.load_ids(date, []).unwrap();
             }
             speed.fold(events, &[(0, offset)].into()).unwrap();
         }
         let retained = served.snapshot().unwrap().retained();
         assert_eq!(retained.events, 500);
-        let per_event = retained.bytes / 500;
+        let per_event = retained.memory_bytes / 500;
         assert!(per_event < 4096, "{per_event} bytes retained per event");
+    }
+
+    #[test]
+    fn retained_events_go_to_disk_and_a_swap_reads_them_back() {
+        let config = config();
+        let served = Served::new();
+        let mut speed = Speed::before_any_batch(config.clone(), served.clone()).unwrap();
+        speed.set_segment_rows(4);
+        let rows: Vec<(String, (i32, i64))> = (0..20).map(|o| (format!("e{o}"), (0, o))).collect();
+        let rows: Vec<(&str, (i32, i64))> =
+            rows.iter().map(|(id, at)| (id.as_str(), *at)).collect();
+        let all = events(&config, &rows);
+        for chunk in 0..5 {
+            fold(&mut speed, all.slice(chunk * 4, 4));
+        }
+        let retained = served.snapshot().unwrap().retained();
+        assert_eq!((retained.events, retained.memory_bytes), (20, 0));
+        assert!(retained.disk_bytes > 0);
+        assert!(retained.id_bytes > 0);
+        assert_eq!(speed_traffic(&config, &served), 20);
+
+        let batch = batch_at(&config, &[(0, 9)], &all.slice(0, 10));
+        let mut swap = vec![None; config.views.len()];
+        swap[TRAFFIC] = Some(batch.clone());
+        let needs = speed.swap_needs(&swap).unwrap();
+        assert_eq!(needs.len(), 1, "one date beyond the watermark: {needs:?}");
+        speed.swap(swap, &RawIdSets::default()).unwrap();
+        assert_eq!(
+            speed_traffic(&config, &served),
+            10,
+            "offsets 10..20 refolded from disk"
+        );
+        assert_eq!(
+            served.snapshot().unwrap().retained().events,
+            20,
+            "the floor is still 0"
+        );
     }
 }

@@ -40,6 +40,15 @@ pub enum Error {
         /// The lowest watermark of the new versions.
         after: Watermark,
     },
+    /// The local files of retained first occurrences could not be written or read.
+    #[error("speed layer files at {}: {source}", path.display())]
+    Spill {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// A background task failed.
     #[error("{task} task failed: {message}")]
     Task {

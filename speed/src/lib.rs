@@ -6,6 +6,8 @@
 //!   micro-batches into [`lambdaflow_common::state::ViewState`]s beyond each view's
 //!   watermark, and the swap when a view gets a new batch version. It reports what it did
 //!   ([`engine::Folded`]) and counts nothing itself.
+//! - [`spill`]: the first occurrences kept until a batch version covers them, in Arrow IPC
+//!   segments on local disk so that memory does not grow with the batch interval.
 //! - [`served`]: what queries read, sealed — a [`served::Snapshot`] of every view's (batch,
 //!   speed) pair, none before the views are loaded, and the Kafka [`served::Progress`]
 //!   (consumed, heads, lag, caught up) on a `watch` channel.
@@ -23,5 +25,6 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod served;
+pub mod spill;
 
 pub use error::{Error, Result};

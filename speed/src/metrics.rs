@@ -115,9 +115,30 @@ static RETAINED: LazyLock<IntGauge> = LazyLock::new(|| {
 static RETAINED_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "lambdaflow_speed_retained_bytes",
-        "Bytes of the Arrow buffers holding the retained first occurrences"
+        "Bytes of the Arrow buffers holding retained first occurrences not yet written to disk"
     )
     .expect("registered once")
+});
+static RETAINED_DISK_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "lambdaflow_speed_retained_disk_bytes",
+        "Bytes of the local files holding retained first occurrences"
+    )
+    .expect("registered once")
+});
+static ID_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "lambdaflow_speed_dedup_id_bytes",
+        "Bytes of the ids deduplication remembers"
+    )
+    .expect("registered once")
+});
+static STATE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "lambdaflow_speed_state_bytes",
+        "Heap bytes of a view's speed state",
+        "view",
+    )
 });
 
 /// Registers every counter of this module, so that a scrape lists them before any event.
@@ -145,8 +166,14 @@ pub fn observe(config: &Config, served: &Served) {
             .set(lag.get(p).copied().unwrap_or(0));
     }
     let Some(snapshot) = served.snapshot() else {
-        RETAINED.set(0);
-        RETAINED_BYTES.set(0);
+        for gauge in [
+            &*RETAINED,
+            &*RETAINED_BYTES,
+            &*RETAINED_DISK_BYTES,
+            &*ID_BYTES,
+        ] {
+            gauge.set(0);
+        }
         return;
     };
     for (view, pair) in config.views.iter().zip(snapshot.pairs()) {
@@ -162,8 +189,13 @@ pub fn observe(config: &Config, served: &Served) {
         SPEED_GROUPS
             .with_label_values(&name)
             .set(pair.speed().len() as i64);
+        STATE_BYTES
+            .with_label_values(&name)
+            .set(i64::try_from(pair.speed().heap_bytes()).unwrap_or(i64::MAX));
     }
     let retained = snapshot.retained();
     RETAINED.set(i64::try_from(retained.events).unwrap_or(i64::MAX));
-    RETAINED_BYTES.set(i64::try_from(retained.bytes).unwrap_or(i64::MAX));
+    RETAINED_BYTES.set(i64::try_from(retained.memory_bytes).unwrap_or(i64::MAX));
+    RETAINED_DISK_BYTES.set(i64::try_from(retained.disk_bytes).unwrap_or(i64::MAX));
+    ID_BYTES.set(i64::try_from(retained.id_bytes).unwrap_or(i64::MAX));
 }

@@ -51,13 +51,18 @@ impl ViewPair {
     }
 }
 
-/// First occurrences the speed layer keeps in memory since the lowest watermark.
+/// What the speed layer keeps besides its states: the first occurrences since the lowest
+/// watermark (for swaps) and the ids deduplication remembers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Retained {
     /// Events retained.
     pub events: usize,
-    /// Bytes of the Arrow buffers holding them.
-    pub bytes: usize,
+    /// Bytes of the Arrow buffers holding the retained events still in memory.
+    pub memory_bytes: usize,
+    /// Bytes of the retained events written to local disk.
+    pub disk_bytes: u64,
+    /// Bytes of the ids deduplication remembers.
+    pub id_bytes: usize,
 }
 
 /// The speed layer's progress through Kafka, published after every change.

@@ -364,7 +364,7 @@ pub fn direct_views(
     }
     let events = builder.finish().events;
     for date in speed.dates_to_load(&events) {
-        speed.load_ids(date, []);
+        speed.load_ids(date, []).unwrap();
     }
     speed
         .fold(events, &Default::default())

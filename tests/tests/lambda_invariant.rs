@@ -184,12 +184,7 @@ impl World {
         .await
         .unwrap();
         let shared = Served::new();
-        let speed = Speed::new(
-            config.clone(),
-            shared.clone(),
-            batch_views(&config, &lake).await,
-        )
-        .unwrap();
+        let speed = speed_layer(&config, &shared, batch_views(&config, &lake).await);
         Self {
             _dir: dir,
             validator: Validator::new(&config.source),
@@ -278,7 +273,9 @@ impl World {
         self.consumed = self.topic.iter().map(Vec::len).collect();
         for date in self.speed.dates_to_load(&events) {
             let ids = self.raw_ids(self.speed.raw_version(), date).await;
-            self.speed.load_ids(date, ids.iter().map(String::as_str));
+            self.speed
+                .load_ids(date, ids.iter().map(String::as_str))
+                .unwrap();
         }
         self.speed.fold(events, &upto).unwrap();
     }
@@ -307,7 +304,7 @@ impl World {
     async fn restart(&mut self) {
         self.shared = Served::new();
         let batches = batch_views(&self.config, &self.lake).await;
-        self.speed = Speed::new(self.config.clone(), self.shared.clone(), batches).unwrap();
+        self.speed = speed_layer(&self.config, &self.shared, batches);
         let starts = self
             .speed
             .start(&(0..PARTITIONS as i32).collect::<Vec<_>>());
@@ -327,7 +324,7 @@ impl World {
             .map(Some)
             .collect();
         let mut raw = RawIdSets::default();
-        for (version, date) in self.speed.swap_needs(&swap) {
+        for (version, date) in self.speed.swap_needs(&swap).unwrap() {
             let ids = self.raw_ids(version, date).await;
             raw.insert(version, date, ids.iter().map(String::as_str));
         }
@@ -407,6 +404,14 @@ impl World {
             }
         }
     }
+}
+
+/// A speed layer that writes its retained first occurrences to disk every few rows, so that
+/// swaps read them back from files as they do after a long batch interval.
+fn speed_layer(config: &Arc<Config>, served: &Served, batches: Vec<Arc<BatchView>>) -> Speed {
+    let mut speed = Speed::new(config.clone(), served.clone(), batches).unwrap();
+    speed.set_segment_rows(3);
+    speed
 }
 
 async fn batch_views(config: &Config, lake: &Lake) -> Vec<Arc<BatchView>> {

@@ -1,0 +1,287 @@
+//! The first occurrences the speed layer keeps since the lowest watermark, mostly on local
+//! disk.
+//!
+//! A swap refolds a view's speed state from the first occurrences beyond its new watermark,
+//! so they must be kept until a batch version covers them. Held in memory they grow with
+//! every event until the next batch run: a day of events with a nightly batch. Here
+//! micro-batches gather in memory up to a bound and then go, as one Arrow IPC file (a
+//! *segment*), to a directory of the process's own, which is removed when the speed layer
+//! stops: the Kafka log and the lake rebuild it at every start, so nothing here is ever
+//! recovered. Memory then holds at most one open segment, whatever the batch interval.
+//!
+//! Reads stream one record batch at a time, so a swap after millions of events reads them
+//! back without holding them.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+
+use crate::error::{Error, Result};
+
+/// Rows gathered in memory before they go to disk as one segment.
+pub const SEGMENT_ROWS: usize = 1 << 16;
+
+/// Retained first occurrences: sealed segments on disk, then the open one in memory, in the
+/// order they were pushed.
+pub struct Spill {
+    dir: tempfile::TempDir,
+    segments: Vec<Segment>,
+    open: Vec<RecordBatch>,
+    open_rows: usize,
+    segment_rows: usize,
+    next_segment: u64,
+}
+
+impl std::fmt::Debug for Spill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spill")
+            .field("dir", &self.dir.path())
+            .field("segments", &self.segments.len())
+            .field("open_rows", &self.open_rows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One file of retained rows.
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    rows: usize,
+    bytes: u64,
+}
+
+/// What a [`Spill`] holds, for metrics and reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SpillUsage {
+    /// Rows held.
+    pub rows: usize,
+    /// Bytes of the open segment's Arrow buffers.
+    pub memory_bytes: usize,
+    /// Bytes of the sealed segments' files.
+    pub disk_bytes: u64,
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Spill {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Spill {
+    /// An empty spill in a new directory under `parent` (the system's temporary directory
+    /// when `None`), sealing a segment every `segment_rows` rows.
+    pub fn new(parent: Option<&Path>, segment_rows: usize) -> Result<Self> {
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_owned);
+        std::fs::create_dir_all(&parent).map_err(|e| io_error(&parent, e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("lambdaflow-speed-")
+            .tempdir_in(&parent)
+            .map_err(|e| io_error(&parent, e))?;
+        Ok(Self {
+            dir,
+            segments: Vec::new(),
+            open: Vec::new(),
+            open_rows: 0,
+            segment_rows: segment_rows.max(1),
+            next_segment: 0,
+        })
+    }
+
+    /// From now on, seal a segment every `rows` rows.
+    pub fn set_segment_rows(&mut self, rows: usize) {
+        self.segment_rows = rows.max(1);
+    }
+
+    /// The directory the segments are written to.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What is held, and where.
+    pub fn usage(&self) -> SpillUsage {
+        SpillUsage {
+            rows: self.open_rows + self.segments.iter().map(|s| s.rows).sum::<usize>(),
+            memory_bytes: self
+                .open
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum(),
+            disk_bytes: self.segments.iter().map(|s| s.bytes).sum(),
+        }
+    }
+
+    /// Appends `batch`; once the open segment holds enough rows it goes to disk.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.open_rows += batch.num_rows();
+        self.open.push(batch);
+        if self.open_rows >= self.segment_rows {
+            let open = std::mem::take(&mut self.open);
+            self.open_rows = 0;
+            let segment = self.write(&open)?;
+            self.segments.push(segment);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, batches: &[RecordBatch]) -> Result<Segment> {
+        let path = self
+            .dir
+            .path()
+            .join(format!("{:08}.arrow", self.next_segment));
+        self.next_segment += 1;
+        let file = File::create(&path).map_err(|e| io_error(&path, e))?;
+        let schema = batches.first().map_or_else(
+            || Arc::new(arrow::datatypes::Schema::empty()),
+            RecordBatch::schema,
+        );
+        let mut writer = FileWriter::try_new(BufWriter::new(file), &schema)?;
+        let mut rows = 0;
+        for batch in batches {
+            rows += batch.num_rows();
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+        drop(writer);
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| io_error(&path, e))?
+            .len();
+        Ok(Segment { path, rows, bytes })
+    }
+
+    fn read(segment: &Segment) -> Result<FileReader<BufReader<File>>> {
+        let file = File::open(&segment.path).map_err(|e| io_error(&segment.path, e))?;
+        Ok(FileReader::try_new(BufReader::new(file), None)?)
+    }
+
+    /// Calls `f` with every retained record batch, oldest first.
+    pub fn scan(&self, mut f: impl FnMut(&RecordBatch) -> Result<()>) -> Result<()> {
+        for segment in &self.segments {
+            for batch in Self::read(segment)? {
+                f(&batch?)?;
+            }
+        }
+        self.open.iter().try_for_each(f)
+    }
+
+    /// Keeps only the rows `keep` selects. A segment keeping every row stays as it is, one
+    /// keeping none is deleted, and any other is rewritten.
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&RecordBatch) -> Result<BooleanArray>,
+    ) -> Result<()> {
+        let mut segments = Vec::with_capacity(self.segments.len());
+        for segment in std::mem::take(&mut self.segments) {
+            let mut kept = Vec::new();
+            let mut whole = true;
+            for batch in Self::read(&segment)? {
+                let batch = batch?;
+                let mask = keep(&batch)?;
+                if mask.true_count() == batch.num_rows() {
+                    kept.push(batch);
+                } else {
+                    whole = false;
+                    let batch = filter_record_batch(&batch, &mask)?;
+                    if batch.num_rows() > 0 {
+                        kept.push(batch);
+                    }
+                }
+            }
+            if whole {
+                segments.push(segment);
+                continue;
+            }
+            if !kept.is_empty() {
+                segments.push(self.write(&kept)?);
+            }
+            std::fs::remove_file(&segment.path).map_err(|e| io_error(&segment.path, e))?;
+        }
+        self.segments = segments;
+        let mut open = Vec::with_capacity(self.open.len());
+        for batch in std::mem::take(&mut self.open) {
+            let mask = keep(&batch)?;
+            let batch = if mask.true_count() == batch.num_rows() {
+                batch
+            } else {
+                filter_record_batch(&batch, &mask)?
+            };
+            if batch.num_rows() > 0 {
+                open.push(batch);
+            }
+        }
+        self.open_rows = open.iter().map(RecordBatch::num_rows).sum();
+        self.open = open;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::*;
+
+    fn batch(values: std::ops::Range<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
+    }
+
+    fn values(spill: &Spill) -> Vec<i64> {
+        let mut all = Vec::new();
+        spill
+            .scan(|b| {
+                all.extend(b.column(0).as_primitive::<Int64Type>().values());
+                Ok(())
+            })
+            .unwrap();
+        all
+    }
+
+    #[test]
+    fn rows_go_to_disk_in_order_and_come_back_filtered() {
+        let mut spill = Spill::new(None, 10).unwrap();
+        for start in (0..35).step_by(5) {
+            spill.push(batch(start..start + 5)).unwrap();
+        }
+        let usage = spill.usage();
+        assert_eq!(usage.rows, 35);
+        assert!(usage.disk_bytes > 0, "three sealed segments");
+        assert_eq!(std::fs::read_dir(spill.dir()).unwrap().count(), 3);
+        assert_eq!(values(&spill), (0..35).collect::<Vec<_>>());
+
+        spill
+            .retain(|b| {
+                let v = b.column(0).as_primitive::<Int64Type>();
+                Ok(v.iter().map(|v| Some(v.unwrap() >= 12)).collect())
+            })
+            .unwrap();
+        assert_eq!(values(&spill), (12..35).collect::<Vec<_>>());
+        assert_eq!(spill.usage().rows, 23);
+        assert_eq!(
+            std::fs::read_dir(spill.dir()).unwrap().count(),
+            2,
+            "the segment of rows 0..10 is deleted, 10..20 rewritten, 20..30 kept"
+        );
+    }
+
+    #[test]
+    fn the_directory_goes_with_the_spill() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut spill = Spill::new(Some(parent.path()), 1).unwrap();
+        spill.push(batch(0..3)).unwrap();
+        let dir = spill.dir().to_owned();
+        assert!(dir.starts_with(parent.path()) && dir.exists());
+        drop(spill);
+        assert!(!dir.exists());
+    }
+}

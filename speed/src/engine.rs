@@ -262,6 +262,9 @@ impl Speed {
             duplicates: events_len - first.num_rows(),
         };
         let masks = self.masks(&first)?;
+        // Record batches share their buffers: the spill keeps the same rows the views fold.
+        self.retained.push(first.clone())?;
+        let usage = self.usage();
         {
             let mut guard = self.served.write_views();
             let views = guard.as_mut().expect("loaded by Speed::new");
@@ -274,10 +277,6 @@ impl Speed {
                 let entry = views.folded.entry(*p).or_insert(*o);
                 *entry = (*entry).max(*o);
             }
-        }
-        self.retained.push(first)?;
-        let usage = self.usage();
-        if let Some(views) = self.served.write_views().as_mut() {
             views.retained = usage;
         }
         self.served.publish(|progress| progress.consume(consumed));

@@ -50,6 +50,10 @@ pub static DUPLICATES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("registered once")
 });
 
+fn gauge(name: &str, help: &str) -> IntGauge {
+    register_int_gauge!(name, help).expect("registered once")
+}
+
 fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
     register_int_gauge_vec!(name, help, &[label]).expect("registered once")
 }
@@ -106,32 +110,28 @@ pub static HALTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 static RETAINED: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
+    gauge(
         "lambdaflow_speed_retained_events",
-        "First occurrences the speed layer keeps since the lowest batch watermark"
+        "First occurrences the speed layer keeps since the lowest batch watermark",
     )
-    .expect("registered once")
 });
 static RETAINED_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
+    gauge(
         "lambdaflow_speed_retained_bytes",
-        "Bytes of the Arrow buffers holding retained first occurrences not yet written to disk"
+        "Bytes of the Arrow buffers holding retained first occurrences not yet written to disk",
     )
-    .expect("registered once")
 });
 static RETAINED_DISK_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
+    gauge(
         "lambdaflow_speed_retained_disk_bytes",
-        "Bytes of the local files holding retained first occurrences"
+        "Bytes of the local files holding retained first occurrences",
     )
-    .expect("registered once")
 });
 static ID_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
+    gauge(
         "lambdaflow_speed_dedup_id_bytes",
-        "Bytes of the ids deduplication remembers"
+        "Bytes of the ids deduplication remembers",
     )
-    .expect("registered once")
 });
 static STATE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(

@@ -284,4 +284,22 @@ mod tests {
         drop(spill);
         assert!(!dir.exists());
     }
+
+    #[test]
+    fn two_processes_sharing_a_speed_dir_keep_apart() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut one = Spill::new(Some(parent.path()), 2).unwrap();
+        let mut two = Spill::new(Some(parent.path()), 2).unwrap();
+        assert_ne!(one.dir(), two.dir());
+        one.push(batch(0..4)).unwrap();
+        two.push(batch(100..102)).unwrap();
+        one.retain(|b| Ok(BooleanArray::from(vec![false; b.num_rows()])))
+            .unwrap();
+        assert_eq!(values(&one), Vec::<i64>::new());
+        assert_eq!(
+            values(&two),
+            vec![100, 101],
+            "the other spill's segment is untouched"
+        );
+    }
 }

@@ -106,3 +106,13 @@ pub fn register() {
     LazyLock::force(&RUN_ROWS);
     LazyLock::force(&LAST_RUN);
 }
+
+/// Date partitions deleted by retention, by table.
+pub static EXPIRED_DATES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdaflow_lake_expired_dates_total",
+        "Date partitions deleted by retention, by table (raw/<source>, quarantine/<source>, views/<view>)",
+        &["table"]
+    )
+    .expect("registered once")
+});

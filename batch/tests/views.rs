@@ -2,22 +2,25 @@
 //! with incremental runs in between, give the same view tables as one full recompute and as a
 //! direct aggregation of the events in plain Rust (sketches byte for byte).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::compute::cast;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use lambdaflow_batch::archive::commit::OffsetTable;
-use lambdaflow_batch::lake::{Lake, open_or_create};
+use lambdaflow_batch::lake::retention::Expire;
+use lambdaflow_batch::lake::{Lake, open_or_create, partition_dates};
 use lambdaflow_batch::views::records::{History, Mode, RunStatus};
 use lambdaflow_batch::views::run::BatchRun;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::layout::{Role, ViewLayout};
+use lambdaflow_common::retention::Retention;
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::sketch::Sketch;
-use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
+use lambdaflow_common::timestamp::{MICROS_PER_DAY, format_date, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_common::view::{AggKind, ViewDef};
 use proptest::prelude::*;
@@ -487,4 +490,121 @@ async fn new_views_are_backfilled_changed_ones_recomputed_removed_ones_left_alon
         direct(&demo, &demo.views[1], &events),
         "a view removed from the config keeps its table"
     );
+}
+
+/// The dates (last column, days since the epoch) of a view's rows.
+fn view_dates(rows: &[Vec<ScalarValue>]) -> BTreeSet<i32> {
+    rows.iter()
+        .map(|r| match r.last() {
+            Some(ScalarValue::Date32(Some(days))) => *days,
+            other => panic!("not a date: {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_deletes_exactly_the_expired_dates_and_no_answer_changes() {
+    let mut house = Lakehouse::new().await;
+    let today = now_micros().div_euclid(MICROS_PER_DAY);
+    let on = |days_ago: i64, id: usize| Event {
+        id,
+        time_us: (today - days_ago) * MICROS_PER_DAY + 3_600_000_000,
+        kind: 0,
+        user: id,
+        country: id % 3,
+        product: Some(1),
+        amount: Some(4),
+        quantity: Some(1),
+    };
+    let days_ago = |d: i64| (today - d) as i32;
+    house
+        .append(&[on(10, 0), on(10, 1), on(5, 2), on(1, 3), on(0, 4)])
+        .await;
+    house.run().run().await.unwrap();
+    let before = house.views().await;
+    let raw_dates = |house: &Lakehouse| {
+        let url = house.lake.raw(&house.config.source.name);
+        async move {
+            let raw = lambdaflow_batch::lake::open(&url, None)
+                .await
+                .unwrap()
+                .unwrap();
+            partition_dates(&raw, EVENT_DATE).unwrap()
+        }
+    };
+    assert_eq!(raw_dates(&house).await.len(), 4);
+
+    let mut config = (*house.config).clone();
+    config.retention.raw = Retention::For(Duration::from_secs(7 * 86_400));
+    house.config = Arc::new(config.clone());
+    let dry = Expire::new(&config, &house.lake)
+        .with_dry_run(true)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(dry.len(), 1, "only raw has a retention: {dry:?}");
+    assert_eq!(dry[0].dates, [format_date(days_ago(10))]);
+    assert_eq!(
+        raw_dates(&house).await.len(),
+        4,
+        "a dry run deletes nothing"
+    );
+
+    let expiring = house.run().run().await.unwrap();
+    assert_eq!(expiring.status, RunStatus::Succeeded);
+    assert_eq!(expiring.expired.len(), 1);
+    assert_eq!(expiring.expired[0].table, "raw/events");
+    assert_eq!(expiring.expired[0].dates, [format_date(days_ago(10))]);
+    assert!(expiring.expired[0].files >= 1);
+    assert_eq!(
+        raw_dates(&house).await,
+        [5, 1, 0].map(days_ago).into_iter().collect()
+    );
+    assert_eq!(house.views().await, before, "raw aging out changes no view");
+
+    // A late event recomputes its own date only; the expired date stays as computed.
+    house.append(&[on(1, 5)]).await;
+    let late = house.run().run().await.unwrap();
+    assert_eq!(late.dates, [format_date(days_ago(1))]);
+    let after_late = house.views().await;
+    for (view, rows) in after_late.iter().enumerate() {
+        assert!(view_dates(rows).contains(&days_ago(10)), "view {view}");
+    }
+    let full = house.run().with_full(true).run().await.unwrap();
+    for v in &full.views {
+        assert_eq!((v.mode, v.kept_dates), (Mode::Full, 1), "{}", v.name);
+    }
+    assert_eq!(
+        house.views().await,
+        after_late,
+        "--full keeps expired dates"
+    );
+
+    // A view's own retention deletes its dates, and late raw rows never bring them back.
+    config.views[0].retention = Retention::For(Duration::from_secs(3 * 86_400));
+    house.config = Arc::new(config.clone());
+    let trimmed = house.run().run().await.unwrap();
+    let view_table = format!("views/{}", config.views[0].name);
+    let view_expiry = trimmed
+        .expired
+        .iter()
+        .find(|e| e.table == view_table)
+        .unwrap();
+    assert_eq!(view_expiry.dates, [10, 5].map(|d| format_date(days_ago(d))));
+    house.append(&[on(5, 6)]).await;
+    house.run().run().await.unwrap();
+    house.run().with_full(true).run().await.unwrap();
+    let now = house.views().await;
+    assert_eq!(
+        view_dates(&now[0]),
+        [1, 0].map(days_ago).into_iter().collect(),
+        "the view keeps only its retention's dates"
+    );
+    for (view, rows) in now.iter().enumerate().skip(1) {
+        assert_eq!(
+            view_dates(rows),
+            view_dates(&after_late[view]),
+            "view {view} keeps every date"
+        );
+    }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::humantime_serde;
 use crate::layout::{ViewLayout, parse_filter};
+use crate::retention::RetentionConfig;
 use crate::schema::RESERVED_COLUMNS;
 use crate::source::{SourceConfig, check_name};
 use crate::view::ViewDef;
@@ -40,6 +41,9 @@ pub struct Config {
     /// How the archiver groups events into Delta commits.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// How long the raw and quarantine tables keep their dates.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The shape of an event and how it is cleaned.
     pub source: SourceConfig,
     /// The declared aggregations.

@@ -6,6 +6,7 @@
 //!   with `LAMBDAFLOW_*` overrides, and the check that puts the source and the views together.
 //! - [`source`]: the event source: id and time fields, declared fields and their cleaning.
 //! - [`view`]: a view's definition (granularity, dimensions, filter, measures) and bucketing.
+//! - [`retention`]: how long the raw, quarantine and view tables keep their dates.
 //! - [`error`]: the config error, and why a view's layout or filter does not compile.
 //! - [`schema`]: the Arrow schemas of the raw and quarantine tables, derived from the config.
 //! - [`validate`]: message bytes in, a record batch of clean events and a batch of rejects out.
@@ -40,6 +41,7 @@ pub mod layout;
 pub mod mask;
 pub mod query;
 pub mod reason;
+pub mod retention;
 pub mod sample;
 pub mod schema;
 pub mod sketch;

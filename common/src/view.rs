@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::retention::Retention;
 use crate::source::{FieldType, SourceConfig, check_name};
 
 /// One declared aggregation.
@@ -30,6 +31,10 @@ pub struct ViewDef {
     pub filter: Option<String>,
     /// The aggregates kept per bucket and dimension values.
     pub measures: Vec<MeasureDef>,
+    /// How long the view keeps a date; it keeps dates whose raw rows have expired unless this
+    /// says otherwise. Not part of the definition: changing it recomputes nothing.
+    #[serde(default, skip_serializing_if = "Retention::is_forever")]
+    pub retention: Retention,
 }
 
 /// Bucket widths, finest first.
@@ -197,6 +202,10 @@ fn check_measure(source: &SourceConfig, m: &MeasureDef) -> std::result::Result<(
 /// definition is recomputed in full.
 pub fn fingerprint(source: &SourceConfig, view: &ViewDef) -> String {
     let mut hash = Sha256::new();
+    let view = ViewDef {
+        retention: Retention::Forever,
+        ..view.clone()
+    };
     let definition = serde_json::json!({
         "view": view,
         "fields": source.fields.iter().map(|f| (&f.name, f.kind)).collect::<Vec<_>>(),

@@ -67,6 +67,24 @@ pub enum Command {
     },
     /// Validate a config file and print its views.
     Check(ConfigArg),
+    /// The lake's lifecycle: storage status, vacuum, retention.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LakeCommand {
+    /// Delete the date partitions older than their table's retention, as every batch run does
+    /// first; prints what expired.
+    Expire {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// List what would expire; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

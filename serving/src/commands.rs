@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use lambdaflow_batch::archive::Archiver;
+use lambdaflow_batch::lake::Lake;
 use lambdaflow_batch::lake::reader::LakeReader;
+use lambdaflow_batch::lake::retention::{Expire, Expired};
 use lambdaflow_batch::views::records::{RunRecord, Trigger};
 use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::config::Config;
@@ -250,6 +252,15 @@ pub async fn batch_run(
 ) -> Result<RunRecord> {
     let batches = Batches::new(config, shutdown)?;
     Ok(batches.run(Trigger::Cli, full).await?)
+}
+
+/// `lambdaflow lake expire`: retention applied now, outside a batch run.
+pub async fn lake_expire(config: &Config, dry_run: bool) -> Result<Vec<Expired>> {
+    let lake = Lake::new(&config.lake)?;
+    Ok(Expire::new(config, &lake)
+        .with_dry_run(dry_run)
+        .run_alone()
+        .await?)
 }
 
 /// `lambdaflow batch schedule`: runs on the cron schedule until stopped.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use lambdaflow_common::sample::Mix;
-use lambdaflow_serving::cli::{BatchCommand, Cli, Command};
+use lambdaflow_serving::cli::{BatchCommand, Cli, Command, LakeCommand};
 use lambdaflow_serving::commands::{self, DemoOptions};
 use lambdaflow_serving::generate::GenOptions;
 use lambdaflow_serving::shutdown;
@@ -113,6 +113,13 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Check(c) => {
             print!("{}", commands::check(&*c.load()?));
+            Ok(())
+        }
+        Command::Lake {
+            command: LakeCommand::Expire { config, dry_run },
+        } => {
+            let expired = commands::lake_expire(&*config.load()?, dry_run).await?;
+            println!("{}", serde_json::to_string_pretty(&expired)?);
             Ok(())
         }
     }

@@ -11,9 +11,12 @@
 //! It exists so that the lake has one home: the writers ([`crate::archive`],
 //! [`crate::views`]) open their tables here, and every reader outside this crate goes through
 //! [`reader::LakeReader`], so that no other crate opens a Delta table or decides on its own
-//! what a missing table is.
+//! what a missing table is. [`retention`] deletes the date partitions a table no longer keeps.
 
 pub mod reader;
+pub mod retention;
+
+use std::collections::BTreeSet;
 
 use arrow::array::{Array, AsArray};
 use arrow::compute::cast;
@@ -28,6 +31,7 @@ use lambdaflow_common::timestamp::format_date;
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::views::watermark::parse_date;
 
 /// The directory of the platform's own files under the lake root.
 const PLATFORM: &str = "_lambdaflow";
@@ -189,6 +193,26 @@ pub async fn open_or_create(
         .with_partition_columns(partition_by.iter().copied())
         .await
         .map_err(delta)
+}
+
+/// The dates (days since the epoch) of the `column` partitions of `table`'s live files at
+/// its loaded version, read from the log without opening a data file.
+pub fn partition_dates(table: &DeltaTable, column: &str) -> Result<BTreeSet<i32>> {
+    let snapshot = table.snapshot().map_err(|source| Error::Delta {
+        table: table.table_url().to_string(),
+        source,
+    })?;
+    let mut dates = BTreeSet::new();
+    for file in snapshot.log_data().iter() {
+        let value = file.partition_values_map().get(column).cloned().flatten();
+        if let Some(text) = value {
+            dates.insert(parse_date(&text).ok_or_else(|| Error::Corrupt {
+                table: table.table_url().to_string(),
+                message: format!("bad {column} partition `{text}`"),
+            })?);
+        }
+    }
+    Ok(dates)
 }
 
 /// Runs `sql` over `table` (at its loaded version) registered as `name` in a session of its

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lake::Lake;
+use crate::lake::retention::Expired;
 
 const RUNS: &str = "runs";
 
@@ -77,6 +78,10 @@ pub struct ViewOutcome {
     pub rows_written: u64,
     /// The view table version published, if anything was.
     pub version: Option<u64>,
+    /// Dates a full recompute kept as they were because the raw table no longer holds them
+    /// (expired by retention).
+    #[serde(default)]
+    pub kept_dates: usize,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -105,6 +110,9 @@ pub struct RunRecord {
     pub raw_version: Option<u64>,
     /// The Kafka offsets the views now cover.
     pub watermark: Option<Watermark>,
+    /// What retention deleted before the views were computed, per table with a retention.
+    #[serde(default)]
+    pub expired: Vec<Expired>,
     /// Raw rows in the files scanned, summed over views.
     pub rows_read: u64,
     /// View rows written, summed over views.
@@ -226,6 +234,7 @@ impl RunRecord {
             started_at: None,
             finished_at: None,
             raw_version: None,
+            expired: Vec::new(),
             watermark: None,
             rows_read: 0,
             rows_written: 0,

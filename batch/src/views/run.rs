@@ -1,11 +1,14 @@
 //! One batch run: every view brought up to the raw table's current version, each published
 //! in one Delta commit that also records its watermark.
 //!
-//! For each view, in config order:
+//! First retention is applied ([`crate::lake::retention`]) and the raw table's version pinned.
+//! Then for each view, in config order:
 //! 1. read what its last commit covers ([`crate::views::watermark::view_commit`]);
 //! 2. pick the mode: *full* for a new view, a changed definition or `--full`; *unchanged* if it
 //!    already covers the raw version read; otherwise *incremental*: the event dates with raw
-//!    rows added since its raw version ([`crate::views::watermark::dates_changed`]);
+//!    rows added since its raw version ([`crate::views::watermark::dates_changed`]). Only dates
+//!    the raw table still holds and the view's retention keeps are computed: a full recompute
+//!    keeps the dates whose raw rows expired, and counts them in its record;
 //! 3. compute the dates' rows ([`crate::views::recompute`]) at the pinned raw version;
 //! 4. publish: overwrite exactly those dates (`replaceWhere` on `event_date`), or the whole
 //!    table, in one commit carrying the [`ViewCommit`].
@@ -35,7 +38,8 @@ use lambdaflow_common::watermark::Watermark;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::lake::{Lake, open_or_create};
+use crate::lake::retention::Expire;
+use crate::lake::{Lake, open_or_create, partition_dates};
 use crate::metrics;
 use crate::views::lock::{BatchLock, RunLock};
 use crate::views::recompute::view_frame;
@@ -154,9 +158,13 @@ impl BatchRun {
     }
 
     async fn views(&mut self, lock: &RunLock) -> Result<()> {
-        let source = &self.config.source;
+        let config = self.config.clone();
+        let expire = Expire::new(&config, &self.lake);
+        self.record.expired = expire.run().await?;
+        let source = &config.source;
         let raw_url = self.lake.raw(&source.name);
         let raw = open_or_create(&raw_url, &raw_schema(source), &[EVENT_DATE]).await?;
+        let raw_dates = partition_dates(&raw, EVENT_DATE)?;
         let watermark = raw_watermark(&raw, &self.config.kafka.topic).await?;
         tracing::info!(run = %self.record.id, raw_version = watermark.raw_version, offsets = ?watermark.offsets, "batch run reading the raw table");
         self.record.raw_version = Some(watermark.raw_version);
@@ -175,13 +183,19 @@ impl BatchRun {
             .await
             .map_err(|source| query_err(&raw_url, source))?;
         let mut all_dates = BTreeSet::new();
-        let views = self.config.views.clone();
+        let views = &config.views;
         for (i, view) in views.iter().enumerate() {
             self.record.progress = Some(format!("view {}/{}: {}", i + 1, views.len(), view.name));
             self.history.save(&self.record).await?;
             let started = Instant::now();
             let (outcome, dates) = self
-                .view(&ctx, &raw, provider.clone(), view, (&watermark, lock))
+                .view(
+                    &ctx,
+                    (&raw, &raw_dates),
+                    provider.clone(),
+                    (view, expire.view_cutoff(&view.name)),
+                    (&watermark, lock),
+                )
                 .await?;
             let outcome = ViewOutcome {
                 seconds: started.elapsed().as_secs_f64(),
@@ -197,12 +211,16 @@ impl BatchRun {
         Ok(())
     }
 
+    /// Brings one view up to `watermark`. `raw_dates` are the dates the raw table holds after
+    /// retention, `cutoff` the oldest date the view keeps: no date outside both is computed,
+    /// so a view keeps the dates whose raw rows expired and never recomputes them from a
+    /// partial raw date.
     async fn view(
         &self,
         ctx: &SessionContext,
-        raw: &DeltaTable,
+        (raw, raw_dates): (&DeltaTable, &BTreeSet<i32>),
         provider: Arc<dyn datafusion::catalog::TableProvider>,
-        view: &ViewDef,
+        (view, cutoff): (&ViewDef, Option<i32>),
         (watermark, lock): (&Watermark, &RunLock),
     ) -> Result<(ViewOutcome, BTreeSet<i32>)> {
         let source = &self.config.source;
@@ -224,6 +242,7 @@ impl BatchRun {
             rows_read: 0,
             rows_written: 0,
             version: None,
+            kept_dates: 0,
             seconds: 0.0,
         };
         let dates = match &previous {
@@ -240,9 +259,24 @@ impl BatchRun {
             }
             _ => None,
         };
-        if dates.is_some() {
-            outcome.mode = Mode::Incremental;
-        }
+        let computable = |d: &i32| raw_dates.contains(d) && cutoff.is_none_or(|c| *d >= c);
+        let dates = match dates {
+            Some(changed) => {
+                outcome.mode = Mode::Incremental;
+                Some(changed.into_iter().filter(computable).collect())
+            }
+            None => {
+                let kept = match redefined {
+                    true => 0,
+                    false => partition_dates(&table, EVENT_DATE)?
+                        .difference(raw_dates)
+                        .count(),
+                };
+                outcome.kept_dates = kept;
+                (kept > 0 || cutoff.is_some())
+                    .then(|| raw_dates.iter().copied().filter(computable).collect())
+            }
+        };
         let (rows_read, scanned) = raw_rows(raw, dates.as_ref())?;
         outcome.rows_read = rows_read;
         outcome.dates = scanned.len();
@@ -325,7 +359,8 @@ fn date_list(dates: &BTreeSet<i32>) -> Expr {
 }
 
 /// Writes `batches` as the view's rows for `dates` (every date when `None`) in one commit
-/// carrying `commit`.
+/// carrying `commit`. A redefined view is replaced whole, schema included: the dates it kept
+/// were computed under the old definition.
 async fn publish(
     table: DeltaTable,
     layout: &ViewLayout,
@@ -350,13 +385,13 @@ async fn publish(
         .with_partition_columns([EVENT_DATE])
         .with_commit_properties(properties);
     let write = match dates {
+        _ if redefined => write
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite),
         Some(dates) if dates.is_empty() => write.with_save_mode(SaveMode::Append),
         Some(dates) => write
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(date_list(dates)),
-        None if redefined => write
-            .with_save_mode(SaveMode::Overwrite)
-            .with_schema_mode(SchemaMode::Overwrite),
         None => write.with_save_mode(SaveMode::Overwrite),
     };
     write

@@ -110,48 +110,69 @@ fn batch_run_prints_its_record_or_fails_with_the_reason() {
     assert!(stderr.contains("error: lake uri"), "{stderr}");
 }
 
-/// Writes one raw event dated `days_ago` days before today into the lake at `lake`.
-fn raw_event(config_path: &str, lake: &str, days_ago: i64) {
-    use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
+/// Writes into the lake at `lake` one raw event dated, and one refused message received,
+/// `days_ago` days before today.
+fn old_rows(config_path: &str, lake: &str, days_ago: i64) {
+    use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
     use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
     use lambdaflow_common::validate::{Coordinates, Validator};
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let config = lambdaflow_serving::commands::load_config(&root.join(config_path)).unwrap();
     let validator = Validator::new(&config.source);
-    let mut builder = validator.batch_builder(&config.kafka.topic, now_micros());
-    let time_ms = (now_micros() - days_ago * MICROS_PER_DAY) / 1000;
+    let then = now_micros() - days_ago * MICROS_PER_DAY;
+    let mut builder = validator.batch_builder(&config.kafka.topic, then);
     let json = serde_json::json!({
-        "event_id": format!("old-{days_ago}"), "event_time": time_ms, "type": "view",
+        "event_id": format!("old-{days_ago}"), "event_time": then / 1000, "type": "view",
         "user_id": "u1", "country": "KR",
     });
-    let coordinates = Coordinates {
-        partition: 0,
-        offset: days_ago,
-    };
-    builder
-        .push(Some(&serde_json::to_vec(&json).unwrap()), coordinates)
-        .unwrap();
-    let events = builder.finish().events;
-    assert_eq!(events.num_rows(), 1);
+    for (offset, message) in [serde_json::to_vec(&json).unwrap(), b"not json".to_vec()]
+        .iter()
+        .enumerate()
+    {
+        let coordinates = Coordinates {
+            partition: 0,
+            offset: offset as i64,
+        };
+        let accepted = builder.push(Some(message), coordinates).is_ok();
+        assert_eq!(
+            accepted,
+            offset == 0,
+            "the event is accepted, the rest refused"
+        );
+    }
+    let validated = builder.finish();
+    assert_eq!(validated.events.num_rows(), 1);
+    assert_eq!(validated.rejects.num_rows(), 1);
     let lake = lambdaflow_batch::lake::Lake::new(&lambdaflow_common::config::LakeConfig {
         uri: lake.to_owned(),
     })
     .unwrap();
+    let tables = [
+        (
+            lake.raw(&config.source.name),
+            raw_schema(&config.source),
+            EVENT_DATE,
+            validated.events,
+        ),
+        (
+            lake.quarantine(&config.source.name),
+            quarantine_schema(),
+            INGEST_DATE,
+            validated.rejects,
+        ),
+    ];
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let url = lake.raw(&config.source.name);
-        let table = lambdaflow_batch::lake::open_or_create(
-            &url,
-            &raw_schema(&config.source),
-            &[EVENT_DATE],
-        )
-        .await
-        .unwrap();
-        table
-            .write([events])
-            .with_partition_columns([EVENT_DATE])
-            .await
-            .unwrap();
+        for (url, schema, date, rows) in tables {
+            let table = lambdaflow_batch::lake::open_or_create(&url, &schema, &[date])
+                .await
+                .unwrap();
+            table
+                .write([rows])
+                .with_partition_columns([date])
+                .await
+                .unwrap();
+        }
     });
 }
 
@@ -161,7 +182,7 @@ fn lake_expire_lists_then_deletes_the_expired_dates() {
     let lake = dir.path().join("lake");
     let lake = lake.to_str().unwrap();
     for days_ago in [30, 2] {
-        raw_event("deploy/lambdaflow.toml", lake, days_ago);
+        old_rows("deploy/lambdaflow.toml", lake, days_ago);
     }
     let expire = |args: &[&str]| {
         let mut all = vec!["lake", "expire", "--config", "deploy/lambdaflow.toml"];
@@ -171,6 +192,7 @@ fn lake_expire_lists_then_deletes_the_expired_dates() {
             &[
                 ("LAMBDAFLOW_LAKE__URI", lake),
                 ("LAMBDAFLOW_RETENTION__RAW", "7d"),
+                ("LAMBDAFLOW_RETENTION__QUARANTINE", "7d"),
             ],
         );
         assert!(
@@ -179,17 +201,22 @@ fn lake_expire_lists_then_deletes_the_expired_dates() {
             String::from_utf8_lossy(&out.stderr)
         );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let raw = report
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["table"] == "raw/events")
-            .cloned()
-            .unwrap();
-        raw["dates"].as_array().unwrap().len()
+        let dates = |table: &str| {
+            let entry = report
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["table"] == table);
+            entry.unwrap()["dates"].as_array().unwrap().len()
+        };
+        (dates("raw/events"), dates("quarantine/events"))
     };
-    assert_eq!(expire(&["--dry-run"]), 1, "the 30-day-old date is listed");
-    assert_eq!(expire(&["--dry-run"]), 1, "a dry run deletes nothing");
-    assert_eq!(expire(&[]), 1, "and then it is deleted");
-    assert_eq!(expire(&[]), 0, "only once");
+    assert_eq!(
+        expire(&["--dry-run"]),
+        (1, 1),
+        "the 30-day-old dates are listed"
+    );
+    assert_eq!(expire(&["--dry-run"]), (1, 1), "a dry run deletes nothing");
+    assert_eq!(expire(&[]), (1, 1), "and then they are deleted");
+    assert_eq!(expire(&[]), (0, 0), "only once");
 }

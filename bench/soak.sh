@@ -2,16 +2,24 @@
 # Load and soak: `lambdaflow demo` (release build) ingesting its generator's events, first a
 # bounded load of the query API and of POST /v1/events with wrk while it ingests, then a soak
 # that samples, every 30 s, the process's memory and open files, the speed layer's lag and
-# retained events, the view versions, and the lake's Delta versions and file counts (live in
-# the raw table's snapshot, and on disk, where compacted files stay until a VACUUM).
-#   bash bench/soak.sh [minutes, default 10] [events/s, default 200]
-# Writes bench/soak.csv and bench/soak.md. Needs wrk (Debian's `wrk`). LAMBDAFLOW_BIN names a
-# lambdaflow binary to use instead of building the release one.
+# retained events, the view versions, and the lake: Delta versions, live files, files and
+# bytes on storage, log files.
+#   bash bench/soak.sh [minutes, default 10] [events/s, default 200] [forced run every S seconds, default 900]
+# The lake's lifecycle is what is soaked: a nightly batch schedule, so that only the forced
+# runs move the watermark; raw retention of 2 days, so that the generator's late events
+# (up to 3 days old) land in dates every run expires; vacuum after 10 minutes. Each is an
+# ordinary config override and may be set otherwise in the environment.
+# Writes bench/soak.csv, bench/soak.md and bench/soak.svg. Needs wrk (Debian's `wrk`).
+# LAMBDAFLOW_BIN names a lambdaflow binary to use instead of building the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 MINUTES="${1:-10}"
 RATE="${2:-200}"
+FORCE_EVERY="${3:-900}"
+export LAMBDAFLOW_BATCH__SCHEDULE="${LAMBDAFLOW_BATCH__SCHEDULE:-0 0 0 * * *}"
+export LAMBDAFLOW_RETENTION__RAW="${LAMBDAFLOW_RETENTION__RAW:-2d}"
+export LAMBDAFLOW_LAKE__VACUUM_RETENTION="${LAMBDAFLOW_LAKE__VACUUM_RETENTION:-10m}"
 PORT="${LAMBDAFLOW_SOAK_PORT:-18480}"
 BASE="http://127.0.0.1:$PORT"
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
@@ -34,6 +42,8 @@ sleep 5
 metric() { curl -fsS "$BASE/metrics" | awk -v m="$1" '{ n = $1; sub(/\{.*/, "", n) } n == m { s += $2 } END { printf "%d", s }'; }
 series() { curl -fsS "$BASE/metrics" | awk -v m="$1" '$1 == m { printf "%d", $2 }'; }
 lake_files() { find "$DATA/lake/$1" -type f 2>/dev/null | wc -l; }
+lake_bytes() { du -sb "$DATA/lake/$1" 2>/dev/null | cut -f1; }
+log_files() { ls "$DATA/lake/$1/_delta_log" 2>/dev/null | wc -l; }
 delta_version() { ls "$DATA/lake/$1/_delta_log" 2>/dev/null | grep -c '\.json$' || true; }
 
 {
@@ -67,12 +77,18 @@ end
 LUA
 load "POST /v1/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
-echo "minute,rss_kib,open_files,lag,retained,retained_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,view_files" > bench/soak.csv
+echo "minute,rss_kib,open_files,lag,retained,retained_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files" > bench/soak.csv
 samples=$(( MINUTES * 2 ))
+started=$SECONDS
+forced=$SECONDS
 for i in $(seq 0 "$samples"); do
+  if [ $(( SECONDS - forced )) -ge "$FORCE_EVERY" ]; then
+    curl -fsS -X POST -H 'content-type: application/json' "$BASE/v1/batch/runs" >/dev/null || true
+    forced=$SECONDS
+  fi
   rss="$(awk '/VmRSS/ { print $2 }' "/proc/$PID/status")"
   fds="$(ls "/proc/$PID/fd" | wc -l)"
-  echo "$(awk -v i="$i" 'BEGIN { printf "%.1f", i / 2 }'),$rss,$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",table="raw"}'),$(lake_files raw),$(lake_files views)" >> bench/soak.csv
+  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total)" >> bench/soak.csv
   [ "$i" -lt "$samples" ] && sleep 30
 done
 
@@ -80,17 +96,46 @@ done
   echo
   echo "## Soak: $MINUTES minutes at $RATE events/s, one sample every 30 s (bench/soak.csv)"
   echo
-  "${LAMBDAFLOW_PYTHON:-python3}" - bench/soak.csv <<'PY'
+  echo "Batch schedule \`$LAMBDAFLOW_BATCH__SCHEDULE\`, a forced run every $FORCE_EVERY s, raw retention"
+  echo "$LAMBDAFLOW_RETENTION__RAW, vacuum retention $LAMBDAFLOW_LAKE__VACUUM_RETENTION. Plot: bench/soak.svg."
+  echo
+  "${LAMBDAFLOW_PYTHON:-python3}" - bench/soak.csv bench/soak.svg <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 half = rows[len(rows) // 2:]
+keys = ["rss_kib", "open_files", "lag", "retained", "retained_bytes", "messages", "view_version",
+        "raw_delta_versions", "raw_live_files", "raw_files", "raw_log_files", "view_files",
+        "lake_bytes", "expired_dates", "vacuumed_files"]
 print("| series | first | middle | last | max | second half trend |")
 print("| --- | --- | --- | --- | --- | --- |")
-for key in ["rss_kib", "open_files", "lag", "retained", "retained_bytes", "messages", "view_version", "raw_delta_versions", "raw_live_files", "raw_files", "view_files"]:
-    values = [int(float(r[key])) for r in rows]
-    tail = [int(float(r[key])) for r in half]
+for key in keys:
+    values = [int(float(r[key] or 0)) for r in rows]
+    tail = [int(float(r[key] or 0)) for r in half]
     trend = (tail[-1] - tail[0]) / max(1, abs(tail[0]))
     print(f"| {key} | {values[0]} | {values[len(values) // 2]} | {values[-1]} | {max(values)} | {trend:+.1%} |")
+
+# Each plotted series relative to its own maximum, against minutes.
+plotted = {"rss_kib": "#1f77b4", "lake_bytes": "#d62728", "raw_live_files": "#2ca02c",
+           "raw_files": "#9467bd", "raw_log_files": "#ff7f0e"}
+width, height, pad = 720, 360, 40
+minutes = [float(r["minute"]) for r in rows]
+span = max(minutes[-1], 1e-9)
+out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 60}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{width}" height="{height + 60}" fill="white"/>',
+       f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
+       f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+       f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">minutes</text>',
+       f'<text x="{pad}" y="{pad - 10}">each series / its maximum</text>']
+for n, (key, color) in enumerate(plotted.items()):
+    values = [float(r[key] or 0) for r in rows]
+    top = max(max(values), 1e-9)
+    points = " ".join(
+        f"{pad + (m / span) * (width - 2 * pad):.1f},{height - pad - (v / top) * (height - 2 * pad):.1f}"
+        for m, v in zip(minutes, values))
+    out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
+    out.append(f'<text x="{pad + n * 135}" y="{height + 20}" fill="{color}">{key} (max {int(top)})</text>')
+out.append("</svg>")
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
 PY
 } >> bench/soak.md
 cat bench/soak.md

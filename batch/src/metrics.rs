@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    HistogramVec, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter_vec,
-    register_int_gauge_vec,
+    HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, register_histogram_vec,
+    register_int_counter, register_int_counter_vec, register_int_gauge_vec,
 };
 
 /// Seconds of one archiver commit, by table.
@@ -113,6 +113,76 @@ pub static EXPIRED_DATES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "lambdaflow_lake_expired_dates_total",
         "Date partitions deleted by retention, by table (raw/<source>, quarantine/<source>, views/<view>)",
         &["table"]
+    )
+    .expect("registered once")
+});
+
+/// Data files deleted by vacuum, by table.
+pub static VACUUMED_FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "lambdaflow_lake_vacuumed_files_total",
+        "Data files deleted by vacuum (unreferenced for lake.vacuum_retention), by table",
+        &["table"]
+    )
+    .expect("registered once")
+});
+
+/// Each table's Delta version, as of the last storage status (after every batch run and
+/// every `GET /v1/lake`).
+pub static LAKE_VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_lake_version",
+        "Delta version of each lake table, as of the last storage status",
+        &["table"]
+    )
+    .expect("registered once")
+});
+
+/// Data files each table's latest version references.
+pub static LAKE_LIVE_FILES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_lake_live_files",
+        "Data files the latest version of each lake table references",
+        &["table"]
+    )
+    .expect("registered once")
+});
+
+/// Bytes of those files.
+pub static LAKE_LIVE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_lake_live_bytes",
+        "Bytes of the data files the latest version of each lake table references",
+        &["table"]
+    )
+    .expect("registered once")
+});
+
+/// Bytes on storage under each table's root: live files, files awaiting vacuum, the log.
+pub static LAKE_STORAGE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_lake_storage_bytes",
+        "Bytes on storage under each lake table's root: live data files, files awaiting vacuum and the Delta log",
+        &["table"]
+    )
+    .expect("registered once")
+});
+
+/// Files under each table's `_delta_log/`.
+pub static LAKE_LOG_FILES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_lake_log_files",
+        "Files under each lake table's _delta_log/ (commits and checkpoints)",
+        &["table"]
+    )
+    .expect("registered once")
+});
+
+/// Vacuums that failed after a batch run (its views stay published).
+pub static VACUUM_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "lambdaflow_lake_vacuum_failures_total",
+        "Vacuums that failed at the end of a batch run (the views stay published; the next run tries again)"
     )
     .expect("registered once")
 });

@@ -6,13 +6,17 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::Array;
 use arrow::compute::cast;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use lambdaflow_batch::archive::commit::OffsetTable;
 use lambdaflow_batch::lake::retention::Expire;
+use lambdaflow_batch::lake::status::status;
+use lambdaflow_batch::lake::vacuum::{Vacuum, Vacuumed};
 use lambdaflow_batch::lake::{Lake, open_or_create, partition_dates};
+use lambdaflow_batch::views::lock::BatchLock;
 use lambdaflow_batch::views::records::{History, Mode, RunStatus};
 use lambdaflow_batch::views::run::BatchRun;
 use lambdaflow_common::config::Config;
@@ -607,4 +611,181 @@ async fn retention_deletes_exactly_the_expired_dates_and_no_answer_changes() {
             "view {view} keeps every date"
         );
     }
+}
+
+/// The data files under a table's directory `dir`, recursively (not the log's checkpoints).
+fn parquet_files(dir: &std::path::Path) -> BTreeSet<std::path::PathBuf> {
+    let mut files = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.ends_with("_delta_log") {
+            continue;
+        }
+        if path.is_dir() {
+            files.extend(parquet_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            files.insert(path);
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn vacuum_keeps_what_pinned_readers_need_and_collects_the_rest() {
+    let mut house = Lakehouse::new().await;
+    let mut config = (*house.config).clone();
+    config.lake.checkpoint_interval = 2;
+    house.config = Arc::new(config.clone());
+    let today = now_micros().div_euclid(MICROS_PER_DAY);
+    let on = |days_ago: i64, id: usize| Event {
+        id,
+        time_us: (today - days_ago) * MICROS_PER_DAY + 3_600_000_000,
+        kind: 0,
+        user: id,
+        country: id % 3,
+        product: Some(1),
+        amount: Some(4),
+        quantity: Some(1),
+    };
+    let old = (today - 10) as i32;
+    house
+        .append(&[on(10, 0), on(10, 1), on(5, 2), on(1, 3)])
+        .await;
+    let first = house.run().run().await.unwrap();
+    assert_eq!(first.vacuum_error, None);
+    let pinned = first.raw_version.unwrap();
+    let answers = house.views().await;
+    let raw_url = house.lake.raw(&config.source.name);
+    let raw_dir = raw_url.to_file_path().unwrap();
+    let view_dir = house
+        .lake
+        .view(&config.views[0].name)
+        .to_file_path()
+        .unwrap();
+
+    // Retention removes the old date from raw's latest version; the views' watermark still
+    // pins the version that holds it.
+    config.retention.raw = Retention::For(Duration::from_secs(7 * 86_400));
+    Expire::new(&config, &house.lake).run().await.unwrap();
+    let old_files = parquet_files(&raw_dir.join(format!("event_date={}", format_date(old))));
+    assert!(!old_files.is_empty());
+
+    // A run killed between writing a file and committing it left this one behind.
+    let live = parquet_files(&view_dir).into_iter().next().unwrap();
+    let orphan = live.with_file_name("part-00000-killed-before-commit.parquet");
+    std::fs::copy(&live, &orphan).unwrap();
+
+    let later = |hours: i64| chrono::Utc::now() + chrono::Duration::hours(hours);
+    let report = |vacuumed: &[Vacuumed], table: &str| {
+        vacuumed.iter().find(|v| v.table == table).cloned().unwrap()
+    };
+    let view_table = format!("views/{}", config.views[0].name);
+
+    let soon = Vacuum::new(&config, &house.lake)
+        .with_now(later(1))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        report(&soon, &view_table).files,
+        0,
+        "younger than vacuum_retention"
+    );
+    assert!(orphan.exists());
+
+    let dry = Vacuum::new(&config, &house.lake)
+        .with_now(later(8 * 24))
+        .with_dry_run(true)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report(&dry, &view_table).files, 1, "{dry:?}");
+    assert!(orphan.exists(), "a dry run deletes nothing");
+
+    let week = Vacuum::new(&config, &house.lake)
+        .with_now(later(8 * 24))
+        .run()
+        .await
+        .unwrap();
+    let raw = report(&week, "raw/events");
+    assert_eq!(raw.pinned, [pinned]);
+    assert_eq!(raw.files, 0, "the pinned version's files stay: {raw:?}");
+    assert_eq!(
+        raw.log_files, 1,
+        "the entry before the checkpoint at the pinned version goes: {raw:?}"
+    );
+    assert!(
+        !raw_dir
+            .join("_delta_log/00000000000000000000.json")
+            .exists()
+    );
+    assert!(!orphan.exists(), "the killed run's file is collected");
+    assert!(old_files.iter().all(|f| f.exists()));
+    let at_pin = lambdaflow_batch::lake::open(&raw_url, Some(pinned))
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = lambdaflow_batch::lake::stored_ids(&at_pin, &config.source.id_field, old)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2, "the pinned raw version still reads");
+    assert_eq!(house.views().await, answers);
+
+    // Once a batch run moves the watermark, the expired date's files go.
+    house.config = Arc::new(config.clone());
+    let second = house.run().run().await.unwrap();
+    assert_eq!(second.status, RunStatus::Succeeded);
+    assert!(second.vacuum_error.is_none());
+    let collected = Vacuum::new(&config, &house.lake)
+        .with_now(later(8 * 24))
+        .run()
+        .await
+        .unwrap();
+    let raw = report(&collected, "raw/events");
+    assert_eq!(raw.pinned, [second.raw_version.unwrap()]);
+    assert_eq!(raw.files, old_files.len() as u64, "{raw:?}");
+    assert!(old_files.iter().all(|f| !f.exists()));
+    assert_eq!(house.views().await, answers, "no answer changes");
+
+    // Every view still finds what it covers after its log was cleaned: nothing to recompute.
+    let third = house.run().run().await.unwrap();
+    for view in &third.views {
+        assert_ne!(view.mode, Mode::Full, "{}", view.name);
+        assert_eq!(view.dates, 0, "{}", view.name);
+    }
+
+    let tables = status(&config, &house.lake).await.unwrap();
+    let raw = tables.iter().find(|t| t.table == "raw/events").unwrap();
+    assert_eq!(raw.oldest_date, Some(format_date(old + 5)));
+    assert_eq!(raw.newest_date, Some(format_date((today - 1) as i32)));
+    assert!(
+        raw.live_files >= 2 && raw.storage_bytes > raw.live_bytes,
+        "{raw:?}"
+    );
+    assert!(
+        raw.last_vacuum.is_some() && raw.next_expiry.is_some(),
+        "{raw:?}"
+    );
+    let quarantine = tables
+        .iter()
+        .find(|t| t.table == "quarantine/events")
+        .unwrap();
+    assert_eq!(quarantine.next_expiry, None, "kept forever");
+}
+
+#[tokio::test]
+async fn vacuum_never_runs_beside_a_batch_run() {
+    let house = Lakehouse::new().await;
+    let history = History::new(&house.lake).unwrap();
+    let lock = BatchLock::new(history)
+        .acquire("run-in-progress")
+        .await
+        .unwrap();
+    let refused = Vacuum::new(&house.config, &house.lake).run_alone().await;
+    assert!(refused.is_err(), "{refused:?}");
+    lock.release().await.unwrap();
+    Vacuum::new(&house.config, &house.lake)
+        .run_alone()
+        .await
+        .unwrap();
 }

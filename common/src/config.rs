@@ -81,7 +81,30 @@ impl KafkaConfig {
 pub struct LakeConfig {
     /// `file:///path`, a plain local path, or `s3://bucket/prefix`.
     pub uri: String,
+    /// How long a file no longer referenced by a table's latest version (or by a version a
+    /// reader still pins) stays on storage before vacuum deletes it; log entries older than
+    /// this are cleaned up too.
+    #[serde(default = "default_vacuum_retention", with = "humantime_serde")]
+    pub vacuum_retention: Duration,
+    /// Commits between two checkpoints of a table's log.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
 }
+
+impl LakeConfig {
+    /// The lake at `uri` with the default lifecycle settings.
+    pub fn at(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            vacuum_retention: default_vacuum_retention(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// The shortest `lake.vacuum_retention`: an archiver writes a file a little before it commits
+/// it, and a query reads files a while after it listed them; vacuum must not delete either.
+pub const MIN_VACUUM_RETENTION: Duration = Duration::from_secs(10 * 60);
 
 /// The HTTP API.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -226,6 +249,21 @@ impl Config {
                 "commit_max_events and dedup_max_dates must be positive".into(),
             );
         }
+        if self.lake.vacuum_retention < MIN_VACUUM_RETENTION {
+            return invalid(
+                "lake.vacuum_retention".into(),
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_VACUUM_RETENTION)
+                ),
+            );
+        }
+        if self.lake.checkpoint_interval == 0 {
+            return invalid(
+                "lake.checkpoint_interval".into(),
+                "must be at least 1".into(),
+            );
+        }
         self.source.check()?;
         let columns: HashSet<&str> = self.source.column_names().collect();
         for reserved in RESERVED_COLUMNS {
@@ -326,6 +364,12 @@ fn default_listen() -> String {
 }
 fn default_max_body() -> usize {
     16 * 1024 * 1024
+}
+fn default_vacuum_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_checkpoint_interval() -> u64 {
+    100
 }
 fn default_sql_timeout() -> Duration {
     Duration::from_secs(30)

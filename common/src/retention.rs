@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::timestamp::date_of_micros;
+use crate::timestamp::{MICROS_PER_DAY, date_of_micros};
 
 /// How long a table keeps a date.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,6 +33,22 @@ impl Retention {
             Self::For(keep) => {
                 let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
                 Some(date_of_micros(now_micros.saturating_sub(keep)))
+            }
+        }
+    }
+
+    /// When `date` (days since the epoch) expires, in microseconds since the epoch: the moment
+    /// [`Retention::cutoff`] passes it. `None` for a table kept forever.
+    pub fn expires_at(self, date: i32) -> Option<i64> {
+        match self {
+            Self::Forever => None,
+            Self::For(keep) => {
+                let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+                Some(
+                    (i64::from(date) + 1)
+                        .saturating_mul(MICROS_PER_DAY)
+                        .saturating_add(keep),
+                )
             }
         }
     }
@@ -153,5 +169,15 @@ mod tests {
         assert_eq!(parse("400d").unwrap().to_string(), "400d");
         assert_eq!(parse("36h").unwrap().to_string(), "1day 12h");
         assert_eq!(Retention::Forever.to_string(), "forever");
+    }
+
+    #[test]
+    fn a_date_expires_when_the_cutoff_passes_it() {
+        let keep = Retention::For(Duration::from_secs(3 * 86_400));
+        let date = 20_000;
+        let at = keep.expires_at(date).unwrap();
+        assert_eq!(keep.cutoff(at - 1), Some(date));
+        assert_eq!(keep.cutoff(at), Some(date + 1));
+        assert_eq!(Retention::Forever.expires_at(date), None);
     }
 }

@@ -76,6 +76,18 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum LakeCommand {
+    /// Per table: version, live files and bytes, bytes on storage, dates held, last vacuum and
+    /// next expiry.
+    Status(ConfigArg),
+    /// Delete the files and log entries no reader needs any more, as every batch run does
+    /// last; prints what was deleted.
+    Vacuum {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// List the data files that would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Delete the date partitions older than their table's retention, as every batch run does
     /// first; prints what expired.
     Expire {

@@ -11,6 +11,8 @@ use lambdaflow_batch::archive::Archiver;
 use lambdaflow_batch::lake::Lake;
 use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::lake::retention::{Expire, Expired};
+use lambdaflow_batch::lake::status::TableStatus;
+use lambdaflow_batch::lake::vacuum::{Vacuum, Vacuumed};
 use lambdaflow_batch::views::records::{RunRecord, Trigger};
 use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::config::Config;
@@ -261,6 +263,20 @@ pub async fn lake_expire(config: &Config, dry_run: bool) -> Result<Vec<Expired>>
         .with_dry_run(dry_run)
         .run_alone()
         .await?)
+}
+
+/// `lambdaflow lake vacuum`: vacuum now, outside a batch run.
+pub async fn lake_vacuum(config: &Config, dry_run: bool) -> Result<Vec<Vacuumed>> {
+    let lake = Lake::new(&config.lake)?;
+    Ok(Vacuum::new(config, &lake)
+        .with_dry_run(dry_run)
+        .run_alone()
+        .await?)
+}
+
+/// `lambdaflow lake status`: what each table holds and costs on storage.
+pub async fn lake_status(config: &Config) -> Result<Vec<TableStatus>> {
+    Ok(LakeReader::new(&config.lake)?.status(config).await?)
 }
 
 /// `lambdaflow batch schedule`: runs on the cron schedule until stopped.

@@ -115,11 +115,19 @@ async fn dispatch(command: Command) -> Result<()> {
             print!("{}", commands::check(&*c.load()?));
             Ok(())
         }
-        Command::Lake {
-            command: LakeCommand::Expire { config, dry_run },
-        } => {
-            let expired = commands::lake_expire(&*config.load()?, dry_run).await?;
-            println!("{}", serde_json::to_string_pretty(&expired)?);
+        Command::Lake { command } => {
+            let report = match command {
+                LakeCommand::Status(config) => {
+                    serde_json::to_string_pretty(&commands::lake_status(&*config.load()?).await?)?
+                }
+                LakeCommand::Vacuum { config, dry_run } => serde_json::to_string_pretty(
+                    &commands::lake_vacuum(&*config.load()?, dry_run).await?,
+                )?,
+                LakeCommand::Expire { config, dry_run } => serde_json::to_string_pretty(
+                    &commands::lake_expire(&*config.load()?, dry_run).await?,
+                )?,
+            };
+            println!("{report}");
             Ok(())
         }
     }

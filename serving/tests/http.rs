@@ -799,6 +799,51 @@ async fn quarantine_lists_the_latest_refusals_with_reasons() {
 }
 
 #[tokio::test]
+async fn lake_status_lists_every_table_and_sets_its_gauges() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    let (status, reply) = call(&state, get("/v1/lake")).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let tables = reply["tables"].as_array().unwrap();
+    let names: Vec<&str> = tables
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    let mut expected = vec!["raw/events".to_owned(), "quarantine/events".to_owned()];
+    expected.extend(
+        state
+            .config
+            .views
+            .iter()
+            .map(|v| format!("views/{}", v.name)),
+    );
+    assert_eq!(names, expected);
+    let raw = &tables[0];
+    assert!(
+        raw["version"].is_u64() && raw["live_files"].as_u64().unwrap() >= 1,
+        "{raw}"
+    );
+    assert!(
+        raw["storage_bytes"].as_u64().unwrap() > raw["live_bytes"].as_u64().unwrap(),
+        "the log is on storage too: {raw}"
+    );
+    assert!(raw["oldest_date"].as_str().unwrap() <= raw["newest_date"].as_str().unwrap());
+    assert_eq!(raw["next_expiry"], Value::Null, "kept forever");
+
+    let response = app(state.clone()).oneshot(get("/metrics")).await.unwrap();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let scraped = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        scraped.contains("lambdaflow_lake_storage_bytes{table=\"raw/events\"}"),
+        "{scraped}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_are_prometheus_text_with_scrape_time_gauges() {
     let broker = EmbeddedBroker::start("events", 1).unwrap();
     let lake = tempfile::tempdir().unwrap();
@@ -913,7 +958,7 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
             }
         }
     }
-    assert_eq!(operations, 15, "the document lists every operation once");
+    assert_eq!(operations, 16, "the document lists every operation once");
 
     // Bodies over the limit, deep documents and broken JSON on every route that reads a body.
     let mut small = state.clone();

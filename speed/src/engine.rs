@@ -36,6 +36,9 @@ use crate::error::{Error, Result};
 use crate::served::{Retained, Served, ViewPair, Views};
 use crate::spill::{SEGMENT_ROWS, Spill};
 
+/// Rows Arrow's builders reserve room for before they first grow.
+const BUILDER_ROWS: usize = 1024;
+
 /// What one [`Speed::fold`] did, for the adapter to count.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Folded {
@@ -210,7 +213,15 @@ impl Speed {
 
     /// The event dates of `events` whose ids must be loaded before [`Self::fold`].
     pub fn dates_to_load(&mut self, events: &RecordBatch) -> Vec<i32> {
-        let needed: BTreeSet<i32> = dates(events).values().iter().copied().collect();
+        let mut needed = BTreeSet::new();
+        let mut last = None;
+        for date in dates(events).values().iter().copied() {
+            // Runs of one date are the rule: one set insertion per run, not per row.
+            if last != Some(date) {
+                needed.insert(date);
+                last = Some(date);
+            }
+        }
         self.seen.dates_to_load(&needed)
     }
 
@@ -247,10 +258,14 @@ impl Speed {
             let keep = self
                 .seen
                 .keep(events.column(0).as_string::<i32>(), dates(&events));
-            if keep.true_count() == keep.len() {
-                // The validator's builders reserve room for a thousand rows; a retained
-                // micro-batch of a few events would keep all of it. Filtering copies to size
-                // already; a batch kept whole is copied here.
+            if keep.true_count() == keep.len() && events.num_rows() >= BUILDER_ROWS {
+                // Past their first reservation, builders grow by doubling: at most half of
+                // a batch this large is slack, and the spill bounds what is held.
+                events
+            } else if keep.true_count() == keep.len() {
+                // Arrow's builders reserve room for 1,024 rows; a retained micro-batch of a
+                // few events would keep all of it. Filtering copies to size already; a small
+                // batch kept whole is copied here.
                 let all = UInt32Array::from_iter_values(0..events.num_rows() as u32);
                 take_record_batch(&events, &all)?
             } else {

@@ -144,9 +144,9 @@ fn old_rows(config_path: &str, lake: &str, days_ago: i64) {
     let validated = builder.finish();
     assert_eq!(validated.events.num_rows(), 1);
     assert_eq!(validated.rejects.num_rows(), 1);
-    let lake = lambdaflow_batch::lake::Lake::new(&lambdaflow_common::config::LakeConfig {
-        uri: lake.to_owned(),
-    })
+    let lake = lambdaflow_batch::lake::Lake::new(&lambdaflow_common::config::LakeConfig::at(
+        lake.to_owned(),
+    ))
     .unwrap();
     let tables = [
         (
@@ -219,4 +219,61 @@ fn lake_expire_lists_then_deletes_the_expired_dates() {
     assert_eq!(expire(&["--dry-run"]), (1, 1), "a dry run deletes nothing");
     assert_eq!(expire(&[]), (1, 1), "and then they are deleted");
     assert_eq!(expire(&[]), (0, 0), "only once");
+}
+
+#[test]
+fn lake_status_and_vacuum_report_every_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake = lake.to_str().unwrap();
+    old_rows("deploy/lambdaflow.toml", lake, 3);
+    let lake_command = |args: &[&str]| {
+        let mut all = vec!["lake"];
+        all.extend(args);
+        all.extend(["--config", "deploy/lambdaflow.toml"]);
+        let out = lambdaflow(
+            &all,
+            &[
+                ("LAMBDAFLOW_LAKE__URI", lake),
+                ("LAMBDAFLOW_RETENTION__RAW", "30d"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report.as_array().unwrap().clone()
+    };
+    let status = lake_command(&["status"]);
+    let raw = status.iter().find(|t| t["table"] == "raw/events").unwrap();
+    assert_eq!(raw["live_files"], 1, "{raw}");
+    assert_eq!(raw["oldest_date"], raw["newest_date"]);
+    assert!(raw["next_expiry"].is_string(), "raw has a retention: {raw}");
+    assert!(raw["last_vacuum"].is_null());
+    let views = status
+        .iter()
+        .filter(|t| t["table"].as_str().unwrap().starts_with("views/"));
+    assert!(views.clone().count() >= 1);
+    assert!(
+        views.into_iter().all(|v| v["version"].is_null()),
+        "no batch run yet"
+    );
+
+    let dry = lake_command(&["vacuum", "--dry-run"]);
+    assert_eq!(dry.len(), 2, "raw and quarantine exist: {dry:?}");
+    assert!(
+        lake_command(&["status"])
+            .iter()
+            .all(|t| t["last_vacuum"].is_null())
+    );
+    let vacuumed = lake_command(&["vacuum"]);
+    assert!(
+        vacuumed.iter().all(|t| t["files"] == 0),
+        "nothing is old enough: {vacuumed:?}"
+    );
+    let after = lake_command(&["status"]);
+    let raw = after.iter().find(|t| t["table"] == "raw/events").unwrap();
+    assert!(raw["last_vacuum"].is_string(), "{raw}");
 }

@@ -91,7 +91,7 @@ async fn lock_race_in_the_bucket() {
     let Ok(uri) = std::env::var("LAMBDAFLOW_TEST_S3_LAKE") else {
         return;
     };
-    let lake = Lake::new(&lambdaflow_common::config::LakeConfig { uri: uri.clone() }).unwrap();
+    let lake = Lake::new(&lambdaflow_common::config::LakeConfig::at(uri.clone())).unwrap();
     let store = deltalake::DeltaTableBuilder::from_url(
         url::Url::parse(&format!("{uri}/_lambdaflow/")).unwrap(),
     )
@@ -306,4 +306,123 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
         },
     )
     .await;
+}
+
+/// Vacuum in the bucket: a file a killed writer left (never committed) is kept while younger
+/// than `lake.vacuum_retention` and deleted once older, and the table reads the same. Run by
+/// [`vacuum_collects_a_killed_writers_file_in_the_bucket`] in a child process with the S3
+/// settings in the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by vacuum_collects_a_killed_writers_file_in_the_bucket"]
+async fn vacuum_in_the_bucket() {
+    use std::collections::BTreeMap;
+    use std::time::SystemTime;
+
+    use lambdaflow_batch::archive::commit::OffsetTable;
+    use lambdaflow_batch::lake::vacuum::Vacuum;
+    use lambdaflow_batch::lake::{Lake, open_or_create, status::status};
+    use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
+    use lambdaflow_common::timestamp::now_micros;
+    use lambdaflow_common::validate::{Coordinates, Validator};
+
+    let Ok(uri) = std::env::var("LAMBDAFLOW_TEST_S3_LAKE") else {
+        return;
+    };
+    let mut config = Config::demo();
+    config.lake.uri = uri.clone();
+    let lake = Lake::new(&config.lake).unwrap();
+    let schema = raw_schema(&config.source);
+    let url = lake.raw(&config.source.name);
+    let table = open_or_create(&url, &schema, &[EVENT_DATE]).await.unwrap();
+    let mut raw = OffsetTable::load(table, (schema, EVENT_DATE), &config.kafka.topic, &[0])
+        .await
+        .unwrap();
+    let validator = Validator::new(&config.source);
+    let mut builder = validator.batch_builder(&config.kafka.topic, now_micros());
+    let event = serde_json::json!({
+        "event_id": "e1", "event_time": now_micros() / 1000, "type": "view",
+        "user_id": "u1", "country": "KR",
+    });
+    builder
+        .push(
+            Some(&serde_json::to_vec(&event).unwrap()),
+            Coordinates {
+                partition: 0,
+                offset: 0,
+            },
+        )
+        .unwrap();
+    raw.append(builder.finish().events, &BTreeMap::from([(0, 0)]))
+        .await
+        .unwrap();
+
+    let store = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .unwrap()
+        .build_storage()
+        .unwrap()
+        .object_store(None);
+    let orphan = object_store::path::Path::from("event_date=2020-01-01/part-00000-killed.parquet");
+    store
+        .put(&orphan, b"written, never committed".to_vec().into())
+        .await
+        .unwrap();
+    let in_hours = |hours: u64| SystemTime::now() + Duration::from_secs(hours * 3600);
+    let raw_report = |report: Vec<lambdaflow_batch::lake::vacuum::Vacuumed>| {
+        report
+            .into_iter()
+            .find(|v| v.table == "raw/events")
+            .unwrap()
+    };
+
+    let soon = Vacuum::new(&config, &lake)
+        .with_now(in_hours(1).into())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(raw_report(soon).files, 0);
+    assert!(
+        store.head(&orphan).await.is_ok(),
+        "younger than vacuum_retention"
+    );
+
+    let later = Vacuum::new(&config, &lake)
+        .with_now(in_hours(8 * 24).into())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(raw_report(later).files, 1);
+    assert!(
+        matches!(
+            store.head(&orphan).await,
+            Err(object_store::Error::NotFound { .. })
+        ),
+        "the killed writer's file is collected"
+    );
+    let tables = status(&config, &lake).await.unwrap();
+    let raw = tables.iter().find(|t| t.table == "raw/events").unwrap();
+    assert_eq!(raw.live_files, 1, "{raw:?}");
+    assert!(raw.last_vacuum.is_some(), "{raw:?}");
+    assert!(raw.storage_bytes > raw.live_bytes, "{raw:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_collects_a_killed_writers_file_in_the_bucket() {
+    let dir = scratch_dir();
+    let (_s3, endpoint) = start_moto(dir.path()).await;
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "vacuum_in_the_bucket",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("LAMBDAFLOW_TEST_S3_LAKE", format!("s3://{BUCKET}/lake"))
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_ACCESS_KEY_ID", "lambdaflow")
+        .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true")
+        .status()
+        .unwrap();
+    assert!(status.success(), "vacuum in the bucket failed: {status}");
 }

@@ -11,10 +11,15 @@
 //! It exists so that the lake has one home: the writers ([`crate::archive`],
 //! [`crate::views`]) open their tables here, and every reader outside this crate goes through
 //! [`reader::LakeReader`], so that no other crate opens a Delta table or decides on its own
-//! what a missing table is. [`retention`] deletes the date partitions a table no longer keeps.
+//! what a missing table is. The lifecycle of every table lambdaflow writes ([`tables`]) lives
+//! here too: [`retention`] deletes the date partitions a table no longer keeps, [`vacuum`]
+//! deletes the files and log entries no reader needs any more, and [`status`] reports what
+//! each table holds and costs.
 
 pub mod reader;
 pub mod retention;
+pub mod status;
+pub mod vacuum;
 
 use std::collections::BTreeSet;
 
@@ -24,9 +29,10 @@ use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-use lambdaflow_common::config::LakeConfig;
-use lambdaflow_common::schema::EVENT_DATE;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use lambdaflow_common::config::{Config, LakeConfig};
+use lambdaflow_common::retention::Retention;
+use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE};
 use lambdaflow_common::timestamp::format_date;
 use url::Url;
 
@@ -110,6 +116,51 @@ impl Lake {
     }
 }
 
+/// One table lambdaflow writes, as its lifecycle sees it.
+#[derive(Debug, Clone)]
+pub struct LakeTable {
+    /// Its path relative to the lake root (`raw/events`, `views/revenue`): its name in
+    /// reports, metrics and the vacuum records.
+    pub name: String,
+    /// Where it is.
+    pub url: Url,
+    /// The date partition column it ages out by.
+    pub date_column: &'static str,
+    /// How long it keeps each date.
+    pub retention: Retention,
+    /// The view it holds; `None` for the raw and quarantine tables.
+    pub view: Option<String>,
+}
+
+/// Every table of `config` in `lake`: raw, quarantine, then the views in config order.
+pub fn tables(config: &Config, lake: &Lake) -> Vec<LakeTable> {
+    let source = &config.source.name;
+    let mut tables = vec![
+        LakeTable {
+            name: format!("raw/{source}"),
+            url: lake.raw(source),
+            date_column: EVENT_DATE,
+            retention: config.retention.raw,
+            view: None,
+        },
+        LakeTable {
+            name: format!("quarantine/{source}"),
+            url: lake.quarantine(source),
+            date_column: INGEST_DATE,
+            retention: config.retention.quarantine,
+            view: None,
+        },
+    ];
+    tables.extend(config.views.iter().map(|view| LakeTable {
+        name: format!("views/{}", view.name),
+        url: lake.view(&view.name),
+        date_column: EVENT_DATE,
+        retention: view.retention,
+        view: Some(view.name.clone()),
+    }));
+    tables
+}
+
 /// Whether `error`, from opening or loading a table, means that there is no table there yet.
 /// The one rule for every reader of the lake: a table that is not there is empty, while any
 /// other failure (permissions, the network, a corrupt log, a version that is gone) is an
@@ -158,7 +209,8 @@ pub async fn open(url: &Url, version: Option<u64>) -> Result<Option<DeltaTable>>
     }
 }
 
-/// Opens the Delta table at `url`, creating it with `schema` and `partition_by` if there is none.
+/// Opens the Delta table at `url`, creating it with `schema` and `partition_by` if there is none
+/// (with delta-rs' own log cleanup off: [`LOG_CLEANUP_PROPERTY`]).
 pub async fn open_or_create(
     url: &Url,
     schema: &SchemaRef,
@@ -191,9 +243,15 @@ pub async fn open_or_create(
         .create()
         .with_columns(columns.fields().cloned())
         .with_partition_columns(partition_by.iter().copied())
+        .with_configuration_property(LOG_CLEANUP_PROPERTY, Some("false"))
         .await
         .map_err(delta)
 }
+
+/// The table property that lets delta-rs delete log entries after every commit: lambdaflow
+/// turns it off, because that cleanup knows nothing of the versions its readers pin, and
+/// cleans the log itself in [`vacuum`].
+pub(crate) const LOG_CLEANUP_PROPERTY: TableProperty = TableProperty::EnableExpiredLogCleanup;
 
 /// The dates (days since the epoch) of the `column` partitions of `table`'s live files at
 /// its loaded version, read from the log without opening a data file.
@@ -279,9 +337,9 @@ mod tests {
     #[test]
     fn local_paths_become_directory_urls() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&LakeConfig {
-            uri: dir.path().join("lake").display().to_string(),
-        })
+        let lake = Lake::new(&LakeConfig::at(
+            dir.path().join("lake").display().to_string(),
+        ))
         .unwrap();
         assert!(lake.root().as_str().ends_with("/lake/"));
         assert!(lake.raw("events").as_str().ends_with("/lake/raw/events/"));
@@ -307,10 +365,7 @@ mod tests {
 
     #[test]
     fn urls_are_kept() {
-        let lake = Lake::new(&LakeConfig {
-            uri: "s3://bucket/prefix".into(),
-        })
-        .unwrap();
+        let lake = Lake::new(&LakeConfig::at("s3://bucket/prefix")).unwrap();
         assert_eq!(lake.view("v").as_str(), "s3://bucket/prefix/views/v/");
     }
 }

@@ -16,13 +16,14 @@ use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType}
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use lambdaflow_common::batch_view::BatchView;
-use lambdaflow_common::config::LakeConfig;
+use lambdaflow_common::config::{Config, LakeConfig};
 use lambdaflow_common::schema::INGEST_TIME;
 use lambdaflow_common::source::SourceConfig;
 use lambdaflow_common::state::ViewState;
 use lambdaflow_common::view::ViewDef;
 use url::Url;
 
+use super::status::{TableStatus, status};
 use super::{Lake, open, query_table, stored_ids};
 use crate::error::{Error, Result};
 use crate::views::watermark::{raw_watermark, view_commit};
@@ -73,6 +74,11 @@ impl LakeReader {
     /// The lake read.
     pub fn lake(&self) -> &Lake {
         &self.lake
+    }
+
+    /// What each table of `config` holds and costs on storage ([`super::status`]).
+    pub async fn status(&self, config: &Config) -> Result<Vec<TableStatus>> {
+        status(config, &self.lake).await
     }
 
     /// `view`'s batch side at its latest version; empty before the view's first batch run.
@@ -338,9 +344,7 @@ mod tests {
 
     fn reader(dir: &tempfile::TempDir) -> (Config, LakeReader) {
         let config = Config::demo();
-        let lake = LakeConfig {
-            uri: dir.path().display().to_string(),
-        };
+        let lake = LakeConfig::at(dir.path().display().to_string());
         (config, LakeReader::new(&lake).unwrap())
     }
 

@@ -17,14 +17,11 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{col, lit};
 use deltalake::DeltaTable;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::retention::Retention;
-use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE};
 use lambdaflow_common::timestamp::{format_date, now_micros};
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 use crate::error::{Error, Result};
-use crate::lake::{Lake, open, partition_dates};
+use crate::lake::{Lake, LakeTable, open, partition_dates, tables};
 use crate::metrics;
 use crate::views::lock::BatchLock;
 use crate::views::records::History;
@@ -70,35 +67,6 @@ impl<'a> Expire<'a> {
         self
     }
 
-    /// The tables with a retention, each with the partition column it expires by.
-    fn tables(&self) -> Vec<(String, Url, &'static str, Retention)> {
-        let source = &self.config.source.name;
-        let retention = &self.config.retention;
-        let mut tables = vec![
-            (
-                format!("raw/{source}"),
-                self.lake.raw(source),
-                EVENT_DATE,
-                retention.raw,
-            ),
-            (
-                format!("quarantine/{source}"),
-                self.lake.quarantine(source),
-                INGEST_DATE,
-                retention.quarantine,
-            ),
-        ];
-        tables.extend(self.config.views.iter().map(|view| {
-            (
-                format!("views/{}", view.name),
-                self.lake.view(&view.name),
-                EVENT_DATE,
-                view.retention,
-            )
-        }));
-        tables
-    }
-
     /// The oldest date each view keeps under its own retention, by view name.
     pub fn view_cutoff(&self, view: &str) -> Option<i32> {
         self.config
@@ -127,7 +95,14 @@ impl<'a> Expire<'a> {
     /// exist yet and tables kept forever are skipped.
     pub async fn run(&self) -> Result<Vec<Expired>> {
         let mut report = Vec::new();
-        for (name, url, column, retention) in self.tables() {
+        for LakeTable {
+            name,
+            url,
+            date_column: column,
+            retention,
+            ..
+        } in tables(self.config, self.lake)
+        {
             let Some(cutoff) = retention.cutoff(self.now_micros) else {
                 continue;
             };

@@ -424,9 +424,9 @@ mod tests {
     #[tokio::test]
     async fn one_run_holds_the_lock_and_a_stale_lock_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&lambdaflow_common::config::LakeConfig {
-            uri: dir.path().to_str().unwrap().to_owned(),
-        })
+        let lake = Lake::new(&lambdaflow_common::config::LakeConfig::at(
+            dir.path().to_str().unwrap().to_owned(),
+        ))
         .unwrap();
         let history = History::new(&lake).unwrap();
         let lock = BatchLock::new(history.clone());
@@ -528,9 +528,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_runs_racing_for_a_stale_lock_never_both_win() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&lambdaflow_common::config::LakeConfig {
-            uri: dir.path().to_str().unwrap().to_owned(),
-        })
+        let lake = Lake::new(&lambdaflow_common::config::LakeConfig::at(
+            dir.path().to_str().unwrap().to_owned(),
+        ))
         .unwrap();
         race_for_a_stale_lock(&lake, 20).await;
     }
@@ -538,9 +538,9 @@ mod tests {
     #[tokio::test]
     async fn a_run_whose_lock_was_taken_over_stops_before_publishing() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(&lambdaflow_common::config::LakeConfig {
-            uri: dir.path().to_str().unwrap().to_owned(),
-        })
+        let lake = Lake::new(&lambdaflow_common::config::LakeConfig::at(
+            dir.path().to_str().unwrap().to_owned(),
+        ))
         .unwrap();
         let lock = BatchLock::new(History::new(&lake).unwrap());
         let held = lock.acquire("paused").await.unwrap();

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::retention::Expired;
+use crate::lake::vacuum::Vacuumed;
 
 const RUNS: &str = "runs";
 
@@ -121,6 +122,12 @@ pub struct RunRecord {
     pub dates: Vec<String>,
     /// Per view, in config order, as each finishes.
     pub views: Vec<ViewOutcome>,
+    /// What vacuum deleted after the views were published, per table.
+    #[serde(default)]
+    pub vacuumed: Vec<Vacuumed>,
+    /// Why vacuum failed, when it did: the views stay published and the next run vacuums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vacuum_error: Option<String>,
     /// What the run is doing now, while it runs.
     pub progress: Option<String>,
     /// Why it failed.
@@ -235,6 +242,8 @@ impl RunRecord {
             finished_at: None,
             raw_version: None,
             expired: Vec::new(),
+            vacuumed: Vec::new(),
+            vacuum_error: None,
             watermark: None,
             rows_read: 0,
             rows_written: 0,

@@ -13,6 +13,8 @@
 //! 4. publish: overwrite exactly those dates (`replaceWhere` on `event_date`), or the whole
 //!    table, in one commit carrying the [`ViewCommit`].
 //!
+//! Last, every table is vacuumed ([`crate::lake::vacuum`]) while the run still holds the lock.
+//!
 //! A run that dies before a view's commit leaves that view as it was; the next run starts
 //! from the view's own watermark, so it recomputes what the dead run did not publish.
 
@@ -39,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::lake::retention::Expire;
+use crate::lake::status::status;
+use crate::lake::vacuum::Vacuum;
 use crate::lake::{Lake, open_or_create, partition_dates};
 use crate::metrics;
 use crate::views::lock::{BatchLock, RunLock};
@@ -208,7 +212,26 @@ impl BatchRun {
             self.record.dates = all_dates.iter().map(|d| format_date(*d)).collect();
             self.record.views.push(outcome);
         }
+        self.vacuum().await;
         Ok(())
+    }
+
+    /// Vacuums every table once the views are published, then refreshes the storage gauges.
+    /// A failure is logged and recorded, not the run's: its views are published, and the next
+    /// run vacuums again.
+    async fn vacuum(&mut self) {
+        self.record.progress = Some("vacuum".into());
+        match Vacuum::new(&self.config, &self.lake).run().await {
+            Ok(vacuumed) => self.record.vacuumed = vacuumed,
+            Err(e) => {
+                tracing::warn!(run = %self.record.id, error = %e, "vacuum failed; the next batch run tries again");
+                metrics::VACUUM_FAILURES.inc();
+                self.record.vacuum_error = Some(e.to_string());
+            }
+        }
+        if let Err(e) = status(&self.config, &self.lake).await {
+            tracing::warn!(run = %self.record.id, error = %e, "reading the lake's storage status failed");
+        }
     }
 
     /// Brings one view up to `watermark`. `raw_dates` are the dates the raw table holds after

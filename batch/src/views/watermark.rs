@@ -71,6 +71,12 @@ pub async fn raw_watermark(raw: &DeltaTable, topic: &str) -> Result<Watermark> {
 
 /// The lambdaflow record of the newest commit of `view` that has one.
 pub async fn view_commit(view: &DeltaTable) -> Result<Option<ViewCommit>> {
+    Ok(view_commit_at(view).await?.map(|(_, commit)| commit))
+}
+
+/// [`view_commit`] with the version of the commit that holds it: the version whose log entry
+/// log cleanup must keep ([`crate::lake::vacuum`]).
+pub async fn view_commit_at(view: &DeltaTable) -> Result<Option<(Version, ViewCommit)>> {
     let Some(latest) = view.version() else {
         return Ok(None);
     };
@@ -86,7 +92,7 @@ pub async fn view_commit(view: &DeltaTable) -> Result<Option<ViewCommit>> {
             };
             if let Some(record) = action.pointer(&format!("/commitInfo/{COMMIT_KEY}")) {
                 return serde_json::from_value(record.clone())
-                    .map(Some)
+                    .map(|commit| Some((version, commit)))
                     .map_err(|source| Error::Unreadable {
                         table: view.table_url().to_string(),
                         what: format!("{COMMIT_KEY} record of version {version}"),

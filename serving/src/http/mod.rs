@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod json;
+pub mod lake;
 pub mod metrics;
 pub mod openapi;
 pub mod quarantine;
@@ -131,6 +132,7 @@ pub fn app(state: AppState) -> Router {
         .merge(views::router())
         .merge(sql::router())
         .merge(quarantine::router())
+        .merge(lake::router())
         .merge(metrics::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -506,20 +506,25 @@ fn view_dates(rows: &[Vec<ScalarValue>]) -> BTreeSet<i32> {
         .collect()
 }
 
-#[tokio::test]
-async fn retention_deletes_exactly_the_expired_dates_and_no_answer_changes() {
-    let mut house = Lakehouse::new().await;
-    let today = now_micros().div_euclid(MICROS_PER_DAY);
-    let on = |days_ago: i64, id: usize| Event {
+/// An order (event `id`) at 01:00 on day `day` since the epoch.
+fn order_on(day: i64, id: usize) -> Event {
+    Event {
         id,
-        time_us: (today - days_ago) * MICROS_PER_DAY + 3_600_000_000,
+        time_us: day * MICROS_PER_DAY + 3_600_000_000,
         kind: 0,
         user: id,
         country: id % 3,
         product: Some(1),
         amount: Some(4),
         quantity: Some(1),
-    };
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_exactly_the_expired_dates_and_no_answer_changes() {
+    let mut house = Lakehouse::new().await;
+    let today = now_micros().div_euclid(MICROS_PER_DAY);
+    let on = |days_ago: i64, id: usize| order_on(today - days_ago, id);
     let days_ago = |d: i64| (today - d) as i32;
     house
         .append(&[on(10, 0), on(10, 1), on(5, 2), on(1, 3), on(0, 4)])
@@ -637,16 +642,7 @@ async fn vacuum_keeps_what_pinned_readers_need_and_collects_the_rest() {
     config.lake.checkpoint_interval = 2;
     house.config = Arc::new(config.clone());
     let today = now_micros().div_euclid(MICROS_PER_DAY);
-    let on = |days_ago: i64, id: usize| Event {
-        id,
-        time_us: (today - days_ago) * MICROS_PER_DAY + 3_600_000_000,
-        kind: 0,
-        user: id,
-        country: id % 3,
-        product: Some(1),
-        amount: Some(4),
-        quantity: Some(1),
-    };
+    let on = |days_ago: i64, id: usize| order_on(today - days_ago, id);
     let old = (today - 10) as i32;
     house
         .append(&[on(10, 0), on(10, 1), on(5, 2), on(1, 3)])

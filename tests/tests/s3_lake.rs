@@ -52,6 +52,22 @@ async fn start_moto(logs: &std::path::Path) -> (Process, String) {
     (s3, endpoint)
 }
 
+/// Runs the ignored test `test` of this binary in a child process whose environment names
+/// the lake in the bucket and the S3 settings, as `lambdaflow` reads them.
+fn in_a_child(test: &str, endpoint: &str) {
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .env("LAMBDAFLOW_TEST_S3_LAKE", format!("s3://{BUCKET}/lake"))
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "lambdaflow")
+        .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{test} in the bucket failed: {status}");
+}
+
 /// Two batch runners race for a stale run lock in the bucket, 20 rounds: exactly one wins
 /// each round. The race runs in a child process of this test binary
 /// ([`lock_race_in_the_bucket`]), which reads the S3 settings from its environment as
@@ -60,22 +76,7 @@ async fn start_moto(logs: &std::path::Path) -> (Process, String) {
 async fn two_runners_racing_for_a_stale_lock_in_the_bucket_never_both_win() {
     let dir = scratch_dir();
     let (_s3, endpoint) = start_moto(dir.path()).await;
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "lock_race_in_the_bucket",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("LAMBDAFLOW_TEST_S3_LAKE", format!("s3://{BUCKET}/lake"))
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .env("AWS_ACCESS_KEY_ID", "lambdaflow")
-        .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true")
-        .status()
-        .unwrap();
-    assert!(status.success(), "the race in the bucket failed: {status}");
+    in_a_child("lock_race_in_the_bucket", &endpoint);
 }
 
 /// The race of [`two_runners_racing_for_a_stale_lock_in_the_bucket_never_both_win`], run by
@@ -409,20 +410,5 @@ async fn vacuum_in_the_bucket() {
 async fn vacuum_collects_a_killed_writers_file_in_the_bucket() {
     let dir = scratch_dir();
     let (_s3, endpoint) = start_moto(dir.path()).await;
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "vacuum_in_the_bucket",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("LAMBDAFLOW_TEST_S3_LAKE", format!("s3://{BUCKET}/lake"))
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .env("AWS_ACCESS_KEY_ID", "lambdaflow")
-        .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true")
-        .status()
-        .unwrap();
-    assert!(status.success(), "vacuum in the bucket failed: {status}");
+    in_a_child("vacuum_in_the_bucket", &endpoint);
 }

@@ -82,13 +82,9 @@ impl<'a> Expire<'a> {
         if self.dry_run {
             return self.run().await;
         }
-        let id = format!("expire-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"));
-        let lock = BatchLock::new(History::new(self.lake)?)
-            .acquire(&id)
-            .await?;
-        let outcome = self.run().await;
-        lock.release().await?;
-        outcome
+        BatchLock::new(History::new(self.lake)?)
+            .holding("expire", self.run())
+            .await
     }
 
     /// Deletes (or, in a dry run, lists) every expired date partition. Tables that do not

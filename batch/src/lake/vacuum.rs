@@ -104,13 +104,9 @@ impl<'a> Vacuum<'a> {
         if self.dry_run {
             return self.run().await;
         }
-        let id = format!("vacuum-{}", self.now.format("%Y%m%dT%H%M%S%3fZ"));
-        let lock = BatchLock::new(History::new(self.lake)?)
-            .acquire(&id)
-            .await?;
-        let outcome = self.run().await;
-        lock.release().await?;
-        outcome
+        BatchLock::new(History::new(self.lake)?)
+            .holding("vacuum", self.run())
+            .await
     }
 
     /// Vacuums every table that exists, raw first, and records each outcome. The caller

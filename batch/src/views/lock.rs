@@ -137,6 +137,17 @@ impl BatchLock {
         Self { history }
     }
 
+    /// Does `work` holding the lock as `<task>-<time>`, as the lake's maintenance commands
+    /// (`lambdaflow lake expire`, `lambdaflow lake vacuum`) do, so that they never run beside
+    /// a batch run; the lock is released whatever the outcome.
+    pub async fn holding<T>(&self, task: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let id = format!("{task}-{}", Utc::now().format("%Y%m%dT%H%M%S%3fZ"));
+        let lock = self.acquire(&id).await?;
+        let outcome = work.await;
+        lock.release().await?;
+        outcome
+    }
+
     /// Takes the run lock for `run_id`, or says which run holds it. A lock whose holder
     /// stopped refreshing it is taken over, and that holder's record marked failed.
     pub async fn acquire(&self, run_id: &str) -> Result<RunLock> {

@@ -12,7 +12,7 @@ use lambdaflow_common::timestamp::format_date;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::lake::vacuum::{last_vacuums, log_listing};
+use crate::lake::vacuum::{last_vacuums, storage};
 use crate::lake::{Lake, open, partition_dates, tables};
 use crate::metrics;
 use crate::views::records::format_time;
@@ -69,7 +69,7 @@ pub async fn status(config: &Config, lake: &Lake) -> Result<Vec<TableStatus>> {
                 status.live_files += 1;
                 status.live_bytes += u64::try_from(file.size()).unwrap_or(0);
             }
-            let storage = log_listing(&delta).await?;
+            let storage = storage(&delta).await?;
             status.storage_bytes = storage.bytes;
             status.log_files = storage.log_files;
             status.version = delta.version();

@@ -211,7 +211,7 @@ impl<'a> Vacuum<'a> {
             return Ok(vacuumed);
         }
         let version = version.unwrap_or_default();
-        let last_checkpoint = log_listing(&delta).await?.last_checkpoint;
+        let last_checkpoint = last_checkpoint(&delta).await?;
         let due = match last_checkpoint {
             Some(last) => version - last >= self.config.lake.checkpoint_interval,
             None => version + 1 >= self.config.lake.checkpoint_interval,
@@ -248,35 +248,46 @@ pub struct Storage {
     pub bytes: u64,
     /// Files under `_delta_log/`: commits, checkpoints and the checkpoint pointer.
     pub log_files: u64,
-    /// The version of the newest checkpoint.
-    pub last_checkpoint: Option<Version>,
 }
 
-/// Lists everything under `table`'s root.
-pub async fn log_listing(table: &DeltaTable) -> Result<Storage> {
-    let store = table.log_store().object_store(None);
-    let objects: Vec<_> = store
-        .list(None)
+/// Lists everything under `table`'s root (`prefix` `None`), or under one prefix of it.
+async fn list(table: &DeltaTable, prefix: Option<&Path>) -> Result<Vec<object_store::ObjectMeta>> {
+    table
+        .log_store()
+        .object_store(None)
+        .list(prefix)
         .try_collect()
         .await
         .map_err(|source| Error::Store {
             context: format!("listing {}", table.table_url()),
             source,
-        })?;
+        })
+}
+
+/// The version of a checkpoint file named `name` under `_delta_log/`.
+fn checkpoint_version(name: &str) -> Option<Version> {
+    let (version, rest) = name.split_once('.')?;
+    rest.starts_with("checkpoint")
+        .then(|| version.parse().ok())?
+}
+
+/// The version of `table`'s newest checkpoint, from a listing of its log alone.
+async fn last_checkpoint(table: &DeltaTable) -> Result<Option<Version>> {
+    let log = Path::from("_delta_log");
+    Ok(list(table, Some(&log))
+        .await?
+        .iter()
+        .filter_map(|o| o.location.filename().and_then(checkpoint_version))
+        .max())
+}
+
+/// Everything under `table`'s root: its bytes and its log files.
+pub async fn storage(table: &DeltaTable) -> Result<Storage> {
     let mut storage = Storage::default();
-    for object in objects {
+    for object in list(table, None).await? {
         storage.bytes += object.size;
-        let Some(name) = object.location.as_ref().strip_prefix("_delta_log/") else {
-            continue;
-        };
-        storage.log_files += 1;
-        if let Some(version) = name
-            .split('.')
-            .next()
-            .and_then(|v| v.parse::<Version>().ok())
-            && name.contains(".checkpoint")
-        {
-            storage.last_checkpoint = storage.last_checkpoint.max(Some(version));
+        if object.location.as_ref().starts_with("_delta_log/") {
+            storage.log_files += 1;
         }
     }
     Ok(storage)

@@ -139,14 +139,47 @@ async fn archives_exactly_and_resumes_from_the_table_offsets() {
 }
 
 /// Live data files per `event_date` of the raw table.
-async fn files_per_date(url: &url::Url) -> BTreeMap<String, usize> {
+/// Per date, the live files of the table at `url` that an append wrote (not a compaction),
+/// and the bytes appends and compactions wrote in all.
+async fn appended_files_per_date(url: &url::Url) -> (BTreeMap<String, usize>, u64, u64) {
     let table = deltalake::open_table(url.clone()).await.unwrap();
+    let log = table.log_store();
+    let (mut appended, mut merged) = (HashSet::new(), HashSet::new());
+    let (mut appended_bytes, mut compacted_bytes) = (0, 0);
+    for version in 0..=table.version().unwrap() {
+        let entry = log.read_commit_entry(version).await.unwrap().unwrap();
+        let actions: Vec<serde_json::Value> = String::from_utf8_lossy(&entry)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let optimize = actions
+            .iter()
+            .any(|a| a["commitInfo"]["operation"] == "OPTIMIZE");
+        for add in actions.iter().filter_map(|a| a.get("add")) {
+            let size = add["size"].as_u64().unwrap();
+            if optimize {
+                compacted_bytes += size;
+                merged.insert(add["path"].as_str().unwrap().to_owned());
+            } else {
+                appended_bytes += size;
+                appended.insert(add["path"].as_str().unwrap().to_owned());
+            }
+        }
+    }
     let mut files = BTreeMap::new();
     for file in table.snapshot().unwrap().log_data().iter() {
         let date = file.partition_values_map().remove("event_date").flatten();
-        *files.entry(date.unwrap()).or_default() += 1;
+        let entry = files.entry(date.unwrap()).or_default();
+        let path = file.path().to_string();
+        assert!(
+            appended.contains(&path) || merged.contains(&path),
+            "{path} was added"
+        );
+        if appended.contains(&path) {
+            *entry += 1;
+        }
     }
-    files
+    (files, appended_bytes, compacted_bytes)
 }
 
 /// The versions of the table at `url` whose commit is an OPTIMIZE.
@@ -195,12 +228,15 @@ async fn compacts_small_files_without_changing_rows_offsets_or_changed_dates() {
         !compactions.is_empty(),
         "30 commits of 4+ dates each compact some date"
     );
-    let files = files_per_date(&raw).await;
+    let (files, appended, compacted) = appended_files_per_date(&raw).await;
     assert!(
         files.values().all(|n| *n < 4),
-        "no date keeps 4 small files: {files:?}"
+        "no date keeps 4 appended files: {files:?}"
     );
-
+    assert!(
+        compacted <= 3 * appended,
+        "compactions wrote {compacted} bytes for {appended} appended: rows are rewritten once per tier"
+    );
     let table = deltalake::open_table(raw.clone()).await.unwrap();
     let watermark = lambdaflow_batch::views::watermark::raw_watermark(&table, "events")
         .await
@@ -223,6 +259,74 @@ async fn compacts_small_files_without_changing_rows_offsets_or_changed_dates() {
         idle.consumed.load(Ordering::Relaxed),
         0,
         "resumes after compaction"
+    );
+}
+
+/// Vacuum writes to the tables the archiver appends to: a metadata commit turning off the
+/// log cleanup of a table made before that, checkpoints, log cleanup. Run over and over while
+/// the archiver commits every 100 ms and compacts, it must make no commit fail for good, lose
+/// no row and store none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_beside_a_committing_archiver_loses_and_doubles_nothing() {
+    use deltalake::table::config::TablePropertiesExt;
+    use lambdaflow_batch::lake::vacuum::Vacuum;
+
+    let (cluster, _dir, mut config) = setup(2, 40);
+    let brokers = cluster.bootstrap_servers().to_owned();
+    config.archive.compact_min_files = 4;
+    config.lake.vacuum_retention = Duration::from_secs(600);
+    config.lake.checkpoint_interval = 5;
+    let config = Arc::new(config);
+    let lake = Lake::new(&config.lake).unwrap();
+    let raw = lake.raw("events");
+
+    let mut generator = ShopGenerator::new(17, 300, Mix::default());
+    let mut ids = HashSet::new();
+    let mut valid = produce(&brokers, &mut generator, 100, &mut ids).0;
+    archive(&config, &brokers, 100).await;
+    let table = deltalake::open_table(raw.clone()).await.unwrap();
+    table
+        .set_tbl_properties()
+        .with_properties(std::collections::HashMap::from([(
+            "delta.enableExpiredLogCleanup".to_owned(),
+            "true".to_owned(),
+        )]))
+        .await
+        .unwrap();
+
+    valid += produce(&brokers, &mut generator, 3_000, &mut ids).0;
+    let stop = CancellationToken::new();
+    let vacuums = tokio::spawn({
+        let (config, lake, stop) = (config.clone(), lake.clone(), stop.clone());
+        async move {
+            let mut passes = 0;
+            while !stop.is_cancelled() {
+                Vacuum::new(&config, &lake).run().await.unwrap();
+                passes += 1;
+            }
+            passes
+        }
+    });
+    archive(&config, &brokers, 3_000).await;
+    stop.cancel();
+    let passes = vacuums.await.unwrap();
+    assert!(passes >= 2, "{passes} vacuum passes beside the archiver");
+
+    assert_eq!(count(&raw).await, valid, "every valid event once");
+    let table = deltalake::open_table(raw.clone()).await.unwrap();
+    let snapshot = table.snapshot().unwrap();
+    assert!(
+        !snapshot.table_config().enable_expired_log_cleanup(),
+        "vacuum turned delta-rs' own log cleanup off"
+    );
+    let watermark = lambdaflow_batch::views::watermark::raw_watermark(&table, "events")
+        .await
+        .unwrap();
+    let read: i64 = watermark.offsets.values().map(|o| o + 1).sum();
+    assert_eq!(read, 3_100, "the txn offsets cover every message read");
+    assert!(
+        !optimize_versions(&raw).await.is_empty(),
+        "compactions ran beside vacuum too"
     );
 }
 

@@ -186,9 +186,9 @@ pub struct ArchiveConfig {
     /// reloaded from the raw table when a late event needs them.
     #[serde(default = "default_dedup_dates")]
     pub dedup_max_dates: usize,
-    /// Auto-compaction: once this many files smaller than the compaction target have been
-    /// committed to one date partition, the archiver rewrites them into one (an OPTIMIZE
-    /// commit, `dataChange: false`). `0` turns it off.
+    /// Auto-compaction: once this many files have been appended to one date partition since
+    /// its last compaction, the archiver merges them, with older files of a similar size by
+    /// tiers of this many (an OPTIMIZE commit, `dataChange: false`). `0` turns it off.
     #[serde(default = "default_compact_min_files")]
     pub compact_min_files: usize,
 }

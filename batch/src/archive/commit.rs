@@ -115,8 +115,9 @@ impl OffsetTable {
         Ok(this)
     }
 
-    /// Auto-compacts the table ([`crate::archive::compact`]) once a partition holds `min_files` small
-    /// files (never when `0`); `name` labels its metrics.
+    /// Auto-compacts the table ([`crate::archive::compact`]) once `min_files` files were
+    /// appended to a partition since its last compaction (never when `0`); `name` labels its
+    /// metrics.
     pub fn with_compaction(mut self, name: &'static str, min_files: usize) -> Result<Self> {
         let files =
             SmallFiles::count(&self.table, self.partition_by, min_files).map_err(|source| {
@@ -361,9 +362,11 @@ impl OffsetTable {
             return;
         };
         files.committed(batch);
-        for value in files.due() {
-            match compact(self.table.clone(), self.partition_by, &value).await {
-                Ok((table, done)) => {
+        for (value, new) in files.due() {
+            let fanout = files.min_files();
+            match compact(&self.table, self.partition_by, &value, new, fanout).await {
+                Ok(None) => files.compacted(&value),
+                Ok(Some((table, done))) => {
                     tracing::info!(
                         table = %self.url(),
                         partition = %value,
@@ -378,14 +381,14 @@ impl OffsetTable {
                         self.known_at = table.version();
                     }
                     self.table = table;
-                    files.compacted(&value, done.num_files_added as usize);
+                    files.compacted(&value);
                 }
                 Err(error) => {
                     tracing::warn!(table = %self.url(), partition = %value, %error, "compaction failed; the files stay as they are");
                     metrics::COMPACTIONS
                         .with_label_values(&[name, "failed"])
                         .inc();
-                    files.compacted(&value, 0);
+                    files.compacted(&value);
                 }
             }
         }

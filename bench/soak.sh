@@ -35,7 +35,7 @@ DATA="$(mktemp -d /tmp/lambdaflow-soak-XXXXXX)"
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
 until curl -fsS "$BASE/readyz" >/dev/null 2>&1; do sleep 1; done
-curl -fsS -X POST "$BASE/v1/batch/runs" >/dev/null
+curl -fsS -X POST -H 'content-type: application/json' "$BASE/v1/batch/runs" >/dev/null
 sleep 5
 
 # The sum of every series of metric $1; `series` reads one exact series.

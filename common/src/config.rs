@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::error::{Error, Result};
 use crate::humantime_serde;
 use crate::layout::{ViewLayout, parse_filter};
@@ -130,6 +131,39 @@ pub struct ServingConfig {
     /// temporary directory when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_dir: Option<std::path::PathBuf>,
+    /// Most `/v1/sql` queries running at once; more get 429 with `Retry-After`.
+    #[serde(default = "default_sql_max_concurrent")]
+    pub sql_max_concurrent: usize,
+    /// Most bytes of JSON a `/v1/sql` answer may hold; a larger answer is refused.
+    #[serde(default = "default_sql_max_answer_bytes")]
+    pub sql_max_answer_bytes: usize,
+    /// Longest a view query may run before it is refused.
+    #[serde(default = "default_query_timeout", with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// Most groups a view query may build before it is refused (400 `too_many_groups`).
+    #[serde(default = "default_query_max_groups")]
+    pub query_max_groups: usize,
+    /// The `limit` of a view query that gives none.
+    #[serde(default = "default_query_limit")]
+    pub query_default_limit: usize,
+    /// Tokens and scopes.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Whether `/metrics` answers without a token when `auth.mode = "tokens"`.
+    #[serde(default)]
+    pub metrics_public: bool,
+    /// Lets `run` and `serve` listen on a non-loopback address with `auth.mode = "none"`.
+    #[serde(default)]
+    pub allow_public_without_auth: bool,
+    /// Origins (`https://host:port`) besides the API's own whose pages may write through it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// PEM certificate chain: with `tls_key`, the API speaks HTTPS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ServingConfig {
@@ -141,6 +175,17 @@ impl Default for ServingConfig {
             sql_max_rows: default_sql_max_rows(),
             sql_max_memory_bytes: default_sql_max_memory(),
             speed_dir: None,
+            sql_max_concurrent: default_sql_max_concurrent(),
+            sql_max_answer_bytes: default_sql_max_answer_bytes(),
+            query_timeout: default_query_timeout(),
+            query_max_groups: default_query_max_groups(),
+            query_default_limit: default_query_limit(),
+            auth: AuthConfig::default(),
+            metrics_public: false,
+            allow_public_without_auth: false,
+            allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -264,6 +309,7 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        self.check_serving()?;
         self.source.check()?;
         let columns: HashSet<&str> = self.source.column_names().collect();
         for reserved in RESERVED_COLUMNS {
@@ -300,6 +346,49 @@ impl Config {
                     key: format!("{key}.filter"),
                     detail,
                 })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn check_serving(&self) -> Result<()> {
+        let serving = &self.serving;
+        let invalid = |key: &str, message: &str| {
+            Err(Error::Invalid {
+                key: format!("serving.{key}"),
+                message: message.into(),
+            })
+        };
+        serving.auth.check("serving.auth")?;
+        if serving.sql_max_concurrent == 0 {
+            return invalid("sql_max_concurrent", "must be at least 1");
+        }
+        if serving.query_max_groups == 0 {
+            return invalid("query_max_groups", "must be at least 1");
+        }
+        if !(1..=crate::query::MAX_LIMIT).contains(&serving.query_default_limit) {
+            return invalid(
+                "query_default_limit",
+                &format!("must be between 1 and {}", crate::query::MAX_LIMIT),
+            );
+        }
+        if serving.tls_cert.is_some() != serving.tls_key.is_some() {
+            return invalid("tls_cert", "tls_cert and tls_key go together");
+        }
+        for origin in &serving.allowed_origins {
+            let Some((scheme, host)) = origin.split_once("://") else {
+                return invalid(
+                    "allowed_origins",
+                    &format!("`{origin}` is not scheme://host[:port]"),
+                );
+            };
+            if !matches!(scheme, "http" | "https") || host.is_empty() || host.contains('/') {
+                return invalid(
+                    "allowed_origins",
+                    &format!("`{origin}` is not scheme://host[:port]"),
+                );
             }
         }
         Ok(())
@@ -379,6 +468,21 @@ fn default_sql_max_rows() -> usize {
 }
 fn default_sql_max_memory() -> usize {
     512 * 1024 * 1024
+}
+fn default_sql_max_concurrent() -> usize {
+    4
+}
+fn default_sql_max_answer_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_query_max_groups() -> usize {
+    1_000_000
+}
+fn default_query_limit() -> usize {
+    10_000
 }
 fn default_schedule() -> String {
     "0 0 2 * * *".into()

@@ -32,6 +32,7 @@
 //! Data flows one way: bytes → [`validate::Validator`] → [`validate::Validated`] →
 //! [`dedup::SeenIds`] → whatever stores or aggregates the events.
 
+pub mod auth;
 pub mod batch_view;
 pub mod config;
 pub mod dedup;

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -212,6 +213,28 @@ pub enum QueryError {
         /// What was asked.
         limit: usize,
     },
+    /// `group_by` or `measures` names something twice.
+    #[error("`{key}` names `{name}` twice")]
+    Repeated {
+        /// `group_by` or `measures`.
+        key: &'static str,
+        /// The name repeated.
+        name: String,
+    },
+    /// The answer would hold more groups than allowed.
+    #[error(
+        "the answer has more than {limit} groups; narrow the time range, group by fewer dimensions or use a coarser granularity (serving.query_max_groups)"
+    )]
+    TooManyGroups {
+        /// The limit.
+        limit: usize,
+    },
+    /// The answer took longer than allowed.
+    #[error("the query ran longer than {} and was stopped (serving.query_timeout)", humantime::format_duration(*.after))]
+    Timeout {
+        /// The limit.
+        after: std::time::Duration,
+    },
 }
 
 /// The message of [`QueryError::InvalidFilterValue`]: lower case throughout, as the API has
@@ -233,6 +256,9 @@ impl QueryError {
             Self::InvalidFilterValue { .. } => "invalid_filter",
             Self::UnknownMeasure { .. } => "unknown_measure",
             Self::InvalidOrder { .. } => "invalid_order",
+            Self::Repeated { .. } => "repeated_name",
+            Self::TooManyGroups { .. } => "too_many_groups",
+            Self::Timeout { .. } => "query_timeout",
         }
     }
 }
@@ -302,6 +328,12 @@ impl Query {
             .flatten()
             .map(|d| dimension(view, d, "group_by"))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = first_repeat(&group_by) {
+            return Err(QueryError::Repeated {
+                key: "group_by",
+                name: view.dimensions[group_by[i]].clone(),
+            });
+        }
         let mut filters = Vec::new();
         for (name, values) in request.filters.iter().flatten() {
             let d = dimension(view, name, "filters")?;
@@ -333,6 +365,12 @@ impl Query {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        if let Some(i) = first_repeat(&measures) {
+            return Err(QueryError::Repeated {
+                key: "measures",
+                name: view.measures[measures[i]].name.clone(),
+            });
+        }
         let mut order_by = Vec::new();
         for o in request.order_by.iter().flatten() {
             let key = if o.field == "bucket" {
@@ -378,6 +416,12 @@ fn time(key: &'static str, text: Option<&str>) -> Result<Option<i64>, QueryError
         })
     })
     .transpose()
+}
+
+/// The position of the first index that already came before it.
+fn first_repeat(indexes: &[usize]) -> Option<usize> {
+    let mut seen = std::collections::HashSet::with_capacity(indexes.len());
+    indexes.iter().position(|i| !seen.insert(*i))
 }
 
 fn dimension(view: &ViewDef, name: &str, key: &'static str) -> Result<usize, QueryError> {
@@ -449,17 +493,54 @@ pub struct Row {
 /// A rolled-up bucket and the grouped dimension values, borrowed from the parts.
 pub(crate) type AnswerKey<'a> = (Option<i64>, Vec<&'a Dim>);
 
+/// How much work an answer may do.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerLimits {
+    /// Most groups the answer may build.
+    pub max_groups: usize,
+    /// When the answer must be done, with the time limit it stands for.
+    pub deadline: Option<(Instant, Duration)>,
+}
+
+impl AnswerLimits {
+    /// No limit: for answers the process asks of itself.
+    pub const NONE: Self = Self {
+        max_groups: usize::MAX,
+        deadline: None,
+    };
+
+    /// At most `max_groups` groups, done within `timeout` from now.
+    pub fn new(max_groups: usize, timeout: Duration) -> Self {
+        Self {
+            max_groups,
+            deadline: Instant::now().checked_add(timeout).map(|at| (at, timeout)),
+        }
+    }
+
+    /// Fails once past the deadline.
+    fn check_time(&self) -> Result<(), QueryError> {
+        match self.deadline {
+            Some((at, after)) if Instant::now() >= at => Err(QueryError::Timeout { after }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Groups of the parts selected by `query`, rolled up to its buckets and dimensions, with the
-/// states of its measures merged.
+/// states of its measures merged; refused past `limits`.
 pub(crate) fn merge<'a>(
     parts: &[&'a ViewState],
     query: &Query,
-) -> HashMap<AnswerKey<'a>, Vec<Cow<'a, State>>> {
+    limits: &AnswerLimits,
+) -> Result<HashMap<AnswerKey<'a>, Vec<Cow<'a, State>>>, QueryError> {
     // Keys and states borrow from the parts; a state is copied only when a second part (or a
     // second group rolled into the same key) has to be merged into it.
     let mut groups: HashMap<AnswerKey<'_>, Vec<Cow<'_, State>>> = HashMap::new();
     for part in parts {
-        for ((bucket, dims), states) in part.groups() {
+        for (seen, ((bucket, dims), states)) in part.groups().enumerate() {
+            if seen % 4096 == 4095 {
+                limits.check_time()?;
+            }
             if query.from.is_some_and(|f| *bucket < f) || query.to.is_some_and(|t| *bucket >= t) {
                 continue;
             }
@@ -482,6 +563,11 @@ pub(crate) fn merge<'a>(
                     }
                 }
                 None => {
+                    if groups.len() >= limits.max_groups {
+                        return Err(QueryError::TooManyGroups {
+                            limit: limits.max_groups,
+                        });
+                    }
                     groups.insert(
                         key,
                         query
@@ -494,17 +580,19 @@ pub(crate) fn merge<'a>(
             }
         }
     }
-    groups
+    Ok(groups)
 }
 
-/// Answers `query` over the merge of `parts`.
+/// Answers `query` over the merge of `parts`, within `limits`.
 pub fn answer(
     source: &SourceConfig,
     view: &ViewDef,
     parts: &[&ViewState],
     query: &Query,
-) -> Vec<Row> {
-    let groups = merge(parts, query);
+    limits: &AnswerLimits,
+) -> Result<Vec<Row>, QueryError> {
+    let groups = merge(parts, query, limits)?;
+    limits.check_time()?;
     let mut rows: Vec<Row> = groups
         .into_iter()
         .map(|((bucket, dimensions), states)| Row {
@@ -543,7 +631,7 @@ pub fn answer(
     if let Some(limit) = query.limit {
         rows.truncate(limit);
     }
-    rows
+    Ok(rows)
 }
 
 /// The value of measure `m` of `view` from its state.

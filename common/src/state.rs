@@ -469,7 +469,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::query::{Query, Rollup, answer};
+    use crate::query::{AnswerLimits, Query, Rollup, answer};
     use crate::validate::{Coordinates, Validator};
 
     /// A view that sums, bounds and averages both numeric fields of the demo source.
@@ -600,7 +600,7 @@ mod tests {
                         order_by: Vec::new(),
                         limit: None,
                     };
-                    answer(&source, view, &[&state, &twice], &query);
+                    answer(&source, view, &[&state, &twice], &query, &AnswerLimits::NONE).unwrap();
                 }
             }
         }

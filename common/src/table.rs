@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, TimeUnit};
 use arrow::error::ArrowError;
 
 use crate::layout::{Role, ViewLayout};
-use crate::query::{Query, Value, finalise, merge};
+use crate::query::{AnswerLimits, Query, Value, finalise, merge};
 use crate::source::SourceConfig;
 use crate::state::{Dim, Num, State, ViewState};
 use crate::view::ViewDef;
@@ -29,7 +29,10 @@ pub fn merged_batch(
     parts: &[&ViewState],
 ) -> Result<RecordBatch, ArrowError> {
     let all = Query::whole(view);
-    let mut groups: Vec<_> = merge(parts, &all).into_iter().collect();
+    let mut groups: Vec<_> = merge(parts, &all, &AnswerLimits::NONE)
+        .expect("a merge without limits is never refused")
+        .into_iter()
+        .collect();
     groups.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
 
     let buckets: Vec<i64> = groups.iter().map(|((b, _), _)| b.unwrap_or(0)).collect();

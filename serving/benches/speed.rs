@@ -346,6 +346,7 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
                 view,
                 &[&pair.batch().state, pair.speed()],
                 &query,
+                &lambdaflow_common::query::AnswerLimits::NONE,
             ));
         }
         started.elapsed() / 100

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::query::{Query, Row, Value, answer};
+use lambdaflow_common::query::{AnswerLimits, Query, Row, Value, answer};
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::state::ViewState;
 use lambdaflow_common::timestamp::now_micros;
@@ -51,7 +51,16 @@ fn answers(config: &Config, parts: &[Vec<&ViewState>]) -> Vec<Vec<Row>> {
         .views
         .iter()
         .zip(parts)
-        .map(|(view, parts)| answer(&config.source, view, parts, &Query::whole(view)))
+        .map(|(view, parts)| {
+            answer(
+                &config.source,
+                view,
+                parts,
+                &Query::whole(view),
+                &AnswerLimits::NONE,
+            )
+            .expect("no limits")
+        })
         .collect()
 }
 

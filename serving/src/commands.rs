@@ -15,6 +15,7 @@ use lambdaflow_batch::lake::status::TableStatus;
 use lambdaflow_batch::lake::vacuum::{Vacuum, Vacuumed};
 use lambdaflow_batch::views::records::{RunRecord, Trigger};
 use lambdaflow_batch::views::schedule::Batches;
+use lambdaflow_common::auth::AuthMode;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::Mix;
 use lambdaflow_common::view::fingerprint;
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
 use crate::generate::{self, GenOptions};
+use crate::http::guard::Guard;
 use crate::http::{self, AppState};
 use crate::speed_layer;
 
@@ -179,7 +181,8 @@ async fn spawn_ops(
             source,
         })?;
     tracing::info!(%listen, "serving /healthz and /metrics");
-    let app = http::metrics::ops(config.clone());
+    let guard = Guard::new(&config.serving, |var| std::env::var(var).ok())?;
+    let app = http::metrics::ops(config.clone(), Arc::new(guard));
     let shutdown = shutdown.clone();
     tasks.spawn("metrics", async move {
         axum::serve(listener, app)
@@ -233,6 +236,7 @@ pub async fn accept_topic_reset(config: Arc<Config>) -> Result<()> {
 /// `lambdaflow serve`: the speed layer and the HTTP API (batch runs it is asked for run in
 /// this process).
 pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
+    check_exposure(&config).await?;
     let (brokers, _broker) = connect(&config).await?;
     let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
@@ -304,6 +308,7 @@ pub async fn run(
     shutdown: CancellationToken,
     generator: Option<GenOptions>,
 ) -> Result<()> {
+    check_exposure(&config).await?;
     let (brokers, broker) = connect(&config).await?;
     let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
@@ -400,7 +405,29 @@ fn app_state(
     served: Served,
 ) -> Result<AppState> {
     let producer = Producer::for_events(brokers, config.source.max_event_bytes)?;
-    Ok(AppState::new(config, producer, batches, lake, served))
+    Ok(AppState::new(config, producer, batches, lake, served)?)
+}
+
+/// Refuses, before anything starts, an API that would listen beyond this host with no token
+/// asked of anyone, unless the config says so.
+async fn check_exposure(config: &Config) -> Result<()> {
+    let serving = &config.serving;
+    if serving.auth.mode != AuthMode::None || serving.allow_public_without_auth {
+        return Ok(());
+    }
+    let addrs = tokio::net::lookup_host(&serving.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            what: "HTTP API",
+            addr: serving.listen.clone(),
+            source,
+        })?;
+    for addr in addrs {
+        if !addr.ip().is_loopback() {
+            return Err(Error::PublicWithoutAuth { addr });
+        }
+    }
+    Ok(())
 }
 
 async fn spawn_http(
@@ -414,12 +441,15 @@ async fn spawn_http(
         addr: listen.clone(),
         source,
     };
+    let tls = http::tls(&state.config).await.map_err(Error::Serve)?;
     let listener = TcpListener::bind(&listen).await.map_err(listening)?;
     let addr = listener.local_addr().map_err(listening)?;
     state.set_ready();
-    tracing::info!(%addr, "HTTP API listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let auth = state.config.serving.auth.mode;
+    tracing::info!(%addr, scheme, ?auth, "HTTP API listening");
     tasks.spawn("http", async move {
-        http::serve(listener, state, shutdown)
+        http::serve(listener, state, tls, shutdown)
             .await
             .map_err(Error::Serve)
     });

@@ -42,6 +42,17 @@ pub enum Error {
     /// Serving HTTP failed.
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
+    /// The API would listen beyond this host with no token asked of anyone.
+    #[error(
+        "refusing to serve the API on {addr} without authentication: anyone who can reach it could write events and read every table. Set [serving.auth] mode = \"tokens\" with tokens, listen on a loopback address, or set serving.allow_public_without_auth = true"
+    )]
+    PublicWithoutAuth {
+        /// The address listened on.
+        addr: std::net::SocketAddr,
+    },
+    /// A configured token cannot be used.
+    #[error(transparent)]
+    Token(#[from] crate::http::guard::TokenError),
     /// The demo's temporary data directory could not be made.
     #[error("creating the demo's data directory: {0}")]
     DataDir(#[source] std::io::Error),

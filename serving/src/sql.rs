@@ -64,6 +64,11 @@ pub enum SqlError {
     /// The views are not loaded yet; retrying later works.
     #[error("the speed layer is starting; retry in a moment")]
     Starting,
+    /// The statement names a table the caller's token may not read.
+    #[error(
+        "table `{0}` holds every event's payload: reading it needs a token with the admin scope"
+    )]
+    Forbidden(String),
     /// The view was redefined and its batch side is being recomputed.
     #[error("view `{0}` was redefined and is being recomputed under its new definition")]
     Rebuilding(String),
@@ -81,15 +86,40 @@ pub struct Answer {
     pub batches: Vec<RecordBatch>,
 }
 
-/// Runs `sql` against the lake and the current merged views, within the limits of `serving`.
+/// Which tables a statement may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tables {
+    /// The merged views.
+    Views,
+    /// The views and the raw and quarantine tables, which hold every event's payload.
+    All,
+}
+
+/// Functions that build a large value from a small argument (`repeat('x', 1e10)`,
+/// `range(0, 1e10)`) allocate it outside the query's memory pool, where no limit sees it:
+/// they are not in the session. The table functions `generate_series` and `range` stay: they
+/// stream rows in batches that the row, memory and time limits do see.
+const UNBOUNDED_FUNCTIONS: [&str; 7] = [
+    "repeat",
+    "lpad",
+    "rpad",
+    "range",
+    "generate_series",
+    "array_repeat",
+    "array_resize",
+];
+
+/// Runs `sql` against the lake and the current merged views, within the limits of `serving`,
+/// reading only `tables`.
 pub async fn query(
     config: &Config,
     lake: &LakeReader,
     served: &Served,
     sql: &str,
+    tables: Tables,
 ) -> Result<Answer, SqlError> {
     let limits = &config.serving;
-    tokio::time::timeout(limits.sql_timeout, run(config, lake, served, sql))
+    tokio::time::timeout(limits.sql_timeout, run(config, lake, served, sql, tables))
         .await
         .unwrap_or(Err(SqlError::Timeout(limits.sql_timeout)))
 }
@@ -99,6 +129,7 @@ async fn run(
     lake: &LakeReader,
     served: &Served,
     sql: &str,
+    tables: Tables,
 ) -> Result<Answer, SqlError> {
     let limits = &config.serving;
     let ctx = session(limits)?;
@@ -123,13 +154,17 @@ async fn run(
             .views
             .iter()
             .map(|v| v.name.clone())
-            .chain([format!("raw_{source}"), format!("quarantine_{source}")])
+            .chain(
+                [format!("raw_{source}"), format!("quarantine_{source}")]
+                    .into_iter()
+                    .filter(|_| tables == Tables::All),
+            )
             .collect()
     } else {
         references.iter().map(|r| r.table().to_owned()).collect()
     };
     for name in &names {
-        register(config, lake, served, &ctx, name).await?;
+        register(config, lake, served, &ctx, name, tables).await?;
     }
     let plan = ctx
         .state()
@@ -180,6 +215,9 @@ fn session(limits: &ServingConfig) -> Result<SessionContext, SqlError> {
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     lambdaflow_batch::views::sketch_udf::register(&mut ctx)
         .map_err(|e| SqlError::Internal(e.to_string()))?;
+    for name in UNBOUNDED_FUNCTIONS {
+        ctx.deregister_udf(name);
+    }
     Ok(ctx)
 }
 
@@ -220,6 +258,7 @@ async fn register(
     served: &Served,
     ctx: &SessionContext,
     name: &str,
+    tables: Tables,
 ) -> Result<(), SqlError> {
     let internal = |e: &dyn std::fmt::Display| SqlError::Internal(format!("table `{name}`: {e}"));
     let source = &config.source.name;
@@ -255,6 +294,9 @@ async fn register(
     } else {
         return Ok(());
     };
+    if tables == Tables::Views {
+        return Err(SqlError::Forbidden(name.to_owned()));
+    }
     // A table not there yet (nothing archived) is not registered: its name stays unknown.
     lake.register(ctx, name, &config.source, table)
         .await

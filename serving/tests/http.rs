@@ -10,7 +10,6 @@ use lambdaflow_batch::lake::Lake;
 use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::views::lock::BatchLock;
 use lambdaflow_batch::views::records::History;
-use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::state::ViewState;
@@ -24,50 +23,13 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+mod support;
+use support::{call, caught_up, state_with};
+
 fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> AppState {
     let mut config = Config::demo();
     config.serving.max_body_bytes = max_body;
     state_with(broker, lake, config)
-}
-
-/// An app over `config`, its Kafka pointed at `broker` and its lake at `lake`; no data.
-fn state_with(broker: &EmbeddedBroker, lake: &tempfile::TempDir, mut config: Config) -> AppState {
-    config.kafka.brokers = broker.bootstrap_servers().to_owned();
-    config.lake.uri = lake.path().display().to_string();
-    let config = Arc::new(config);
-    let producer =
-        Producer::for_events(broker.bootstrap_servers(), config.source.max_event_bytes).unwrap();
-    let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
-    let empty = config
-        .views
-        .iter()
-        .map(|_| ViewPair::new(Arc::default(), ViewState::new()))
-        .collect();
-    let lake = Arc::new(LakeReader::new(&config.lake).unwrap());
-    AppState::new(
-        config,
-        producer,
-        batches,
-        lake,
-        Served::from_parts(empty, Default::default(), caught_up()),
-    )
-}
-
-/// Progress of a speed layer that has consumed everything there was when it started.
-fn caught_up() -> Progress {
-    Progress {
-        start_head: Some(Default::default()),
-        ..Progress::default()
-    }
-}
-
-async fn call(state: &AppState, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app(state.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 fn post(body: impl Into<Body>, content_type: &str) -> Request<Body> {
@@ -189,6 +151,7 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
     let trigger = |body: &'static str| {
         Request::post("/v1/batch/runs")
+            .header("content-type", "application/json")
             .body(Body::from(body))
             .unwrap()
     };
@@ -390,6 +353,67 @@ async fn views_are_listed_and_bad_queries_are_named() {
             "{reply}"
         );
     }
+}
+
+#[tokio::test]
+async fn view_queries_are_held_to_their_limits() {
+    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let limited = |change: &dyn Fn(&mut lambdaflow_common::config::ServingConfig)| {
+        let mut config = (*state.config).clone();
+        change(&mut config.serving);
+        AppState {
+            config: Arc::new(config),
+            ..state.clone()
+        }
+    };
+    let query = |body: Value| {
+        Request::post("/v1/views/sales_by_country/query")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    for (body, needle) in [
+        (
+            json!({"measures": ["orders", "revenue", "orders"]}),
+            "orders",
+        ),
+        (json!({"group_by": ["country", "country"]}), "country"),
+    ] {
+        let (status, reply) = call(&state, query(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+        assert_eq!(reply["error"]["code"], "repeated_name");
+        assert!(reply["error"]["message"].as_str().unwrap().contains(needle));
+    }
+
+    let by_country = json!({"granularity": "all", "group_by": ["country"]});
+    let (status, whole) = call(&state, query(by_country.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    let rows = whole["rows"].as_array().unwrap().len();
+    assert!(rows >= 2, "{whole}");
+    assert!(whole.get("truncated").is_none(), "{whole}");
+
+    let fewer = limited(&|s| s.query_default_limit = rows - 1);
+    let (_, cut) = call(&fewer, query(by_country.clone())).await;
+    assert_eq!(cut["rows"].as_array().unwrap().len(), rows - 1);
+    assert_eq!(cut["truncated"], true);
+    assert_eq!(cut["rows"][0], whole["rows"][0], "the first rows in order");
+    let asked = json!({"granularity": "all", "group_by": ["country"], "limit": rows});
+    let (_, asked) = call(&fewer, query(asked)).await;
+    assert_eq!(asked["rows"], whole["rows"], "an explicit limit wins");
+
+    let few_groups = limited(&|s| s.query_max_groups = rows - 1);
+    let (status, reply) = call(&few_groups, query(by_country)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    assert_eq!(reply["error"]["code"], "too_many_groups");
+    let (status, _) = call(&few_groups, query(json!({"granularity": "all"}))).await;
+    assert_eq!(status, StatusCode::OK, "one group is under the limit");
+
+    let no_time = limited(&|s| s.query_timeout = Duration::ZERO);
+    let (status, reply) = call(&no_time, query(json!({}))).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
+    assert_eq!(reply["error"]["code"], "query_timeout");
 }
 
 /// Fixed events (times, users, amounts) so that answers are the same on every run: 40 valid
@@ -716,6 +740,7 @@ async fn sql_refuses_all_but_queries_and_enforces_its_limits() {
         ),
         (
             Request::post("/v1/sql")
+                .header("content-type", "application/json")
                 .body(Body::from("SELECT 1"))
                 .unwrap(),
             400,
@@ -724,6 +749,7 @@ async fn sql_refuses_all_but_queries_and_enforces_its_limits() {
         ),
         (
             Request::post("/v1/sql")
+                .header("content-type", "application/json")
                 .body(Body::from(r#"{"sql": "SELECT 1", "x": 1}"#))
                 .unwrap(),
             400,
@@ -731,7 +757,10 @@ async fn sql_refuses_all_but_queries_and_enforces_its_limits() {
             "x",
         ),
         (
-            Request::post("/v1/sql").body(Body::from(deep)).unwrap(),
+            Request::post("/v1/sql")
+                .header("content-type", "application/json")
+                .body(Body::from(deep))
+                .unwrap(),
             400,
             "invalid_json",
             "expected",
@@ -1463,7 +1492,7 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     use lambdaflow_batch::archive::commit::OffsetTable;
     use lambdaflow_batch::lake::open_or_create;
     use lambdaflow_batch::views::run::BatchRun;
-    use lambdaflow_common::query::{Query, Value as Answer, answer};
+    use lambdaflow_common::query::{AnswerLimits, Query, Value as Answer, answer};
     use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE, quarantine_schema, raw_schema};
 
     use lambdaflow_serving::speed_layer::load_batch_view;
@@ -1558,8 +1587,9 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     for (view, pair) in config.views.iter().zip(snapshot.pairs()) {
         let batch = load_batch_view(&config, &reader, view).await.unwrap();
         let query = Query::whole(view);
-        let from_batch = answer(&config.source, view, &[&batch.state], &query);
-        let from_speed = answer(&config.source, view, &[pair.speed()], &query);
+        let whole = |part| answer(&config.source, view, &[part], &query, &AnswerLimits::NONE);
+        let from_batch = whole(&batch.state).unwrap();
+        let from_speed = whole(pair.speed()).unwrap();
         assert_eq!(from_batch.len(), from_speed.len(), "{}", view.name);
         for (b, s) in from_batch.iter().zip(&from_speed) {
             assert_eq!((b.bucket, &b.dimensions), (s.bucket, &s.dimensions));

@@ -486,7 +486,7 @@ fn beyond(events: &RecordBatch, next: impl Fn(i32) -> i64) -> BooleanArray {
 
 #[cfg(test)]
 mod tests {
-    use lambdaflow_common::query::{Query, Rollup, Value, answer};
+    use lambdaflow_common::query::{AnswerLimits, Query, Rollup, Value, answer};
     use lambdaflow_common::sample::{Mix, ShopGenerator};
     use lambdaflow_common::timestamp::now_micros;
     use lambdaflow_common::validate::{Coordinates, Validator};
@@ -558,7 +558,14 @@ mod tests {
             order_by: Vec::new(),
             limit: None,
         };
-        let rows = answer(&config.source, &config.views[TRAFFIC], states, &query);
+        let rows = answer(
+            &config.source,
+            &config.views[TRAFFIC],
+            states,
+            &query,
+            &AnswerLimits::NONE,
+        )
+        .unwrap();
         match rows.first().map(|r| &r.values[0]) {
             None => 0,
             Some(Value::Int(n)) => *n,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arrow::array::AsArray;
 use arrow::datatypes::Date32Type;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::query::{Query, Rollup, Value, answer};
+use lambdaflow_common::query::{AnswerLimits, Query, Rollup, Value, answer};
 use lambdaflow_common::sample::{Mix, ShopGenerator};
 use lambdaflow_common::schema::EVENT_DATE;
 use lambdaflow_common::state::{Dim, ViewState};
@@ -60,6 +60,7 @@ impl Api {
         let r = self
             .client
             .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
             .body(body.to_owned())
             .send()
             .await
@@ -147,7 +148,8 @@ pub type Answer = BTreeMap<String, Vec<Option<f64>>>;
 /// The answer to `query` over the direct aggregation `direct` of view `v`.
 pub fn expected(config: &Config, v: usize, direct: &ViewState, query: &Query) -> Answer {
     let view = &config.views[v];
-    answer(&config.source, view, &[direct], query)
+    answer(&config.source, view, &[direct], query, &AnswerLimits::NONE)
+        .expect("no limits")
         .into_iter()
         .map(|row| {
             let dims: Vec<String> = row

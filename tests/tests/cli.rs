@@ -277,3 +277,33 @@ fn lake_status_and_vacuum_report_every_table() {
     let raw = after.iter().find(|t| t["table"] == "raw/events").unwrap();
     assert!(raw["last_vacuum"].is_string(), "{raw}");
 }
+
+#[test]
+fn the_api_is_not_served_beyond_loopback_without_tokens() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
+        .args(["demo", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the demo went on serving 0.0.0.0 without tokens");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("without authentication") && stderr.contains("allow_public_without_auth"),
+        "{stderr}"
+    );
+}

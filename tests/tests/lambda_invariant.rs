@@ -14,7 +14,7 @@ use lambdaflow_batch::views::records::History;
 use lambdaflow_batch::views::run::BatchRun;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::query::{Value, answer};
+use lambdaflow_common::query::{AnswerLimits, Value, answer};
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::state::{State, ViewState};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
@@ -386,13 +386,18 @@ impl World {
             merged.merge_into(view, pair.speed());
             assert_states_equal(&view.name, &merged, want);
             for query in every_query(view) {
-                let got = answer(
-                    &self.config.source,
-                    view,
-                    &[&pair.batch().state, pair.speed()],
-                    &query,
-                );
-                let expected = answer(&self.config.source, view, &[want], &query);
+                let answered = |parts: &[&ViewState]| {
+                    answer(
+                        &self.config.source,
+                        view,
+                        parts,
+                        &query,
+                        &AnswerLimits::NONE,
+                    )
+                    .expect("no limits")
+                };
+                let got = answered(&[&pair.batch().state, pair.speed()]);
+                let expected = answered(&[want]);
                 let shape = (query.rollup, &query.group_by);
                 assert_eq!(got.len(), expected.len(), "{} {shape:?}", view.name);
                 for (g, e) in got.iter().zip(&expected) {

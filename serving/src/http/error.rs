@@ -8,7 +8,7 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use lambdaflow_batch::Error as BatchError;
 use lambdaflow_common::query::QueryError;
@@ -56,6 +56,29 @@ pub enum ApiError {
         "view `{0}` was redefined and is being recomputed under its new definition; retry once the batch run started for it has published"
     )]
     Rebuilding(String),
+    /// No token, or one the API does not know.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller may not do this: its token lacks the scope, or the request comes from a page
+    /// of another origin.
+    #[error("{message}")]
+    Forbidden {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The body's content type is not one the route reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Too many requests of this kind are running; retry after the given seconds.
+    #[error("{message}")]
+    TooManyRequests {
+        /// Why.
+        message: String,
+        /// Seconds to wait before trying again.
+        retry_after: u64,
+    },
     /// A bug or an unexpected failure; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -79,6 +102,12 @@ impl ApiError {
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "query_timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Rebuilding(_) => (StatusCode::SERVICE_UNAVAILABLE, "view_rebuilding"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -97,14 +126,32 @@ impl IntoResponse for ApiError {
         if let Self::Conflict { id, .. } = &self {
             error["id"] = id.clone().into();
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"lambdaflow\""),
+                );
+            }
+            Self::TooManyRequests { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        response
     }
 }
 
 impl From<QueryError> for ApiError {
-    /// A refused view query: a 400 with the query's own code and message.
+    /// A refused view query: a 400 with the query's own code and message; one that ran out
+    /// of time a 504.
     fn from(e: QueryError) -> Self {
-        Self::bad(e.code(), e.to_string())
+        match e {
+            QueryError::Timeout { .. } => Self::Timeout(e.to_string()),
+            e => Self::bad(e.code(), e.to_string()),
+        }
     }
 }
 
@@ -125,6 +172,12 @@ impl From<SqlError> for ApiError {
             SqlError::TooManyRows(_) => "row_limit_exceeded",
             SqlError::Memory { .. } => "memory_limit_exceeded",
             SqlError::Timeout(_) => return Self::Timeout(e.to_string()),
+            SqlError::Forbidden(_) => {
+                return Self::Forbidden {
+                    code: "forbidden",
+                    message: e.to_string(),
+                };
+            }
             SqlError::Starting => return Self::Unavailable(e.to_string()),
             SqlError::Rebuilding(view) => return Self::Rebuilding(view.clone()),
             SqlError::Internal(detail) => return Self::Internal(detail.clone()),

@@ -4,12 +4,12 @@
 //! 400 with the route's code and the shape it expected — never axum's plain-text rejection.
 //!
 //! serde_json refuses nesting deeper than 128 levels, so a deep document is a 400, not a stack
-//! overflow.
+//! overflow. The content type was checked before: [`crate::http::guard`].
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::http::AppState;
@@ -21,8 +21,6 @@ pub trait JsonBody: DeserializeOwned {
     const INVALID: &'static str;
     /// What the body should look like, named in the 400's message.
     const EXPECTED: &'static str;
-    /// Whether a request must say `Content-Type: application/json` (or `+json`).
-    const NEEDS_JSON_CONTENT_TYPE: bool = false;
 
     /// What an empty (or all white-space) body stands for, on routes where it may be empty.
     fn when_empty() -> Option<Self> {
@@ -38,12 +36,6 @@ impl<T: JsonBody> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        if T::NEEDS_JSON_CONTENT_TYPE && !is_json(request.headers()) {
-            return Err(ApiError::bad(
-                T::INVALID,
-                "Expected request with `Content-Type: application/json`",
-            ));
-        }
         let body = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| body_error(rejection, state, T::INVALID))?;
@@ -82,47 +74,5 @@ fn body_error(rejection: BytesRejection, state: &AppState, code: &'static str) -
         }
     } else {
         ApiError::bad(code, rejection.body_text())
-    }
-}
-
-/// Whether the content type is JSON: `application/json` or `application/<anything>+json`,
-/// parameters ignored.
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence
-        .strip_prefix("application/")
-        .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::http::HeaderValue;
-
-    use super::*;
-
-    #[test]
-    fn json_content_types_are_recognised() {
-        let with = |ct: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
-            is_json(&headers)
-        };
-        assert!(with("application/json"));
-        assert!(with("Application/JSON; charset=utf-8"));
-        assert!(with("application/vnd.api+json"));
-        assert!(!with("text/plain"));
-        assert!(!with("application/x-ndjson"));
-        assert!(!is_json(&HeaderMap::new()));
     }
 }

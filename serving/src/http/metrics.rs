@@ -13,6 +13,7 @@ use lambdaflow_speed::served::Served;
 use serde_json::json;
 
 use crate::http::AppState;
+use crate::http::guard::{self, Guard};
 
 /// The metrics route.
 pub fn router() -> Router<AppState> {
@@ -26,8 +27,9 @@ async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// `/healthz` and `/metrics` alone, for a process that runs no speed layer and no API.
-pub fn ops(config: Arc<Config>) -> Router {
+/// `/healthz` and `/metrics` alone, for a process that runs no speed layer and no API; the
+/// metrics behind `guard` as on the API.
+pub fn ops(config: Arc<Config>, guard: Arc<Guard>) -> Router {
     let no_views = Served::new();
     Router::new()
         .route(
@@ -43,4 +45,5 @@ pub fn ops(config: Arc<Config>) -> Router {
                 )
             }),
         )
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod guard;
 pub mod health;
 pub mod json;
 pub mod lake;
@@ -21,9 +22,11 @@ pub mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum_server::tls_rustls::RustlsConfig;
 use lambdaflow_batch::archive::ArchiveStats;
 use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::views::schedule::Batches;
@@ -34,9 +37,11 @@ use lambdaflow_common::view::fingerprint;
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_speed::served::Served;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::error::ApiError;
+use crate::http::guard::{Guard, TokenError};
 
 /// What every handler may read.
 #[derive(Clone)]
@@ -61,6 +66,10 @@ pub struct AppState {
     pub lake: Arc<LakeReader>,
     /// The (batch, speed) pairs queries read, and the speed layer's Kafka progress.
     pub served: Served,
+    /// Tokens, scopes, origins and content types, checked before any handler.
+    pub guard: Arc<Guard>,
+    /// One permit per `/v1/sql` query that may run at once.
+    pub sql_slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -80,21 +89,24 @@ impl AppState {
 
     /// State for `config`, producing through `producer`, running batches through `batches`,
     /// reading the lake through `lake` and answering queries from `served`; not ready until
-    /// [`Self::set_ready`] and the speed layer has caught up.
+    /// [`Self::set_ready`] and the speed layer has caught up. Fails when a token the config
+    /// names by environment variable is not set.
     pub fn new(
         config: Arc<Config>,
         producer: Producer,
         batches: Arc<Batches>,
         lake: Arc<LakeReader>,
         served: Served,
-    ) -> Self {
+    ) -> Result<Self, TokenError> {
+        let guard = Arc::new(Guard::new(&config.serving, |var| std::env::var(var).ok())?);
+        let sql_slots = Arc::new(Semaphore::new(config.serving.sql_max_concurrent));
         let validator = Arc::new(Validator::new(&config.source));
         let definitions = config
             .views
             .iter()
             .map(|view| fingerprint(&config.source, view))
             .collect();
-        Self {
+        Ok(Self {
             config,
             validator,
             definitions: Arc::new(definitions),
@@ -104,7 +116,9 @@ impl AppState {
             batches,
             lake,
             served,
-        }
+            guard,
+            sql_slots,
+        })
     }
 
     /// The state with this process's archiver, whose halted partitions `/readyz` reports.
@@ -120,10 +134,12 @@ impl AppState {
     }
 }
 
-/// The whole API: every route times itself for `/metrics`, every body is held to
+/// The whole API: every request passes the [`guard`] (token and scope, origin and content type
+/// of writes), every route times itself for `/metrics`, every body is held to
 /// `serving.max_body_bytes`, and every error, axum's own rejections included, has the JSON
 /// shape of [`ApiError`].
 pub fn app(state: AppState) -> Router {
+    let guard = state.guard.clone();
     Router::new()
         .merge(dashboard::router())
         .merge(health::router())
@@ -137,18 +153,58 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(state.config.serving.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then lets requests in flight end.
+/// The TLS settings of `[serving]`, read from its PEM files: `None` when the API speaks plain
+/// HTTP. Read before the API listens, so that a missing or broken file stops the process at
+/// start-up instead of serving plain text.
+pub async fn tls(config: &Config) -> std::io::Result<Option<RustlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.serving.tls_cert, &config.serving.tls_key) else {
+        return Ok(None);
+    };
+    RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "TLS certificate {} or key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ),
+            )
+        })
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` is cancelled, then lets
+/// requests in flight end.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<RustlsConfig>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    let app = app(state);
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    };
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown.cancelled().await;
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        }
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle)
+        .serve(app.into_make_service())
         .await
 }

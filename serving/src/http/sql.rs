@@ -12,18 +12,20 @@ use arrow::datatypes::{
 };
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use lambdaflow_common::auth::Scope;
 use lambdaflow_common::timestamp::{format_date, format_micros};
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeSeq, SerializeStruct, Serializer};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::guard::Caller;
 use crate::http::json::{ApiJson, JsonBody};
-use crate::sql::{Answer, query};
+use crate::sql::{Answer, Tables, query};
 
 /// SQL routes.
 pub fn router() -> Router<AppState> {
@@ -43,11 +45,68 @@ impl JsonBody for SqlRequest {
 
 async fn sql(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(request): ApiJson<SqlRequest>,
 ) -> Result<Response, ApiError> {
-    let answer = query(&state.config, &state.lake, &state.served, &request.sql).await?;
-    let body = serde_json::to_vec(&Rendered::new(&answer)?)?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let Ok(_slot) = state.sql_slots.clone().try_acquire_owned() else {
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "{} SQL queries are running, the most allowed at once (serving.sql_max_concurrent); retry shortly",
+                state.config.serving.sql_max_concurrent
+            ),
+            retry_after: 1,
+        });
+    };
+    let tables = if caller.may(Scope::Admin) {
+        Tables::All
+    } else {
+        Tables::Views
+    };
+    let answer = query(
+        &state.config,
+        &state.lake,
+        &state.served,
+        &request.sql,
+        tables,
+    )
+    .await?;
+    let limit = state.config.serving.sql_max_answer_bytes;
+    let mut body = Capped {
+        bytes: Vec::new(),
+        limit,
+    };
+    if let Err(e) = serde_json::to_writer(&mut body, &Rendered::new(&answer)?) {
+        return Err(match e.io_error_kind() {
+            Some(std::io::ErrorKind::FileTooLarge) => ApiError::bad(
+                "answer_too_large",
+                format!(
+                    "the answer is larger than {limit} bytes of JSON; select fewer columns or rows (serving.sql_max_answer_bytes)"
+                ),
+            ),
+            _ => e.into(),
+        });
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], body.bytes).into_response())
+}
+
+/// A buffer that refuses to grow past `limit` bytes.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            return Err(std::io::ErrorKind::FileTooLarge.into());
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A column normalised once to the few array types cells are written from.

@@ -13,7 +13,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use lambdaflow_common::query::{Layer, Query, QueryRequest, ResolvedQuery, Row, Value, answer};
+use lambdaflow_common::query::{
+    AnswerLimits, Layer, Query, QueryRequest, ResolvedQuery, Row, Value, answer,
+};
 use lambdaflow_common::source::FieldType;
 use lambdaflow_common::state::{Dim, ViewState};
 use lambdaflow_common::timestamp::format_micros;
@@ -145,7 +147,6 @@ impl JsonBody for QueryRequest {
     const INVALID: &'static str = "invalid_query";
     const EXPECTED: &'static str =
         "a query object such as {\"group_by\": [..], \"measures\": [..]}";
-    const NEEDS_JSON_CONTENT_TYPE: bool = true;
 }
 
 /// Query-string form: lists are comma-separated.
@@ -186,7 +187,7 @@ async fn query_get(
         layer: q.layer,
         ..QueryRequest::default()
     };
-    run(&state, &name, request)
+    answer_off_the_runtime(state, name, request).await
 }
 
 async fn query_post(
@@ -194,7 +195,19 @@ async fn query_post(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<QueryRequest>,
 ) -> Result<Response, ApiError> {
-    run(&state, &name, request)
+    answer_off_the_runtime(state, name, request).await
+}
+
+/// Answers on a blocking thread: a query over many groups takes milliseconds of CPU that the
+/// runtime's workers, which also serve the other requests, should not wait for.
+async fn answer_off_the_runtime(
+    state: AppState,
+    name: String,
+    request: QueryRequest,
+) -> Result<Response, ApiError> {
+    tokio::task::spawn_blocking(move || run(&state, &name, request))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the query task failed: {e}")))?
 }
 
 /// Lost offset ranges as `{"<partition>": [[first, last], …]}`.
@@ -209,8 +222,13 @@ fn lost_json(lost: &BTreeMap<i32, Vec<(i64, i64)>>) -> Json_ {
 }
 
 fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, ApiError> {
+    let serving = &state.config.serving;
+    let limits = AnswerLimits::new(serving.query_max_groups, serving.query_timeout);
     let (i, view) = find(state, name)?;
-    let ResolvedQuery { query, layer } = Query::resolve(&state.config.source, view, &request)?;
+    let ResolvedQuery { mut query, layer } = Query::resolve(&state.config.source, view, &request)?;
+    // One row past the limit tells whether the answer was cut.
+    let limit = query.limit.unwrap_or(serving.query_default_limit);
+    query.limit = Some(limit + 1);
     let progress = state.served.progress();
     let snapshot = read(state)?;
     let pair = snapshot.pair(i);
@@ -226,7 +244,9 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
         Layer::Batch => &[&pair.batch().state],
         Layer::Speed => &[pair.speed()],
     };
-    let rows = answer(&state.config.source, view, parts, &query);
+    let mut rows = answer(&state.config.source, view, parts, &query, &limits)?;
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
     let rendered = Rows {
         rows: &rows,
         view,
@@ -247,6 +267,7 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
         view: &view.name,
         granularity: query.rollup.as_str(),
         rows: rendered,
+        truncated,
         watermark: pair.batch().watermark.as_ref(),
         batch_version: pair.batch().version,
         speed_offsets: snapshot.folded(),
@@ -262,6 +283,9 @@ struct AnswerOut<'a> {
     view: &'a str,
     granularity: &'static str,
     rows: Rows<'a>,
+    /// Set when `limit` (or `serving.query_default_limit`) cut rows off the answer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
     watermark: Option<&'a Watermark>,
     batch_version: Option<u64>,
     #[serde(serialize_with = "partition_keys")]

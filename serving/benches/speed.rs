@@ -323,7 +323,8 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         batches,
         reader,
         shared,
-    );
+    )
+    .expect("auth is off");
     let answer_only = {
         let snapshot = state.served.snapshot().expect("loaded");
         let pair = snapshot.pair(0);
@@ -347,7 +348,8 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
                 &[&pair.batch().state, pair.speed()],
                 &query,
                 &lambdaflow_common::query::AnswerLimits::NONE,
-            ));
+            ))
+            .expect("no limits");
         }
         started.elapsed() / 100
     };

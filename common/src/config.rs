@@ -1,4 +1,4 @@
-//! The typed configuration of one deployment (SPEC §2): where events come from, where the lake
+//! The typed configuration of one deployment: where events come from, where the lake
 //! is, how the API, the batch layer and the archiver run — and, by reference to their own
 //! modules, the event source ([`crate::source`]) and the declared views ([`crate::view`]).
 //!

@@ -1,4 +1,4 @@
-//! Why an event was refused: one code per quarantined event (SPEC §3).
+//! Why an event was refused: one code per quarantined event.
 
 use std::fmt;
 

@@ -1,5 +1,5 @@
 //! The event source: what an event holds (its id, its time, its declared fields) and how each
-//! field is cleaned before anything is stored (SPEC §2–3).
+//! field is cleaned before anything is stored.
 //!
 //! Both layers and the collector read events through these definitions; the validator, the
 //! raw table's schema and the view filters are derived from them.

@@ -1,4 +1,4 @@
-//! The event validator and cleaner (SPEC §3): message bytes in, Arrow out.
+//! The event validator and cleaner: message bytes in, Arrow out.
 //!
 //! One implementation serves the archiver, the speed layer and the HTTP collector, so that
 //! every layer agrees on what is valid and on what a clean event looks like. It is batch
@@ -127,7 +127,7 @@ impl Validator {
         &self.source
     }
 
-    /// Checks one payload against SPEC §3 at time `now_us`: the Kafka message's timestamp
+    /// Checks one payload against the validation rules at time `now_us`: the Kafka message's timestamp
     /// (the HTTP collector's arrival time), so that the verdict never depends on when a layer
     /// reads the message.
     pub fn check<'a>(&self, payload: Option<&'a [u8]>, now_us: i64) -> Result<Checked<'a>, Reason> {

@@ -1,4 +1,4 @@
-//! What a view is: the declared aggregation of the product contract (SPEC §4) — its bucket
+//! What a view is: a declared aggregation — its bucket
 //! width, the dimensions it groups by, its filter and its measures — and bucketing.
 //!
 //! How a view is stored (its table layout) and how its filter is compiled live in the `layout`

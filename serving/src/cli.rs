@@ -1,4 +1,4 @@
-//! The command line of the whole platform (SPEC §5), parsed by clap. In the library so that
+//! The command line of the whole platform, parsed by clap. In the library so that
 //! the deploy tests parse the commands of `deploy/docker-compose.yml` with the real parser.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `lambdaflow`: the command line of the whole platform (SPEC §5).
+//! `lambdaflow`: the command line of the whole platform.
 
 use std::process::ExitCode;
 

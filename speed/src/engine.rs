@@ -11,7 +11,7 @@
 //! mix. Memory then follows the number of groups in the states, plus the ids deduplication
 //! remembers (16 bytes and a little per first occurrence, see [`SeenIds`]).
 //!
-//! Deduplication (SPEC §3) is exact: an event is a first occurrence unless its (date, id) is
+//! Deduplication is exact: an event is a first occurrence unless its (date, id) is
 //! in the raw table at the lowest watermark's version or among the first occurrences retained
 //! since; both together cover every offset before it.
 

@@ -1,4 +1,4 @@
-//! The lambda invariant (SPEC §3) as a property: random events (late, duplicated, invalid) on
+//! The lambda invariant as a property: random events (late, duplicated, invalid) on
 //! random partitions, archived and batched at random points, with the speed layer swapping in
 //! each new batch version and restarting at random; at every check, batch ⊕ speed equals a
 //! direct aggregation of the deduplicated valid events consumed — every group's states (HLL

@@ -1,4 +1,4 @@
-//! The lake: the layout of SPEC §4, opening and creating its tables, and the one rule for
+//! The lake: its layout (`raw/`, `quarantine/`, `views/`), opening and creating its tables, and the one rule for
 //! "this table does not exist yet" ([`is_missing`]).
 //!
 //! ```text

@@ -44,7 +44,7 @@ pub struct CollectReply {
 pub struct EventError {
     /// Position in the array, or line number (from 0) among the non-empty NDJSON lines.
     pub index: usize,
-    /// The SPEC §3 reason code.
+    /// The reason code.
     pub reason: String,
 }
 

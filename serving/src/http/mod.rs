@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §6): one module per resource, one [`AppState`], one [`app`] used by
+//! The HTTP API: one module per resource, one [`AppState`], one [`app`] used by
 //! `main` and by the tests (through `tower::ServiceExt::oneshot`, no socket needed).
 //!
 //! Errors have one home, [`error::ApiError`], which the lower layers' errors convert into;

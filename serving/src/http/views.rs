@@ -1,5 +1,5 @@
 //! `/v1/views`: view definitions with their batch and speed status, and queries answered from
-//! batch ⊕ speed (SPEC §6).
+//! batch ⊕ speed.
 //!
 //! A query holds a snapshot of the served state for its whole run, so it sees one (batch
 //! version, speed state) pair per view even if a swap is waiting. Every answer carries its

@@ -1642,7 +1642,7 @@ import duckdb, duckdb_extension_delta
 from deltalake import DeltaTable
 
 lake, tables = sys.argv[1], json.loads(sys.argv[2])
-con = duckdb.connect()
+con = duckdb.connect(config={"enable_progress_bar": False})
 ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "**", "*.duckdb_extension"), recursive=True)[0]
 con.execute(f"LOAD '{ext}'")
 out = {}
@@ -1675,7 +1675,13 @@ fn readable_from_python(
         "the Python readers failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the Python readers printed no JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     assert_eq!(got["raw/events"], json!([raw_rows, raw_rows]), "{got}");
     for table in &tables {
         assert_eq!(got[table][0], got[table][1], "{table}: {got}");

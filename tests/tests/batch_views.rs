@@ -257,7 +257,7 @@ import duckdb, duckdb_extension_delta
 from deltalake import DeltaTable
 
 lake, views = sys.argv[1], json.loads(sys.argv[2])
-con = duckdb.connect()
+con = duckdb.connect(config={"enable_progress_bar": False})
 ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "**", "*.duckdb_extension"), recursive=True)[0]
 con.execute(f"LOAD '{ext}'")
 out = {}
@@ -291,7 +291,12 @@ fn readable_from_python(lake_dir: &Path, totals: &(u64, u64), raw_version: u64) 
         "the Python readers failed (pip install deltalake duckdb==1.5.5 duckdb-extension-delta==1.5.5; .ci/run does): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the Python readers printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     for (view, expected) in [
         ("traffic_by_minute", totals.0),
         ("sales_by_country", totals.1),

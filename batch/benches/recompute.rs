@@ -60,13 +60,14 @@ queries = {
 }
 times = []
 for _ in range(runs):
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     started = time.perf_counter()
     for name, sql in queries.items():
         con.execute(f"COPY ({sql}) TO '{out}/{name}.parquet' (FORMAT parquet)")
     times.append(time.perf_counter() - started)
     con.close()
-print(json.dumps({"seconds": statistics.median(times), "threads": duckdb.connect(config={"enable_progress_bar": False}).execute("SELECT current_setting('threads')").fetchone()[0]}))
+print(json.dumps({"seconds": statistics.median(times), "threads": duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0]}))
 "#;
 
 fn main() {

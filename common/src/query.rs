@@ -279,6 +279,16 @@ impl Query {
         }
     }
 
+    /// Whether the group of `bucket` and `dims` (a view's group key) lies in the query's time
+    /// range and passes its filters.
+    pub fn selects(&self, bucket: &i64, dims: &[Dim]) -> bool {
+        !(self.from.is_some_and(|f| *bucket < f) || self.to.is_some_and(|t| *bucket >= t))
+            && self
+                .filters
+                .iter()
+                .all(|(d, accepted)| accepted.contains(&dims[*d]))
+    }
+
     /// Resolves `request` against `view` of `source`: parses its times, granularity and filter
     /// values, and turns the names it uses into indexes of the view's dimensions and measures.
     /// Checks happen in the order of the request's keys: layer, times, granularity, group_by,
@@ -541,14 +551,7 @@ pub(crate) fn merge<'a>(
             if seen % 4096 == 4095 {
                 limits.check_time()?;
             }
-            if query.from.is_some_and(|f| *bucket < f) || query.to.is_some_and(|t| *bucket >= t) {
-                continue;
-            }
-            if !query
-                .filters
-                .iter()
-                .all(|(d, accepted)| accepted.contains(&dims[*d]))
-            {
+            if !query.selects(bucket, dims) {
                 continue;
             }
             let rolled = match query.rollup {

@@ -211,6 +211,17 @@ impl ViewState {
         self.keys.iter().zip(self.states.iter().map(|s| &**s))
     }
 
+    /// A copy of the groups whose keys `keep` selects.
+    pub fn select(&self, mut keep: impl FnMut(&GroupKey) -> bool) -> ViewState {
+        let mut out = ViewState::new();
+        for (key, states) in self.groups().filter(|(key, _)| keep(key)) {
+            out.index.insert(key.clone(), out.keys.len());
+            out.keys.push(key.clone());
+            out.states.push(states.into());
+        }
+        out
+    }
+
     /// Approximate bytes held: keys, states and sketches.
     pub fn heap_bytes(&self) -> usize {
         let per_group = std::mem::size_of::<GroupKey>() * 2 + std::mem::size_of::<usize>();

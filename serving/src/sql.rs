@@ -265,22 +265,22 @@ async fn register(
     if let Some(i) = config.views.iter().position(|v| v.name == name) {
         let view = &config.views[i];
         let layout = ViewLayout::new(&config.source, view).map_err(|e| internal(&e))?;
-        let batch = {
+        let pair = {
             let Some(snapshot) = served.snapshot() else {
                 return Err(SqlError::Starting);
             };
-            let pair = snapshot.pair(i);
-            if pair.batch().redefined(&fingerprint(&config.source, view)) {
-                return Err(SqlError::Rebuilding(view.name.clone()));
-            }
-            merged_batch(
-                &config.source,
-                view,
-                &layout,
-                &[&pair.batch().state, pair.speed()],
-            )
-            .map_err(|e| internal(&e))?
+            snapshot.detach(i, |_| true)
         };
+        if pair.batch().redefined(&fingerprint(&config.source, view)) {
+            return Err(SqlError::Rebuilding(view.name.clone()));
+        }
+        let batch = merged_batch(
+            &config.source,
+            view,
+            &layout,
+            &[&pair.batch().state, pair.speed()],
+        )
+        .map_err(|e| internal(&e))?;
         let table =
             MemTable::try_new(layout.schema, vec![vec![batch]]).map_err(|e| internal(&e))?;
         ctx.register_table(name, Arc::new(table))

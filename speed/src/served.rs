@@ -5,6 +5,8 @@
 //! SQL, health and metrics). Readers take a [`Snapshot`] and see one pair per view for as long
 //! as they hold it, never a batch version with a speed state of another; before the speed
 //! layer has loaded the views there is no snapshot at all, so no reader has to test for it.
+//! The speed layer's fold waits for every reader holding a snapshot, so long reads (answers,
+//! SQL tables) [`Snapshot::detach`] the pair they need and work without the lock.
 //!
 //! Kafka progress (offsets consumed, partition heads, lag, caught up) is not part of the
 //! snapshot: it changes with every message and is read by health checks and metrics, so it is
@@ -14,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use lambdaflow_common::batch_view::BatchView;
-use lambdaflow_common::state::ViewState;
+use lambdaflow_common::state::{GroupKey, ViewState};
 use tokio::sync::watch;
 
 /// One view as queries see it: a batch version and the speed state of the offsets beyond its
@@ -255,6 +257,14 @@ impl Snapshot<'_> {
     /// The view at `index` in config order.
     pub fn pair(&self, index: usize) -> &ViewPair {
         &self.views().pairs[index]
+    }
+
+    /// View `index` taken out of the snapshot: the batch side shared (it never changes) and
+    /// the speed groups `keep` selects copied. An answer built from it holds no lock, so the
+    /// speed layer's fold waits for the copy, never for a long query.
+    pub fn detach(&self, index: usize, keep: impl FnMut(&GroupKey) -> bool) -> ViewPair {
+        let pair = self.pair(index);
+        ViewPair::new(pair.batch.clone(), pair.speed.select(keep))
     }
 
     /// The last offset per partition whose events the speed states hold.

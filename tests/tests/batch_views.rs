@@ -257,7 +257,8 @@ import duckdb, duckdb_extension_delta
 from deltalake import DeltaTable
 
 lake, views = sys.argv[1], json.loads(sys.argv[2])
-con = duckdb.connect(config={"enable_progress_bar": False})
+con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "**", "*.duckdb_extension"), recursive=True)[0]
 con.execute(f"LOAD '{ext}'")
 out = {}

@@ -1,4 +1,4 @@
-//! Request bodies: the one JSON extractor every handler that reads a JSON body uses, and the raw
+//! Request bodies: the one JSON extractor every handler that reads a JSON object uses, and the raw
 //! body the collector splits itself. Their rejections are [`ApiError`]s, so a body over
 //! `serving.max_body_bytes` is a 413 `payload_too_large` and a body that does not parse is a
 //! 400 with the route's code and the shape it expected — never axum's plain-text rejection.
@@ -43,6 +43,14 @@ impl<T: JsonBody> FromRequest<AppState> for ApiJson<T> {
             && let Some(empty) = T::when_empty()
         {
             return Ok(Self(empty));
+        }
+        // serde reads a struct from a JSON array too (its fields in order); every body here
+        // is an object, so an array is refused as the document says.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad(
+                T::INVALID,
+                format!("expected {}: the body is not a JSON object", T::EXPECTED),
+            ));
         }
         serde_json::from_slice(&body)
             .map(Self)

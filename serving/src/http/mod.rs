@@ -70,6 +70,8 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// One permit per `/v1/sql` query that may run at once.
     pub sql_slots: Arc<Semaphore>,
+    /// `GET /openapi.json`, for this config's views.
+    pub openapi: Arc<str>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -106,7 +108,9 @@ impl AppState {
             .iter()
             .map(|view| fingerprint(&config.source, view))
             .collect();
+        let openapi = openapi::document_for(&config).into();
         Ok(Self {
+            openapi,
             config,
             validator,
             definitions: Arc::new(definitions),

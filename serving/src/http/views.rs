@@ -1,8 +1,10 @@
 //! `/v1/views`: view definitions with their batch and speed status, and queries answered from
 //! batch ⊕ speed.
 //!
-//! A query holds a snapshot of the served state for its whole run, so it sees one (batch
-//! version, speed state) pair per view even if a swap is waiting. Every answer carries its
+//! A query detaches one (batch version, speed state) pair from the served state (the batch
+//! side shared, the speed groups in its range copied) and answers from that without holding
+//! the lock the speed layer's fold takes, so a heavy query never delays freshness and a swap
+//! meanwhile does not mix into its answer. Every answer carries its
 //! consistency token: the batch watermark and the offsets the speed states are folded through.
 
 use std::collections::BTreeMap;
@@ -230,8 +232,16 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
     let limit = query.limit.unwrap_or(serving.query_default_limit);
     query.limit = Some(limit + 1);
     let progress = state.served.progress();
-    let snapshot = read(state)?;
-    let pair = snapshot.pair(i);
+    let (pair, folded) = {
+        let snapshot = read(state)?;
+        let pair = match layer {
+            Layer::Batch => snapshot.detach(i, |_| false),
+            Layer::Merged | Layer::Speed => {
+                snapshot.detach(i, |(bucket, dims)| query.selects(bucket, dims))
+            }
+        };
+        (pair, snapshot.folded().clone())
+    };
     if layer != Layer::Batch && state.rebuilding(i, pair.batch()) {
         return Err(ApiError::Rebuilding(view.name.clone()));
     }
@@ -270,7 +280,7 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
         truncated,
         watermark: pair.batch().watermark.as_ref(),
         batch_version: pair.batch().version,
-        speed_offsets: snapshot.folded(),
+        speed_offsets: &folded,
         complete: lost.is_empty(),
         lost_offsets: (!lost.is_empty()).then(|| lost_json(&lost)),
     })?;

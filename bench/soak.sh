@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load and soak: `lambdaflow demo` (release build) ingesting its generator's events, first a
 # bounded load of the query API and of POST /v1/events with wrk while it ingests, then a soak
-# that samples, every 30 s, the process's memory and open files, the speed layer's lag and
+# that samples, every 30 s, the process's memory (resident, and the allocator's live and
+# resident bytes) and open files, the speed layer's lag and
 # retained events, the view versions, and the lake: Delta versions, live files, files and
 # bytes on storage, log files.
 #   bash bench/soak.sh [minutes, default 10] [events/s, default 200] [forced run every S seconds, default 900]
@@ -77,7 +78,7 @@ end
 LUA
 load "POST /v1/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
-echo "minute,rss_kib,open_files,lag,retained,retained_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files" > bench/soak.csv
+echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files" > bench/soak.csv
 samples=$(( MINUTES * 2 ))
 started=$SECONDS
 forced=$SECONDS
@@ -88,7 +89,7 @@ for i in $(seq 0 "$samples"); do
   fi
   rss="$(awk '/VmRSS/ { print $2 }' "/proc/$PID/status")"
   fds="$(ls "/proc/$PID/fd" | wc -l)"
-  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total)" >> bench/soak.csv
+  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total)" >> bench/soak.csv
   [ "$i" -lt "$samples" ] && sleep 30
 done
 
@@ -103,7 +104,7 @@ done
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 half = rows[len(rows) // 2:]
-keys = ["rss_kib", "open_files", "lag", "retained", "retained_bytes", "messages", "view_version",
+keys = ["rss_kib", "allocated_kib", "jemalloc_resident_kib", "open_files", "lag", "retained", "retained_bytes", "messages", "view_version",
         "raw_delta_versions", "raw_live_files", "raw_files", "raw_log_files", "view_files",
         "lake_bytes", "expired_dates", "vacuumed_files"]
 print("| series | first | middle | last | max | second half trend |")
@@ -115,7 +116,7 @@ for key in keys:
     print(f"| {key} | {values[0]} | {values[len(values) // 2]} | {values[-1]} | {max(values)} | {trend:+.1%} |")
 
 # Each plotted series relative to its own maximum, against minutes.
-plotted = {"rss_kib": "#1f77b4", "lake_bytes": "#d62728", "raw_live_files": "#2ca02c",
+plotted = {"rss_kib": "#1f77b4", "allocated_kib": "#17becf", "lake_bytes": "#d62728", "raw_live_files": "#2ca02c",
            "raw_files": "#9467bd", "raw_log_files": "#ff7f0e"}
 width, height, pad = 720, 360, 40
 minutes = [float(r["minute"]) for r in rows]
@@ -133,7 +134,7 @@ for n, (key, color) in enumerate(plotted.items()):
         f"{pad + (m / span) * (width - 2 * pad):.1f},{height - pad - (v / top) * (height - 2 * pad):.1f}"
         for m, v in zip(minutes, values))
     out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
-    out.append(f'<text x="{pad + n * 135}" y="{height + 20}" fill="{color}">{key} (max {int(top)})</text>')
+    out.append(f'<text x="{pad + (n % 3) * 220}" y="{height + 15 + (n // 3) * 18}" fill="{color}">{key} (max {int(top)})</text>')
 out.append("</svg>")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 PY

@@ -134,6 +134,11 @@ pub struct ServingConfig {
     /// Most `/v1/sql` queries running at once; more get 429 with `Retry-After`.
     #[serde(default = "default_sql_max_concurrent")]
     pub sql_max_concurrent: usize,
+    /// Most view queries answered at once; the others wait their turn within
+    /// `query_timeout`. Absent, one fewer than the machine's cores (at least one), so that
+    /// answers never take the core the speed layer folds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_max_concurrent: Option<usize>,
     /// Most bytes of JSON a `/v1/sql` answer may hold; a larger answer is refused.
     #[serde(default = "default_sql_max_answer_bytes")]
     pub sql_max_answer_bytes: usize,
@@ -176,6 +181,7 @@ impl Default for ServingConfig {
             sql_max_memory_bytes: default_sql_max_memory(),
             speed_dir: None,
             sql_max_concurrent: default_sql_max_concurrent(),
+            query_max_concurrent: None,
             sql_max_answer_bytes: default_sql_max_answer_bytes(),
             query_timeout: default_query_timeout(),
             query_max_groups: default_query_max_groups(),
@@ -364,6 +370,9 @@ impl Config {
         serving.auth.check("serving.auth")?;
         if serving.sql_max_concurrent == 0 {
             return invalid("sql_max_concurrent", "must be at least 1");
+        }
+        if serving.query_max_concurrent == Some(0) {
+            return invalid("query_max_concurrent", "must be at least 1");
         }
         if serving.query_max_groups == 0 {
             return invalid("query_max_groups", "must be at least 1");

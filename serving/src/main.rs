@@ -26,6 +26,12 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // jemalloc's own threads return freed pages on time, also from the arenas of threads that
+    // sit idle between batch runs; without them an arena purges only when it allocates again.
+    #[cfg(not(target_env = "msvc"))]
+    if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(%error, "jemalloc's background threads could not be started");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

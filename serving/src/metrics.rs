@@ -11,7 +11,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use lambdaflow_common::config::Config;
 use lambdaflow_speed::served::Served;
-use prometheus::{Encoder, HistogramVec, TextEncoder, register_histogram_vec};
+use prometheus::{
+    Encoder, HistogramVec, IntGauge, TextEncoder, register_histogram_vec, register_int_gauge,
+};
 
 static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
@@ -24,6 +26,48 @@ static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("registered once")
 });
+
+/// The allocator's view of the process's memory, read at every scrape: what live allocations
+/// hold, and what the allocator keeps resident for them (fragmentation and freed pages not
+/// yet returned included). Resident memory growing while allocated stays level is the
+/// allocator's; both growing is data the process keeps.
+static MEMORY: LazyLock<[IntGauge; 2]> = LazyLock::new(|| {
+    [
+        register_int_gauge!(
+            "lambdaflow_memory_allocated_bytes",
+            "Bytes in live heap allocations (jemalloc stats.allocated)"
+        )
+        .expect("registered once"),
+        register_int_gauge!(
+            "lambdaflow_memory_resident_bytes",
+            "Bytes of physical memory the allocator holds (jemalloc stats.resident)"
+        )
+        .expect("registered once"),
+    ]
+});
+
+/// Reads jemalloc's statistics into [`MEMORY`]; they are left as they were if jemalloc cannot
+/// say (a process with another global allocator reads jemalloc's own, near nothing).
+#[cfg(not(target_env = "msvc"))]
+fn observe_allocator() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    let [allocated, resident] = &*MEMORY;
+    if epoch::advance().is_err() {
+        return;
+    }
+    if let Ok(bytes) = stats::allocated::read() {
+        allocated.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+    if let Ok(bytes) = stats::resident::read() {
+        resident.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// Where jemalloc is not the allocator, the gauges stay at zero.
+#[cfg(target_env = "msvc")]
+fn observe_allocator() {
+    LazyLock::force(&MEMORY);
+}
 
 /// Times every request by its route template (not its path, so view names and run ids do
 /// not multiply the series).
@@ -52,6 +96,7 @@ pub fn render(config: &Config, served: &Served) -> String {
     lambdaflow_batch::metrics::register();
     LazyLock::force(&REQUEST_SECONDS);
     lambdaflow_speed::metrics::observe(config, served);
+    observe_allocator();
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&prometheus::gather(), &mut out)

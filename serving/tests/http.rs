@@ -414,6 +414,39 @@ async fn view_queries_are_held_to_their_limits() {
     let (status, reply) = call(&no_time, query(json!({}))).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
     assert_eq!(reply["error"]["code"], "query_timeout");
+
+    // A query waits for a free answer slot within its time limit; past it, 504.
+    let short = limited(&|s| s.query_timeout = Duration::from_millis(300));
+    let slots = short.query_slots.clone();
+    let busy = slots
+        .clone()
+        .acquire_many_owned(u32::try_from(slots.available_permits()).unwrap())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, reply) = call(&short, query(json!({}))).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
+    assert_eq!(reply["error"]["code"], "query_timeout");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("query_max_concurrent"),
+        "{reply}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let waiting = tokio::spawn({
+        let short = short.clone();
+        async move { call(&short, query(json!({}))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(busy);
+    let (status, reply) = waiting.await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a slot freed in time answers: {reply}"
+    );
 }
 
 /// Fixed events (times, users, amounts) so that answers are the same on every run: 40 valid

@@ -463,6 +463,13 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
             &[("table", "raw")],
         );
         assert!(commits.is_some_and(|n| n >= 1.0), "{metrics}");
+        // The allocator's own account of the process's memory.
+        let allocated = sample(&metrics, "lambdaflow_memory_allocated_bytes", &[]);
+        let resident = sample(&metrics, "lambdaflow_memory_resident_bytes", &[]);
+        assert!(
+            allocated.is_some_and(|a| a > 1e6) && resident >= allocated,
+            "{metrics}"
+        );
         assert!(
             archiver.terminate(Duration::from_secs(30)),
             "the archiver did not exit cleanly on SIGTERM"

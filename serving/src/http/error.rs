@@ -93,6 +93,14 @@ impl ApiError {
         }
     }
 
+    /// A 403 `forbidden`: the caller's token lacks what the request needs.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden {
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
@@ -172,12 +180,7 @@ impl From<SqlError> for ApiError {
             SqlError::TooManyRows(_) => "row_limit_exceeded",
             SqlError::Memory { .. } => "memory_limit_exceeded",
             SqlError::Timeout(_) => return Self::Timeout(e.to_string()),
-            SqlError::Forbidden(_) => {
-                return Self::Forbidden {
-                    code: "forbidden",
-                    message: e.to_string(),
-                };
-            }
+            SqlError::Forbidden(_) => return Self::forbidden(e.to_string()),
             SqlError::Starting => return Self::Unavailable(e.to_string()),
             SqlError::Rebuilding(view) => return Self::Rebuilding(view.clone()),
             SqlError::Internal(detail) => return Self::Internal(detail.clone()),

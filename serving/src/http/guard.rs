@@ -224,14 +224,11 @@ pub async fn check(
     ) {
         (Err(refused), Some(_)) => return Err(refused),
         (Ok(caller), Some(scope)) if !caller.may(scope) => {
-            return Err(ApiError::Forbidden {
-                code: "forbidden",
-                message: format!(
-                    "token `{}` lacks the `{}` scope this route needs",
-                    caller.name.as_deref().unwrap_or_default(),
-                    scope.as_str()
-                ),
-            });
+            return Err(ApiError::forbidden(format!(
+                "token `{}` lacks the `{}` scope this route needs",
+                caller.name.as_deref().unwrap_or_default(),
+                scope.as_str()
+            )));
         }
         (caller, _) => caller.ok(),
     };

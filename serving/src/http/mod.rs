@@ -70,6 +70,8 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// One permit per `/v1/sql` query that may run at once.
     pub sql_slots: Arc<Semaphore>,
+    /// One permit per view query that may be answered at once.
+    pub query_slots: Arc<Semaphore>,
     /// `GET /openapi.json`, for this config's views.
     pub openapi: Arc<str>,
 }
@@ -102,6 +104,11 @@ impl AppState {
     ) -> Result<Self, TokenError> {
         let guard = Arc::new(Guard::new(&config.serving, |var| std::env::var(var).ok())?);
         let sql_slots = Arc::new(Semaphore::new(config.serving.sql_max_concurrent));
+        let query_slots = Arc::new(Semaphore::new(
+            config.serving.query_max_concurrent.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |cores| (cores.get() - 1).max(1))
+            }),
+        ));
         let validator = Arc::new(Validator::new(&config.source));
         let definitions = config
             .views
@@ -122,6 +129,7 @@ impl AppState {
             served,
             guard,
             sql_slots,
+            query_slots,
         })
     }
 

@@ -201,15 +201,36 @@ async fn query_post(
 }
 
 /// Answers on a blocking thread: a query over many groups takes milliseconds of CPU that the
-/// runtime's workers, which also serve the other requests, should not wait for.
+/// runtime's workers, which also serve the other requests, should not wait for. At most
+/// `serving.query_max_concurrent` answers run at once (by default one core fewer than the
+/// machine has), so heavy queries leave the speed layer a core and freshness holds; the others
+/// wait their turn within `serving.query_timeout`, which counts from the request's arrival.
 async fn answer_off_the_runtime(
     state: AppState,
     name: String,
     request: QueryRequest,
 ) -> Result<Response, ApiError> {
-    tokio::task::spawn_blocking(move || run(&state, &name, request))
+    let timeout = state.config.serving.query_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let slot = tokio::time::timeout_at(deadline, state.query_slots.clone().acquire_owned())
         .await
-        .map_err(|e| ApiError::Internal(format!("the query task failed: {e}")))?
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "the query waited {} for one of the serving.query_max_concurrent query slots; retry shortly",
+                humantime::format_duration(timeout)
+            ))
+        })?
+        .map_err(|e| ApiError::Internal(format!("the query slots are closed: {e}")))?;
+    let limits = AnswerLimits {
+        max_groups: state.config.serving.query_max_groups,
+        deadline: Some((deadline.into_std(), timeout)),
+    };
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        run(&state, &name, request, &limits)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the query task failed: {e}")))?
 }
 
 /// Lost offset ranges as `{"<partition>": [[first, last], …]}`.
@@ -223,9 +244,14 @@ fn lost_json(lost: &BTreeMap<i32, Vec<(i64, i64)>>) -> Json_ {
         .into()
 }
 
-fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, ApiError> {
+/// Answers `request` on view `name` within `limits`.
+fn run(
+    state: &AppState,
+    name: &str,
+    request: QueryRequest,
+    limits: &AnswerLimits,
+) -> Result<Response, ApiError> {
     let serving = &state.config.serving;
-    let limits = AnswerLimits::new(serving.query_max_groups, serving.query_timeout);
     let (i, view) = find(state, name)?;
     let ResolvedQuery { mut query, layer } = Query::resolve(&state.config.source, view, &request)?;
     // One row past the limit tells whether the answer was cut.
@@ -254,7 +280,7 @@ fn run(state: &AppState, name: &str, request: QueryRequest) -> Result<Response, 
         Layer::Batch => &[&pair.batch().state],
         Layer::Speed => &[pair.speed()],
     };
-    let mut rows = answer(&state.config.source, view, parts, &query, &limits)?;
+    let mut rows = answer(&state.config.source, view, parts, &query, limits)?;
     let truncated = rows.len() > limit;
     rows.truncate(limit);
     let rendered = Rows {

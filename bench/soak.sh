@@ -2,9 +2,9 @@
 # Load and soak: `lambdaflow demo` (release build) ingesting its generator's events, first a
 # bounded load of the query API and of POST /v1/events with wrk while it ingests, then a soak
 # that samples, every 30 s, the process's memory (resident, and the allocator's live and
-# resident bytes) and open files, the speed layer's lag and
-# retained events, the view versions, and the lake: Delta versions, live files, files and
-# bytes on storage, log files.
+# resident bytes) and open files, the speed layer's lag and retained events, the bytes of
+# deduplication's ids (in memory per layer, on disk for both), the view versions, and the
+# lake: Delta versions, live files, files and bytes on storage, log files.
 #   bash bench/soak.sh [minutes, default 10] [events/s, default 200] [forced run every S seconds, default 900]
 # The lake's lifecycle is what is soaked: a nightly batch schedule, so that only the forced
 # runs move the watermark; raw retention of 2 days, so that the generator's late events
@@ -78,7 +78,7 @@ end
 LUA
 load "POST /v1/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
-echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files" > bench/soak.csv
+echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,speed_id_bytes,archiver_id_bytes,id_disk_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files" > bench/soak.csv
 samples=$(( MINUTES * 2 ))
 started=$SECONDS
 forced=$SECONDS
@@ -89,7 +89,7 @@ for i in $(seq 0 "$samples"); do
   fi
   rss="$(awk '/VmRSS/ { print $2 }' "/proc/$PID/status")"
   fds="$(ls "/proc/$PID/fd" | wc -l)"
-  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total)" >> bench/soak.csv
+  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_dedup_id_bytes),$(series 'lambdaflow_archiver_dedup_id_bytes{place="memory"}'),$(( $(metric lambdaflow_speed_dedup_id_disk_bytes) + $(series 'lambdaflow_archiver_dedup_id_bytes{place="disk"}') )),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total)" >> bench/soak.csv
   [ "$i" -lt "$samples" ] && sleep 30
 done
 
@@ -104,7 +104,8 @@ done
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 half = rows[len(rows) // 2:]
-keys = ["rss_kib", "allocated_kib", "jemalloc_resident_kib", "open_files", "lag", "retained", "retained_bytes", "messages", "view_version",
+keys = ["rss_kib", "allocated_kib", "jemalloc_resident_kib", "open_files", "lag", "retained", "retained_bytes",
+        "speed_id_bytes", "archiver_id_bytes", "id_disk_bytes", "messages", "view_version",
         "raw_delta_versions", "raw_live_files", "raw_files", "raw_log_files", "view_files",
         "lake_bytes", "expired_dates", "vacuumed_files"]
 print("| series | first | middle | last | max | second half trend |")

@@ -178,6 +178,9 @@ pub enum Error {
     /// The process is stopping.
     #[error("cancelled: the process is stopping")]
     Cancelled,
+    /// Deduplication's files on local disk could not be written or read.
+    #[error(transparent)]
+    Dedup(#[from] lambdaflow_dedup::Error),
     /// A background task panicked or was cancelled.
     #[error("{task} task failed: {message}")]
     Task {

@@ -22,7 +22,7 @@
 //! - [`error`]: the crate's one [`Error`].
 //!
 //! Data flow: Kafka messages → [`lambdaflow_common::validate`] → dedup against the raw table's
-//! ids ([`lambdaflow_common::dedup`]) → one Delta commit per table per chunk, each carrying, per
+//! ids ([`lambdaflow_dedup`]) → one Delta commit per table per chunk, each carrying, per
 //! Kafka partition, the last offset it covers. A restart resumes from those offsets, never from
 //! consumer-group offsets, so a crash between a Parquet write and its commit, or between the two
 //! tables' commits, neither loses nor repeats an event. A batch run reads the raw table at one

@@ -62,6 +62,16 @@ pub static TABLE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("registered once")
 });
 
+/// Bytes the ids the archiver's deduplication remembers take, in memory and on local disk.
+pub static DEDUP_ID_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "lambdaflow_archiver_dedup_id_bytes",
+        "Bytes the ids the archiver's deduplication remembers take, by place (memory: hash sets, Bloom filters and indexes; disk: sorted runs)",
+        &["place"]
+    )
+    .expect("registered once")
+});
+
 /// Seconds of a batch run, by final status.
 pub static RUN_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
@@ -102,6 +112,7 @@ pub fn register() {
     LazyLock::force(&TOPIC_RESET);
     LazyLock::force(&COMPACTIONS);
     LazyLock::force(&TABLE);
+    LazyLock::force(&DEDUP_ID_BYTES);
     LazyLock::force(&RUN_SECONDS);
     LazyLock::force(&RUN_ROWS);
     LazyLock::force(&LAST_RUN);

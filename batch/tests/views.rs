@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::Array;
 use arrow::compute::cast;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::SessionContext;
@@ -721,10 +720,12 @@ async fn vacuum_keeps_what_pinned_readers_need_and_collects_the_rest() {
         .await
         .unwrap()
         .unwrap();
-    let ids = lambdaflow_batch::lake::stored_ids(&at_pin, &config.source.id_field, old)
-        .await
-        .unwrap();
-    assert_eq!(ids.len(), 2, "the pinned raw version still reads");
+    let ids = lambdaflow_batch::lake::stored_ids(&at_pin, &config.source.id_field, old, |_| {
+        Ok::<_, lambdaflow_batch::error::Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids, 2, "the pinned raw version still reads");
     assert_eq!(house.views().await, answers);
 
     // Once a batch run moves the watermark, the expired date's files go.

@@ -14,7 +14,6 @@
 //! - [`mask`]: SHA-256 masking, also of quarantined payloads.
 //! - [`sketch`]: the HyperLogLog sketch of `approx_distinct`, byte-identical across layers.
 //! - [`timestamp`]: event-time parsing and UTC date arithmetic.
-//! - [`dedup`]: which events are duplicates of ones already kept.
 //! - [`layout`]: a view's table layout (state and value columns) and its parsed filter.
 //! - [`state`]: the monoid states of a view per group; folded from events, loaded from a
 //!   view table, merged.
@@ -30,12 +29,11 @@
 //! whole `config`.
 //!
 //! Data flows one way: bytes → [`validate::Validator`] → [`validate::Validated`] →
-//! [`dedup::SeenIds`] → whatever stores or aggregates the events.
+//! deduplication (`lambdaflow-dedup`) → whatever stores or aggregates the events.
 
 pub mod auth;
 pub mod batch_view;
 pub mod config;
-pub mod dedup;
 pub mod error;
 mod humantime_serde;
 pub mod layout;

@@ -49,6 +49,15 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
+    /// The oldest event date an event read at `now_us` is likely to have, a day early: what
+    /// `max_past` lets through from messages stamped about now. Deduplication forgets older
+    /// dates (and reloads one if a message stamped long ago still needs it). `None` without
+    /// `max_past`.
+    pub fn oldest_live_date(&self, now_us: i64) -> Option<i32> {
+        let max_past = i64::try_from(self.max_past?.as_micros()).unwrap_or(i64::MAX);
+        Some(crate::timestamp::date_of_micros(now_us.saturating_sub(max_past)) - 1)
+    }
+
     /// The declared field called `name`, if any.
     pub fn field(&self, name: &str) -> Option<&FieldDef> {
         self.fields.iter().find(|f| f.name == name)

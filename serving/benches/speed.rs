@@ -26,7 +26,7 @@ use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_serving::http::{AppState, app};
-use lambdaflow_speed::consume::{RawIds, SpeedLayer};
+use lambdaflow_speed::consume::{IdSink, RawIds, SpeedLayer};
 use lambdaflow_speed::engine::Speed;
 use lambdaflow_speed::error::RawIdsError;
 use lambdaflow_speed::served::Served;
@@ -44,8 +44,8 @@ use results::{Better, record};
 struct NoRawIds;
 
 impl RawIds for NoRawIds {
-    fn ids(&self, _version: u64, _date: i32) -> BoxFuture<'_, Result<Vec<String>, RawIdsError>> {
-        Box::pin(async { Ok(Vec::new()) })
+    fn ids<'a>(&'a self, _: u64, _: i32, _: IdSink<'a>) -> BoxFuture<'a, Result<(), RawIdsError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 

@@ -22,7 +22,7 @@ use lambdaflow_common::state::ViewState;
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_common::watermark::Watermark;
-use lambdaflow_speed::engine::{RawIdSets, Speed};
+use lambdaflow_speed::engine::Speed;
 use lambdaflow_speed::served::Served;
 
 #[global_allocator]
@@ -215,10 +215,9 @@ fn main() {
         })
         .collect();
     let started = Instant::now();
-    let needs = speed.swap_needs(&batches).expect("swap needs");
-    let mut raw = RawIdSets::default();
-    for (version, date) in needs {
-        raw.insert(version, date, []);
+    let mut raw = speed.swap_needs(&batches).expect("swap needs");
+    for (version, date) in raw.needed() {
+        raw.check(version, date, []);
     }
     speed.swap(batches, &raw).expect("swap");
     let swap = started.elapsed();

@@ -11,7 +11,7 @@ use lambdaflow_batch::lake::reader::{LakeReader, ViewWatch};
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::view::ViewDef;
-use lambdaflow_speed::consume::{RawIds, SpeedLayer, Swap};
+use lambdaflow_speed::consume::{IdSink, RawIds, SpeedLayer, Swap};
 use lambdaflow_speed::engine::Speed;
 use lambdaflow_speed::error::RawIdsError;
 use lambdaflow_speed::served::Served;
@@ -39,13 +39,13 @@ struct LakeRawIds {
 }
 
 impl RawIds for LakeRawIds {
-    fn ids(&self, version: u64, date: i32) -> BoxFuture<'_, Result<Vec<String>, RawIdsError>> {
-        Box::pin(async move {
-            Ok(self
-                .lake
-                .raw_ids(&self.config.source, version, date)
-                .await?)
-        })
+    fn ids<'a>(
+        &'a self,
+        version: u64,
+        date: i32,
+        each: IdSink<'a>,
+    ) -> BoxFuture<'a, Result<(), RawIdsError>> {
+        Box::pin(self.lake.raw_ids(&self.config.source, version, date, each))
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
+use arrow::array::{AsArray, StringArray};
 use futures::future::BoxFuture;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
@@ -16,7 +16,7 @@ use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{RawIdSets, Speed};
+use crate::engine::Speed;
 use crate::error::{Error, RawIdsError, Result};
 use crate::metrics;
 use crate::served::Served;
@@ -32,10 +32,19 @@ const MICRO_BATCH: ChunkPolicy = ChunkPolicy {
 /// How often the partition heads behind the lag metrics are read.
 const HEADS_EVERY: Duration = Duration::from_secs(2);
 
+/// Takes a part of a date's raw ids.
+pub type IdSink<'a> = &'a mut (dyn FnMut(&StringArray) -> Result<(), RawIdsError> + Send);
+
 /// Where deduplication reads the ids the raw table holds for a date at a version.
 pub trait RawIds: Send + Sync {
-    /// The ids of `date` (days since the epoch) in the raw table at `version`.
-    fn ids(&self, version: u64, date: i32) -> BoxFuture<'_, Result<Vec<String>, RawIdsError>>;
+    /// Hands the ids of `date` (days since the epoch) in the raw table at `version` to
+    /// `each`, a part at a time, so that a day of ids is never held at once.
+    fn ids<'a>(
+        &'a self,
+        version: u64,
+        date: i32,
+        each: IdSink<'a>,
+    ) -> BoxFuture<'a, Result<(), RawIdsError>>;
 }
 
 /// New batch versions, one entry per view (`None`: unchanged).
@@ -209,23 +218,15 @@ impl SpeedLayer {
 
     /// Applies new batch versions, with the raw ids the swap checks retained events against.
     async fn swap(&mut self, swap: Swap) -> Result<()> {
-        let mut raw = RawIdSets::default();
-        for (version, date) in self.speed.swap_needs(&swap)? {
-            let ids = self.stored_ids(version, date).await?;
-            raw.insert(version, date, ids.iter().map(String::as_str));
+        let mut raw = self.speed.swap_needs(&swap)?;
+        for (version, date) in raw.needed() {
+            let mut check = |ids: &StringArray| {
+                raw.check(version, date, ids.iter().flatten());
+                Ok(())
+            };
+            stored_ids(&*self.raw_ids, version, date, &mut check).await?;
         }
         self.speed.swap(swap, &raw)
-    }
-
-    /// The ids the raw table holds for `date` at `version`.
-    async fn stored_ids(&self, version: u64, date: i32) -> Result<Vec<String>> {
-        self.raw_ids
-            .ids(version, date)
-            .await
-            .map_err(|source| Error::RawIds {
-                date: format_date(date),
-                source,
-            })
     }
 
     async fn fold(&mut self, chunk: Chunk) -> Result<()> {
@@ -245,13 +246,27 @@ impl SpeedLayer {
         }
         let events = chunk.validated.events;
         for date in self.speed.dates_to_load(&events) {
-            let ids = self.stored_ids(self.speed.raw_version(), date).await?;
-            self.speed.load_ids(date, ids.iter().map(String::as_str))?;
+            let version = self.speed.raw_version();
+            let mut loading = self.speed.loading_ids(date);
+            let mut add = |ids: &StringArray| Ok(loading.add(ids.iter().flatten())?);
+            stored_ids(&*self.raw_ids, version, date, &mut add).await?;
+            self.speed.loaded_ids(loading)?;
         }
         let folded = self.speed.fold(events, &chunk.upto)?;
         metrics::DUPLICATES.inc_by(folded.duplicates as u64);
         Ok(())
     }
+}
+
+/// Hands the ids the raw table holds for `date` at `version` to `each`.
+async fn stored_ids(raw_ids: &dyn RawIds, version: u64, date: i32, each: IdSink<'_>) -> Result<()> {
+    raw_ids
+        .ids(version, date, each)
+        .await
+        .map_err(|source| Error::RawIds {
+            date: format_date(date),
+            source,
+        })
 }
 
 fn task_outcome(joined: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
@@ -306,8 +321,13 @@ mod tests {
     struct NoRawIds;
 
     impl RawIds for NoRawIds {
-        fn ids(&self, _: u64, _: i32) -> BoxFuture<'_, Result<Vec<String>, RawIdsError>> {
-            Box::pin(async { Ok(Vec::new()) })
+        fn ids<'a>(
+            &'a self,
+            _: u64,
+            _: i32,
+            _: IdSink<'a>,
+        ) -> BoxFuture<'a, Result<(), RawIdsError>> {
+            Box::pin(async { Ok(()) })
         }
     }
 

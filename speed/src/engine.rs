@@ -15,7 +15,7 @@
 //! in the raw table at the lowest watermark's version or among the first occurrences retained
 //! since; both together cover every offset before it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
@@ -26,11 +26,12 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::dedup::{SeenIds, id_hash};
 use lambdaflow_common::layout::parse_filter;
 use lambdaflow_common::schema::{EVENT_DATE, KAFKA_OFFSET, KAFKA_PARTITION, raw_schema};
 use lambdaflow_common::state::ViewState;
+use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::watermark::{Watermark, at_or_beyond};
+use lambdaflow_dedup::{Loading, SeenIds, id_hash};
 
 use crate::error::{Error, Result};
 use crate::served::{Retained, Served, ViewPair, Views};
@@ -143,7 +144,10 @@ impl Speed {
             ..Views::default()
         });
         Ok(Self {
-            seen: SeenIds::new(config.archive.dedup_max_dates),
+            seen: SeenIds::new(
+                config.serving.speed_dir.as_deref(),
+                config.archive.dedup_max_dates,
+            ),
             retained: Spill::new(config.serving.speed_dir.as_deref(), SEGMENT_ROWS)?,
             config,
             served,
@@ -171,6 +175,7 @@ impl Speed {
             memory_bytes: spill.memory_bytes,
             disk_bytes: spill.disk_bytes,
             id_bytes: self.seen.bytes(),
+            id_disk_bytes: self.seen.disk_bytes(),
         }
     }
 
@@ -213,6 +218,9 @@ impl Speed {
 
     /// The event dates of `events` whose ids must be loaded before [`Self::fold`].
     pub fn dates_to_load(&mut self, events: &RecordBatch) -> Vec<i32> {
+        if let Some(oldest) = self.config.source.oldest_live_date(now_micros()) {
+            self.seen.forget_before(oldest);
+        }
         let mut needed = BTreeSet::new();
         let mut last = None;
         for date in dates(events).values().iter().copied() {
@@ -225,26 +233,40 @@ impl Speed {
         self.seen.dates_to_load(&needed)
     }
 
-    /// Records the ids the raw table holds for `date` at [`Self::raw_version`]; the retained
-    /// first occurrences of that date are added here.
+    /// Starts loading `date`'s ids: the caller adds those the raw table holds at
+    /// [`Self::raw_version`] ([`Loading::add`], a part at a time) and hands it to
+    /// [`Self::loaded_ids`].
+    pub fn loading_ids(&mut self, date: i32) -> Loading {
+        self.seen.loading(date)
+    }
+
+    /// Adds the retained first occurrences of the loading date, and puts it in.
+    pub fn loaded_ids(&mut self, mut loading: Loading) -> Result<()> {
+        let date = loading.date();
+        self.retained.scan(|batch| {
+            let ds = dates(batch);
+            let ids = batch.column(0).as_string::<i32>();
+            loading.add(
+                (0..batch.num_rows())
+                    .filter(|i| ds.value(*i) == date)
+                    .map(|i| ids.value(i)),
+            )?;
+            Ok(())
+        })?;
+        self.seen.loaded(loading);
+        Ok(())
+    }
+
+    /// Records the ids the raw table holds for `date` at [`Self::raw_version`], and the
+    /// retained first occurrences of that date, in one step.
     pub fn load_ids<'a>(
         &mut self,
         date: i32,
         raw_ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<()> {
-        self.seen.load(date, raw_ids);
-        let seen = &mut self.seen;
-        self.retained.scan(|batch| {
-            let ds = dates(batch);
-            let ids = batch.column(0).as_string::<i32>();
-            seen.load(
-                date,
-                (0..batch.num_rows())
-                    .filter(|i| ds.value(*i) == date)
-                    .map(|i| ids.value(i)),
-            );
-            Ok(())
-        })
+        let mut loading = self.loading_ids(date);
+        loading.add(raw_ids)?;
+        self.loaded_ids(loading)
     }
 
     /// Folds validated events (raw-table columns, in offset order per partition) into every
@@ -257,7 +279,7 @@ impl Speed {
         } else {
             let keep = self
                 .seen
-                .keep(events.column(0).as_string::<i32>(), dates(&events));
+                .keep(events.column(0).as_string::<i32>(), dates(&events))?;
             if keep.true_count() == keep.len() && events.num_rows() >= BUILDER_ROWS {
                 // Past their first reservation, builders grow by doubling: at most half of
                 // a batch this large is slack, and the spill bounds what is held.
@@ -313,10 +335,13 @@ impl Speed {
             .collect()
     }
 
-    /// The (raw version, event date) pairs whose stored ids [`Self::swap`] to `batches` needs:
-    /// per changed view with a watermark, the dates of the retained events beyond it.
-    pub fn swap_needs(&self, batches: &[Option<Arc<BatchView>>]) -> Result<BTreeSet<(u64, i32)>> {
-        let mut needs = BTreeSet::new();
+    /// What [`Self::swap`] to `batches` must know of the raw table: per changed view with a
+    /// watermark, whether the raw table at the view's raw version holds each retained event
+    /// beyond the watermark. The caller streams the raw ids of each [`RawIdSets::needed`]
+    /// (version, date) through [`RawIdSets::check`]; only the retained ids are held, never the
+    /// day's.
+    pub fn swap_needs(&self, batches: &[Option<Arc<BatchView>>]) -> Result<RawIdSets> {
+        let mut needs = RawIdSets::default();
         let watermarked: Vec<(&Arc<BatchView>, u64)> = batches
             .iter()
             .flatten()
@@ -327,10 +352,15 @@ impl Speed {
         }
         self.retained.scan(|events| {
             let dates = dates(events);
+            let ids = events.column(0).as_string::<i32>();
             for (new, raw_version) in &watermarked {
                 let mask = beyond(events, |p| new.next_offset(p));
                 for i in (0..events.num_rows()).filter(|i| mask.value(*i)) {
-                    needs.insert((*raw_version, dates.value(i)));
+                    needs
+                        .sets
+                        .entry((*raw_version, dates.value(i)))
+                        .or_default()
+                        .insert(id_hash(ids.value(i)), false);
                 }
             }
             Ok(())
@@ -429,7 +459,10 @@ impl Speed {
             )?)
         })?;
         if floor.raw_version != self.floor.raw_version {
-            self.seen = SeenIds::new(self.config.archive.dedup_max_dates);
+            self.seen = SeenIds::new(
+                self.config.serving.speed_dir.as_deref(),
+                self.config.archive.dedup_max_dates,
+            );
         }
         self.floor = floor;
         let usage = self.usage();
@@ -440,20 +473,31 @@ impl Speed {
     }
 }
 
-/// Ids the raw table holds, per (version, event date): what [`Speed::swap`] checks retained
-/// events against.
+/// Retained events' ids, per (raw version, event date), each with whether the raw table at
+/// that version holds it: what [`Speed::swap`] checks retained events against.
 #[derive(Debug, Default)]
 pub struct RawIdSets {
-    sets: HashMap<(u64, i32), HashSet<u128>>,
+    sets: HashMap<(u64, i32), HashMap<u128, bool>>,
 }
 
 impl RawIdSets {
-    /// Records the ids the raw table at `version` holds for `date`.
-    pub fn insert<'a>(&mut self, version: u64, date: i32, ids: impl IntoIterator<Item = &'a str>) {
-        self.sets
-            .entry((version, date))
-            .or_default()
-            .extend(ids.into_iter().map(id_hash));
+    /// The (raw version, event date) pairs whose stored ids must be [`Self::check`]ed.
+    pub fn needed(&self) -> Vec<(u64, i32)> {
+        let mut needed: Vec<(u64, i32)> = self.sets.keys().copied().collect();
+        needed.sort_unstable();
+        needed
+    }
+
+    /// Records which of the retained ids the raw table at `version` holds for `date`, given a
+    /// part of the ids it holds.
+    pub fn check<'a>(&mut self, version: u64, date: i32, ids: impl IntoIterator<Item = &'a str>) {
+        if let Some(set) = self.sets.get_mut(&(version, date)) {
+            for id in ids {
+                if let Some(held) = set.get_mut(&id_hash(id)) {
+                    *held = true;
+                }
+            }
+        }
     }
 
     /// Which rows of `events` the raw table at `version` does not hold.
@@ -465,7 +509,9 @@ impl RawIdSets {
                 let held = self
                     .sets
                     .get(&(version, dates.value(i)))
-                    .is_some_and(|set| set.contains(&id_hash(ids.value(i))));
+                    .and_then(|set| set.get(&id_hash(ids.value(i))))
+                    .copied()
+                    .unwrap_or(false);
                 Some(!held)
             })
             .collect()
@@ -769,8 +815,12 @@ mod tests {
         let mut swap = vec![None; config.views.len()];
         swap[TRAFFIC] = Some(batch.clone());
         let needs = speed.swap_needs(&swap).unwrap();
-        assert_eq!(needs.len(), 1, "one date beyond the watermark: {needs:?}");
-        speed.swap(swap, &RawIdSets::default()).unwrap();
+        assert_eq!(
+            needs.needed().len(),
+            1,
+            "one date beyond the watermark: {needs:?}"
+        );
+        speed.swap(swap, &needs).unwrap();
         assert_eq!(
             speed_traffic(&config, &served),
             10,

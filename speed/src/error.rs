@@ -49,6 +49,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Deduplication's files on local disk could not be written or read.
+    #[error(transparent)]
+    Dedup(#[from] lambdaflow_dedup::Error),
     /// A background task failed.
     #[error("{task} task failed: {message}")]
     Task {

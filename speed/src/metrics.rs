@@ -130,7 +130,13 @@ static RETAINED_DISK_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
 static ID_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "lambdaflow_speed_dedup_id_bytes",
-        "Bytes of the ids deduplication remembers",
+        "Bytes of memory the ids deduplication remembers take",
+    )
+});
+static ID_DISK_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "lambdaflow_speed_dedup_id_disk_bytes",
+        "Bytes of the local files holding the ids deduplication remembers",
     )
 });
 static STATE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -171,6 +177,7 @@ pub fn observe(config: &Config, served: &Served) {
             &*RETAINED_BYTES,
             &*RETAINED_DISK_BYTES,
             &*ID_BYTES,
+            &*ID_DISK_BYTES,
         ] {
             gauge.set(0);
         }
@@ -198,4 +205,5 @@ pub fn observe(config: &Config, served: &Served) {
     RETAINED_BYTES.set(i64::try_from(retained.memory_bytes).unwrap_or(i64::MAX));
     RETAINED_DISK_BYTES.set(i64::try_from(retained.disk_bytes).unwrap_or(i64::MAX));
     ID_BYTES.set(i64::try_from(retained.id_bytes).unwrap_or(i64::MAX));
+    ID_DISK_BYTES.set(i64::try_from(retained.id_disk_bytes).unwrap_or(i64::MAX));
 }

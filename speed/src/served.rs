@@ -63,8 +63,10 @@ pub struct Retained {
     pub memory_bytes: usize,
     /// Bytes of the retained events written to local disk.
     pub disk_bytes: u64,
-    /// Bytes of the ids deduplication remembers.
+    /// Bytes of memory the ids deduplication remembers take (hash sets, filters, indexes).
     pub id_bytes: usize,
+    /// Bytes of the sorted runs of ids on local disk.
+    pub id_disk_bytes: u64,
 }
 
 /// The speed layer's progress through Kafka, published after every change.

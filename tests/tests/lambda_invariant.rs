@@ -21,7 +21,7 @@ use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_common::view::fingerprint;
 use lambdaflow_serving::speed_layer::load_batch_view;
-use lambdaflow_speed::engine::{RawIdSets, Speed};
+use lambdaflow_speed::engine::Speed;
 use lambdaflow_speed::served::Served;
 use lambdaflow_tests::every_query;
 use proptest::prelude::*;
@@ -255,10 +255,14 @@ impl World {
             .load()
             .await
             .unwrap();
-        let ids = stored_ids(&table, &self.config.source.id_field, date)
-            .await
-            .unwrap();
-        ids.iter().flatten().map(str::to_owned).collect()
+        let mut ids = Vec::new();
+        stored_ids(&table, &self.config.source.id_field, date, |part| {
+            ids.extend(part.iter().flatten().map(str::to_owned));
+            Ok::<_, lambdaflow_batch::error::Error>(())
+        })
+        .await
+        .unwrap();
+        ids
     }
 
     /// The speed layer consumes everything produced since it last did.
@@ -323,10 +327,10 @@ impl World {
             .into_iter()
             .map(Some)
             .collect();
-        let mut raw = RawIdSets::default();
-        for (version, date) in self.speed.swap_needs(&swap).unwrap() {
+        let mut raw = self.speed.swap_needs(&swap).unwrap();
+        for (version, date) in raw.needed() {
             let ids = self.raw_ids(version, date).await;
-            raw.insert(version, date, ids.iter().map(String::as_str));
+            raw.check(version, date, ids.iter().map(String::as_str));
         }
         self.speed.swap(swap, &raw).unwrap();
     }

@@ -30,6 +30,12 @@ use crate::metrics;
 /// How often a failing commit is tried before the archiver gives up.
 const MAX_ATTEMPTS: u32 = 8;
 
+/// Refreshes after which the table's state is read afresh from the log instead of advanced.
+/// An advanced state keeps a record batch of file actions per commit it applied, emptied but
+/// never dropped, so a long-lived writer's handle would grow with every commit; a fresh read
+/// starts from the last checkpoint and holds the live files only.
+const RELOAD_EVERY: u32 = 100;
+
 /// A Delta table appended to by one writer, with the Kafka offsets it holds per partition.
 #[derive(Debug)]
 pub struct OffsetTable {
@@ -50,6 +56,8 @@ pub struct OffsetTable {
     known_at: Option<u64>,
     /// Small files per partition, when the table is auto-compacted ([`Self::with_compaction`]).
     compaction: Option<(&'static str, SmallFiles)>,
+    /// Refreshes since the state was last read afresh ([`RELOAD_EVERY`]).
+    refreshes: u32,
 }
 
 /// The app id of a partition's `txn` action in epoch 0.
@@ -106,6 +114,7 @@ impl OffsetTable {
             epochs: BTreeMap::new(),
             known_at: None,
             compaction: None,
+            refreshes: 0,
         };
         for (p, (epoch, offset)) in this.read_offsets(partitions).await? {
             this.offsets.insert(p, offset);
@@ -403,6 +412,18 @@ impl OffsetTable {
 
     async fn refresh(&mut self) -> Result<()> {
         let url = self.url();
+        self.refreshes += 1;
+        if self.refreshes >= RELOAD_EVERY {
+            let mut fresh = self.table.clone();
+            fresh.state = None;
+            fresh
+                .update_state()
+                .await
+                .map_err(|source| Error::Delta { table: url, source })?;
+            self.table = fresh;
+            self.refreshes = 0;
+            return Ok(());
+        }
         self.table
             .update_state()
             .await

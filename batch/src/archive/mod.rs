@@ -31,10 +31,12 @@ use arrow::datatypes::Date32Type;
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::dedup::SeenIds;
 use lambdaflow_common::schema::{self, EVENT_DATE, INGEST_DATE, KAFKA_OFFSET, KAFKA_PARTITION};
+use lambdaflow_common::source::SourceConfig;
+use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::Validator;
 use lambdaflow_common::watermark::at_or_beyond;
+use lambdaflow_dedup::SeenIds;
 use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
 use tokio_util::sync::CancellationToken;
 
@@ -360,7 +362,7 @@ struct Tables {
     raw: OffsetTable,
     quarantine: OffsetTable,
     seen: SeenIds,
-    id_field: String,
+    source: SourceConfig,
 }
 
 impl Tables {
@@ -388,8 +390,11 @@ impl Tables {
         Ok(Self {
             raw,
             quarantine,
-            seen: SeenIds::new(config.archive.dedup_max_dates),
-            id_field: config.source.id_field.clone(),
+            seen: SeenIds::new(
+                config.archive.dedup_dir.as_deref(),
+                config.archive.dedup_max_dates,
+            ),
+            source: config.source.clone(),
         })
     }
 
@@ -473,11 +478,17 @@ impl Tables {
             raw,
             quarantine,
             seen,
-            id_field,
+            source,
         } = self;
         let events = not_yet_held(&validated.events, KAFKA_PARTITION, KAFKA_OFFSET, raw);
         let valid = events.num_rows();
-        let events = deduplicate(events, seen, raw, id_field).await?;
+        if let Some(oldest) = source.oldest_live_date(now_micros()) {
+            seen.forget_before(oldest);
+        }
+        let events = deduplicate(events, seen, raw, &source.id_field).await?;
+        let id_bytes = |place| metrics::DEDUP_ID_BYTES.with_label_values(&[place]);
+        id_bytes("memory").set(i64::try_from(seen.bytes()).unwrap_or(i64::MAX));
+        id_bytes("disk").set(i64::try_from(seen.disk_bytes()).unwrap_or(i64::MAX));
         let kept = events.num_rows() as u64;
         let timer = (kept > 0).then(|| {
             metrics::COMMIT_SECONDS
@@ -602,11 +613,14 @@ async fn deduplicate(
         .as_primitive::<Date32Type>();
     let needed: BTreeSet<i32> = dates.values().iter().copied().collect();
     for date in seen.dates_to_load(&needed) {
-        let ids = crate::lake::stored_ids(raw.table(), id_field, date).await?;
-        seen.load(date, ids.iter().flatten());
+        seen.load(date, [])?;
+        crate::lake::stored_ids(raw.table(), id_field, date, |ids| {
+            Ok::<(), Error>(seen.load(date, ids.iter().flatten())?)
+        })
+        .await?;
     }
     let ids = events.column(0).as_string::<i32>();
-    let keep = seen.keep(ids, dates);
+    let keep = seen.keep(ids, dates)?;
     if keep.true_count() == events.num_rows() {
         return Ok(events);
     }

@@ -30,6 +30,7 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use futures::StreamExt;
 use lambdaflow_common::config::{Config, LakeConfig};
 use lambdaflow_common::retention::Retention;
 use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE};
@@ -302,32 +303,50 @@ pub(crate) async fn query_table(
         .map_err(query)
 }
 
-/// The ids the raw table (at its loaded version) holds for one event date, read through
-/// DataFusion with partition pruning so that only that date's files are opened.
-pub async fn stored_ids(
+/// Hands the ids the raw table (at its loaded version) holds for one event date to `each`, a
+/// record batch at a time, read through DataFusion with partition pruning so that only that
+/// date's files are opened. A day of ids is never held at once. Returns how many there were.
+pub async fn stored_ids<E: From<Error>>(
     table: &DeltaTable,
     id_field: &str,
     date: i32,
-) -> Result<arrow::array::StringArray> {
+    mut each: impl FnMut(&arrow::array::StringArray) -> Result<(), E>,
+) -> Result<usize, E> {
+    let url = table.table_url().to_string();
+    let query = |source| Error::Query {
+        table: url.clone(),
+        source,
+    };
     let sql = format!(
         "SELECT \"{id_field}\" FROM raw WHERE {EVENT_DATE} = DATE '{}'",
         format_date(date)
     );
-    let batches = query_table(table, "raw", &sql).await?;
-    let query = |source| Error::Query {
-        table: table.table_url().to_string(),
-        source,
-    };
-    let mut ids = arrow::array::StringBuilder::new();
-    for batch in &batches {
+    let ctx = SessionContext::new();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|source| Error::Delta {
+            table: url.clone(),
+            source,
+        })?;
+    ctx.register_table("raw", table.table_provider().await.map_err(query)?)
+        .map_err(query)?;
+    let mut batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(query)?
+        .execute_stream()
+        .await
+        .map_err(query)?;
+    let mut count = 0;
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(query)?;
         let column = cast(batch.column(0), &DataType::Utf8).map_err(|e| query(e.into()))?;
-        for id in column.as_string::<i32>().iter().flatten() {
-            ids.append_value(id);
-        }
+        let ids = column.as_string::<i32>();
+        count += ids.len() - ids.null_count();
+        each(ids)?;
     }
-    let ids = ids.finish();
-    tracing::debug!(date = %format_date(date), ids = ids.len(), "loaded stored ids for deduplication");
-    Ok(ids)
+    tracing::debug!(date = %format_date(date), ids = count, "loaded stored ids for deduplication");
+    Ok(count)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! [`ViewWatch`] keeps each view table open between checks, so a check replays only the log
 //! entries committed since the last one, and loads a view's rows only when its version moved.
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
 use datafusion::prelude::SessionContext;
@@ -148,19 +148,21 @@ impl LakeReader {
         Ok(raw_watermark(&raw, topic).await?.epochs)
     }
 
-    /// The ids the raw table holds for event date `date` (days since the epoch) at raw table
-    /// version `version`; none when there is no raw table yet.
-    pub async fn raw_ids(
+    /// Hands the ids the raw table holds for event date `date` (days since the epoch) at raw
+    /// table version `version` to `each`, a record batch at a time; none when there is no raw
+    /// table yet.
+    pub async fn raw_ids<E: From<Error>>(
         &self,
         source: &SourceConfig,
         version: u64,
         date: i32,
-    ) -> Result<Vec<String>> {
+        each: impl FnMut(&StringArray) -> Result<(), E>,
+    ) -> Result<(), E> {
         let Some(table) = open(&self.lake.raw(&source.name), Some(version)).await? else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        let ids = stored_ids(&table, &source.id_field, date).await?;
-        Ok(ids.iter().flatten().map(str::to_owned).collect())
+        stored_ids(&table, &source.id_field, date, each).await?;
+        Ok(())
     }
 
     /// The latest `limit` refused events of `source`: newest ingestion first, and within one
@@ -354,13 +356,15 @@ mod tests {
         let (config, reader) = reader(&dir);
         let view = reader.view(&config.source, &config.views[0]).await.unwrap();
         assert!(view.version.is_none() && view.watermark.is_none());
-        assert!(
-            reader
-                .raw_ids(&config.source, 0, 20_000)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        let mut ids = 0;
+        reader
+            .raw_ids(&config.source, 0, 20_000, |part| {
+                ids += part.len();
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids, 0);
         let refused = reader.latest_quarantined(&config.source, 10).await;
         assert!(refused.unwrap().is_empty());
         let ctx = SessionContext::new();

@@ -721,7 +721,7 @@ async fn vacuum_keeps_what_pinned_readers_need_and_collects_the_rest() {
         .unwrap()
         .unwrap();
     let ids = lambdaflow_batch::lake::stored_ids(&at_pin, &config.source.id_field, old, |_| {
-        Ok::<_, lambdaflow_batch::error::Error>(())
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     })
     .await
     .unwrap();

@@ -234,8 +234,8 @@ pub struct ArchiveConfig {
     /// Most messages in one chunk.
     #[serde(default = "default_commit_max_events")]
     pub commit_max_events: usize,
-    /// How many event dates' id sets the deduplicator keeps in memory; older dates are
-    /// reloaded from the raw table when a late event needs them.
+    /// How many event dates' ids the deduplicator keeps; older dates are reloaded from the
+    /// raw table when a late event needs them.
     #[serde(default = "default_dedup_dates")]
     pub dedup_max_dates: usize,
     /// Where the archiver's deduplication keeps the older ids of each date, as sorted runs

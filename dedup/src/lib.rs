@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, BooleanArray, Date32Array, StringArray};
+use arrow::array::{Array, BooleanArray, BooleanBufferBuilder, Date32Array, StringArray};
 
 use run::Run;
 
@@ -214,21 +214,24 @@ impl Loading {
 impl SeenIds {
     /// Keeps at most `max_dates` dates between batches, with their runs in unnamed files under
     /// `dir` (the system's temporary directory when `None`; it should be a disk, not a
-    /// memory-backed file system).
-    pub fn new(dir: Option<&Path>, max_dates: usize) -> Self {
+    /// memory-backed file system). Fails at once if no file can be made there, rather than at
+    /// the first run hours later.
+    pub fn new(dir: Option<&Path>, max_dates: usize) -> Result<Self> {
         Self::with_open_ids(dir, max_dates, OPEN_IDS)
     }
 
     /// As [`Self::new`], with recent ids moving to sorted runs once a date's hash set holds
     /// `open_ids` of them.
-    pub fn with_open_ids(dir: Option<&Path>, max_dates: usize, open_ids: usize) -> Self {
-        Self {
+    pub fn with_open_ids(dir: Option<&Path>, max_dates: usize, open_ids: usize) -> Result<Self> {
+        let this = Self {
             dir: dir.map_or_else(std::env::temp_dir, Path::to_owned),
             dates: HashMap::default(),
             max_dates: max_dates.max(1),
             open_ids: open_ids.max(1),
             clock: 0,
-        }
+        };
+        tempfile::tempfile_in(&this.dir).map_err(|source| this.error(source))?;
+        Ok(this)
     }
 
     fn error(&self, source: std::io::Error) -> Error {
@@ -238,9 +241,14 @@ impl SeenIds {
         }
     }
 
-    /// The dates of `needed` that must be loaded before [`Self::keep`] can decide; evicts
-    /// least recently used dates not in `needed` to make room.
-    pub fn dates_to_load(&mut self, needed: &BTreeSet<i32>) -> Vec<i32> {
+    /// The dates of `needed` that must be loaded before [`Self::keep`] can decide. Dates not
+    /// in `needed` make room: first those before `oldest` (older than any event still
+    /// accepted, see `SourceConfig::oldest_live_date`), whose ids only take room, then the
+    /// least recently used. A date that goes is only loaded again if an event needs it.
+    pub fn dates_to_load(&mut self, needed: &BTreeSet<i32>, oldest: Option<i32>) -> Vec<i32> {
+        if let Some(oldest) = oldest {
+            self.dates.retain(|d, _| *d >= oldest || needed.contains(d));
+        }
         let missing: Vec<i32> = needed
             .iter()
             .copied()
@@ -259,13 +267,6 @@ impl SeenIds {
             };
         }
         missing
-    }
-
-    /// Forgets every date before `date`: no event can be dated there any more (the source's
-    /// `max_past` refuses it), so its ids only take room. A date forgotten too early is only
-    /// loaded again.
-    pub fn forget_before(&mut self, date: i32) {
-        self.dates.retain(|d, _| *d >= date);
     }
 
     /// Starts (or continues) loading the ids already stored for `date`. The date is taken
@@ -293,6 +294,11 @@ impl SeenIds {
         Ok(())
     }
 
+    /// Forgets every date, as after the stored ids it was loaded from changed.
+    pub fn clear(&mut self) {
+        self.dates.clear();
+    }
+
     /// Number of dates held.
     pub fn loaded_dates(&self) -> usize {
         self.dates.len()
@@ -317,18 +323,22 @@ impl SeenIds {
     pub fn keep(&mut self, ids: &StringArray, dates: &Date32Array) -> Result<BooleanArray> {
         self.clock += 1;
         let (clock, open_ids) = (self.clock, self.open_ids);
-        let dir = &self.dir;
-        let dated = &mut self.dates;
-        let kept: std::io::Result<BooleanArray> = (0..ids.len())
-            .map(|i| {
-                let set = dated
-                    .get_mut(&dates.value(i))
-                    .expect("date loaded before keep");
-                set.last_used = clock;
-                set.insert(dir, id_hash(ids.value(i)), open_ids).map(Some)
-            })
-            .collect();
-        kept.map_err(|source| self.error(source))
+        let mut keep = BooleanBufferBuilder::new(ids.len());
+        for i in 0..ids.len() {
+            let date = dates.value(i);
+            let set = self.dates.get_mut(&date).expect("date loaded before keep");
+            set.last_used = clock;
+            match set.insert(&self.dir, id_hash(ids.value(i)), open_ids) {
+                Ok(new) => keep.append(new),
+                Err(source) => {
+                    // A run that failed to be written or merged took ids with it: the date
+                    // is no longer known whole, so it goes, to be loaded again.
+                    self.dates.remove(&date);
+                    return Err(self.error(source));
+                }
+            }
+        }
+        Ok(BooleanArray::new(keep.finish(), None))
     }
 }
 
@@ -339,9 +349,9 @@ mod tests {
     #[test]
     fn same_id_same_date_is_a_duplicate_other_date_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seen = SeenIds::new(Some(dir.path()), 8);
+        let mut seen = SeenIds::new(Some(dir.path()), 8).unwrap();
         let needed = BTreeSet::from([1, 2]);
-        assert_eq!(seen.dates_to_load(&needed), vec![1, 2]);
+        assert_eq!(seen.dates_to_load(&needed, None), vec![1, 2]);
         seen.load(1, ["stored"]).unwrap();
         seen.load(2, []).unwrap();
         let ids = StringArray::from(vec!["a", "a", "stored", "a", "b"]);
@@ -358,32 +368,46 @@ mod tests {
     }
 
     #[test]
-    fn dates_before_the_oldest_possible_one_are_forgotten() {
+    fn dates_before_the_oldest_live_one_go_unless_needed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seen = SeenIds::new(Some(dir.path()), 8);
-        for d in [1, 2, 3] {
+        let mut seen = SeenIds::new(Some(dir.path()), 8).unwrap();
+        for d in [1, 2, 3, 4] {
             seen.load(d, ["x"]).unwrap();
         }
-        seen.forget_before(3);
-        assert_eq!(seen.loaded_dates(), 1);
-        assert_eq!(seen.dates_to_load(&BTreeSet::from([1, 3])), vec![1]);
+        assert_eq!(
+            seen.dates_to_load(&BTreeSet::from([2, 5]), Some(3)),
+            vec![5]
+        );
+        assert_eq!(
+            seen.loaded_dates(),
+            3,
+            "1 went; 2 is needed, 3 and 4 are live"
+        );
+        assert_eq!(seen.dates_to_load(&BTreeSet::from([1]), Some(3)), vec![1]);
+    }
+
+    #[test]
+    fn a_missing_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = SeenIds::new(Some(&dir.path().join("missing")), 8).unwrap_err();
+        assert!(error.to_string().contains("missing"), "{error}");
     }
 
     #[test]
     fn eviction_spares_the_dates_a_batch_needs() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seen = SeenIds::new(Some(dir.path()), 2);
+        let mut seen = SeenIds::new(Some(dir.path()), 2).unwrap();
         for d in [1, 2] {
-            seen.dates_to_load(&BTreeSet::from([d]));
+            seen.dates_to_load(&BTreeSet::from([d]), None);
             seen.load(d, []).unwrap();
             seen.keep(&StringArray::from(vec!["x"]), &Date32Array::from(vec![d]))
                 .unwrap();
         }
-        assert_eq!(seen.dates_to_load(&BTreeSet::from([2, 3])), vec![3]);
+        assert_eq!(seen.dates_to_load(&BTreeSet::from([2, 3]), None), vec![3]);
         seen.load(3, []).unwrap();
         assert_eq!(seen.loaded_dates(), 2);
         assert_eq!(
-            seen.dates_to_load(&BTreeSet::from([1])),
+            seen.dates_to_load(&BTreeSet::from([1]), None),
             vec![1],
             "date 1 was evicted"
         );
@@ -401,11 +425,11 @@ mod tests {
             open_ids in 1..6usize,
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let mut seen = SeenIds::with_open_ids(Some(dir.path()), 8, open_ids);
+            let mut seen = SeenIds::with_open_ids(Some(dir.path()), 8, open_ids).unwrap();
             let mut model: HashSet<(i32, String)> = HashSet::new();
             for (load, rows) in steps {
                 let needed = rows.iter().map(|(d, _)| *d).collect();
-                for date in seen.dates_to_load(&needed) {
+                for date in seen.dates_to_load(&needed, None) {
                     seen.load(date, []).unwrap();
                 }
                 if load {
@@ -434,8 +458,8 @@ mod tests {
     #[test]
     fn a_bulk_load_goes_to_disk_and_leaves_memory_a_byte_and_a_half_an_id() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seen = SeenIds::with_open_ids(Some(dir.path()), 1, 1 << 10);
-        seen.dates_to_load(&BTreeSet::from([7]));
+        let mut seen = SeenIds::with_open_ids(Some(dir.path()), 1, 1 << 10).unwrap();
+        seen.dates_to_load(&BTreeSet::from([7]), None);
         let ids: Vec<String> = (0..100_000).map(|i| format!("id-{i}")).collect();
         seen.load(7, ids.iter().map(String::as_str)).unwrap();
         let per_id = seen.bytes() as f64 / ids.len() as f64;

@@ -1634,7 +1634,7 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
         reader
             .raw_ids(&config.source, raw_version.unwrap(), date, |part| {
                 ids += arrow::array::Array::len(part);
-                Ok::<_, lambdaflow_batch::error::Error>(())
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
             })
             .await
             .unwrap();

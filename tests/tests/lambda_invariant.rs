@@ -258,7 +258,7 @@ impl World {
         let mut ids = Vec::new();
         stored_ids(&table, &self.config.source.id_field, date, |part| {
             ids.extend(part.iter().flatten().map(str::to_owned));
-            Ok::<_, lambdaflow_batch::error::Error>(())
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         })
         .await
         .unwrap();

@@ -393,7 +393,7 @@ impl Tables {
             seen: SeenIds::new(
                 config.archive.dedup_dir.as_deref(),
                 config.archive.dedup_max_dates,
-            ),
+            )?,
             source: config.source.clone(),
         })
     }
@@ -482,10 +482,7 @@ impl Tables {
         } = self;
         let events = not_yet_held(&validated.events, KAFKA_PARTITION, KAFKA_OFFSET, raw);
         let valid = events.num_rows();
-        if let Some(oldest) = source.oldest_live_date(now_micros()) {
-            seen.forget_before(oldest);
-        }
-        let events = deduplicate(events, seen, raw, &source.id_field).await?;
+        let events = deduplicate(events, seen, raw, source).await?;
         let id_bytes = |place| metrics::DEDUP_ID_BYTES.with_label_values(&[place]);
         id_bytes("memory").set(i64::try_from(seen.bytes()).unwrap_or(i64::MAX));
         id_bytes("disk").set(i64::try_from(seen.disk_bytes()).unwrap_or(i64::MAX));
@@ -602,7 +599,7 @@ async fn deduplicate(
     events: RecordBatch,
     seen: &mut SeenIds,
     raw: &OffsetTable,
-    id_field: &str,
+    source: &SourceConfig,
 ) -> Result<RecordBatch> {
     if events.num_rows() == 0 {
         return Ok(events);
@@ -612,12 +609,14 @@ async fn deduplicate(
         .expect("event_date column")
         .as_primitive::<Date32Type>();
     let needed: BTreeSet<i32> = dates.values().iter().copied().collect();
-    for date in seen.dates_to_load(&needed) {
-        seen.load(date, [])?;
-        crate::lake::stored_ids(raw.table(), id_field, date, |ids| {
-            Ok::<(), Error>(seen.load(date, ids.iter().flatten())?)
+    let oldest = source.oldest_live_date(now_micros());
+    for date in seen.dates_to_load(&needed, oldest) {
+        let mut loading = seen.loading(date);
+        crate::lake::stored_ids(raw.table(), &source.id_field, date, |ids| {
+            Ok::<(), Error>(loading.add(ids.iter().flatten())?)
         })
         .await?;
+        seen.loaded(loading);
     }
     let ids = events.column(0).as_string::<i32>();
     let keep = seen.keep(ids, dates)?;

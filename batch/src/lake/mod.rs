@@ -30,7 +30,7 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lambdaflow_common::config::{Config, LakeConfig};
 use lambdaflow_common::retention::Retention;
 use lambdaflow_common::schema::{EVENT_DATE, INGEST_DATE};
@@ -281,24 +281,43 @@ pub(crate) async fn query_table(
     name: &str,
     sql: &str,
 ) -> Result<Vec<arrow::array::RecordBatch>> {
+    let query = query_error(table);
+    stream_table(table, name, sql)
+        .await?
+        .try_collect()
+        .await
+        .map_err(query)
+}
+
+fn query_error(table: &DeltaTable) -> impl Fn(datafusion::error::DataFusionError) -> Error {
     let url = table.table_url().to_string();
-    let query = |source| Error::Query {
+    move |source| Error::Query {
         table: url.clone(),
         source,
-    };
+    }
+}
+
+/// Runs `sql` over `table` (at its loaded version) registered as `name` in a session of its
+/// own, and streams the answer.
+async fn stream_table(
+    table: &DeltaTable,
+    name: &str,
+    sql: &str,
+) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+    let query = query_error(table);
     let ctx = SessionContext::new();
     table
         .update_datafusion_session(&ctx.state())
         .map_err(|source| Error::Delta {
-            table: url.clone(),
+            table: table.table_url().to_string(),
             source,
         })?;
-    ctx.register_table(name, table.table_provider().await.map_err(query)?)
-        .map_err(query)?;
+    ctx.register_table(name, table.table_provider().await.map_err(&query)?)
+        .map_err(&query)?;
     ctx.sql(sql)
         .await
-        .map_err(query)?
-        .collect()
+        .map_err(&query)?
+        .execute_stream()
         .await
         .map_err(query)
 }
@@ -312,34 +331,15 @@ pub async fn stored_ids<E: From<Error>>(
     date: i32,
     mut each: impl FnMut(&arrow::array::StringArray) -> Result<(), E>,
 ) -> Result<usize, E> {
-    let url = table.table_url().to_string();
-    let query = |source| Error::Query {
-        table: url.clone(),
-        source,
-    };
+    let query = query_error(table);
     let sql = format!(
         "SELECT \"{id_field}\" FROM raw WHERE {EVENT_DATE} = DATE '{}'",
         format_date(date)
     );
-    let ctx = SessionContext::new();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|source| Error::Delta {
-            table: url.clone(),
-            source,
-        })?;
-    ctx.register_table("raw", table.table_provider().await.map_err(query)?)
-        .map_err(query)?;
-    let mut batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(query)?
-        .execute_stream()
-        .await
-        .map_err(query)?;
+    let mut batches = stream_table(table, "raw", &sql).await?;
     let mut count = 0;
     while let Some(batch) = batches.next().await {
-        let batch = batch.map_err(query)?;
+        let batch = batch.map_err(&query)?;
         let column = cast(batch.column(0), &DataType::Utf8).map_err(|e| query(e.into()))?;
         let ids = column.as_string::<i32>();
         count += ids.len() - ids.null_count();

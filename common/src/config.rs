@@ -127,9 +127,8 @@ pub struct ServingConfig {
     #[serde(default = "default_sql_max_memory")]
     pub sql_max_memory_bytes: usize,
     /// Where the speed layer writes the first occurrences it keeps until a batch version
-    /// covers them (a new directory under it, removed when the process stops) and the older
-    /// ids its deduplication remembers (unnamed files); the system's temporary directory when
-    /// absent.
+    /// covers them and the older ids its deduplication remembers, both in unnamed files that
+    /// go with the process however it ends; the system's temporary directory when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_dir: Option<std::path::PathBuf>,
     /// Most `/v1/sql` queries running at once; more get 429 with `Retry-After`.
@@ -349,6 +348,15 @@ impl Config {
             check_name("views[].name", &view.name)?;
             if !view_names.insert(&view.name) {
                 return invalid(key, "view declared twice".into());
+            }
+            if let Some(source) = view.source.as_ref().filter(|s| **s != self.source.name) {
+                return invalid(
+                    format!("{key}.source"),
+                    format!(
+                        "no source is called `{source}`; the deployment's source is `{}`",
+                        self.source.name
+                    ),
+                );
             }
             view.check(&self.source)?;
             ViewLayout::new(&self.source, view).map_err(|detail| Error::Layout {
@@ -574,6 +582,25 @@ mod tests {
             DEMO_CONFIG.replacen("dimensions = [\"country\"]", "dimensions = [\"planet\"]", 1);
         let err = Config::from_toml(&text, "t", []).unwrap_err().to_string();
         assert!(err.contains("planet"), "{err}");
+    }
+
+    #[test]
+    fn a_view_names_the_source_it_reads_or_is_refused() {
+        let named = DEMO_CONFIG.replacen(
+            "name = \"sales_by_country\"",
+            "name = \"sales_by_country\"\nsource = \"events\"",
+            1,
+        );
+        let config = Config::from_toml(&named, "t", []).unwrap();
+        assert_eq!(config.views[0].source.as_deref(), Some("events"));
+        let unknown = named.replacen("source = \"events\"", "source = \"payments\"", 1);
+        let err = Config::from_toml(&unknown, "t", [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("views.sales_by_country.source") && err.contains("`payments`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -519,14 +519,6 @@ impl AnswerLimits {
         deadline: None,
     };
 
-    /// At most `max_groups` groups, done within `timeout` from now.
-    pub fn new(max_groups: usize, timeout: Duration) -> Self {
-        Self {
-            max_groups,
-            deadline: Instant::now().checked_add(timeout).map(|at| (at, timeout)),
-        }
-    }
-
     /// Fails once past the deadline.
     fn check_time(&self) -> Result<(), QueryError> {
         match self.deadline {

@@ -43,11 +43,11 @@ pub fn id_hash(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
 
-/// The hasher of the id sets and the date map: an id is already a uniform 128-bit hash, so
-/// its low half is its hash, and a date is spread by one multiplication. SipHash, the
-/// default, cost a tenth of the speed layer's fold.
+/// The hasher of sets and maps keyed by [`id_hash`]es or dates: an id is already a uniform
+/// 128-bit hash, so its low half is its hash, and a date is spread by one multiplication.
+/// SipHash, the default, cost a tenth of the speed layer's fold.
 #[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
+pub struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -73,7 +73,8 @@ impl Hasher for KeyHasher {
 /// whole range, the top bits included (which hashbrown's control bytes use).
 const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 
-type KeyHash = BuildHasherDefault<KeyHasher>;
+/// Builds [`KeyHasher`]s: `HashMap<u128, V, KeyHash>`.
+pub type KeyHash = BuildHasherDefault<KeyHasher>;
 
 /// Ids a date's hash set holds before they move to a sorted run.
 const OPEN_IDS: usize = 1 << 16;

@@ -97,6 +97,34 @@ async fn events_are_validated_produced_and_acknowledged() {
 }
 
 #[tokio::test]
+async fn events_may_name_their_source_and_an_unknown_source_is_404() {
+    let broker = EmbeddedBroker::start("events", 4).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state(&broker, 1 << 20, &lake);
+    let to = |source: &str, body: String| {
+        Request::post(format!("/v1/events/{source}"))
+            .header("content-type", "application/x-ndjson")
+            .body(Body::from(body))
+            .unwrap()
+    };
+
+    let (status, reply) = call(&state, to("events", good("named").to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["accepted"], 1);
+    let (status, reply) = call(&state, to("payments", good("lost").to_string())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(reply["error"]["code"], "not_found");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`payments`"),
+        "{reply}"
+    );
+    assert_eq!(produced_keys(&broker), vec!["named"]);
+}
+
+#[tokio::test]
 async fn bad_requests_get_json_errors() {
     let broker = EmbeddedBroker::start("events", 4).unwrap();
     let lake = tempfile::tempdir().unwrap();
@@ -977,6 +1005,11 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
         );
     }
     assert_eq!(
+        served["paths"]["/v1/events/{source}"]["post"]["parameters"][0]["schema"],
+        json!({"type": "string", "enum": [state.config.source.name]}),
+        "the served document names this config's source"
+    );
+    assert_eq!(
         served["paths"]
             .as_object()
             .unwrap()
@@ -994,6 +1027,7 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
     for (path, item) in document["paths"].as_object().unwrap() {
         let uri = path
             .replace("{name}", "sales_by_country")
+            .replace("{source}", &state.config.source.name)
             .replace("{id}", "20990101T000000000Z-000000");
         for method in methods {
             let documented = item.get(method).is_some();
@@ -1041,7 +1075,7 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
             }
         }
     }
-    assert_eq!(operations, 16, "the document lists every operation once");
+    assert_eq!(operations, 17, "the document lists every operation once");
 
     // Bodies over the limit, deep documents, broken JSON and arrays for objects on every route
     // that reads a body.

@@ -224,7 +224,7 @@ impl SpeedLayer {
                 raw.check(version, date, ids.iter().flatten());
                 Ok(())
             };
-            stored_ids(&*self.raw_ids, version, date, &mut check).await?;
+            raw_ids_of(&*self.raw_ids, version, date, &mut check).await?;
         }
         self.speed.swap(swap, &raw)
     }
@@ -249,7 +249,7 @@ impl SpeedLayer {
             let version = self.speed.raw_version();
             let mut loading = self.speed.loading_ids(date);
             let mut add = |ids: &StringArray| Ok(loading.add(ids.iter().flatten())?);
-            stored_ids(&*self.raw_ids, version, date, &mut add).await?;
+            raw_ids_of(&*self.raw_ids, version, date, &mut add).await?;
             self.speed.loaded_ids(loading)?;
         }
         let folded = self.speed.fold(events, &chunk.upto)?;
@@ -259,7 +259,7 @@ impl SpeedLayer {
 }
 
 /// Hands the ids the raw table holds for `date` at `version` to `each`.
-async fn stored_ids(raw_ids: &dyn RawIds, version: u64, date: i32, each: IdSink<'_>) -> Result<()> {
+async fn raw_ids_of(raw_ids: &dyn RawIds, version: u64, date: i32, each: IdSink<'_>) -> Result<()> {
     raw_ids
         .ids(version, date, each)
         .await

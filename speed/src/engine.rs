@@ -31,7 +31,7 @@ use lambdaflow_common::schema::{EVENT_DATE, KAFKA_OFFSET, KAFKA_PARTITION, raw_s
 use lambdaflow_common::state::ViewState;
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::watermark::{Watermark, at_or_beyond};
-use lambdaflow_dedup::{Loading, SeenIds, id_hash};
+use lambdaflow_dedup::{KeyHash, Loading, SeenIds, id_hash};
 
 use crate::error::{Error, Result};
 use crate::served::{Retained, Served, ViewPair, Views};
@@ -472,7 +472,7 @@ impl Speed {
 /// that version holds it: what [`Speed::swap`] checks retained events against.
 #[derive(Debug, Default)]
 pub struct RawIdSets {
-    sets: HashMap<(u64, i32), HashMap<u128, bool>>,
+    sets: HashMap<(u64, i32), HashMap<u128, bool, KeyHash>>,
 }
 
 impl RawIdSets {

@@ -5,9 +5,12 @@
 //! so they must be kept until a batch version covers them. Held in memory they grow with
 //! every event until the next batch run: a day of events with a nightly batch. Here
 //! micro-batches gather in memory up to a bound and then go, as one Arrow IPC file (a
-//! *segment*), to a directory of the process's own, which is removed when the speed layer
-//! stops: the Kafka log and the lake rebuild it at every start, so nothing here is ever
-//! recovered. Memory then holds at most one open segment, whatever the batch interval.
+//! *segment*), to local disk. The Kafka log and the lake rebuild them at every start, so
+//! nothing here is ever recovered, and the files are unnamed (`O_TMPFILE` where the system
+//! has it, removed right after creation elsewhere): they go when the segment is dropped or
+//! the process ends, however it ends, so a process killed in a crash loop leaves nothing
+//! behind to fill the disk. Memory then holds at most one open segment, whatever the batch
+//! interval.
 //!
 //! Reads stream one record batch at a time, so a swap after millions of events reads them
 //! back without holding them.
@@ -30,28 +33,28 @@ pub const SEGMENT_ROWS: usize = 1 << 16;
 /// Retained first occurrences: sealed segments on disk, then the open one in memory, in the
 /// order they were pushed.
 pub struct Spill {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
     segments: Vec<Segment>,
     open: Vec<RecordBatch>,
     open_rows: usize,
     segment_rows: usize,
-    next_segment: u64,
 }
 
 impl std::fmt::Debug for Spill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spill")
-            .field("dir", &self.dir.path())
+            .field("dir", &self.dir)
             .field("segments", &self.segments.len())
             .field("open_rows", &self.open_rows)
             .finish_non_exhaustive()
     }
 }
 
-/// One file of retained rows.
+/// One unnamed file of retained rows. It is read only by its owner, one reader at a time,
+/// so the file's shared position is never raced.
 #[derive(Debug)]
 struct Segment {
-    path: PathBuf,
+    file: File,
     rows: usize,
     bytes: u64,
 }
@@ -75,22 +78,18 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
 }
 
 impl Spill {
-    /// An empty spill in a new directory under `parent` (the system's temporary directory
-    /// when `None`), sealing a segment every `segment_rows` rows.
-    pub fn new(parent: Option<&Path>, segment_rows: usize) -> Result<Self> {
-        let parent = parent.map_or_else(std::env::temp_dir, Path::to_owned);
-        std::fs::create_dir_all(&parent).map_err(|e| io_error(&parent, e))?;
-        let dir = tempfile::Builder::new()
-            .prefix("lambdaflow-speed-")
-            .tempdir_in(&parent)
-            .map_err(|e| io_error(&parent, e))?;
+    /// An empty spill writing its segments to `dir` (the system's temporary directory when
+    /// `None`), sealing a segment every `segment_rows` rows. Several spills, also of other
+    /// processes, may share a directory.
+    pub fn new(dir: Option<&Path>, segment_rows: usize) -> Result<Self> {
+        let dir = dir.map_or_else(std::env::temp_dir, Path::to_owned);
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         Ok(Self {
             dir,
             segments: Vec::new(),
             open: Vec::new(),
             open_rows: 0,
             segment_rows: segment_rows.max(1),
-            next_segment: 0,
         })
     }
 
@@ -101,7 +100,7 @@ impl Spill {
 
     /// The directory the segments are written to.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     /// What is held, and where.
@@ -133,18 +132,13 @@ impl Spill {
         Ok(())
     }
 
-    fn write(&mut self, batches: &[RecordBatch]) -> Result<Segment> {
-        let path = self
-            .dir
-            .path()
-            .join(format!("{:08}.arrow", self.next_segment));
-        self.next_segment += 1;
-        let file = File::create(&path).map_err(|e| io_error(&path, e))?;
+    fn write(&self, batches: &[RecordBatch]) -> Result<Segment> {
+        let file = tempfile::tempfile_in(&self.dir).map_err(|e| io_error(&self.dir, e))?;
         let schema = batches.first().map_or_else(
             || Arc::new(arrow::datatypes::Schema::empty()),
             RecordBatch::schema,
         );
-        let mut writer = FileWriter::try_new(BufWriter::new(file), &schema)?;
+        let mut writer = FileWriter::try_new(BufWriter::new(&file), &schema)?;
         let mut rows = 0;
         for batch in batches {
             rows += batch.num_rows();
@@ -152,15 +146,12 @@ impl Spill {
         }
         writer.finish()?;
         drop(writer);
-        let bytes = std::fs::metadata(&path)
-            .map_err(|e| io_error(&path, e))?
-            .len();
-        Ok(Segment { path, rows, bytes })
+        let bytes = file.metadata().map_err(|e| io_error(&self.dir, e))?.len();
+        Ok(Segment { file, rows, bytes })
     }
 
-    fn read(segment: &Segment) -> Result<FileReader<BufReader<File>>> {
-        let file = File::open(&segment.path).map_err(|e| io_error(&segment.path, e))?;
-        Ok(FileReader::try_new(BufReader::new(file), None)?)
+    fn read(segment: &Segment) -> Result<FileReader<BufReader<&File>>> {
+        Ok(FileReader::try_new(BufReader::new(&segment.file), None)?)
     }
 
     /// Calls `f` with every retained record batch, oldest first.
@@ -203,7 +194,6 @@ impl Spill {
             if !kept.is_empty() {
                 segments.push(self.write(&kept)?);
             }
-            std::fs::remove_file(&segment.path).map_err(|e| io_error(&segment.path, e))?;
         }
         self.segments = segments;
         let mut open = Vec::with_capacity(self.open.len());
@@ -255,8 +245,8 @@ mod tests {
         }
         let usage = spill.usage();
         assert_eq!(usage.rows, 35);
-        assert!(usage.disk_bytes > 0, "three sealed segments");
-        assert_eq!(std::fs::read_dir(spill.dir()).unwrap().count(), 3);
+        assert!(usage.disk_bytes > 0);
+        assert_eq!(spill.segments.len(), 3);
         assert_eq!(values(&spill), (0..35).collect::<Vec<_>>());
 
         spill
@@ -268,21 +258,23 @@ mod tests {
         assert_eq!(values(&spill), (12..35).collect::<Vec<_>>());
         assert_eq!(spill.usage().rows, 23);
         assert_eq!(
-            std::fs::read_dir(spill.dir()).unwrap().count(),
-            2,
+            spill.segments.iter().map(|s| s.rows).collect::<Vec<_>>(),
+            vec![8, 10],
             "the segment of rows 0..10 is deleted, 10..20 rewritten, 20..30 kept"
         );
     }
 
     #[test]
-    fn the_directory_goes_with_the_spill() {
-        let parent = tempfile::tempdir().unwrap();
-        let mut spill = Spill::new(Some(parent.path()), 1).unwrap();
+    fn segments_leave_no_file_to_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spill = Spill::new(Some(dir.path()), 1).unwrap();
         spill.push(batch(0..3)).unwrap();
-        let dir = spill.dir().to_owned();
-        assert!(dir.starts_with(parent.path()) && dir.exists());
-        drop(spill);
-        assert!(!dir.exists());
+        assert!(spill.usage().disk_bytes > 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a process killed now leaves nothing in the directory"
+        );
     }
 
     #[test]
@@ -290,7 +282,6 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let mut one = Spill::new(Some(parent.path()), 2).unwrap();
         let mut two = Spill::new(Some(parent.path()), 2).unwrap();
-        assert_ne!(one.dir(), two.dir());
         one.push(batch(0..4)).unwrap();
         two.push(batch(100..102)).unwrap();
         one.retain(|b| Ok(BooleanArray::from(vec![false; b.num_rows()])))

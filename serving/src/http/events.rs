@@ -1,4 +1,5 @@
-//! `POST /v1/events`: the HTTP collector.
+//! `POST /v1/events/{source}` (and `POST /v1/events` for the only source): the HTTP
+//! collector.
 //!
 //! Takes a JSON array or NDJSON, checks each event with the shared validator at the request's
 //! arrival time, produces the valid ones keyed by event id with the idempotent producer and
@@ -7,7 +8,7 @@
 //! produced; a client that retries a failed request cannot double-count, as the archiver and
 //! the speed layer drop repeated ids.
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -25,6 +26,7 @@ use crate::http::json::RawBody;
 pub fn router(config: &Config) -> Router<AppState> {
     Router::new()
         .route("/v1/events", post(collect))
+        .route("/v1/events/{source}", post(collect_into))
         .layer(DefaultBodyLimit::max(config.serving.max_body_bytes))
 }
 
@@ -46,6 +48,22 @@ pub struct EventError {
     pub index: usize,
     /// The reason code.
     pub reason: String,
+}
+
+/// `POST /v1/events/{source}`: the events of the source called `source`.
+async fn collect_into(
+    State(state): State<AppState>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: RawBody,
+) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
+    if source != state.config.source.name {
+        return Err(ApiError::NotFound(format!(
+            "no source `{source}`; the deployment's source is `{}`",
+            state.config.source.name
+        )));
+    }
+    collect(State(state), headers, body).await
 }
 
 async fn collect(

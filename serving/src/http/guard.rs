@@ -174,16 +174,25 @@ pub fn needs(path: &str, metrics_public: bool) -> Option<Scope> {
     match path {
         "/" | "/healthz" | "/readyz" | "/openapi.json" => None,
         "/metrics" => (!metrics_public).then_some(Scope::Admin),
-        "/v1/events" => Some(Scope::Ingest),
+        p if collects(p) => Some(Scope::Ingest),
         "/v1/views" | "/v1/sql" => Some(Scope::Query),
         p if p.starts_with("/v1/views/") => Some(Scope::Query),
         _ => Some(Scope::Admin),
     }
 }
 
+/// Whether `path` is the collector's: `/v1/events` or `/v1/events/{source}`.
+fn collects(path: &str) -> bool {
+    path == "/v1/events"
+        || path
+            .strip_prefix("/v1/events/")
+            .is_some_and(|source| !source.is_empty() && !source.contains('/'))
+}
+
 /// Whether `path` takes a `POST`: a `POST` elsewhere goes on to its 405.
 fn writes(path: &str) -> bool {
-    matches!(path, "/v1/events" | "/v1/sql" | "/v1/batch/runs")
+    collects(path)
+        || matches!(path, "/v1/sql" | "/v1/batch/runs")
         || path
             .strip_prefix("/v1/views/")
             .is_some_and(|rest| rest.ends_with("/query"))
@@ -201,7 +210,7 @@ fn accepts(path: &str, content_type: &str) -> bool {
         || essence
             .strip_prefix("application/")
             .is_some_and(|sub| sub.ends_with("+json"));
-    json || (path == "/v1/events"
+    json || (collects(path)
         && matches!(
             essence.as_str(),
             "application/x-ndjson"
@@ -245,7 +254,7 @@ pub async fn check(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if !accepts(&path, content_type) {
-            let expected = if path == "/v1/events" {
+            let expected = if collects(&path) {
                 "application/json or application/x-ndjson"
             } else {
                 "application/json"
@@ -274,6 +283,8 @@ mod tests {
         assert_eq!(needs("/metrics", false), Some(Scope::Admin));
         assert_eq!(needs("/metrics", true), None);
         assert_eq!(needs("/v1/events", false), Some(Scope::Ingest));
+        assert_eq!(needs("/v1/events/shop", false), Some(Scope::Ingest));
+        assert_eq!(needs("/v1/events/shop/x", false), Some(Scope::Admin));
         assert_eq!(needs("/v1/views/sales/query", false), Some(Scope::Query));
         assert_eq!(needs("/v1/batch/runs", false), Some(Scope::Admin));
         assert_eq!(needs("/v1/anything-new", false), Some(Scope::Admin));
@@ -287,6 +298,7 @@ mod tests {
         assert!(!accepts("/v1/sql", "application/x-www-form-urlencoded"));
         assert!(!accepts("/v1/sql", "application/x-ndjson"));
         assert!(accepts("/v1/events", "application/x-ndjson"));
+        assert!(accepts("/v1/events/shop", "application/x-ndjson"));
         assert!(!accepts("/v1/events", ""));
         assert!(writes("/v1/views/sales/query") && writes("/v1/batch/runs"));
         assert!(!writes("/v1/views") && !writes("/v1/lake"));

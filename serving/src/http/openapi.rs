@@ -2,8 +2,9 @@
 //! checked against them by the HTTP tests (every documented operation is routed).
 //!
 //! The file is the API's shape; the document served is that file with this deployment's view
-//! names as the only values of the `{name}` path parameter, so that clients and fuzzers
-//! generated from it reach the views instead of 404s.
+//! names as the only values of the `{name}` path parameter and its source names as those of
+//! `{source}`, so that clients and fuzzers generated from it reach the views and the
+//! collector instead of 404s.
 
 use axum::Router;
 use axum::extract::State;
@@ -23,30 +24,33 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(document))
 }
 
-/// [`DOCUMENT`] for `config`: the view routes' `{name}` enumerates its views.
+/// [`DOCUMENT`] for `config`: the view routes' `{name}` enumerates its views, the
+/// collector's `{source}` its sources.
 pub fn document_for(config: &Config) -> String {
     let mut document: Value = serde_json::from_str(DOCUMENT).expect("the document is JSON");
-    let names: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
+    let views: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
+    let sources = [config.source.name.as_str()];
     let paths = document["paths"]
         .as_object_mut()
         .expect("the document has paths");
-    for (path, item) in paths.iter_mut() {
-        if !path.starts_with("/v1/views/{name}") {
-            continue;
-        }
-        for operation in item
-            .as_object_mut()
-            .into_iter()
-            .flat_map(|o| o.values_mut())
-        {
-            let parameters = operation
-                .get_mut("parameters")
-                .and_then(Value::as_array_mut);
-            for parameter in parameters.into_iter().flatten() {
-                if parameter["in"] == "path" && parameter["name"] == "name" {
-                    parameter["schema"] = json!({"type": "string", "enum": names});
-                }
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+    {
+        let parameters = operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut);
+        for parameter in parameters.into_iter().flatten() {
+            if parameter["in"] != "path" {
+                continue;
             }
+            let values = match parameter["name"].as_str() {
+                Some("name") => &views[..],
+                Some("source") => &sources[..],
+                _ => continue,
+            };
+            parameter["schema"] = json!({"type": "string", "enum": values});
         }
     }
     document.to_string()

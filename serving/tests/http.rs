@@ -274,6 +274,10 @@ async fn views_are_listed_and_bad_queries_are_named() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(views["views"].as_array().unwrap().len(), 3);
     assert_eq!(views["views"][0]["measures"][5]["agg"], "approx_distinct");
+    assert_eq!(
+        views["views"][0]["source"], "events",
+        "each view names its source"
+    );
     let (status, one) = call(&state, get("/v1/views/traffic_by_minute")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["watermark"], Value::Null);

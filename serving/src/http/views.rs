@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use lambdaflow_common::query::{
     AnswerLimits, Layer, Query, QueryRequest, ResolvedQuery, Row, Value, answer,
 };
-use lambdaflow_common::source::FieldType;
+use lambdaflow_common::source::{FieldType, SourceConfig};
 use lambdaflow_common::state::{Dim, ViewState};
 use lambdaflow_common::timestamp::format_micros;
 use lambdaflow_common::view::ViewDef;
@@ -63,9 +63,11 @@ fn offsets(map: &BTreeMap<i32, i64>) -> Json_ {
         .into()
 }
 
-fn definition(view: &ViewDef) -> Json_ {
+/// `view` as declared, with the source it reads (the only one when it names none).
+fn definition(source: &SourceConfig, view: &ViewDef) -> Json_ {
     json!({
         "name": view.name,
+        "source": source.name,
         "granularity": view.granularity.as_str(),
         "dimensions": view.dimensions,
         "filter": view.filter,
@@ -74,13 +76,14 @@ fn definition(view: &ViewDef) -> Json_ {
 }
 
 fn status(
+    source: &SourceConfig,
     view: &ViewDef,
     pair: &ViewPair,
     folded: &BTreeMap<i32, i64>,
     progress: &Progress,
     rebuilding: bool,
 ) -> Json_ {
-    let mut out = definition(view);
+    let mut out = definition(source, view);
     let watermark = pair.batch().watermark.as_ref();
     let lag: Map<String, Json_> = folded
         .iter()
@@ -119,7 +122,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Json_>, ApiError> {
         .iter()
         .zip(snapshot.pairs())
         .map(|(v, pair)| {
-            let mut d = definition(v);
+            let mut d = definition(&state.config.source, v);
             d["watermark"] = json!(pair.batch().watermark);
             d
         })
@@ -137,6 +140,7 @@ async fn one(
     let pair = snapshot.pair(i);
     let rebuilding = state.rebuilding(i, pair.batch());
     Ok(Json(status(
+        &state.config.source,
         view,
         pair,
         snapshot.folded(),

@@ -290,6 +290,19 @@ impl Config {
             .expect("the built-in demo config is valid")
     }
 
+    /// The source called `name`, or why there is none: the message names the sources there
+    /// are. Views and the collector refer to sources by name.
+    pub fn source_named(&self, name: &str) -> std::result::Result<&SourceConfig, String> {
+        if name == self.source.name {
+            Ok(&self.source)
+        } else {
+            Err(format!(
+                "no source is called `{name}`; the deployment's source is `{}`",
+                self.source.name
+            ))
+        }
+    }
+
     /// Checks what serde cannot: names, references from views to fields, value ranges. The
     /// source and each view check themselves; here they are put together with the schema's
     /// reserved columns and the compiled view layouts and filters.
@@ -349,14 +362,8 @@ impl Config {
             if !view_names.insert(&view.name) {
                 return invalid(key, "view declared twice".into());
             }
-            if let Some(source) = view.source.as_ref().filter(|s| **s != self.source.name) {
-                return invalid(
-                    format!("{key}.source"),
-                    format!(
-                        "no source is called `{source}`; the deployment's source is `{}`",
-                        self.source.name
-                    ),
-                );
+            if let Some(Err(message)) = view.source.as_deref().map(|s| self.source_named(s)) {
+                return invalid(format!("{key}.source"), message);
             }
             view.check(&self.source)?;
             ViewLayout::new(&self.source, view).map_err(|detail| Error::Layout {

@@ -57,12 +57,10 @@ async fn collect_into(
     headers: HeaderMap,
     body: RawBody,
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
-    if source != state.config.source.name {
-        return Err(ApiError::NotFound(format!(
-            "no source `{source}`; the deployment's source is `{}`",
-            state.config.source.name
-        )));
-    }
+    state
+        .config
+        .source_named(&source)
+        .map_err(ApiError::NotFound)?;
     collect(State(state), headers, body).await
 }
 

@@ -40,8 +40,8 @@ fn main() {
         consumer_rate
     );
 
-    let config = Config::demo();
-    let validator = Validator::new(&config.source);
+    let config = Config::shop();
+    let validator = Validator::new(config.source());
     let started = Instant::now();
     let mut builder = validator.batch_builder(TOPIC, now);
     for (i, s) in samples.iter().enumerate() {
@@ -107,7 +107,7 @@ fn main() {
 
 fn archiver(brokers: &str, n: usize) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.kafka.brokers = brokers.to_owned();
     config.lake.uri = dir.path().join("lake").display().to_string();
     config.archive.commit_interval = Duration::from_millis(500);

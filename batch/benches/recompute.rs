@@ -22,7 +22,7 @@ use lambdaflow_batch::lake::{Lake, open_or_create};
 use lambdaflow_batch::views::records::History;
 use lambdaflow_batch::views::run::BatchRun;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
@@ -78,15 +78,15 @@ fn main() {
     let kept = std::env::var_os("LAMBDAFLOW_BENCH_DIR").map(std::path::PathBuf::from);
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.lake.uri = dir.join("lake").display().to_string();
     let config = Arc::new(config);
     let lake = Lake::new(&config.lake).expect("lake");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
 
-    let raw_url = lake.raw(&config.source.name);
+    let raw_url = lake.raw(&config.source().name);
     let existing = runtime.block_on(async {
-        let table = open_or_create(&raw_url, &raw_schema(&config.source), &[EVENT_DATE])
+        let table = open_or_create(&raw_url, &raw_schema(config.source()), &[EVENT_DATE])
             .await
             .expect("raw table");
         table
@@ -190,21 +190,21 @@ fn main() {
 /// [`CHUNK`], as the archiver would.
 async fn fill_raw(config: &Config, n: usize) {
     let lake = Lake::new(&config.lake).expect("lake");
-    let schema = raw_schema(&config.source);
-    let table = open_or_create(&lake.raw(&config.source.name), &schema, &[EVENT_DATE])
+    let schema = raw_schema(config.source());
+    let table = open_or_create(&lake.raw(&config.source().name), &schema, &[EVENT_DATE])
         .await
         .expect("raw table");
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
     let mut raw = OffsetTable::load(
         table,
         (schema, EVENT_DATE),
-        &config.kafka.topic,
+        &config.source().topic,
         &partitions,
     )
     .await
     .expect("offsets");
-    let validator = Validator::new(&config.source);
-    let mut generator = ShopGenerator::new(
+    let validator = Validator::new(config.source());
+    let mut generator = Generator::shop(
         7,
         200_000,
         Mix {
@@ -220,7 +220,7 @@ async fn fill_raw(config: &Config, n: usize) {
     let mut written = 0;
     while written < n {
         let len = CHUNK.min(n - written);
-        let mut builder = validator.batch_builder(&config.kafka.topic, end);
+        let mut builder = validator.batch_builder(&config.source().topic, end);
         let mut upto = std::collections::BTreeMap::new();
         for i in written..written + len {
             let sample = generator.next_event(start + i as i64 * step);

@@ -12,8 +12,8 @@ use prometheus::{
 pub static COMMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "lambdaflow_archiver_commit_seconds",
-        "Seconds one archiver Delta commit took, by table (raw, quarantine)",
-        &["table"],
+        "Seconds one archiver Delta commit took, by source and table (raw, quarantine)",
+        &["source", "table"],
         vec![
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
         ]
@@ -25,19 +25,19 @@ pub static COMMIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static ARCHIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "lambdaflow_archiver_events_total",
-        "Messages the archiver handled, by outcome (archived, duplicate, quarantined)",
-        &["outcome"]
+        "Messages the archiver handled, by source and outcome (archived, duplicate, quarantined)",
+        &["source", "outcome"]
     )
     .expect("registered once")
 });
 
-/// 1 for each partition whose topic went back in time (its broker head below the lake's next
+/// 1 for each partition of a source's topic whose topic went back in time (its broker head below the lake's next
 /// offset), until an operator accepts the reset.
 pub static TOPIC_RESET: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "lambdaflow_topic_reset_detected",
         "1 while a partition is halted because its broker head is below the offsets the lake holds (the topic was recreated or lost data); run `lambdaflow archive --accept-topic-reset`",
-        &["component", "partition"]
+        &["component", "source", "partition"]
     )
     .expect("registered once")
 });
@@ -46,8 +46,8 @@ pub static TOPIC_RESET: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static COMPACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "lambdaflow_archiver_compactions_total",
-        "Auto-compactions (OPTIMIZE of one date partition) by table and outcome (succeeded, failed)",
-        &["table", "outcome"]
+        "Auto-compactions (OPTIMIZE of one date partition) by source, table and outcome (succeeded, failed)",
+        &["source", "table", "outcome"]
     )
     .expect("registered once")
 });
@@ -56,8 +56,8 @@ pub static COMPACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static TABLE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "lambdaflow_archiver_table",
-        "The archiver's tables as of its last commit: Delta version (measure=version) and data files in the snapshot (measure=files)",
-        &["table", "measure"]
+        "The archiver's tables as of its last commit, by source: Delta version (measure=version) and data files in the snapshot (measure=files)",
+        &["source", "table", "measure"]
     )
     .expect("registered once")
 });
@@ -66,8 +66,8 @@ pub static TABLE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static DEDUP_ID_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "lambdaflow_archiver_dedup_id_bytes",
-        "Bytes the ids the archiver's deduplication remembers take, by place (memory: hash sets, Bloom filters and indexes; disk: sorted runs)",
-        &["place"]
+        "Bytes the ids the archiver's deduplication remembers take, by source and place (memory: hash sets, Bloom filters and indexes; disk: sorted runs)",
+        &["source", "place"]
     )
     .expect("registered once")
 });

@@ -10,7 +10,7 @@ use datafusion::prelude::SessionContext;
 use lambdaflow_batch::archive::{ArchiveStats, Archiver};
 use lambdaflow_batch::lake::Lake;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::sample::{Kind, Mix, ShopGenerator};
+use lambdaflow_common::sample::{Generator, Kind, Mix};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
 use lambdaflow_kafka::producer::Producer;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 /// Produces `n` generated messages; returns (new unique valid, invalid) counts.
 fn produce(
     brokers: &str,
-    generator: &mut ShopGenerator,
+    generator: &mut Generator,
     n: usize,
     ids: &mut HashSet<String>,
 ) -> (u64, u64) {
@@ -84,9 +84,9 @@ async fn count(url: &url::Url) -> u64 {
 /// An in-process broker with topic `events` of `partitions` partitions, and the demo config
 /// archiving it into a lake in a temporary directory in chunks of 100 ms or `max_events`.
 fn setup(partitions: i32, max_events: usize) -> (EmbeddedBroker, tempfile::TempDir, Config) {
-    let cluster = EmbeddedBroker::start("events", partitions).unwrap();
+    let cluster = EmbeddedBroker::start(&[("events", partitions)]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.kafka.brokers = cluster.bootstrap_servers().to_owned();
     config.lake.uri = dir.path().join("lake").display().to_string();
     config.archive.commit_interval = Duration::from_millis(100);
@@ -102,7 +102,7 @@ async fn archives_exactly_and_resumes_from_the_table_offsets() {
     let lake = Lake::new(&config.lake).unwrap();
     let (raw, quarantine) = (lake.raw("events"), lake.quarantine("events"));
 
-    let mut generator = ShopGenerator::new(
+    let mut generator = Generator::shop(
         3,
         200,
         Mix {
@@ -204,7 +204,7 @@ async fn compacts_small_files_without_changing_rows_offsets_or_changed_dates() {
     let config = Arc::new(config);
     let raw = Lake::new(&config.lake).unwrap().raw("events");
 
-    let mut generator = ShopGenerator::new(
+    let mut generator = Generator::shop(
         11,
         300,
         Mix {
@@ -280,7 +280,7 @@ async fn vacuum_beside_a_committing_archiver_loses_and_doubles_nothing() {
     let lake = Lake::new(&config.lake).unwrap();
     let raw = lake.raw("events");
 
-    let mut generator = ShopGenerator::new(17, 300, Mix::default());
+    let mut generator = Generator::shop(17, 300, Mix::default());
     let mut ids = HashSet::new();
     let mut valid = produce(&brokers, &mut generator, 100, &mut ids).0;
     archive(&config, &brokers, 100).await;
@@ -345,7 +345,7 @@ async fn a_topic_that_went_back_in_time_halts_until_the_reset_is_accepted() {
     let (old, _dir, mut config) = setup(2, 100);
     let lake = Lake::new(&config.lake).unwrap();
     let raw = lake.raw("events");
-    let mut generator = ShopGenerator::new(5, 100, Mix::default());
+    let mut generator = Generator::shop(5, 100, Mix::default());
     let mut ids = HashSet::new();
     let old_brokers = old.bootstrap_servers().to_owned();
     let (valid, _) = produce(&old_brokers, &mut generator, 300, &mut ids);
@@ -357,11 +357,14 @@ async fn a_topic_that_went_back_in_time_halts_until_the_reset_is_accepted() {
         .await
         .unwrap();
     let reader = LakeReader::from_lake(lake.clone());
-    let before = reader.view(&config.source, &config.views[0]).await.unwrap();
+    let before = reader
+        .view(config.source(), &config.views[0])
+        .await
+        .unwrap();
     assert!(before.next_offset(0) > 40 && before.next_offset(1) > 40);
     drop(old);
 
-    let fresh = EmbeddedBroker::start("events", 2).unwrap();
+    let fresh = EmbeddedBroker::start(&[("events", 2)]).unwrap();
     let brokers = fresh.bootstrap_servers().to_owned();
     config.kafka.brokers = brokers.clone();
     let config = Arc::new(config);
@@ -388,7 +391,7 @@ async fn a_topic_that_went_back_in_time_halts_until_the_reset_is_accepted() {
         .unwrap();
     assert!(
         metrics
-            .contains(r#"lambdaflow_topic_reset_detected{component="archiver",partition="0"} 1"#),
+            .contains(r#"lambdaflow_topic_reset_detected{component="archiver",partition="0",source="events"} 1"#),
         "{metrics}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -417,7 +420,7 @@ async fn a_topic_that_went_back_in_time_halts_until_the_reset_is_accepted() {
     run.await.unwrap().unwrap();
     assert_eq!(count(&raw).await, valid + new_valid, "every new event once");
 
-    let epochs = reader.raw_epochs(&config.source, "events").await.unwrap();
+    let epochs = reader.raw_epochs(config.source(), "events").await.unwrap();
     assert_eq!(epochs, BTreeMap::from([(0, 1), (1, 1)]));
     let before = before.with_epochs(epochs.clone());
     assert_eq!(
@@ -437,7 +440,7 @@ async fn a_topic_that_went_back_in_time_halts_until_the_reset_is_accepted() {
         "the watermark covers the new epoch's offsets"
     );
     let after = reader
-        .view(&config.source, &config.views[0])
+        .view(config.source(), &config.views[0])
         .await
         .unwrap()
         .with_epochs(epochs);

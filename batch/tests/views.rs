@@ -108,7 +108,7 @@ fn event() -> impl Strategy<Value = Event> {
 
 /// The rows of `view` over `events`, computed directly: key (bucket, dimensions) → row.
 fn direct(config: &Config, view: &ViewDef, events: &[Event]) -> Vec<Vec<ScalarValue>> {
-    let layout = ViewLayout::new(&config.source, view).unwrap();
+    let layout = ViewLayout::new(config.source(), view).unwrap();
     if let Some(filter) = &view.filter {
         assert_eq!(
             filter, "type = 'purchase'",
@@ -218,7 +218,7 @@ fn sorted(mut rows: Vec<Vec<ScalarValue>>) -> Vec<Vec<ScalarValue>> {
 
 /// Every row of a view table, cast to the view's declared types.
 async fn read_view(lake: &Lake, config: &Config, view: &ViewDef) -> Vec<Vec<ScalarValue>> {
-    let layout = ViewLayout::new(&config.source, view).unwrap();
+    let layout = ViewLayout::new(config.source(), view).unwrap();
     let table = DeltaTable::try_from_url(lake.view(&view.name))
         .await
         .unwrap();
@@ -264,18 +264,18 @@ struct Lakehouse {
 impl Lakehouse {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::demo();
+        let mut config = Config::shop();
         config.lake.uri = dir.path().to_str().unwrap().to_owned();
         let lake = Lake::new(&config.lake).unwrap();
-        let schema = raw_schema(&config.source);
-        let table = open_or_create(&lake.raw(&config.source.name), &schema, &[EVENT_DATE])
+        let schema = raw_schema(config.source());
+        let table = open_or_create(&lake.raw(&config.source().name), &schema, &[EVENT_DATE])
             .await
             .unwrap();
         let partitions: Vec<i32> = (0..PARTITIONS).collect();
         let raw = OffsetTable::load(
             table,
             (schema, EVENT_DATE),
-            &config.kafka.topic,
+            &config.source().topic,
             &partitions,
         )
         .await
@@ -291,8 +291,8 @@ impl Lakehouse {
 
     /// Appends `events` as the archiver would: one commit, offsets per partition.
     async fn append(&mut self, events: &[Event]) {
-        let validator = Validator::new(&self.config.source);
-        let mut builder = validator.batch_builder(&self.config.kafka.topic, now_micros());
+        let validator = Validator::new(self.config.source());
+        let mut builder = validator.batch_builder(&self.config.source().topic, now_micros());
         let mut upto = BTreeMap::new();
         for e in events {
             let partition = e.id as i32 % PARTITIONS;
@@ -486,7 +486,7 @@ async fn new_views_are_backfilled_changed_ones_recomputed_removed_ones_left_alon
         orders as usize, expected,
         "the changed filter applies to every date"
     );
-    let demo = Config::demo();
+    let demo = Config::shop();
     let left_alone = read_view(&house.lake, &demo, &demo.views[1]).await;
     assert_eq!(
         left_alone,
@@ -531,7 +531,7 @@ async fn retention_deletes_exactly_the_expired_dates_and_no_answer_changes() {
     house.run().run().await.unwrap();
     let before = house.views().await;
     let raw_dates = |house: &Lakehouse| {
-        let url = house.lake.raw(&house.config.source.name);
+        let url = house.lake.raw(&house.config.source().name);
         async move {
             let raw = lambdaflow_batch::lake::open(&url, None)
                 .await
@@ -650,7 +650,7 @@ async fn vacuum_keeps_what_pinned_readers_need_and_collects_the_rest() {
     assert_eq!(first.vacuum_error, None);
     let pinned = first.raw_version.unwrap();
     let answers = house.views().await;
-    let raw_url = house.lake.raw(&config.source.name);
+    let raw_url = house.lake.raw(&config.source().name);
     let raw_dir = raw_url.to_file_path().unwrap();
     let view_dir = house
         .lake
@@ -720,7 +720,7 @@ async fn vacuum_keeps_what_pinned_readers_need_and_collects_the_rest() {
         .await
         .unwrap()
         .unwrap();
-    let ids = lambdaflow_batch::lake::stored_ids(&at_pin, &config.source.id_field, old, |_| {
+    let ids = lambdaflow_batch::lake::stored_ids(&at_pin, &config.source().id_field, old, |_| {
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     })
     .await

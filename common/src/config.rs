@@ -45,8 +45,14 @@ pub struct Config {
     /// How long the raw and quarantine tables keep their dates.
     #[serde(default)]
     pub retention: RetentionConfig,
-    /// The shape of an event and how it is cleaned.
-    pub source: SourceConfig,
+    /// The single-source form, `[source]`, whose topic is `kafka.topic` unless it names its own;
+    /// loading moves it into `sources`.
+    #[serde(default, skip_serializing)]
+    source: Option<SourceConfig>,
+    /// Every source of the deployment, each with its topic, the shape of its events and how
+    /// they are cleaned: `[[sources]]`, or the one `[source]`.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
     /// The declared aggregations.
     #[serde(default)]
     pub views: Vec<ViewDef>,
@@ -58,7 +64,8 @@ pub struct Config {
 pub struct KafkaConfig {
     /// Bootstrap servers, or `"embedded"` for an in-process Kafka-protocol broker.
     pub brokers: String,
-    /// The topic every layer reads.
+    /// The topic of the single `[source]` form when it names none; each of `[[sources]]`
+    /// names its own. Every layer reads a source's `topic`, never this.
     #[serde(default = "default_topic")]
     pub topic: String,
     /// Partition count used when the topic has to be created.
@@ -276,31 +283,101 @@ impl Config {
             detail,
         })?;
         apply_env(&mut table, env)?;
-        let config: Config = table.try_into().map_err(|detail| Error::Parse {
+        let mut config: Config = table.try_into().map_err(|detail| Error::Parse {
             origin: origin.to_owned(),
             detail,
         })?;
+        config.gather_sources()?;
         config.check()?;
         Ok(config)
     }
 
-    /// The built-in config of `lambdaflow demo`: a small shop.
+    /// The built-in config of `lambdaflow demo`: a small shop and its web tracker.
     pub fn demo() -> Self {
         Self::from_toml(DEMO_CONFIG, "built-in demo config", std::iter::empty())
             .expect("the built-in demo config is valid")
     }
 
+    /// The demo's shop alone: its `events` source and the views over it, a deployment of one
+    /// source, which tests and benchmarks of one source start from.
+    pub fn shop() -> Self {
+        let demo = Self::demo();
+        demo.scoped(demo.source_named("events").expect("the demo has a shop"))
+    }
+
+    /// The source of a config with one: a single-source deployment, or a deployment
+    /// [`scoped`](Self::scoped) to one of its sources, which is what an archiver, a speed layer
+    /// and a batch run of a source read. Deployment-wide code asks for a view's source with
+    /// [`source_of`](Self::source_of) or a source by name.
+    pub fn source(&self) -> &SourceConfig {
+        debug_assert_eq!(
+            self.sources.len(),
+            1,
+            "a config of several sources has no one source"
+        );
+        &self.sources[0]
+    }
+
     /// The source called `name`, or why there is none: the message names the sources there
     /// are. Views and the collector refer to sources by name.
     pub fn source_named(&self, name: &str) -> std::result::Result<&SourceConfig, String> {
-        if name == self.source.name {
-            Ok(&self.source)
-        } else {
-            Err(format!(
-                "no source is called `{name}`; the deployment's source is `{}`",
-                self.source.name
-            ))
+        self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
+            let names: Vec<String> = self
+                .sources
+                .iter()
+                .map(|s| format!("`{}`", s.name))
+                .collect();
+            format!(
+                "no source is called `{name}`; the deployment's sources are {}",
+                names.join(", ")
+            )
+        })
+    }
+
+    /// The source `view` reads: the one it names, or the deployment's only one.
+    pub fn source_of(&self, view: &ViewDef) -> &SourceConfig {
+        match &view.source {
+            Some(name) => self
+                .source_named(name)
+                .expect("checked when the config was loaded"),
+            None => &self.sources[0],
         }
+    }
+
+    /// The views over the source called `source`, in declaration order.
+    pub fn views_of<'a>(&'a self, source: &'a str) -> impl Iterator<Item = &'a ViewDef> {
+        self.views
+            .iter()
+            .filter(move |v| self.source_of(v).name == source)
+    }
+
+    /// This deployment narrowed to one of its sources and the views over it, every other
+    /// setting kept: what the archiver, the speed layer and a batch run of that source read.
+    pub fn scoped(&self, source: &SourceConfig) -> Config {
+        Config {
+            sources: vec![source.clone()],
+            views: self.views_of(&source.name).cloned().collect(),
+            ..self.clone()
+        }
+    }
+
+    /// Moves the single-source form into `sources`, with `kafka.topic` as its topic when it
+    /// names none.
+    fn gather_sources(&mut self) -> Result<()> {
+        let Some(mut single) = self.source.take() else {
+            return Ok(());
+        };
+        if !self.sources.is_empty() {
+            return Err(Error::Invalid {
+                key: "source".into(),
+                message: "declare one `[source]` or several `[[sources]]`, not both".into(),
+            });
+        }
+        if single.topic.is_empty() {
+            single.topic = self.kafka.topic.clone();
+        }
+        self.sources.push(single);
+        Ok(())
     }
 
     /// Checks what serde cannot: names, references from views to fields, value ranges. The
@@ -310,9 +387,6 @@ impl Config {
         let invalid = |key: String, message: String| Err(Error::Invalid { key, message });
         if self.kafka.partitions < 1 {
             return invalid("kafka.partitions".into(), "must be at least 1".into());
-        }
-        if self.kafka.topic.is_empty() {
-            return invalid("kafka.topic".into(), "must not be empty".into());
         }
         if self.archive.commit_max_events == 0 || self.archive.dedup_max_dates == 0 {
             return invalid(
@@ -336,16 +410,7 @@ impl Config {
             );
         }
         self.check_serving()?;
-        self.source.check()?;
-        let columns: HashSet<&str> = self.source.column_names().collect();
-        for reserved in RESERVED_COLUMNS {
-            if columns.contains(reserved) {
-                return invalid(
-                    "source".into(),
-                    format!("`{reserved}` is a column lambdaflow adds itself; rename the field"),
-                );
-            }
-        }
+        self.check_sources()?;
         if let Err(e) = cron::Schedule::from_str(&self.batch.schedule) {
             return invalid(
                 "batch.schedule".into(),
@@ -362,16 +427,22 @@ impl Config {
             if !view_names.insert(&view.name) {
                 return invalid(key, "view declared twice".into());
             }
-            if let Some(Err(message)) = view.source.as_deref().map(|s| self.source_named(s)) {
-                return invalid(format!("{key}.source"), message);
-            }
-            view.check(&self.source)?;
-            ViewLayout::new(&self.source, view).map_err(|detail| Error::Layout {
+            let source = match view.source.as_deref() {
+                Some(name) => self.source_named(name),
+                None if self.sources.len() == 1 => Ok(&self.sources[0]),
+                None => Err("name the source the view reads: the deployment has several".into()),
+            };
+            let source = source.map_err(|message| Error::Invalid {
+                key: format!("{key}.source"),
+                message,
+            })?;
+            view.check(source)?;
+            ViewLayout::new(source, view).map_err(|detail| Error::Layout {
                 key: key.clone(),
                 detail,
             })?;
             if let Some(filter) = &view.filter {
-                parse_filter(&self.source, filter).map_err(|detail| Error::Filter {
+                parse_filter(source, filter).map_err(|detail| Error::Filter {
                     key: format!("{key}.filter"),
                     detail,
                 })?;
@@ -382,6 +453,49 @@ impl Config {
 }
 
 impl Config {
+    /// Each source checks itself; here: at least one, names and topics apart, no field named
+    /// like a column lambdaflow adds.
+    fn check_sources(&self) -> Result<()> {
+        let invalid = |key: String, message: String| Err(Error::Invalid { key, message });
+        if self.sources.is_empty() {
+            return invalid(
+                "sources".into(),
+                "declare a `[source]` or at least one `[[sources]]`".into(),
+            );
+        }
+        let (mut names, mut topics) = (HashSet::new(), HashSet::new());
+        for source in &self.sources {
+            source.check()?;
+            let key = format!("sources.{}", source.name);
+            if !names.insert(&source.name) {
+                return invalid(key, "source declared twice".into());
+            }
+            if source.topic.is_empty() {
+                return invalid(
+                    format!("{key}.topic"),
+                    "name the topic its events arrive on".into(),
+                );
+            }
+            if !topics.insert(&source.topic) {
+                return invalid(
+                    format!("{key}.topic"),
+                    format!(
+                        "topic `{}` is another source's: each source reads its own",
+                        source.topic
+                    ),
+                );
+            }
+            let columns: HashSet<&str> = source.column_names().collect();
+            if let Some(reserved) = RESERVED_COLUMNS.iter().find(|r| columns.contains(*r)) {
+                return invalid(
+                    key,
+                    format!("`{reserved}` is a column lambdaflow adds itself; rename the field"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn check_serving(&self) -> Result<()> {
         let serving = &self.serving;
         let invalid = |key: &str, message: &str| {
@@ -532,7 +646,7 @@ fn default_compact_min_files() -> usize {
     50
 }
 
-/// The built-in demo config: a small shop with views over purchases and page views.
+/// The built-in demo config: a small shop and its web tracker, with views over each.
 pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 
 #[cfg(test)]
@@ -547,10 +661,16 @@ mod tests {
     }
 
     #[test]
-    fn demo_config_is_valid_and_has_views() {
+    fn demo_config_is_valid_with_two_sources_and_views_over_each() {
         let c = Config::demo();
         assert!(c.kafka.is_embedded());
-        assert!(c.views.len() >= 3);
+        for source in &c.sources {
+            assert!(c.views_of(&source.name).count() >= 2, "{}", source.name);
+        }
+        assert_eq!(c.sources.len(), 2);
+        let shop = Config::shop();
+        assert_eq!(shop.source().name, "events");
+        assert_eq!(shop.views.len(), 3);
     }
 
     #[test]
@@ -591,23 +711,128 @@ mod tests {
         assert!(err.contains("planet"), "{err}");
     }
 
+    /// One source in the single `[source]` form, with a view over it.
+    const ONE_SOURCE: &str = r#"
+        [kafka]
+        brokers = "embedded"
+        [lake]
+        uri = "/tmp/lake"
+        [source]
+        name = "orders"
+        fields = [{ name = "country", type = "string" }]
+        [[views]]
+        name = "by_country"
+        granularity = "hour"
+        dimensions = ["country"]
+        measures = [{ name = "orders", agg = "count" }]
+    "#;
+
     #[test]
     fn a_view_names_the_source_it_reads_or_is_refused() {
-        let named = DEMO_CONFIG.replacen(
-            "name = \"sales_by_country\"",
-            "name = \"sales_by_country\"\nsource = \"events\"",
-            1,
-        );
+        let named = ONE_SOURCE.replacen("granularity", "source = \"orders\"\ngranularity", 1);
         let config = Config::from_toml(&named, "t", []).unwrap();
-        assert_eq!(config.views[0].source.as_deref(), Some("events"));
-        let unknown = named.replacen("source = \"events\"", "source = \"payments\"", 1);
+        assert_eq!(config.views[0].source.as_deref(), Some("orders"));
+        let unknown = named.replacen("source = \"orders\"", "source = \"payments\"", 1);
         let err = Config::from_toml(&unknown, "t", [])
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("views.sales_by_country.source") && err.contains("`payments`"),
+            err.contains("views.by_country.source") && err.contains("`payments`"),
             "{err}"
         );
+    }
+
+    /// Two sources on their own topics, a view over each.
+    const TWO_SOURCES: &str = r#"
+        [kafka]
+        brokers = "embedded"
+        [lake]
+        uri = "/tmp/lake"
+        [[sources]]
+        name = "orders"
+        topic = "shop-orders"
+        fields = [{ name = "country", type = "string" }, { name = "amount", type = "float" }]
+        [[sources]]
+        name = "pages"
+        topic = "web-pages"
+        fields = [{ name = "path", type = "string" }]
+        [[views]]
+        name = "revenue"
+        source = "orders"
+        granularity = "hour"
+        dimensions = ["country"]
+        measures = [{ name = "revenue", agg = "sum", field = "amount" }]
+        [[views]]
+        name = "hits"
+        source = "pages"
+        granularity = "minute"
+        dimensions = ["path"]
+        measures = [{ name = "hits", agg = "count" }]
+    "#;
+
+    fn refusal(text: &str) -> String {
+        Config::from_toml(text, "t", []).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn several_sources_each_read_their_topic_with_their_views() {
+        let config = Config::from_toml(TWO_SOURCES, "t", []).unwrap();
+        let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
+        assert_eq!(topics, ["shop-orders", "web-pages"]);
+        assert_eq!(config.source_of(&config.views[1]).name, "pages");
+        let pages = config.scoped(&config.sources[1]);
+        assert_eq!(pages.source().topic, "web-pages");
+        let names: Vec<&str> = pages.views.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["hits"]);
+        assert!(
+            config
+                .source_named("clicks")
+                .unwrap_err()
+                .contains("`orders`, `pages`")
+        );
+    }
+
+    #[test]
+    fn the_single_source_form_reads_the_kafka_topic() {
+        let config = Config::from_toml(ONE_SOURCE, "t", []).unwrap();
+        assert_eq!(config.source().topic, "events");
+        let config =
+            Config::from_toml(ONE_SOURCE, "t", env(&[("LAMBDAFLOW_KAFKA__TOPIC", "shop")]))
+                .unwrap();
+        assert_eq!(config.sources.len(), 1);
+        assert_eq!(config.source().topic, "shop");
+        assert_eq!(config.source_of(&config.views[0]).name, "orders");
+    }
+
+    #[test]
+    fn sources_are_refused_when_they_clash_or_views_mix_them() {
+        let unnamed = TWO_SOURCES.replacen("source = \"pages\"\n", "", 1);
+        let err = refusal(&unnamed);
+        assert!(
+            err.contains("views.hits.source") && err.contains("several"),
+            "{err}"
+        );
+        let foreign =
+            TWO_SOURCES.replacen("dimensions = [\"path\"]", "dimensions = [\"country\"]", 1);
+        let err = refusal(&foreign);
+        assert!(
+            err.contains("`country`") && err.contains("source `pages`"),
+            "{err}"
+        );
+        let shared = TWO_SOURCES.replacen("web-pages", "shop-orders", 1);
+        let err = refusal(&shared);
+        assert!(
+            err.contains("sources.pages.topic") && err.contains("another source's"),
+            "{err}"
+        );
+        let twice = TWO_SOURCES.replacen("name = \"pages\"", "name = \"orders\"", 1);
+        assert!(refusal(&twice).contains("declared twice"));
+        let topicless = TWO_SOURCES.replacen("topic = \"web-pages\"\n", "", 1);
+        assert!(refusal(&topicless).contains("sources.pages.topic"));
+        let both = format!("{TWO_SOURCES}\n[source]\nname = \"more\"");
+        assert!(refusal(&both).contains("not both"));
+        let none = &ONE_SOURCE[..ONE_SOURCE.find("[source]").unwrap()];
+        assert!(refusal(none).contains("declare a `[source]`"));
     }
 
     #[test]

@@ -161,7 +161,7 @@ mod tests {
     use crate::config::Config;
 
     fn masker() -> PayloadMasker {
-        PayloadMasker::new(&Config::demo().source)
+        PayloadMasker::new(Config::shop().source())
     }
 
     #[test]

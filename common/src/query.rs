@@ -669,9 +669,9 @@ mod tests {
 
     /// Resolves the JSON `request` against the demo's `sales_by_country` (hourly, by country).
     fn resolve(request: Json) -> Result<ResolvedQuery, QueryError> {
-        let config = Config::demo();
+        let config = Config::shop();
         let request: QueryRequest = serde_json::from_value(request).unwrap();
-        Query::resolve(&config.source, &config.views[0], &request)
+        Query::resolve(config.source(), &config.views[0], &request)
     }
 
     fn refusal(request: Json) -> (&'static str, String) {
@@ -742,12 +742,12 @@ mod tests {
 
     #[test]
     fn filter_values_take_their_dimensions_type() {
-        let config = Config::demo();
+        let config = Config::shop();
         let products = &config.views[2];
         assert_eq!(products.dimensions, ["product", "country"]);
         let request: QueryRequest =
             serde_json::from_value(json!({"filters": {"country": ["DE"]}})).unwrap();
-        let q = Query::resolve(&config.source, products, &request)
+        let q = Query::resolve(config.source(), products, &request)
             .unwrap()
             .query;
         assert_eq!(q.filters, [(1, vec![Dim::Str("DE".into())])]);

@@ -18,6 +18,10 @@ use crate::humantime_serde;
 pub struct SourceConfig {
     /// Names the raw and quarantine tables (`raw/<name>`).
     pub name: String,
+    /// The Kafka topic its events arrive on; no other source may read it. In the single
+    /// `[source]` form, `kafka.topic` when absent.
+    #[serde(default)]
+    pub topic: String,
     /// The string field that identifies an event; duplicates share it.
     #[serde(default = "default_id_field")]
     pub id_field: String,

@@ -225,14 +225,14 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::sample::{Mix, ShopGenerator};
+    use crate::sample::{Generator, Mix};
     use crate::timestamp::now_micros;
     use crate::validate::{Coordinates, Validator};
 
     /// Folds `n` generated events into two parts per view, split at `split`.
     fn parts(config: &Config, n: usize, split: usize) -> Vec<(ViewState, ViewState)> {
-        let validator = Validator::new(&config.source);
-        let mut generator = ShopGenerator::new(
+        let validator = Validator::new(config.source());
+        let mut generator = Generator::shop(
             7,
             50,
             Mix {
@@ -259,8 +259,8 @@ mod tests {
             .iter()
             .map(|view| {
                 let (mut a, mut b) = (ViewState::new(), ViewState::new());
-                a.fold(&config.source, view, &events, &first).unwrap();
-                b.fold(&config.source, view, &events, &second).unwrap();
+                a.fold(config.source(), view, &events, &first).unwrap();
+                b.fold(config.source(), view, &events, &second).unwrap();
                 (a, b)
             })
             .collect()
@@ -268,17 +268,17 @@ mod tests {
 
     #[test]
     fn merged_batch_loads_back_as_the_merged_state_with_final_values() {
-        let config = Config::demo();
+        let config = Config::shop();
         for (view, (a, b)) in config.views.iter().zip(parts(&config, 2_000, 700)) {
-            let layout = ViewLayout::new(&config.source, view).unwrap();
-            let batch = merged_batch(&config.source, view, &layout, &[&a, &b]).unwrap();
+            let layout = ViewLayout::new(config.source(), view).unwrap();
+            let batch = merged_batch(config.source(), view, &layout, &[&a, &b]).unwrap();
             let mut whole = a.clone();
             whole.merge_into(view, &b);
             assert_eq!(batch.num_rows(), whole.len(), "{}", view.name);
 
             let mut loaded = ViewState::new();
             loaded
-                .from_view_batch(&config.source, view, &batch)
+                .from_view_batch(config.source(), view, &batch)
                 .unwrap();
             let sorted = |s: &ViewState| {
                 let mut groups: Vec<_> = s.groups().map(|(k, v)| (k.clone(), v.to_vec())).collect();

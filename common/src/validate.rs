@@ -658,7 +658,7 @@ mod tests {
     const NOW: i64 = 1_763_600_000_000_000; // 2025-11-20T00:53:20Z
 
     fn validator() -> Validator {
-        Validator::new(&Config::demo().source)
+        Validator::new(Config::shop().source())
     }
 
     fn reason(payload: &[u8]) -> String {
@@ -819,7 +819,7 @@ mod tests {
 
     #[test]
     fn undeclared_fields_are_kept_when_asked() {
-        let mut source = Config::demo().source;
+        let mut source = Config::shop().source().clone();
         source.keep_undeclared = true;
         let v = Validator::new(&source);
         let mut b = v.batch_builder("events", NOW);
@@ -900,7 +900,7 @@ mod tests {
 
     #[test]
     fn events_older_than_max_past_are_too_old() {
-        let mut source = Config::demo().source;
+        let mut source = Config::shop().source().clone();
         let payload = |us: i64| {
             format!(
                 r#"{{"event_id":"a","event_time":{},"type":"view","user_id":"u","country":"kr"}}"#,

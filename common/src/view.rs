@@ -150,7 +150,10 @@ impl ViewDef {
             if source.field(dim).is_none() {
                 return Err(Error::Invalid {
                     key,
-                    message: format!("dimension `{dim}` is not a declared field"),
+                    message: format!(
+                        "dimension `{dim}` is not a declared field of source `{}`",
+                        source.name
+                    ),
                 });
             }
         }
@@ -224,16 +227,22 @@ pub fn fingerprint(source: &SourceConfig, view: &ViewDef) -> String {
 pub(crate) mod tests {
     use super::*;
 
-    /// The demo deployment's source and views, read without the config module (which depends
-    /// on this one and on [`crate::layout`]).
+    /// The demo deployment's shop source and the views over it, read without the config
+    /// module (which depends on this one and on [`crate::layout`]).
     pub(crate) fn demo() -> (SourceConfig, Vec<ViewDef>) {
         #[derive(Deserialize)]
         struct Demo {
-            source: SourceConfig,
+            sources: Vec<SourceConfig>,
             views: Vec<ViewDef>,
         }
         let demo: Demo = toml::from_str(include_str!("demo.toml")).unwrap();
-        (demo.source, demo.views)
+        let shop = demo.sources.into_iter().next().unwrap();
+        let views: Vec<ViewDef> = demo
+            .views
+            .into_iter()
+            .filter(|v| v.source.as_ref() == Some(&shop.name))
+            .collect();
+        (shop, views)
     }
 
     #[test]
@@ -267,8 +276,12 @@ pub(crate) mod tests {
         // The demo's sales_by_country as lakes written before views could name their source
         // recorded it: a new optional key must not recompute every existing view.
         let (source, views) = demo();
+        let unnamed = ViewDef {
+            source: None,
+            ..views[0].clone()
+        };
         assert_eq!(
-            fingerprint(&source, &views[0]),
+            fingerprint(&source, &unnamed),
             "40f54ea6c28c829c40a8d35c97f548af"
         );
     }

@@ -347,7 +347,7 @@ impl Consumer {
                 "the broker deleted {count} offsets before they were read (retention): their events are lost to the {component}"
             );
             metrics::OFFSETS_LOST
-                .with_label_values(&[component, &partition.to_string()])
+                .with_label_values(&[component, self.topic.as_str(), &partition.to_string()])
                 .inc_by(u64::try_from(count).unwrap_or(0));
             lost.push(range);
         }
@@ -489,10 +489,10 @@ mod tests {
 
     #[tokio::test]
     async fn partitions_the_reader_was_not_given_are_found_and_read_from_their_beginning() {
-        let broker = EmbeddedBroker::start("events", 3).unwrap();
+        let broker = EmbeddedBroker::start(&[("events", 3)]).unwrap();
         let brokers = broker.bootstrap_servers();
         let producer = Producer::bulk(brokers).unwrap();
-        let config = Config::demo();
+        let config = Config::shop();
         let pending: Vec<_> = (0..60)
             .map(|i| {
                 let payload = format!(
@@ -517,7 +517,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let (reader, mut chunks) = ChunkReader::spawn(
             Arc::new(consumer),
-            Validator::new(&config.source),
+            Validator::new(config.source()),
             policy,
             shutdown.clone(),
             ("speed", 4),

@@ -7,7 +7,7 @@ use rdkafka::mocking::MockCluster;
 
 use crate::error::{Error, Result};
 
-/// librdkafka's in-process mock cluster with one topic.
+/// librdkafka's in-process mock cluster with the topics it was started with.
 ///
 /// The cluster is not `Send`, so it lives on a thread of its own until this handle is
 /// dropped. It speaks the Kafka protocol on a loopback port that any client can use; it keeps
@@ -20,11 +20,12 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Starts a one-broker cluster holding `topic` with `partitions` partitions.
-    pub fn start(topic: &str, partitions: i32) -> Result<Self> {
+    /// Starts a one-broker cluster holding each of `topics`, a name and a partition count.
+    pub fn start(topics: &[(&str, i32)]) -> Result<Self> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String>>();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let topic = topic.to_owned();
+        let topics: Vec<(String, i32)> =
+            topics.iter().map(|(t, p)| ((*t).to_owned(), *p)).collect();
         let thread = std::thread::Builder::new()
             .name("embedded-broker".into())
             .spawn(move || {
@@ -36,9 +37,11 @@ impl EmbeddedBroker {
                         );
                     }
                 };
-                if let Err(e) = cluster.create_topic(&topic, partitions, 1) {
-                    let context = format!("creating {topic} in the embedded broker");
-                    return drop(ready_tx.send(Err(Error::client(context)(e))));
+                for (topic, partitions) in &topics {
+                    if let Err(e) = cluster.create_topic(topic, *partitions, 1) {
+                        let context = format!("creating {topic} in the embedded broker");
+                        return drop(ready_tx.send(Err(Error::client(context)(e))));
+                    }
                 }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 let _ = stop_rx.recv();

@@ -6,12 +6,12 @@ use std::sync::LazyLock;
 use prometheus::{IntCounterVec, register_int_counter_vec};
 
 /// Offsets a consumer needed that the broker no longer held (deleted by retention before they
-/// were read), by component (`archiver`, `speed`) and partition.
+/// were read), by component (`archiver`, `speed`), topic and partition.
 pub static OFFSETS_LOST: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "lambdaflow_offsets_lost_total",
-        "Offsets a consumer needed that the broker no longer held, by component and partition",
-        &["component", "partition"]
+        "Offsets a consumer needed that the broker no longer held, by component, topic and partition",
+        &["component", "topic", "partition"]
     )
     .expect("registered once")
 });

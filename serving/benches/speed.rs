@@ -20,12 +20,13 @@ use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::state::ViewState;
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_serving::http::{AppState, app};
+use lambdaflow_serving::speed_layer::Speeds;
 use lambdaflow_speed::consume::{IdSink, RawIds, SpeedLayer};
 use lambdaflow_speed::engine::Speed;
 use lambdaflow_speed::error::RawIdsError;
@@ -63,7 +64,7 @@ fn main() {
     let plain = peer::plain_consumer_rate(&brokers, n);
     println!("plain rdkafka consumer: {plain:>10.0} msgs/s (best of 3)");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.kafka.brokers = brokers.clone();
     let config = Arc::new(config);
     let speed = (0..3)
@@ -115,7 +116,7 @@ fn main() {
 /// folding, in micro-batches of 20,000.
 fn fold_only(config: &Arc<Config>, samples: &[lambdaflow_common::sample::Sample]) -> (f64, f64) {
     let n = samples.len();
-    let validator = Validator::new(&config.source);
+    let validator = Validator::new(config.source());
     let now = now_micros();
     let started = Instant::now();
     let mut chunks = Vec::new();
@@ -190,7 +191,7 @@ async fn produce_to_visible(
     while !shared.progress().caught_up() || consumed(&shared) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut generator = ShopGenerator::new(7, 1_000, Mix::default());
+    let mut generator = Generator::shop(7, 1_000, Mix::default());
     let mut latencies = Vec::new();
     for _ in 0..1_000 {
         let s = generator.next_event(now_micros());
@@ -272,8 +273,8 @@ async fn open_loop(client: &reqwest::Client, url: &str, body: &str, rate: f64) -
 /// hour has events in several countries, folded by the speed layer's own engine. Returns the
 /// states in config order and the days' bounds.
 fn thirty_days(config: &Arc<Config>) -> (Vec<ViewState>, i64, i64) {
-    let validator = Validator::new(&config.source);
-    let mut generator = ShopGenerator::new(3, 5_000, Mix::default());
+    let validator = Validator::new(config.source());
+    let mut generator = Generator::shop(3, 5_000, Mix::default());
     let end = now_micros();
     let start = end - 30 * MICROS_PER_DAY;
     let (shared, mut speed) = empty_speed(config);
@@ -329,12 +330,13 @@ fn api_over(config: &Arc<Config>, brokers: &str, shared: Served) -> (AppState, t
     let config = Arc::new(config);
     let batches = Batches::new(config.clone(), CancellationToken::new()).expect("batches");
     let reader = Arc::new(LakeReader::new(&config.lake).expect("lake reader"));
+    let speeds = Speeds::new(&config, vec![shared]);
     let state = AppState::new(
         config,
         Producer::new(brokers).expect("producer"),
         batches,
         reader,
-        shared,
+        speeds,
     )
     .expect("auth is off");
     (state, lake)
@@ -361,7 +363,7 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
     let (shared, _speed) = speed_over(config, batches);
     let (state, _lake) = api_over(config, brokers, shared);
     let answer_only = {
-        let snapshot = state.served.snapshot().expect("loaded");
+        let snapshot = state.speeds.served(0).snapshot().expect("loaded");
         let pair = snapshot.pair(0);
         let query = lambdaflow_common::query::Query {
             from: Some(start),
@@ -378,7 +380,7 @@ async fn query_load(config: &Arc<Config>, brokers: &str) {
         let started = Instant::now();
         for _ in 0..100 {
             std::hint::black_box(lambdaflow_common::query::answer(
-                &state.config.source,
+                state.config.source(),
                 view,
                 &[&pair.batch().state, pair.speed()],
                 &query,

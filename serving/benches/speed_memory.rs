@@ -17,7 +17,7 @@ use std::time::Instant;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::query::{AnswerLimits, Query, Row, Value, answer};
-use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::state::ViewState;
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_common::validate::{Coordinates, Validator};
@@ -53,7 +53,7 @@ fn answers(config: &Config, parts: &[Vec<&ViewState>]) -> Vec<Vec<Row>> {
         .zip(parts)
         .map(|(view, parts)| {
             answer(
-                &config.source,
+                config.source(),
                 view,
                 parts,
                 &Query::whole(view),
@@ -76,16 +76,16 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000_000);
-    let config = Arc::new(Config::demo());
+    let config = Arc::new(Config::shop());
     let served = Served::new();
     let mut speed = Speed::before_any_batch(config.clone(), served.clone()).expect("speed");
-    let validator = Validator::new(&config.source);
+    let validator = Validator::new(config.source());
     let mix = Mix {
         duplicates: 0.01,
         late: 0.01,
         invalid: 0.0,
     };
-    let mut generator = ShopGenerator::new(7, 10_000, mix);
+    let mut generator = Generator::shop(7, 10_000, mix);
     let now = now_micros();
     let mut next = [0i64; PARTITIONS as usize];
     let mut half: Option<(Vec<ViewState>, BTreeMap<i32, i64>)> = None;

@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Everything in one process: embedded broker, archiver, API and a generator of shop events.
+    /// Everything in one process: embedded broker, archiver, API and a generator per source.
     Demo {
         /// Keep the lake here instead of in a temporary directory.
         #[arg(long)]
@@ -27,7 +27,7 @@ pub enum Command {
         /// API listen address (default 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<String>,
-        /// Generated events per second.
+        /// Generated events per second, to each source.
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
     },
@@ -42,10 +42,16 @@ pub enum Command {
         #[command(subcommand)]
         command: BatchCommand,
     },
-    /// Produce synthetic shop events to Kafka.
+    /// Produce synthetic events to a source's topic.
     Gen {
         #[command(flatten)]
         config: ConfigArg,
+        /// The source whose topic receives the events (needed when the config has several).
+        #[arg(long)]
+        source: Option<String>,
+        /// The events' shape: `shop` (the demo's `events` source) or `pages` (its `pageviews`).
+        #[arg(long, default_value = "shop", value_parser = ["shop", "pages"])]
+        shape: String,
         /// How many events.
         #[arg(long)]
         count: u64,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::FutureExt;
-use lambdaflow_batch::archive::Archiver;
+use lambdaflow_batch::archive::{ArchiveStats, Archiver};
 use lambdaflow_batch::lake::Lake;
 use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::lake::retention::{Expire, Expired};
@@ -17,12 +17,11 @@ use lambdaflow_batch::views::records::{RunRecord, Trigger};
 use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::auth::AuthMode;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::sample::Mix;
+use lambdaflow_common::sample::{Mix, Shape};
 use lambdaflow_common::view::fingerprint;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_kafka::topic::ensure_topic;
-use lambdaflow_speed::served::Served;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::generate::{self, GenOptions};
 use crate::http::guard::Guard;
 use crate::http::{self, AppState};
-use crate::speed_layer;
+use crate::speed_layer::{self, Speeds};
 
 /// Reads a config file and applies the `LAMBDAFLOW_*` environment.
 pub fn load_config(path: &Path) -> Result<Config> {
@@ -49,13 +48,17 @@ pub fn load_config(path: &Path) -> Result<Config> {
 /// `lambdaflow check`: the config is valid; print what it declares.
 pub fn check(config: &Config) -> String {
     let mut out = format!(
-        "config ok: topic `{}` on {}, lake {}, source `{}` with {} declared fields\n",
-        config.kafka.topic,
-        config.kafka.brokers,
-        config.lake.uri,
-        config.source.name,
-        config.source.fields.len()
+        "config ok: brokers {}, lake {}\n",
+        config.kafka.brokers, config.lake.uri
     );
+    for source in &config.sources {
+        out.push_str(&format!(
+            "source {}: topic `{}`, {} declared fields\n",
+            source.name,
+            source.topic,
+            source.fields.len()
+        ));
+    }
     for view in &config.views {
         let measures: Vec<String> = view
             .measures
@@ -66,8 +69,9 @@ pub fn check(config: &Config) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "view {}: {} by [{}]{} -> {}\n",
+            "view {} over {}: {} by [{}]{} -> {}\n",
             view.name,
+            config.source_of(view).name,
             view.granularity.as_str(),
             view.dimensions.join(", "),
             view.filter
@@ -81,20 +85,23 @@ pub fn check(config: &Config) -> String {
 }
 
 /// The bootstrap servers to use, starting the embedded broker when the config asks for it and
-/// creating the topic on a real one.
+/// creating each source's topic on a real one.
 pub async fn connect(config: &Config) -> Result<(String, Option<EmbeddedBroker>)> {
+    let partitions = config.kafka.partitions;
     if config.kafka.is_embedded() {
-        let broker = EmbeddedBroker::start(&config.kafka.topic, config.kafka.partitions)?;
+        let topics: Vec<(&str, i32)> = config
+            .sources
+            .iter()
+            .map(|s| (s.topic.as_str(), partitions))
+            .collect();
+        let broker = EmbeddedBroker::start(&topics)?;
         let brokers = broker.bootstrap_servers().to_owned();
-        tracing::info!(%brokers, topic = %config.kafka.topic, "embedded Kafka-protocol broker started");
+        tracing::info!(%brokers, ?topics, "embedded Kafka-protocol broker started");
         return Ok((brokers, Some(broker)));
     }
-    ensure_topic(
-        &config.kafka.brokers,
-        &config.kafka.topic,
-        config.kafka.partitions,
-    )
-    .await?;
+    for source in &config.sources {
+        ensure_topic(&config.kafka.brokers, &source.topic, partitions).await?;
+    }
     Ok((config.kafka.brokers.clone(), None))
 }
 
@@ -182,7 +189,7 @@ async fn spawn_ops(
         })?;
     tracing::info!(%listen, "serving /healthz and /metrics");
     let guard = Guard::new(&config.serving, |var| std::env::var(var).ok())?;
-    let app = http::metrics::ops(config.clone(), Arc::new(guard));
+    let app = http::metrics::ops(Arc::new(guard));
     let shutdown = shutdown.clone();
     tasks.spawn("metrics", async move {
         axum::serve(listener, app)
@@ -202,33 +209,52 @@ pub async fn archive(
     let (brokers, _broker) = connect(&config).await?;
     let mut tasks = Tasks::new(shutdown.clone());
     spawn_ops(&mut tasks, &config, metrics_listen, &shutdown).await?;
-    let archiver = Archiver::new(config, brokers);
-    let stop = shutdown.clone();
-    tasks.spawn("archiver", async move {
-        let outcome = archiver.run(stop.clone()).await;
-        // The archiver is the process's work: when it ends, so does the metrics server.
-        stop.cancel();
-        Ok(outcome?)
-    });
+    spawn_archivers(&mut tasks, &config, &brokers, &shutdown);
     tasks.join().await
+}
+
+/// Spawns one archiver per source of `config`; returns their counters, in source order. An
+/// archiver that ends stops the process (and with it, in `archive`, the metrics server): a
+/// process archiving only some of its sources would look healthy while the others fall behind.
+fn spawn_archivers(
+    tasks: &mut Tasks,
+    config: &Config,
+    brokers: &str,
+    shutdown: &CancellationToken,
+) -> Vec<Arc<ArchiveStats>> {
+    let mut stats = Vec::new();
+    for source in &config.sources {
+        let archiver = Archiver::new(Arc::new(config.scoped(source)), brokers);
+        stats.push(archiver.stats());
+        let shutdown = shutdown.clone();
+        tasks.spawn("archiver", async move {
+            let outcome = archiver.run(shutdown.clone()).await;
+            shutdown.cancel();
+            Ok(outcome?)
+        });
+    }
+    stats
 }
 
 /// `lambdaflow archive --accept-topic-reset`: records in the lake that the partitions whose
 /// topic went back in time start a new epoch, prints them, and exits.
 pub async fn accept_topic_reset(config: Arc<Config>) -> Result<()> {
     let (brokers, _broker) = connect(&config).await?;
-    let accepted = lambdaflow_batch::archive::accept_topic_reset(&config, &brokers).await?;
-    if accepted.is_empty() {
-        println!(
-            "no partition of topic {} is below the offsets the lake holds: nothing to accept",
-            config.kafka.topic
-        );
-    }
-    for (partition, epoch) in accepted {
-        println!(
-            "topic {} partition {partition}: reset accepted, offsets start again at 0 in epoch {epoch}",
-            config.kafka.topic
-        );
+    for source in &config.sources {
+        let scoped = config.scoped(source);
+        let accepted = lambdaflow_batch::archive::accept_topic_reset(&scoped, &brokers).await?;
+        if accepted.is_empty() {
+            println!(
+                "no partition of topic {} is below the offsets the lake holds: nothing to accept",
+                source.topic
+            );
+        }
+        for (partition, epoch) in accepted {
+            println!(
+                "topic {} partition {partition}: reset accepted, offsets start again at 0 in epoch {epoch}",
+                source.topic
+            );
+        }
     }
     Ok(())
 }
@@ -241,9 +267,9 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
     let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
     let lake = Arc::new(LakeReader::new(&config.lake)?);
-    let served = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
-    rebuild_redefined(&config, &served, &batches).await;
-    let state = app_state(config, &brokers, batches.clone(), lake, served)?;
+    let speeds = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
+    rebuild_redefined(&speeds, &batches).await;
+    let state = app_state(config, &brokers, batches.clone(), lake, speeds)?;
     spawn_http(&mut tasks, state, shutdown).await?;
     let outcome = tasks.join().await;
     batches.drain().await;
@@ -302,35 +328,29 @@ pub async fn batch_schedule(
 }
 
 /// `lambdaflow run` (and the core of `demo`): archiver and HTTP API in one process, plus a
-/// generator when `generator` is given.
+/// generator for each (topic, options) of `generators`.
 pub async fn run(
     config: Arc<Config>,
     shutdown: CancellationToken,
-    generator: Option<GenOptions>,
+    generators: Vec<(String, GenOptions)>,
 ) -> Result<()> {
     check_exposure(&config).await?;
     let (brokers, broker) = connect(&config).await?;
     let batches = Batches::new(config.clone(), shutdown.clone())?;
     let mut tasks = Tasks::new(shutdown.clone());
-    let archiver = Archiver::new(config.clone(), brokers.clone());
-    let archive_stats = archiver.stats();
-    tasks.spawn("archiver", {
-        let shutdown = shutdown.clone();
-        async move { Ok(archiver.run(shutdown).await?) }
-    });
+    let archive_stats = spawn_archivers(&mut tasks, &config, &brokers, &shutdown);
     tasks.spawn("batch scheduler", {
         let batches = batches.clone();
         async move { Ok(batches.schedule().await?) }
     });
     let lake = Arc::new(LakeReader::new(&config.lake)?);
-    let served = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
-    rebuild_redefined(&config, &served, &batches).await;
-    let state = app_state(config.clone(), &brokers, batches.clone(), lake, served)?
-        .with_archiver(archive_stats);
+    let speeds = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
+    rebuild_redefined(&speeds, &batches).await;
+    let state = app_state(config.clone(), &brokers, batches.clone(), lake, speeds)?
+        .with_archivers(archive_stats);
     let addr = spawn_http(&mut tasks, state, shutdown.clone()).await?;
-    if let Some(options) = generator {
+    for (topic, options) in generators {
         let producer = Producer::new(&brokers)?;
-        let topic = config.kafka.topic.clone();
         let shutdown = shutdown.clone();
         tasks.spawn("generator", async move {
             Ok(generate::produce(&producer, &topic, options, &shutdown)
@@ -338,9 +358,11 @@ pub async fn run(
                 .map(drop)?)
         });
     }
+    let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
     println!(
-        "lambdaflow is running: API http://{addr}/  broker {brokers}  topic {}  lake {}",
-        config.kafka.topic, config.lake.uri
+        "lambdaflow is running: API http://{addr}/  broker {brokers}  topics {}  lake {}",
+        topics.join(", "),
+        config.lake.uri
     );
     let outcome = tasks.join().await;
     batches.drain().await;
@@ -351,19 +373,23 @@ pub async fn run(
 /// Starts a batch run when a view's loaded batch version was computed under another
 /// definition than the config's: until it publishes, the API answers that view with 503
 /// `view_rebuilding` rather than merge states of two definitions.
-async fn rebuild_redefined(config: &Config, served: &Served, batches: &Arc<Batches>) {
-    let redefined: Vec<&str> = {
-        let Some(snapshot) = served.snapshot() else {
+async fn rebuild_redefined(speeds: &Speeds, batches: &Arc<Batches>) {
+    let mut redefined: Vec<String> = Vec::new();
+    for speed in speeds.sources() {
+        let Some(snapshot) = speed.served.snapshot() else {
             return;
         };
-        config
-            .views
-            .iter()
-            .zip(snapshot.pairs())
-            .filter(|(view, pair)| pair.batch().redefined(&fingerprint(&config.source, view)))
-            .map(|(view, _)| view.name.as_str())
-            .collect()
-    };
+        let source = speed.config.source();
+        redefined.extend(
+            speed
+                .config
+                .views
+                .iter()
+                .zip(snapshot.pairs())
+                .filter(|(view, pair)| pair.batch().redefined(&fingerprint(source, view)))
+                .map(|(view, _)| view.name.clone()),
+        );
+    }
     if redefined.is_empty() {
         return;
     }
@@ -377,35 +403,33 @@ async fn rebuild_redefined(config: &Config, served: &Served, batches: &Arc<Batch
     }
 }
 
+/// Starts one speed layer per source, each a task of its own.
 async fn spawn_speed(
     tasks: &mut Tasks,
-    config: &Arc<Config>,
+    config: &Config,
     lake: &Arc<LakeReader>,
     brokers: &str,
     shutdown: &CancellationToken,
-) -> Result<Served> {
-    let (served, task) = speed_layer::start(
-        config.clone(),
-        lake.clone(),
-        brokers.to_owned(),
-        shutdown.clone(),
-    )
-    .await?;
-    tasks.spawn("speed layer", task);
-    Ok(served)
+) -> Result<Speeds> {
+    let (speeds, started) = speed_layer::start_all(config, lake, brokers, shutdown).await?;
+    for task in started {
+        tasks.spawn("speed layer", task);
+    }
+    Ok(speeds)
 }
 
 /// The API's state: the producer of `POST /v1/events` for `brokers`, batch runs through
-/// `batches`, the lake through `lake`, answers from `served`.
+/// `batches`, the lake through `lake`, answers from `speeds`.
 fn app_state(
     config: Arc<Config>,
     brokers: &str,
     batches: Arc<Batches>,
     lake: Arc<LakeReader>,
-    served: Served,
+    speeds: Speeds,
 ) -> Result<AppState> {
-    let producer = Producer::for_events(brokers, config.source.max_event_bytes)?;
-    Ok(AppState::new(config, producer, batches, lake, served)?)
+    let largest = config.sources.iter().map(|s| s.max_event_bytes).max();
+    let producer = Producer::for_events(brokers, largest.unwrap_or_default())?;
+    Ok(AppState::new(config, producer, batches, lake, speeds)?)
 }
 
 /// Refuses, before anything starts, an API that would listen beyond this host with no token
@@ -495,32 +519,60 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> Result<(
     if !config.kafka.is_embedded() {
         return Err(Error::DemoNeedsEmbeddedBroker);
     }
-    let generator = GenOptions {
-        count: None,
-        rate: Some(options.rate),
-        mix: Mix {
-            duplicates: 0.02,
-            late: 0.05,
-            invalid: 0.01,
-        },
-        seed: rand::random(),
-    };
-    run(Arc::new(config), shutdown, Some(generator)).await
+    // Each of the demo's sources gets events of its shape, at the demo's rate.
+    let generators = config
+        .sources
+        .iter()
+        .filter_map(|source| {
+            let shape = match source.name.as_str() {
+                "events" => Shape::Shop,
+                "pageviews" => Shape::Pages,
+                _ => return None,
+            };
+            let options = GenOptions {
+                shape,
+                count: None,
+                rate: Some(options.rate),
+                mix: Mix {
+                    duplicates: 0.02,
+                    late: 0.05,
+                    invalid: 0.01,
+                },
+                seed: rand::random(),
+            };
+            Some((source.topic.clone(), options))
+        })
+        .collect();
+    run(Arc::new(config), shutdown, generators).await
 }
 
-/// `lambdaflow gen`: produce synthetic events to the configured broker.
+/// `lambdaflow gen`: produce synthetic events to the topic of the source called `source` (the
+/// only one when `None`) on the configured broker; returns the topic and the events acknowledged.
 pub async fn gen_events(
     config: &Config,
+    source: Option<&str>,
     options: GenOptions,
     shutdown: CancellationToken,
-) -> Result<u64> {
+) -> Result<(String, u64)> {
     if config.kafka.is_embedded() {
         return Err(Error::GenNeedsBroker);
     }
+    let source = match source {
+        Some(name) => config.source_named(name).map_err(Error::UnknownSource)?,
+        None if config.sources.len() == 1 => &config.sources[0],
+        None => {
+            let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::UnknownSource(format!(
+                "the config has several sources: name one with --source ({})",
+                names.join(", ")
+            )));
+        }
+    };
     let kafka = &config.kafka;
-    ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions).await?;
+    ensure_topic(&kafka.brokers, &source.topic, kafka.partitions).await?;
     let producer = Producer::new(&kafka.brokers)?;
-    Ok(generate::produce(&producer, &kafka.topic, options, &shutdown).await?)
+    let acked = generate::produce(&producer, &source.topic, options, &shutdown).await?;
+    Ok((source.topic.clone(), acked))
 }
 
 /// `error` and its sources, joined by `: `, as a log line.
@@ -550,6 +602,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use lambdaflow_common::view::ViewDef;
+    use lambdaflow_speed::served::Served;
 
     use super::*;
 
@@ -582,7 +635,7 @@ mod tests {
     #[tokio::test]
     async fn a_view_loaded_under_another_definition_starts_a_batch_run() {
         let lake = tempfile::tempdir().unwrap();
-        let mut config = Config::demo();
+        let mut config = Config::shop();
         config.lake.uri = lake.path().display().to_string();
         let config = Arc::new(config);
         let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
@@ -598,16 +651,17 @@ mod tests {
                     lambdaflow_speed::served::ViewPair::new(Arc::new(batch), Default::default())
                 })
                 .collect();
-            Served::from_parts(pairs, Default::default(), Default::default())
+            let served = Served::from_parts(pairs, Default::default(), Default::default());
+            Speeds::new(&config, vec![served])
         };
-        let current = |view: &ViewDef| Some(fingerprint(&config.source, view));
-        rebuild_redefined(&config, &loaded(&current), &batches).await;
-        rebuild_redefined(&config, &loaded(&|_| None), &batches).await;
+        let current = |view: &ViewDef| Some(fingerprint(config.source_of(view), view));
+        rebuild_redefined(&loaded(&current), &batches).await;
+        rebuild_redefined(&loaded(&|_| None), &batches).await;
         batches.drain().await;
         assert!(batches.history().list(10).await.unwrap().is_empty());
 
         let older = |view: &ViewDef| (view.name == "traffic_by_minute").then(|| "older".to_owned());
-        rebuild_redefined(&config, &loaded(&older), &batches).await;
+        rebuild_redefined(&loaded(&older), &batches).await;
         batches.drain().await;
         let runs = batches.history().list(10).await.unwrap();
         assert_eq!(runs.len(), 1);

@@ -67,6 +67,9 @@ pub enum Error {
          point LAMBDAFLOW_KAFKA__BROKERS at the address they print"
     )]
     GenNeedsBroker,
+    /// `gen --source` names no source of the config, or names none where it has several.
+    #[error("gen: {0}")]
+    UnknownSource(String),
     /// A task of the process failed.
     #[error("{task} failed: {source}")]
     Task {

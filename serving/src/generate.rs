@@ -1,9 +1,10 @@
-//! `lambdaflow gen` and the demo's producer: synthetic shop events to Kafka at a rate.
+//! `lambdaflow gen` and the demo's producers: synthetic events of one shape (the shop's, or a
+//! web tracker's) to Kafka at a rate.
 
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::sample::{Generator, Mix, Shape};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_kafka::producer::{Pending, Producer};
 use lambdaflow_kafka::{Error, Result};
@@ -12,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 /// What to produce.
 #[derive(Debug, Clone, Copy)]
 pub struct GenOptions {
+    /// The shape of the events.
+    pub shape: Shape,
     /// How many messages; `None` for no end.
     pub count: Option<u64>,
     /// Messages per second; `None` for as fast as the broker takes them.
@@ -30,7 +33,7 @@ pub async fn produce(
     options: GenOptions,
     shutdown: &CancellationToken,
 ) -> Result<u64> {
-    let mut generator = ShopGenerator::new(options.seed, 3_000, options.mix);
+    let mut generator = Generator::new(options.shape, options.seed, 3_000, options.mix);
     let started = tokio::time::Instant::now();
     let mut sent: u64 = 0;
     let mut acked: u64 = 0;

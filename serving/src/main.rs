@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use lambdaflow_common::sample::Mix;
+use lambdaflow_common::sample::{Mix, Shape};
 use lambdaflow_serving::cli::{BatchCommand, Cli, Command, LakeCommand};
 use lambdaflow_serving::commands::{self, DemoOptions};
 use lambdaflow_serving::generate::GenOptions;
@@ -76,7 +76,7 @@ async fn dispatch(command: Command) -> Result<()> {
             if r.accept_topic_reset {
                 commands::accept_topic_reset(config.clone()).await?;
             }
-            Ok(commands::run(config, token, None).await?)
+            Ok(commands::run(config, token, Vec::new()).await?)
         }
         Command::Archive(a) if a.accept_topic_reset => {
             Ok(commands::accept_topic_reset(a.worker.config.load()?).await?)
@@ -98,6 +98,8 @@ async fn dispatch(command: Command) -> Result<()> {
         } => Ok(commands::batch_schedule(w.config.load()?, w.metrics_listen, token).await?),
         Command::Gen {
             config,
+            source,
+            shape,
             count,
             rate,
             duplicates,
@@ -107,6 +109,7 @@ async fn dispatch(command: Command) -> Result<()> {
         } => {
             let config = config.load()?;
             let options = GenOptions {
+                shape: Shape::named(&shape).expect("clap allows only the known shapes"),
                 count: Some(count),
                 rate,
                 mix: Mix {
@@ -116,8 +119,9 @@ async fn dispatch(command: Command) -> Result<()> {
                 },
                 seed,
             };
-            let acked = commands::gen_events(&config, options, token).await?;
-            println!("produced {acked} events to {}", config.kafka.topic);
+            let (topic, acked) =
+                commands::gen_events(&config, source.as_deref(), options, token).await?;
+            println!("produced {acked} events to {topic}");
             Ok(())
         }
         Command::Check(c) => {

@@ -5,12 +5,11 @@
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use crate::speed_layer::SourceSpeed;
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use lambdaflow_common::config::Config;
-use lambdaflow_speed::served::Served;
 use prometheus::{
     Encoder, HistogramVec, IntGauge, TextEncoder, register_histogram_vec, register_int_gauge,
 };
@@ -91,11 +90,14 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// The text exposition of every metric, with the speed layer's gauges read from `served`.
-pub fn render(config: &Config, served: &Served) -> String {
+/// The text exposition of every metric, with each speed layer's gauges read from its served
+/// state.
+pub fn render(speeds: &[SourceSpeed]) -> String {
     lambdaflow_batch::metrics::register();
     LazyLock::force(&REQUEST_SECONDS);
-    lambdaflow_speed::metrics::observe(config, served);
+    for speed in speeds {
+        lambdaflow_speed::metrics::observe(&speed.config, &speed.served);
+    }
     observe_allocator();
     let mut out = Vec::new();
     TextEncoder::new()

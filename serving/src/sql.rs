@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::speed_layer::Speeds;
 use arrow::array::RecordBatch;
 use datafusion::common::DataFusionError;
 use datafusion::config::Dialect;
@@ -32,7 +33,6 @@ use lambdaflow_common::config::{Config, ServingConfig};
 use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::table::merged_batch;
 use lambdaflow_common::view::fingerprint;
-use lambdaflow_speed::served::Served;
 
 /// Why a statement got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -114,12 +114,12 @@ const UNBOUNDED_FUNCTIONS: [&str; 7] = [
 pub async fn query(
     config: &Config,
     lake: &LakeReader,
-    served: &Served,
+    speeds: &Speeds,
     sql: &str,
     tables: Tables,
 ) -> Result<Answer, SqlError> {
     let limits = &config.serving;
-    tokio::time::timeout(limits.sql_timeout, run(config, lake, served, sql, tables))
+    tokio::time::timeout(limits.sql_timeout, run(config, lake, speeds, sql, tables))
         .await
         .unwrap_or(Err(SqlError::Timeout(limits.sql_timeout)))
 }
@@ -127,7 +127,7 @@ pub async fn query(
 async fn run(
     config: &Config,
     lake: &LakeReader,
-    served: &Served,
+    speeds: &Speeds,
     sql: &str,
     tables: Tables,
 ) -> Result<Answer, SqlError> {
@@ -149,22 +149,20 @@ async fn run(
             .iter()
             .any(|r| r.schema() == Some("information_schema"));
     let names: std::collections::BTreeSet<String> = if catalogue {
-        let source = &config.source.name;
+        let sources = config.sources.iter().filter(|_| tables == Tables::All);
         config
             .views
             .iter()
             .map(|v| v.name.clone())
             .chain(
-                [format!("raw_{source}"), format!("quarantine_{source}")]
-                    .into_iter()
-                    .filter(|_| tables == Tables::All),
+                sources.flat_map(|s| [format!("raw_{}", s.name), format!("quarantine_{}", s.name)]),
             )
             .collect()
     } else {
         references.iter().map(|r| r.table().to_owned()).collect()
     };
     for name in &names {
-        register(config, lake, served, &ctx, name, tables).await?;
+        register(config, lake, speeds, &ctx, name, tables).await?;
     }
     let plan = ctx
         .state()
@@ -255,50 +253,47 @@ fn first_words(statement: &str) -> String {
 async fn register(
     config: &Config,
     lake: &LakeReader,
-    served: &Served,
+    speeds: &Speeds,
     ctx: &SessionContext,
     name: &str,
     tables: Tables,
 ) -> Result<(), SqlError> {
     let internal = |e: &dyn std::fmt::Display| SqlError::Internal(format!("table `{name}`: {e}"));
-    let source = &config.source.name;
-    if let Some(i) = config.views.iter().position(|v| v.name == name) {
-        let view = &config.views[i];
-        let layout = ViewLayout::new(&config.source, view).map_err(|e| internal(&e))?;
+    if let Some(at) = speeds.view(name) {
+        let view = &config.views[at.global];
+        let source = config.source_of(view);
+        let layout = ViewLayout::new(source, view).map_err(|e| internal(&e))?;
         let pair = {
-            let Some(snapshot) = served.snapshot() else {
+            let Some(snapshot) = speeds.served(at.source).snapshot() else {
                 return Err(SqlError::Starting);
             };
-            snapshot.detach(i, |_| true)
+            snapshot.detach(at.index, |_| true)
         };
-        if pair.batch().redefined(&fingerprint(&config.source, view)) {
+        if pair.batch().redefined(&fingerprint(source, view)) {
             return Err(SqlError::Rebuilding(view.name.clone()));
         }
-        let batch = merged_batch(
-            &config.source,
-            view,
-            &layout,
-            &[&pair.batch().state, pair.speed()],
-        )
-        .map_err(|e| internal(&e))?;
+        let batch = merged_batch(source, view, &layout, &[&pair.batch().state, pair.speed()])
+            .map_err(|e| internal(&e))?;
         let table =
             MemTable::try_new(layout.schema, vec![vec![batch]]).map_err(|e| internal(&e))?;
         ctx.register_table(name, Arc::new(table))
             .map_err(|e| internal(&e))?;
         return Ok(());
     }
-    let table = if name == format!("raw_{source}") {
-        SourceTable::Raw
-    } else if name == format!("quarantine_{source}") {
-        SourceTable::Quarantine
-    } else {
-        return Ok(());
+    let table = |prefix: &str| {
+        let name = name.strip_prefix(prefix)?;
+        config.sources.iter().find(|s| s.name == name)
+    };
+    let (source, table) = match (table("raw_"), table("quarantine_")) {
+        (Some(source), _) => (source, SourceTable::Raw),
+        (_, Some(source)) => (source, SourceTable::Quarantine),
+        (None, None) => return Ok(()),
     };
     if tables == Tables::Views {
         return Err(SqlError::Forbidden(name.to_owned()));
     }
     // A table not there yet (nothing archived) is not registered: its name stays unknown.
-    lake.register(ctx, name, &config.source, table)
+    lake.register(ctx, name, source, table)
         .await
         .map_err(|e| internal(&e))?;
     Ok(())

@@ -72,9 +72,9 @@ const ROUTES: [(&str, &str, Scope); 12] = [
 
 #[tokio::test]
 async fn every_route_asks_for_its_scope() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let state = state_with(&broker, &lake, with_tokens(Config::demo()));
+    let state = state_with(&broker, &lake, with_tokens(Config::shop()));
     for (method, path, scope) in ROUTES {
         let (status, reply) = call(&state, request(method, path, None)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {reply}");
@@ -142,7 +142,7 @@ async fn every_route_asks_for_its_scope() {
         "the catalogue shows a query token no lake table: {reply}"
     );
 
-    let mut public = with_tokens(Config::demo());
+    let mut public = with_tokens(Config::shop());
     public.serving.metrics_public = true;
     let public = state_with(&broker, &lake, public);
     let (status, _) = call(&public, request("GET", "/metrics", None)).await;
@@ -151,9 +151,9 @@ async fn every_route_asks_for_its_scope() {
 
 #[tokio::test]
 async fn writes_refuse_other_content_types_and_other_origins() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.serving.allowed_origins = vec!["https://ops.example".into()];
     let state = state_with(&broker, &lake, config);
     let writes = [
@@ -214,9 +214,9 @@ async fn writes_refuse_other_content_types_and_other_origins() {
 
 #[tokio::test]
 async fn sql_is_held_to_its_concurrency_answer_size_and_functions() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.serving.sql_max_concurrent = 1;
     config.serving.sql_max_answer_bytes = 200;
     config.serving.sql_timeout = Duration::from_secs(2);
@@ -271,7 +271,7 @@ async fn sql_is_held_to_its_concurrency_answer_size_and_functions() {
 fn tls_files_that_do_not_load_stop_the_start() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.serving.tls_cert = Some(dir.path().join("missing.pem"));
     config.serving.tls_key = Some(dir.path().join("missing-key.pem"));
     let error = runtime.block_on(http::tls(&config)).unwrap_err();
@@ -280,14 +280,14 @@ fn tls_files_that_do_not_load_stop_the_start() {
 
 #[tokio::test]
 async fn the_api_speaks_tls_with_the_configured_certificate() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let mut config = with_tokens(Config::demo());
+    let mut config = with_tokens(Config::shop());
     config.serving.tls_cert = Some(cert);
     config.serving.tls_key = Some(key);
     let state: AppState = state_with(&broker, &lake, config);

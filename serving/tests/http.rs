@@ -18,6 +18,7 @@ use lambdaflow_kafka::consumer::Consumer;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_serving::http::{AppState, app};
+use lambdaflow_serving::speed_layer::Speeds;
 use lambdaflow_speed::served::{Progress, Served, ViewPair};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,7 @@ mod support;
 use support::{call, caught_up, state_with};
 
 fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> AppState {
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.serving.max_body_bytes = max_body;
     state_with(broker, lake, config)
 }
@@ -70,7 +71,7 @@ fn produced_keys(broker: &EmbeddedBroker) -> Vec<String> {
 
 #[tokio::test]
 async fn events_are_validated_produced_and_acknowledged() {
-    let broker = EmbeddedBroker::start("events", 4).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 4)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 1 << 20, &lake);
 
@@ -98,7 +99,7 @@ async fn events_are_validated_produced_and_acknowledged() {
 
 #[tokio::test]
 async fn events_may_name_their_source_and_an_unknown_source_is_404() {
-    let broker = EmbeddedBroker::start("events", 4).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 4)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 1 << 20, &lake);
     let to = |source: &str, body: String| {
@@ -126,7 +127,7 @@ async fn events_may_name_their_source_and_an_unknown_source_is_404() {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
-    let broker = EmbeddedBroker::start("events", 4).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 4)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 256, &lake);
 
@@ -158,7 +159,7 @@ async fn bad_requests_get_json_errors() {
 
 #[tokio::test]
 async fn readiness_follows_the_state() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 1024, &lake);
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
@@ -173,7 +174,7 @@ async fn readiness_follows_the_state() {
 
 #[tokio::test]
 async fn batch_runs_are_triggered_listed_and_never_overlap() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 1024, &lake);
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
@@ -259,7 +260,7 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
 
 #[tokio::test]
 async fn views_are_listed_and_bad_queries_are_named() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 1 << 16, &lake);
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
@@ -389,7 +390,7 @@ async fn views_are_listed_and_bad_queries_are_named() {
 
 #[tokio::test]
 async fn view_queries_are_held_to_their_limits() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state_with_data(&broker, &lake).await;
     let limited = |change: &dyn Fn(&mut lambdaflow_common::config::ServingConfig)| {
@@ -533,7 +534,7 @@ async fn state_with_data_at(
     let state = state(broker, 1 << 20, lake);
     let config = state.config.clone();
     let now = 1_763_856_000_000_000; // 2025-11-23T00:00:00Z in microseconds
-    let validator = Validator::new(&config.source);
+    let validator = Validator::new(config.source());
     let messages = fixed_messages();
     let validated = validate_in_order(&validator, now, &messages);
     let upto = [(0, messages.len() as i64 - 1)].into();
@@ -541,7 +542,7 @@ async fn state_with_data_at(
     for (url, schema, partition_by, batch) in [
         (
             lake_root.raw("events"),
-            raw_schema(&config.source),
+            raw_schema(config.source()),
             EVENT_DATE,
             &validated.events,
         ),
@@ -594,7 +595,10 @@ async fn state_with_data_at(
         .collect();
     let folded = progress.consumed.clone();
     AppState {
-        served: Served::from_parts(pairs, folded, progress),
+        speeds: Speeds::new(
+            &state.config,
+            vec![Served::from_parts(pairs, folded, progress)],
+        ),
         ..state
     }
 }
@@ -632,7 +636,7 @@ fn golden(name: &str, got: &Value) {
 
 #[tokio::test]
 async fn sql_answers_over_merged_views_and_lake_tables() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state_with_data(&broker, &lake).await;
 
@@ -703,7 +707,7 @@ async fn sql_answers_over_merged_views_and_lake_tables() {
 
 #[tokio::test]
 async fn sql_refuses_all_but_queries_and_enforces_its_limits() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let mut state = state_with_data(&broker, &lake).await;
     let mut config = (*state.config).clone();
@@ -858,7 +862,7 @@ async fn sql_refuses_all_but_queries_and_enforces_its_limits() {
 
 #[tokio::test]
 async fn quarantine_lists_the_latest_refusals_with_reasons() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let empty_lake = tempfile::tempdir().unwrap();
     let empty = state(&broker, 1 << 20, &empty_lake);
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
@@ -894,7 +898,7 @@ async fn quarantine_lists_the_latest_refusals_with_reasons() {
 
 #[tokio::test]
 async fn lake_status_lists_every_table_and_sets_its_gauges() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state_with_data(&broker, &lake).await;
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
@@ -939,7 +943,7 @@ async fn lake_status_lists_every_table_and_sets_its_gauges() {
 
 #[tokio::test]
 async fn metrics_are_prometheus_text_with_scrape_time_gauges() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let progress = Progress {
         heads: [(0, 50), (1, 7)].into(),
@@ -962,10 +966,10 @@ async fn metrics_are_prometheus_text_with_scrape_time_gauges() {
         .unwrap();
     let text = String::from_utf8(body.to_vec()).unwrap();
     for line in [
-        "lambdaflow_speed_lag_messages{partition=\"0\"} 7",
-        "lambdaflow_speed_lag_messages{partition=\"1\"} 7",
-        "lambdaflow_speed_consumed_offset{partition=\"0\"} 42",
-        "lambdaflow_speed_head_offset{partition=\"0\"} 50",
+        "lambdaflow_speed_lag_messages{partition=\"0\",source=\"events\"} 7",
+        "lambdaflow_speed_lag_messages{partition=\"1\",source=\"events\"} 7",
+        "lambdaflow_speed_consumed_offset{partition=\"0\",source=\"events\"} 42",
+        "lambdaflow_speed_head_offset{partition=\"0\",source=\"events\"} 50",
         "lambdaflow_view_batch_version{view=\"sales_by_country\"} 1",
         "# TYPE lambdaflow_speed_events_valid_total counter",
         "# TYPE lambdaflow_speed_events_duplicate_total counter",
@@ -982,13 +986,20 @@ async fn metrics_are_prometheus_text_with_scrape_time_gauges() {
         .lines()
         .find(|l| l.starts_with("lambdaflow_view_speed_groups{view=\"sales_by_country\"}"))
         .unwrap();
-    let expected = state.served.snapshot().unwrap().pair(0).speed().len();
+    let expected = state
+        .speeds
+        .served(0)
+        .snapshot()
+        .unwrap()
+        .pair(0)
+        .speed()
+        .len();
     assert!(groups.ends_with(&format!(" {expected}")), "{groups}");
 }
 
 #[tokio::test]
 async fn every_documented_route_is_served_and_every_error_is_json() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state_with_data(&broker, &lake).await;
     let document: Value =
@@ -1010,7 +1021,7 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
     }
     assert_eq!(
         served["paths"]["/v1/events/{source}"]["post"]["parameters"][0]["schema"],
-        json!({"type": "string", "enum": [state.config.source.name]}),
+        json!({"type": "string", "enum": [state.config.source().name]}),
         "the served document names this config's source"
     );
     assert_eq!(
@@ -1031,7 +1042,7 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
     for (path, item) in document["paths"].as_object().unwrap() {
         let uri = path
             .replace("{name}", "sales_by_country")
-            .replace("{source}", &state.config.source.name)
+            .replace("{source}", &state.config.source().name)
             .replace("{id}", "20990101T000000000Z-000000");
         for method in methods {
             let documented = item.get(method).is_some();
@@ -1147,7 +1158,7 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
 
 #[tokio::test]
 async fn the_dashboard_is_one_self_contained_page() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 1024, &lake);
     let response = app(state)
@@ -1185,7 +1196,7 @@ async fn the_dashboard_is_one_self_contained_page() {
 
 #[tokio::test]
 async fn answers_say_when_offsets_were_lost_and_a_halted_partition_is_not_ready() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let lost = Progress {
         lost: [(0, vec![(5, 9)])].into(),
@@ -1228,7 +1239,7 @@ async fn answers_say_when_offsets_were_lost_and_a_halted_partition_is_not_ready(
 
 #[tokio::test]
 async fn a_redefined_view_answers_503_until_its_batch_side_is_recomputed() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let base = state(&broker, 1 << 20, &lake);
     let at = |definition: &str| {
@@ -1247,8 +1258,9 @@ async fn a_redefined_view_answers_503_until_its_batch_side_is_recomputed() {
                 ViewPair::new(Arc::new(batch), ViewState::new())
             })
             .collect();
+        let served = Served::from_parts(pairs, Default::default(), caught_up());
         AppState {
-            served: Served::from_parts(pairs, Default::default(), caught_up()),
+            speeds: Speeds::new(&base.config, vec![served]),
             ..base.clone()
         }
     };
@@ -1276,10 +1288,10 @@ async fn a_redefined_view_answers_503_until_its_batch_side_is_recomputed() {
 
 #[tokio::test]
 async fn an_event_up_to_max_event_bytes_is_accepted_whatever_its_size() {
-    let broker = EmbeddedBroker::start("events", 4).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 4)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let mut config = Config::demo();
-    config.source.max_event_bytes = 2_000_000;
+    let mut config = Config::shop();
+    config.sources[0].max_event_bytes = 2_000_000;
     config.serving.max_body_bytes = 4 << 20;
     let state = state_with(&broker, &lake, config);
     let mut event = good("big");
@@ -1294,7 +1306,7 @@ async fn an_event_up_to_max_event_bytes_is_accepted_whatever_its_size() {
 /// time as its message timestamp, which every layer then validates against.
 #[tokio::test]
 async fn collected_events_carry_their_arrival_time() {
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state(&broker, 1 << 20, &lake);
     let before = lambdaflow_common::timestamp::now_micros() / 1000;
@@ -1322,8 +1334,8 @@ async fn collected_events_carry_their_arrival_time() {
 async fn both_consumers_judge_an_event_by_its_message_timestamp() {
     use lambdaflow_kafka::consumer::{ChunkPolicy, ChunkReader};
 
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
-    let mut source = Config::demo().source;
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
+    let mut source = Config::shop().source().clone();
     source.max_past = Some(Duration::from_secs(400 * 86_400));
     let producer = Producer::new(broker.bootstrap_servers()).unwrap();
     let sent_ms = 1_600_000_000_000_i64; // 2020-09-13
@@ -1535,9 +1547,9 @@ mod hostile {
 /// The demo's config with undeclared fields kept, no effective `max_future` (so that year
 /// 9999 is valid) and a view that sums, bounds and averages the integer and float fields.
 fn hostile_config() -> Config {
-    let mut config = Config::demo();
-    config.source.keep_undeclared = true;
-    config.source.max_future = Duration::from_secs(10_000 * 366 * 86_400);
+    let mut config = Config::shop();
+    config.sources[0].keep_undeclared = true;
+    config.sources[0].max_future = Duration::from_secs(10_000 * 366 * 86_400);
     config.views.push(
         serde_json::from_value(json!({
             "name": "hostile_by_day",
@@ -1558,8 +1570,7 @@ fn hostile_config() -> Config {
         }))
         .unwrap(),
     );
-    config
-        .source
+    config.sources[0]
         .fields
         .push(serde_json::from_value(json!({"name": "seen_at", "type": "timestamp"})).unwrap());
     config.views.push(
@@ -1594,12 +1605,12 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     use lambdaflow_serving::speed_layer::load_batch_view;
     use lambdaflow_speed::engine::Speed;
 
-    let broker = EmbeddedBroker::start("events", 1).unwrap();
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state_with(&broker, &lake, hostile_config());
     let config = state.config.clone();
     // As the archiver and the speed layer validate: with the views' filters.
-    let validator = Validator::new(&config.source)
+    let validator = Validator::new(config.source())
         .with_views(&config.views)
         .unwrap();
     let validated = validate_in_order(&validator, 1_763_856_000_000_000, &messages);
@@ -1620,7 +1631,7 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     for (url, schema, partition_by) in [
         (
             lake_root.raw("events"),
-            raw_schema(&config.source),
+            raw_schema(config.source()),
             EVENT_DATE,
         ),
         (
@@ -1671,7 +1682,7 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     for date in speed.dates_to_load(&validated.events) {
         let mut ids = 0;
         reader
-            .raw_ids(&config.source, raw_version.unwrap(), date, |part| {
+            .raw_ids(config.source(), raw_version.unwrap(), date, |part| {
                 ids += arrow::array::Array::len(part);
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
             })
@@ -1687,7 +1698,7 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     for (view, pair) in config.views.iter().zip(snapshot.pairs()) {
         let batch = load_batch_view(&config, &reader, view).await.unwrap();
         let query = Query::whole(view);
-        let whole = |part| answer(&config.source, view, &[part], &query, &AnswerLimits::NONE);
+        let whole = |part| answer(config.source(), view, &[part], &query, &AnswerLimits::NONE);
         let from_batch = whole(&batch.state).unwrap();
         let from_speed = whole(pair.speed()).unwrap();
         assert_eq!(from_batch.len(), from_speed.len(), "{}", view.name);
@@ -1704,8 +1715,9 @@ async fn through_every_stage(messages: Vec<Vec<u8>>) {
     if let Some(python) = std::env::var_os("LAMBDAFLOW_PYTHON") {
         readable_from_python(&python, lake.path(), &config, validated.events.num_rows());
     }
+    let served = Served::from_parts(pairs, Default::default(), caught_up());
     let state = AppState {
-        served: Served::from_parts(pairs, Default::default(), caught_up()),
+        speeds: Speeds::new(&state.config, vec![served]),
         ..state
     };
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();

@@ -89,10 +89,10 @@ impl SpeedLayer {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         // Events a view filter cannot evaluate are rejected (`unprocessable:view_filter`) and
         // counted with the other rejects, as the archiver quarantines them.
-        let validator = Validator::new(&self.config.source)
+        let validator = Validator::new(self.config.source())
             .with_views(&self.config.views)
             .map_err(Error::Filter)?;
-        let topic = &self.config.kafka.topic;
+        let topic = &self.config.source().topic;
         let consumer = Consumer::speed(&self.brokers, &self.config.kafka.group_id, topic)?;
         let Some(partitions) = consumer.wait_for_partitions(&shutdown).await else {
             return Ok(());
@@ -170,7 +170,7 @@ impl SpeedLayer {
             task: "partition bounds",
             message: e.to_string(),
         })??;
-        let topic = &self.config.kafka.topic;
+        let topic = &self.config.source().topic;
         let mut consume = BTreeMap::new();
         let mut heads = BTreeMap::new();
         let mut halted = BTreeMap::new();
@@ -188,7 +188,9 @@ impl SpeedLayer {
                     broker_head = high,
                     "{reason}"
                 );
-                metrics::HALTED.with_label_values(&[&p.to_string()]).set(1);
+                metrics::HALTED
+                    .with_label_values(&[self.config.source().name.as_str(), &p.to_string()])
+                    .set(1);
                 halted.insert(p, reason);
                 continue;
             }
@@ -230,7 +232,10 @@ impl SpeedLayer {
     }
 
     async fn fold(&mut self, chunk: Chunk) -> Result<()> {
-        metrics::MESSAGES.inc_by(chunk.messages as u64);
+        let source = [self.config.source().name.as_str()];
+        metrics::MESSAGES
+            .with_label_values(&source)
+            .inc_by(chunk.messages as u64);
         if !chunk.lost.is_empty() {
             self.speed.served().publish(|progress| {
                 for range in &chunk.lost {
@@ -238,10 +243,14 @@ impl SpeedLayer {
                 }
             });
         }
-        metrics::VALID.inc_by(chunk.validated.events.num_rows() as u64);
+        metrics::VALID
+            .with_label_values(&source)
+            .inc_by(chunk.validated.events.num_rows() as u64);
         if let Some(reasons) = chunk.validated.rejects.column_by_name("reason") {
             for reason in reasons.as_string::<i32>().iter().flatten() {
-                metrics::INVALID.with_label_values(&[reason]).inc();
+                metrics::INVALID
+                    .with_label_values(&[source[0], reason])
+                    .inc();
             }
         }
         let events = chunk.validated.events;
@@ -253,7 +262,9 @@ impl SpeedLayer {
             self.speed.loaded_ids(loading)?;
         }
         let folded = self.speed.fold(events, &chunk.upto)?;
-        metrics::DUPLICATES.inc_by(folded.duplicates as u64);
+        metrics::DUPLICATES
+            .with_label_values(&source)
+            .inc_by(folded.duplicates as u64);
         Ok(())
     }
 }
@@ -355,7 +366,7 @@ mod tests {
         batches: Vec<Arc<BatchView>>,
         done: impl Fn(&Served) -> bool,
     ) -> Served {
-        let mut config = Config::demo();
+        let mut config = Config::shop();
         config.kafka.brokers = brokers.to_owned();
         let config = Arc::new(config);
         let served = Served::new();
@@ -387,7 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_deleted_by_retention_are_lost_and_the_rest_is_still_read() {
-        let broker = EmbeddedBroker::start("events", 1).unwrap();
+        let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
         let brokers = broker.bootstrap_servers().to_owned();
         // The embedded broker keeps about 5 MiB per partition: 4,000 events of 2 KB overflow it.
         produce(&brokers, 4_000);
@@ -423,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_partition_below_the_lakes_offsets_is_halted_and_not_read() {
-        let broker = EmbeddedBroker::start("events", 1).unwrap();
+        let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
         let brokers = broker.bootstrap_servers().to_owned();
         produce(&brokers, 10);
         // The views cover offsets up to 999: the lake saw a longer topic than this one.

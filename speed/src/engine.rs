@@ -117,14 +117,14 @@ impl Speed {
     /// A speed layer for `config` over `batches` (one per view, in config order), publishing
     /// into `served`, which from then on has a snapshot.
     pub fn new(config: Arc<Config>, served: Served, batches: Vec<Arc<BatchView>>) -> Result<Self> {
-        let schema = raw_schema(&config.source);
+        let schema = raw_schema(config.source());
         let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
         let ctx = SessionContext::new();
         let mut filters = Vec::new();
         for view in &config.views {
             filters.push(match &view.filter {
                 Some(sql) => {
-                    let expr = parse_filter(&config.source, sql).map_err(Error::Filter)?;
+                    let expr = parse_filter(config.source(), sql).map_err(Error::Filter)?;
                     Some(ctx.create_physical_expr(expr, &df_schema)?)
                 }
                 None => None,
@@ -227,7 +227,7 @@ impl Speed {
                 last = Some(date);
             }
         }
-        let oldest = self.config.source.oldest_live_date(now_micros());
+        let oldest = self.config.source().oldest_live_date(now_micros());
         self.seen.dates_to_load(&needed, oldest)
     }
 
@@ -306,7 +306,7 @@ impl Speed {
             for ((pair, view), mask) in views.pairs.iter_mut().zip(&self.config.views).zip(&masks) {
                 let mask = and(mask, &beyond(&first, |p| pair.batch().next_offset(p)))?;
                 pair.speed_mut()
-                    .fold(&self.config.source, view, &first, &mask)?;
+                    .fold(self.config.source(), view, &first, &mask)?;
             }
             for (p, o) in consumed {
                 let entry = views.folded.entry(*p).or_insert(*o);
@@ -433,7 +433,7 @@ impl Speed {
                     if let Some(watermark) = &new.watermark {
                         mask = and(&mask, &raw.absent(watermark.raw_version, events))?;
                     }
-                    state.fold(&self.config.source, &self.config.views[*i], events, &mask)?;
+                    state.fold(self.config.source(), &self.config.views[*i], events, &mask)?;
                 }
                 Ok(())
             })?;
@@ -528,7 +528,7 @@ fn beyond(events: &RecordBatch, next: impl Fn(i32) -> i64) -> BooleanArray {
 #[cfg(test)]
 mod tests {
     use lambdaflow_common::query::{AnswerLimits, Query, Rollup, Value, answer};
-    use lambdaflow_common::sample::{Mix, ShopGenerator};
+    use lambdaflow_common::sample::{Generator, Mix};
     use lambdaflow_common::timestamp::now_micros;
     use lambdaflow_common::validate::{Coordinates, Validator};
 
@@ -538,12 +538,12 @@ mod tests {
     const TRAFFIC: usize = 1;
 
     fn config() -> Arc<Config> {
-        Arc::new(Config::demo())
+        Arc::new(Config::shop())
     }
 
     /// Validated events with ids `rows[i].0` at (partition, offset) `rows[i].1`.
     fn events(config: &Config, rows: &[(&str, (i32, i64))]) -> RecordBatch {
-        let validator = Validator::new(&config.source);
+        let validator = Validator::new(config.source());
         let mut builder = validator.batch_builder("events", now_micros());
         for (id, (partition, offset)) in rows {
             let payload = format!(
@@ -600,7 +600,7 @@ mod tests {
             limit: None,
         };
         let rows = answer(
-            &config.source,
+            config.source(),
             &config.views[TRAFFIC],
             states,
             &query,
@@ -623,7 +623,7 @@ mod tests {
         let mut state = ViewState::new();
         let all = BooleanArray::from(vec![true; events.num_rows()]);
         state
-            .fold(&config.source, &config.views[TRAFFIC], events, &all)
+            .fold(config.source(), &config.views[TRAFFIC], events, &all)
             .unwrap();
         Arc::new(BatchView {
             version: Some(1),
@@ -759,13 +759,13 @@ mod tests {
         let config = config();
         let served = Served::new();
         let mut speed = Speed::before_any_batch(config.clone(), served.clone()).unwrap();
-        let validator = Validator::new(&config.source);
+        let validator = Validator::new(config.source());
         let mix = Mix {
             duplicates: 0.0,
             late: 0.0,
             invalid: 0.0,
         };
-        let mut generator = ShopGenerator::new(3, 100, mix);
+        let mut generator = Generator::shop(3, 100, mix);
         let now = now_micros();
         for offset in 0..500 {
             let mut builder = validator.batch_builder("events", now);

@@ -6,98 +6,94 @@
 use std::sync::LazyLock;
 
 use lambdaflow_common::config::Config;
-use prometheus::{
-    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_int_counter,
-    register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-};
+use prometheus::{IntCounterVec, IntGaugeVec, register_int_counter_vec, register_int_gauge_vec};
 
 use crate::served::Served;
 
-/// Messages read from Kafka.
-pub static MESSAGES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+/// Messages read from Kafka, by source.
+pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
         "lambdaflow_speed_messages_total",
-        "Messages the speed layer read from Kafka"
+        "Messages the speed layer read from Kafka, by source",
+        &["source"],
     )
-    .expect("registered once")
 });
 
-/// Valid events, duplicates included.
-pub static VALID: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+/// Valid events, duplicates included, by source.
+pub static VALID: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
         "lambdaflow_speed_events_valid_total",
-        "Valid events the speed layer read, duplicates included"
+        "Valid events the speed layer read, duplicates included, by source",
+        &["source"],
     )
-    .expect("registered once")
 });
 
-/// Invalid events by reason code.
+/// Invalid events by source and reason code.
 pub static INVALID: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    counter_vec(
         "lambdaflow_speed_events_invalid_total",
-        "Invalid events the speed layer read, by reason code",
-        &["reason"]
+        "Invalid events the speed layer read, by source and reason code",
+        &["source", "reason"],
     )
-    .expect("registered once")
 });
 
-/// Valid events dropped as duplicates of an earlier event.
-pub static DUPLICATES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+/// Valid events dropped as duplicates of an earlier event, by source.
+pub static DUPLICATES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
         "lambdaflow_speed_events_duplicate_total",
-        "Valid events the speed layer dropped as duplicates"
+        "Valid events the speed layer dropped as duplicates, by source",
+        &["source"],
     )
-    .expect("registered once")
 });
 
-fn gauge(name: &str, help: &str) -> IntGauge {
-    register_int_gauge!(name, help).expect("registered once")
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register_int_counter_vec!(name, help, labels).expect("registered once")
 }
 
-fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
-    register_int_gauge_vec!(name, help, &[label]).expect("registered once")
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register_int_gauge_vec!(name, help, labels).expect("registered once")
 }
 
 static CONSUMED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_consumed_offset",
         "Last offset the speed layer consumed, per partition",
-        "partition",
+        &["source", "partition"],
     )
 });
 static HEAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_head_offset",
         "Latest head read of each partition (the next offset to be written)",
-        "partition",
+        &["source", "partition"],
     )
 });
 static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_lag_messages",
         "Messages written to a partition that the speed layer has not consumed yet",
-        "partition",
+        &["source", "partition"],
     )
 });
 static BATCH_VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_view_batch_version",
         "Version of the view table the batch side is loaded from (-1: none yet)",
-        "view",
+        &["view"],
     )
 });
 static BATCH_GROUPS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_view_batch_groups",
         "Groups (bucket, dimension values) on the batch side of a view",
-        "view",
+        &["view"],
     )
 });
 static SPEED_GROUPS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_view_speed_groups",
         "Groups (bucket, dimension values) on the speed side of a view",
-        "view",
+        &["view"],
     )
 });
 /// 1 for a partition the speed layer does not consume because the broker's head is below the
@@ -106,64 +102,71 @@ pub static HALTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_partition_halted",
         "1 for a partition not consumed because the topic went back below the lake's offsets",
-        "partition",
+        &["source", "partition"],
     )
 });
-static RETAINED: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
+static RETAINED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
         "lambdaflow_speed_retained_events",
-        "First occurrences the speed layer keeps since the lowest batch watermark",
+        "First occurrences the speed layer keeps since the lowest batch watermark, by source",
+        &["source"],
     )
 });
-static RETAINED_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
+static RETAINED_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
         "lambdaflow_speed_retained_bytes",
-        "Bytes of the Arrow buffers holding retained first occurrences not yet written to disk",
+        "Bytes of the Arrow buffers holding retained first occurrences not yet written to disk, by source",
+        &["source"],
     )
 });
-static RETAINED_DISK_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
+static RETAINED_DISK_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
         "lambdaflow_speed_retained_disk_bytes",
-        "Bytes of the local files holding retained first occurrences",
+        "Bytes of the local files holding retained first occurrences, by source",
+        &["source"],
     )
 });
-static ID_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
+static ID_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
         "lambdaflow_speed_dedup_id_bytes",
-        "Bytes of memory the ids deduplication remembers take",
+        "Bytes of memory the ids deduplication remembers take, by source",
+        &["source"],
     )
 });
-static ID_DISK_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
+static ID_DISK_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
         "lambdaflow_speed_dedup_id_disk_bytes",
-        "Bytes of the local files holding the ids deduplication remembers",
+        "Bytes of the local files holding the ids deduplication remembers, by source",
+        &["source"],
     )
 });
 static STATE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_state_bytes",
         "Heap bytes of a view's speed state",
-        "view",
+        &["view"],
     )
 });
 
-/// Registers every counter of this module, so that a scrape lists them before any event.
-pub fn register() {
-    LazyLock::force(&MESSAGES);
-    LazyLock::force(&VALID);
+/// Registers every counter of this module with `source`'s series, so that a scrape lists
+/// them before any event.
+pub fn register(source: &str) {
+    for counter in [&*MESSAGES, &*VALID, &*DUPLICATES] {
+        counter.with_label_values(&[source]);
+    }
     LazyLock::force(&INVALID);
-    LazyLock::force(&DUPLICATES);
 }
 
-/// Sets the gauges from `served`: offsets, heads and lag per partition, versions and groups
-/// per view of `config`, the retained events.
+/// Sets the gauges from `served`, the speed layer of `config`'s one source: offsets, heads and
+/// lag per partition, versions and groups per view, the retained events.
 pub fn observe(config: &Config, served: &Served) {
-    register();
+    let source = config.source().name.as_str();
+    register(source);
     lambdaflow_kafka::metrics::register();
     let progress = served.progress();
     let lag = progress.lag();
     for (p, head) in &progress.heads {
-        let partition = [p.to_string()];
+        let partition = [source, &p.to_string()];
         HEAD.with_label_values(&partition).set(*head);
         CONSUMED
             .with_label_values(&partition)
@@ -171,15 +174,16 @@ pub fn observe(config: &Config, served: &Served) {
         LAG.with_label_values(&partition)
             .set(lag.get(p).copied().unwrap_or(0));
     }
+    let retained_gauges = [
+        &*RETAINED,
+        &*RETAINED_BYTES,
+        &*RETAINED_DISK_BYTES,
+        &*ID_BYTES,
+        &*ID_DISK_BYTES,
+    ];
     let Some(snapshot) = served.snapshot() else {
-        for gauge in [
-            &*RETAINED,
-            &*RETAINED_BYTES,
-            &*RETAINED_DISK_BYTES,
-            &*ID_BYTES,
-            &*ID_DISK_BYTES,
-        ] {
-            gauge.set(0);
+        for gauge in retained_gauges {
+            gauge.with_label_values(&[source]).set(0);
         }
         return;
     };
@@ -201,9 +205,15 @@ pub fn observe(config: &Config, served: &Served) {
             .set(i64::try_from(pair.speed().heap_bytes()).unwrap_or(i64::MAX));
     }
     let retained = snapshot.retained();
-    RETAINED.set(i64::try_from(retained.events).unwrap_or(i64::MAX));
-    RETAINED_BYTES.set(i64::try_from(retained.memory_bytes).unwrap_or(i64::MAX));
-    RETAINED_DISK_BYTES.set(i64::try_from(retained.disk_bytes).unwrap_or(i64::MAX));
-    ID_BYTES.set(i64::try_from(retained.id_bytes).unwrap_or(i64::MAX));
-    ID_DISK_BYTES.set(i64::try_from(retained.id_disk_bytes).unwrap_or(i64::MAX));
+    let values = [
+        retained.events as u64,
+        retained.memory_bytes as u64,
+        retained.disk_bytes,
+        retained.id_bytes as u64,
+        retained.id_disk_bytes,
+    ];
+    for (gauge, value) in retained_gauges.into_iter().zip(values) {
+        let value = i64::try_from(value).unwrap_or(i64::MAX);
+        gauge.with_label_values(&[source]).set(value);
+    }
 }

@@ -12,7 +12,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::Date32Type;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::query::{AnswerLimits, Query, Rollup, Value, answer};
-use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::schema::EVENT_DATE;
 use lambdaflow_common::state::{Dim, ViewState};
 use lambdaflow_common::timestamp::{format_date, format_micros, now_micros};
@@ -148,7 +148,7 @@ pub type Answer = BTreeMap<String, Vec<Option<f64>>>;
 /// The answer to `query` over the direct aggregation `direct` of view `v`.
 pub fn expected(config: &Config, v: usize, direct: &ViewState, query: &Query) -> Answer {
     let view = &config.views[v];
-    answer(&config.source, view, &[direct], query, &AnswerLimits::NONE)
+    answer(config.source(), view, &[direct], query, &AnswerLimits::NONE)
         .expect("no limits")
         .into_iter()
         .map(|row| {
@@ -295,7 +295,8 @@ pub async fn check(
     distinct
 }
 
-/// Triggers a batch run through the API and waits until every view has swapped it in.
+/// Triggers a batch run through the API and waits until every view of `config`'s one source
+/// has swapped in the raw version the run read for that source.
 pub async fn batch(api: &Api, config: &Config, step: &str) {
     let (status, body) = api.post("/v1/batch/runs", "").await;
     assert_eq!(status, 202, "{step}: {body}");
@@ -311,7 +312,10 @@ pub async fn batch(api: &Api, config: &Config, step: &str) {
     )
     .await;
     let (_, record) = api.get(&format!("/v1/batch/runs/{id}")).await;
-    let raw_version = record["raw_version"].as_u64().unwrap();
+    let source = &config.source().name;
+    let sources = record["sources"].as_array().unwrap();
+    let read = sources.iter().find(|s| s["name"] == **source).unwrap();
+    let raw_version = read["raw_version"].as_u64().unwrap();
     for view in &config.views {
         wait_for(
             &format!("{step}: {} to swap in raw version {raw_version}", view.name),
@@ -339,6 +343,13 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The shop of a test config (text): its `events` source and the views over it, what the
+/// single-source tests produce to and check while the other source idles beside it.
+pub fn shop_config(text: &str) -> Arc<Config> {
+    let config = Config::from_toml(text, "test", std::iter::empty()).unwrap();
+    Arc::new(config.scoped(config.source_named("events").unwrap()))
+}
+
 /// The demo config for a test: the broker at `bootstrap`, the lake at `lake` (a path or a
 /// URL), the API on `port`, batch runs only when asked, and archiver commits every 200 ms.
 pub fn test_config(bootstrap: &str, lake: &str, port: u16) -> String {
@@ -360,8 +371,8 @@ pub fn test_config(bootstrap: &str, lake: &str, port: u16) -> String {
 }
 
 /// Shop events of `users` users: 10% duplicates, 20% late, 5% invalid.
-pub fn shop(seed: u64, users: u32) -> ShopGenerator {
-    ShopGenerator::new(
+pub fn shop(seed: u64, users: u32) -> Generator {
+    Generator::shop(
         seed,
         users,
         Mix {
@@ -373,7 +384,7 @@ pub fn shop(seed: u64, users: u32) -> ShopGenerator {
 }
 
 /// The next `n` messages of `generator` as of now, as (key, payload).
-pub fn messages(generator: &mut ShopGenerator, n: usize) -> Vec<(String, Vec<u8>)> {
+pub fn messages(generator: &mut Generator, n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|_| {
             let s = generator.next_event(now_micros());
@@ -398,8 +409,8 @@ pub struct Truth {
 impl Truth {
     /// Adds `produced` (partition, offset, payload), validated as `config` validates.
     pub fn add(&mut self, config: &Config, produced: &[(i32, i64, Vec<u8>)]) {
-        let validator = Validator::new(&config.source);
-        let mut builder = validator.batch_builder(&config.kafka.topic, now_micros());
+        let validator = Validator::new(config.source());
+        let mut builder = validator.batch_builder(&config.source().topic, now_micros());
         for (partition, offset, payload) in produced {
             let at = Coordinates {
                 partition: *partition,

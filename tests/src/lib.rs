@@ -273,9 +273,9 @@ impl RawWriter {
     pub async fn open(config: &lambdaflow_common::config::Config, partitions: i32) -> Self {
         use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
         let lake = lambdaflow_batch::lake::Lake::new(&config.lake).expect("lake");
-        let schema = raw_schema(&config.source);
+        let schema = raw_schema(config.source());
         let table = lambdaflow_batch::lake::open_or_create(
-            &lake.raw(&config.source.name),
+            &lake.raw(&config.source().name),
             &schema,
             &[EVENT_DATE],
         )
@@ -285,15 +285,15 @@ impl RawWriter {
         let table = lambdaflow_batch::archive::commit::OffsetTable::load(
             table,
             (schema, EVENT_DATE),
-            &config.kafka.topic,
+            &config.source().topic,
             &all,
         )
         .await
         .expect("raw offsets");
         Self {
             table,
-            validator: lambdaflow_common::validate::Validator::new(&config.source),
-            topic: config.kafka.topic.clone(),
+            validator: lambdaflow_common::validate::Validator::new(config.source()),
+            topic: config.source().topic.clone(),
             partitions,
             next_offset: Default::default(),
         }
@@ -350,9 +350,9 @@ pub fn direct_views(
     let mut speed = Speed::before_any_batch(config.clone(), served.clone()).expect("speed state");
     let mut ordered: Vec<_> = messages.iter().collect();
     ordered.sort_by_key(|(p, o, _)| (*p, *o));
-    let validator = lambdaflow_common::validate::Validator::new(&config.source);
+    let validator = lambdaflow_common::validate::Validator::new(config.source());
     let mut builder = validator.batch_builder(
-        &config.kafka.topic,
+        &config.source().topic,
         lambdaflow_common::timestamp::now_micros(),
     );
     for (partition, offset, payload) in ordered {

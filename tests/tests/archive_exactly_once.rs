@@ -453,14 +453,14 @@ async fn archive_survives_sigkill_with_exactly_once_results() {
             let handled = sample(
                 &metrics,
                 "lambdaflow_archiver_events_total",
-                &[("outcome", outcome)],
+                &[("outcome", outcome), ("source", "events")],
             );
             assert!(handled.is_some_and(|n| n > 0.0), "{outcome}: {metrics}");
         }
         let commits = sample(
             &metrics,
             "lambdaflow_archiver_commit_seconds_count",
-            &[("table", "raw")],
+            &[("source", "events"), ("table", "raw")],
         );
         assert!(commits.is_some_and(|n| n >= 1.0), "{metrics}");
         // The allocator's own account of the process's memory.
@@ -601,7 +601,11 @@ async fn a_recreated_topic_halts_the_archiver_until_the_reset_is_accepted() {
             sample(
                 &text,
                 "lambdaflow_topic_reset_detected",
-                &[("component", "archiver"), ("partition", p)],
+                &[
+                    ("component", "archiver"),
+                    ("partition", p),
+                    ("source", "events"),
+                ],
             ) == Some(1.0)
         });
         if halted {

@@ -19,7 +19,7 @@ use datafusion::prelude::SessionContext;
 use lambdaflow_batch::lake::Lake;
 use lambdaflow_batch::views::watermark::view_commit;
 use lambdaflow_common::config::{Config, DEMO_CONFIG};
-use lambdaflow_common::sample::{Mix, ShopGenerator};
+use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_tests::{Process, RawWriter, python, query_table, scratch_dir};
 use rand::{Rng, SeedableRng};
@@ -27,12 +27,12 @@ use rand::{Rng, SeedableRng};
 const PARTITIONS: i32 = 4;
 
 fn config_for(lake: &Path) -> Config {
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.lake.uri = lake.display().to_string();
     config
 }
 
-fn payloads(generator: &mut ShopGenerator, n: usize) -> Vec<Vec<u8>> {
+fn payloads(generator: &mut Generator, n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|_| generator.next_event(now_micros()).payload)
         .collect()
@@ -162,7 +162,7 @@ async fn killed_runs_publish_nothing_partial_and_the_next_run_equals_a_clean_one
     let config = config_for(&lake_dir);
     let lake = Lake::new(&config.lake).unwrap();
 
-    let mut generator = ShopGenerator::new(
+    let mut generator = Generator::shop(
         seed,
         5_000,
         Mix {

@@ -74,7 +74,7 @@ fn environment_overrides_reach_the_config() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        stdout.contains("topic `clicks` on kafka-1:9092"),
+        stdout.contains("brokers kafka-1:9092") && stdout.contains("source events: topic `clicks`"),
         "{stdout}"
     );
 }
@@ -119,9 +119,9 @@ fn old_rows(config_path: &str, lake: &str, days_ago: i64) {
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let config = lambdaflow_serving::commands::load_config(&root.join(config_path)).unwrap();
-    let validator = Validator::new(&config.source);
+    let validator = Validator::new(config.source());
     let then = now_micros() - days_ago * MICROS_PER_DAY;
-    let mut builder = validator.batch_builder(&config.kafka.topic, then);
+    let mut builder = validator.batch_builder(&config.source().topic, then);
     let json = serde_json::json!({
         "event_id": format!("old-{days_ago}"), "event_time": then / 1000, "type": "view",
         "user_id": "u1", "country": "KR",
@@ -150,13 +150,13 @@ fn old_rows(config_path: &str, lake: &str, days_ago: i64) {
     .unwrap();
     let tables = [
         (
-            lake.raw(&config.source.name),
-            raw_schema(&config.source),
+            lake.raw(&config.source().name),
+            raw_schema(config.source()),
             EVENT_DATE,
             validated.events,
         ),
         (
-            lake.quarantine(&config.source.name),
+            lake.quarantine(&config.source().name),
             quarantine_schema(),
             INGEST_DATE,
             validated.rejects,

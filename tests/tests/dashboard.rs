@@ -161,6 +161,9 @@ async fn the_demo_dashboard_charts_every_view_in_chromium() {
         .await;
     assert_eq!(status, 200, "{reply}");
 
+    let (_, listed) = http.get(&format!("{base}/v1/views")).await;
+    let views = listed["views"].as_array().unwrap().len();
+    assert_eq!(views, 5, "{listed}");
     let script = r##"
         const charts = [...document.querySelectorAll("svg.chart")];
         return {
@@ -183,7 +186,7 @@ async fn the_demo_dashboard_charts_every_view_in_chromium() {
                 .await;
             let shown = reply["value"].clone();
             let points = shown["points"].as_object()?;
-            let ready = points.len() == 3
+            let ready = points.len() == views
                 && points.values().all(|p| p.as_u64().is_some_and(|n| n > 0))
                 && shown["seams"].as_u64() >= Some(1)
                 && shown["runs"].as_u64() >= Some(1)

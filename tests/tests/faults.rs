@@ -2,7 +2,9 @@
 //! where a crash or an error hurts most, and every id accounted for, Jepsen-style: each
 //! unique valid event produced must be in the raw table exactly once (lost = produced but
 //! absent, duplicated = present more than once), the quarantine must hold every refused
-//! message, and where the API runs, every query of every view must equal the truth.
+//! message, and where the API runs, every query of every view must equal the truth. The
+//! archiver scenarios run with both of the demo's sources on topics of different partition
+//! counts, each accounted for on its own.
 //!
 //! Faults come from the object-store failpoints of `LAMBDAFLOW_FAULTS`
 //! (`lambdaflow_batch::faults`): a crash (abort, the in-process SIGKILL) before a commit's
@@ -23,13 +25,18 @@ use arrow::array::AsArray;
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use lambdaflow_common::config::Config;
+use lambdaflow_common::sample::{Generator, Mix, Shape};
+use lambdaflow_common::source::SourceConfig;
+use lambdaflow_kafka::producer::Producer;
 use lambdaflow_tests::e2e::{
-    Api, Truth, batch, check, messages, produce_to, shop, test_config, wait_for,
+    Api, Truth, batch, check, messages, produce_to, shop, shop_config, test_config, wait_for,
 };
 use lambdaflow_tests::{Process, Tansu, free_port, query_table, scratch_dir};
 
 const LAMBDAFLOW: &str = env!("CARGO_BIN_EXE_lambdaflow-e2e");
 const PARTITIONS: u32 = 4;
+/// The page hits' topic has fewer partitions than the shop's: the sources share nothing.
+const PAGE_PARTITIONS: u32 = 3;
 
 /// Every id produced, classified.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,10 +46,19 @@ struct Tally {
     unexpected: usize,
 }
 
+/// The (id, event date) of every row of the shop's raw table.
 async fn raw_ids(lake: &Path) -> Vec<(String, String)> {
-    let url = url::Url::from_directory_path(lake.join("raw/events")).unwrap();
-    let sql = "SELECT event_id, CAST(event_date AS VARCHAR) FROM t";
-    let Some(batches) = query_table(&url, sql).await else {
+    raw_ids_of(lake, Config::shop().source()).await
+}
+
+/// The (id, event date) of every row of `source`'s raw table.
+async fn raw_ids_of(lake: &Path, source: &SourceConfig) -> Vec<(String, String)> {
+    let url = url::Url::from_directory_path(lake.join("raw").join(&source.name)).unwrap();
+    let sql = format!(
+        "SELECT {}, CAST(event_date AS VARCHAR) FROM t",
+        source.id_field
+    );
+    let Some(batches) = query_table(&url, &sql).await else {
         return Vec::new();
     };
     let mut rows = Vec::new();
@@ -57,8 +73,14 @@ async fn raw_ids(lake: &Path) -> Vec<(String, String)> {
     rows
 }
 
+/// The rows of the shop's quarantine table.
 async fn quarantined(lake: &Path) -> usize {
-    let url = url::Url::from_directory_path(lake.join("quarantine/events")).unwrap();
+    quarantined_of(lake, "events").await
+}
+
+/// The rows of `source`'s quarantine table.
+async fn quarantined_of(lake: &Path, source: &str) -> usize {
+    let url = url::Url::from_directory_path(lake.join("quarantine").join(source)).unwrap();
     query_table(&url, "SELECT count(*) FROM t")
         .await
         .map_or(0, |b| {
@@ -87,7 +109,8 @@ fn tally(truth: &Truth, rows: &[(String, String)]) -> Tally {
     }
 }
 
-/// The test config against `tansu` on `topic`, its lake under `dir`, its API on `port`, with
+/// The test config against `tansu`, the shop on `topic` and the page hits on `pages-<topic>`,
+/// its lake under `dir`, its API on `port`, with
 /// chunks of at most 100 messages so that a wave spans several commits, and a compaction of
 /// every date partition with two small files, so that compactions interleave with the commits
 /// of every scenario (the raw table's log: version 0 creates it, 1 and 2 are chunks, and
@@ -96,6 +119,10 @@ fn config_text(tansu: &Tansu, topic: &str, dir: &Path, port: u16) -> String {
     let lake = dir.join("lake");
     test_config(&tansu.bootstrap, &lake.display().to_string(), port)
         .replace("topic = \"events\"", &format!("topic = \"{topic}\""))
+        .replace(
+            "topic = \"pageviews\"",
+            &format!("topic = \"pages-{topic}\""),
+        )
         .replace(
             "commit_max_events = 100000",
             "commit_max_events = 100\ncompact_min_files = 2",
@@ -114,8 +141,7 @@ fn scratch() -> (tempfile::TempDir, PathBuf) {
 fn write_config(dir: &Path, text: &str) -> (PathBuf, Arc<Config>) {
     let file = dir.join("lambdaflow.toml");
     std::fs::write(&file, text).unwrap();
-    let config = Config::from_toml(text, "test", std::iter::empty()).unwrap();
-    (file, Arc::new(config))
+    (file, shop_config(text))
 }
 
 /// Prints the scenario's accounting (the closing notes quote it) and requires every id of
@@ -151,9 +177,20 @@ fn log_of(logs: &Path, name: &str) -> String {
     std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default()
 }
 
-/// One archiver scenario: the archiver runs with `fault` while a wave is produced; if the
-/// fault crashes it, it must die by abort and is restarted without the fault; a second wave
-/// follows; the tables must then hold every id once.
+/// Produces 300 messages to each source's topic, adding them to its truth.
+async fn wave(producer: &Producer, sources: &mut [(Config, Generator, Truth)]) {
+    for (config, generator, truth) in sources.iter_mut() {
+        let topic = &config.source().topic;
+        let produced = produce_to(producer, topic, &messages(generator, 300)).await;
+        truth.add(config, &produced);
+    }
+}
+
+/// One archiver scenario, over both of the demo's sources (the shop on a topic of
+/// [`PARTITIONS`], the page hits on one of [`PAGE_PARTITIONS`]): the archiver runs with
+/// `fault` while a wave is produced to each; if the fault crashes it, it must die by abort and
+/// is restarted without the fault; a second wave follows; every source's tables must then hold
+/// every id once. Returns, per source, what was produced and how the raw table holds it.
 async fn archiver_scenario(
     tansu: &Tansu,
     root: &Path,
@@ -161,15 +198,34 @@ async fn archiver_scenario(
     name: &str,
     fault: &str,
     crashes: bool,
-) -> (Truth, Tally) {
+) -> Vec<(String, Truth, Tally)> {
     let topic = format!("events-{name}");
     tansu.create_topic(&topic, PARTITIONS);
+    tansu.create_topic(&format!("pages-{topic}"), PAGE_PARTITIONS);
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let (config_file, config) = write_config(&dir, &config_text(tansu, &topic, &dir, free_port()));
+    let text = config_text(tansu, &topic, &dir, free_port());
+    let (config_file, _) = write_config(&dir, &text);
+    let deployment = Config::from_toml(&text, "test", std::iter::empty()).unwrap();
+    let seed = name.len() as u64 * 7919;
+    let mut sources: Vec<(Config, Generator, Truth)> =
+        [(Shape::Shop, "events"), (Shape::Pages, "pageviews")]
+            .into_iter()
+            .map(|(shape, source)| {
+                let config = deployment.scoped(deployment.source_named(source).unwrap());
+                let mix = Mix {
+                    duplicates: 0.1,
+                    late: 0.2,
+                    invalid: 0.05,
+                };
+                (
+                    config,
+                    Generator::new(shape, seed, 150, mix),
+                    Truth::default(),
+                )
+            })
+            .collect();
     let producer = tansu.producer();
-    let mut generator = shop(name.len() as u64 * 7919, 150);
-    let mut truth = Truth::default();
 
     let faulty = format!("{name}-faulty");
     let mut archiver = Process::start(
@@ -177,8 +233,7 @@ async fn archiver_scenario(
         lambdaflow(&["archive"], &config_file).env("LAMBDAFLOW_FAULTS", fault),
         logs,
     );
-    let produced = produce_to(&producer, &topic, &messages(&mut generator, 300)).await;
-    truth.add(&config, &produced);
+    wave(&producer, &mut sources).await;
     if crashes {
         let status = archiver
             .wait_exit(Duration::from_secs(60))
@@ -194,23 +249,27 @@ async fn archiver_scenario(
         );
         archiver = Process::start(name, &mut lambdaflow(&["archive"], &config_file), logs);
     }
-    let produced = produce_to(&producer, &topic, &messages(&mut generator, 300)).await;
-    truth.add(&config, &produced);
+    wave(&producer, &mut sources).await;
 
     let lake = dir.join("lake");
     let started = Instant::now();
-    loop {
-        let (rows, rejects) = (raw_ids(&lake).await.len(), quarantined(&lake).await);
-        if rows >= truth.unique.len() && rejects >= truth.rejects() {
-            break;
+    for (config, _, truth) in &sources {
+        let source = config.source();
+        loop {
+            let rows = raw_ids_of(&lake, source).await.len();
+            let rejects = quarantined_of(&lake, &source.name).await;
+            if rows >= truth.unique.len() && rejects >= truth.rejects() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{name}: {}'s tables hold {rows}/{} raw and {rejects}/{} quarantined rows",
+                source.name,
+                truth.unique.len(),
+                truth.rejects()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{name}: the tables hold {rows}/{} raw and {rejects}/{} quarantined rows",
-            truth.unique.len(),
-            truth.rejects()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -239,13 +298,19 @@ async fn archiver_scenario(
             );
         }
     }
-    assert_eq!(
-        quarantined(&lake).await,
-        truth.rejects(),
-        "{name}: quarantine"
-    );
-    let counted = tally(&truth, &raw_ids(&lake).await);
-    (truth, counted)
+    let mut outcome = Vec::new();
+    for (config, _, truth) in sources {
+        let source = config.source();
+        assert_eq!(
+            quarantined_of(&lake, &source.name).await,
+            truth.rejects(),
+            "{name}: {}'s quarantine",
+            source.name
+        );
+        let counted = tally(&truth, &raw_ids_of(&lake, source).await);
+        outcome.push((source.name.clone(), truth, counted));
+    }
+    outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,9 +353,10 @@ async fn the_archiver_loses_and_duplicates_nothing_under_store_faults() {
         ),
     ];
     for (name, fault, crashes) in scenarios {
-        let (truth, counted) =
-            archiver_scenario(&tansu, dir.path(), &logs, name, fault, crashes).await;
-        account(&format!("{name} ({fault})"), &truth, counted);
+        let outcome = archiver_scenario(&tansu, dir.path(), &logs, name, fault, crashes).await;
+        for (source, truth, counted) in outcome {
+            account(&format!("{name} ({fault}), {source}"), &truth, counted);
+        }
     }
 }
 

@@ -5,13 +5,12 @@
 //! aggregation of the produced events gives, and `approx_distinct` does not move when a batch
 //! run moves events from the speed side to the batch side.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use lambdaflow_common::config::Config;
 use lambdaflow_tests::e2e::{
-    Api, TOPIC, Truth, batch, check, messages, produce, produce_strays, sample, shop, start_run,
-    test_config, wait_for,
+    Api, TOPIC, Truth, batch, check, messages, produce, produce_strays, sample, shop, shop_config,
+    start_run, test_config, wait_for,
 };
 use lambdaflow_tests::{Tansu, free_port, scratch_dir};
 
@@ -47,7 +46,11 @@ async fn counters_and_sql_agree_with_the_truth(
             let handled: f64 = ["archived", "duplicate", "quarantined"]
                 .iter()
                 .filter_map(|o| {
-                    sample(&text, "lambdaflow_archiver_events_total", &[("outcome", o)])
+                    sample(
+                        &text,
+                        "lambdaflow_archiver_events_total",
+                        &[("outcome", o), ("source", "events")],
+                    )
                 })
                 .sum();
             handled as usize == produced.len()
@@ -59,22 +62,28 @@ async fn counters_and_sql_agree_with_the_truth(
         sample(&text, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in\n{text}"))
     };
     assert_eq!(
-        counter("lambdaflow_speed_messages_total", &[]) as usize,
+        counter("lambdaflow_speed_messages_total", &[("source", "events")]) as usize,
         produced.len()
     );
     assert_eq!(
-        counter("lambdaflow_speed_events_valid_total", &[]) as usize,
+        counter(
+            "lambdaflow_speed_events_valid_total",
+            &[("source", "events")]
+        ) as usize,
         valid
     );
     assert_eq!(
-        counter("lambdaflow_speed_events_duplicate_total", &[]) as usize,
+        counter(
+            "lambdaflow_speed_events_duplicate_total",
+            &[("source", "events")]
+        ) as usize,
         valid - unique
     );
     for (reason, n) in &truth.reasons {
         assert_eq!(
             counter(
                 "lambdaflow_speed_events_invalid_total",
-                &[("reason", reason)]
+                &[("reason", reason), ("source", "events")]
             ) as usize,
             *n,
             "{reason}"
@@ -83,21 +92,21 @@ async fn counters_and_sql_agree_with_the_truth(
     assert_eq!(
         counter(
             "lambdaflow_archiver_events_total",
-            &[("outcome", "archived")]
+            &[("outcome", "archived"), ("source", "events")]
         ) as usize,
         unique
     );
     assert_eq!(
         counter(
             "lambdaflow_archiver_events_total",
-            &[("outcome", "duplicate")]
+            &[("outcome", "duplicate"), ("source", "events")]
         ) as usize,
         valid - unique
     );
     assert!(
         counter(
             "lambdaflow_archiver_commit_seconds_count",
-            &[("table", "raw")]
+            &[("source", "events"), ("table", "raw")]
         ) >= 1.0
     );
     assert_eq!(
@@ -111,7 +120,7 @@ async fn counters_and_sql_agree_with_the_truth(
         assert_eq!(
             counter(
                 "lambdaflow_speed_lag_messages",
-                &[("partition", &p.to_string())]
+                &[("partition", &p.to_string()), ("source", "events")]
             ),
             0.0
         );
@@ -162,7 +171,7 @@ async fn answers_equal_the_truth_through_batches_late_events_and_a_kill() {
     let text = test_config(&tansu.bootstrap, &lake.display().to_string(), port);
     let config_file = dir.path().join("lambdaflow.toml");
     std::fs::write(&config_file, &text).unwrap();
-    let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
+    let config = shop_config(&text);
     let api = Api::new(format!("http://127.0.0.1:{port}"));
     let producer = tansu.producer();
     let mut generator = shop(11, 300);

@@ -165,20 +165,20 @@ struct World {
 impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::demo();
+        let mut config = Config::shop();
         config.lake.uri = dir.path().display().to_string();
-        config.source.max_past = Some(std::time::Duration::from_micros(MAX_PAST_US as u64));
+        config.sources[0].max_past = Some(std::time::Duration::from_micros(MAX_PAST_US as u64));
         let config = Arc::new(config);
         let lake = Lake::new(&config.lake).unwrap();
-        let schema = raw_schema(&config.source);
-        let table = open_or_create(&lake.raw(&config.source.name), &schema, &[EVENT_DATE])
+        let schema = raw_schema(config.source());
+        let table = open_or_create(&lake.raw(&config.source().name), &schema, &[EVENT_DATE])
             .await
             .unwrap();
         let partitions: Vec<i32> = (0..PARTITIONS as i32).collect();
         let raw = OffsetTable::load(
             table,
             (schema, EVENT_DATE),
-            &config.kafka.topic,
+            &config.source().topic,
             &partitions,
         )
         .await
@@ -187,7 +187,7 @@ impl World {
         let speed = speed_layer(&config, &shared, batch_views(&config, &lake).await);
         Self {
             _dir: dir,
-            validator: Validator::new(&config.source),
+            validator: Validator::new(config.source()),
             config,
             lake,
             topic: vec![Vec::new(); PARTITIONS],
@@ -215,7 +215,7 @@ impl World {
     ) -> (arrow::array::RecordBatch, BTreeMap<i32, i64>) {
         let mut builder = self
             .validator
-            .batch_builder(&self.config.kafka.topic, now_micros());
+            .batch_builder(&self.config.source().topic, now_micros());
         let mut upto = BTreeMap::new();
         for (p, messages) in self.topic.iter().enumerate() {
             if partitions & (1 << p) == 0 {
@@ -249,14 +249,15 @@ impl World {
 
     /// The raw table's ids at `version` for `date`.
     async fn raw_ids(&self, version: u64, date: i32) -> Vec<String> {
-        let table = deltalake::DeltaTableBuilder::from_url(self.lake.raw(&self.config.source.name))
-            .unwrap()
-            .with_version(version)
-            .load()
-            .await
-            .unwrap();
+        let table =
+            deltalake::DeltaTableBuilder::from_url(self.lake.raw(&self.config.source().name))
+                .unwrap()
+                .with_version(version)
+                .load()
+                .await
+                .unwrap();
         let mut ids = Vec::new();
-        stored_ids(&table, &self.config.source.id_field, date, |part| {
+        stored_ids(&table, &self.config.source().id_field, date, |part| {
             ids.extend(part.iter().flatten().map(str::to_owned));
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         })
@@ -357,7 +358,7 @@ impl World {
                     None => keep.clone(),
                 };
                 state
-                    .fold(&self.config.source, view, &events, &filtered)
+                    .fold(self.config.source(), view, &events, &filtered)
                     .unwrap();
                 state
             })
@@ -381,7 +382,7 @@ impl World {
             return;
         }
         for ((view, pair), want) in self.config.views.iter().zip(snapshot.pairs()).zip(&direct) {
-            let current = fingerprint(&self.config.source, view);
+            let current = fingerprint(self.config.source(), view);
             if pair.batch().redefined(&current) {
                 continue;
             }
@@ -392,7 +393,7 @@ impl World {
             for query in every_query(view) {
                 let answered = |parts: &[&ViewState]| {
                     answer(
-                        &self.config.source,
+                        self.config.source(),
                         view,
                         parts,
                         &query,

@@ -7,12 +7,11 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use lambdaflow_common::config::Config;
 use lambdaflow_tests::e2e::{
-    Api, TOPIC, batch, check, messages, produce, shop, test_config, wait_for,
+    Api, TOPIC, batch, check, messages, produce, shop, shop_config, test_config, wait_for,
 };
 use lambdaflow_tests::{Process, Tansu, free_port, scratch_dir};
 use object_store::ObjectStoreExt;
@@ -173,7 +172,7 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     let text = test_config(&tansu.bootstrap, &format!("s3://{BUCKET}/lake"), port);
     let config_file = dir.path().join("lambdaflow.toml");
     std::fs::write(&config_file, &text).unwrap();
-    let config = Arc::new(Config::from_toml(&text, "test", std::iter::empty()).unwrap());
+    let config = shop_config(&text);
     let start = |name: &str| {
         Process::start(
             name,
@@ -329,17 +328,17 @@ async fn vacuum_in_the_bucket() {
     let Ok(uri) = std::env::var("LAMBDAFLOW_TEST_S3_LAKE") else {
         return;
     };
-    let mut config = Config::demo();
+    let mut config = Config::shop();
     config.lake.uri = uri.clone();
     let lake = Lake::new(&config.lake).unwrap();
-    let schema = raw_schema(&config.source);
-    let url = lake.raw(&config.source.name);
+    let schema = raw_schema(config.source());
+    let url = lake.raw(&config.source().name);
     let table = open_or_create(&url, &schema, &[EVENT_DATE]).await.unwrap();
-    let mut raw = OffsetTable::load(table, (schema, EVENT_DATE), &config.kafka.topic, &[0])
+    let mut raw = OffsetTable::load(table, (schema, EVENT_DATE), &config.source().topic, &[0])
         .await
         .unwrap();
-    let validator = Validator::new(&config.source);
-    let mut builder = validator.batch_builder(&config.kafka.topic, now_micros());
+    let validator = Validator::new(config.source());
+    let mut builder = validator.batch_builder(&config.source().topic, now_micros());
     let event = serde_json::json!({
         "event_id": "e1", "event_time": now_micros() / 1000, "type": "view",
         "user_id": "u1", "country": "KR",

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lambdaflow_common::sample::{Mix, Sample, ShopGenerator};
+use lambdaflow_common::sample::{Generator, Mix, Sample};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
 use lambdaflow_kafka::producer::Producer;
@@ -24,7 +24,7 @@ pub fn event_count(default: usize) -> usize {
 
 /// `n` shop events as of now: 1% duplicates, 5% late, 1% invalid.
 pub fn samples(n: usize) -> Vec<Sample> {
-    let mut generator = ShopGenerator::new(
+    let mut generator = Generator::shop(
         42,
         3_000,
         Mix {
@@ -39,7 +39,7 @@ pub fn samples(n: usize) -> Vec<Sample> {
 
 /// An embedded broker holding `samples` in [`TOPIC`], keyed by event id.
 pub fn topic_of(samples: &[Sample]) -> EmbeddedBroker {
-    let broker = EmbeddedBroker::start(TOPIC, PARTITIONS).expect("embedded broker");
+    let broker = EmbeddedBroker::start(&[(TOPIC, PARTITIONS)]).expect("embedded broker");
     let producer = Producer::bulk(broker.bootstrap_servers()).expect("producer");
     let mut pending = Vec::new();
     for s in samples {

@@ -55,9 +55,19 @@ pub struct OffsetTable {
     /// replays the log since the last checkpoint, once per partition).
     known_at: Option<u64>,
     /// Small files per partition, when the table is auto-compacted ([`Self::with_compaction`]).
-    compaction: Option<(&'static str, SmallFiles)>,
+    compaction: Option<(Labels, SmallFiles)>,
     /// Refreshes since the state was last read afresh ([`RELOAD_EVERY`]).
     refreshes: u32,
+}
+
+/// What the metrics of a table's compactions and size say it is: the source and which of its
+/// tables (`raw`, `quarantine`).
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// The source's name.
+    pub source: String,
+    /// The table, of the source's.
+    pub table: &'static str,
 }
 
 /// The app id of a partition's `txn` action in epoch 0.
@@ -125,9 +135,9 @@ impl OffsetTable {
     }
 
     /// Auto-compacts the table ([`crate::archive::compact`]) once `min_files` files were
-    /// appended to a partition since its last compaction (never when `0`); `name` labels its
+    /// appended to a partition since its last compaction (never when `0`); `labels` label its
     /// metrics.
-    pub fn with_compaction(mut self, name: &'static str, min_files: usize) -> Result<Self> {
+    pub fn with_compaction(mut self, labels: Labels, min_files: usize) -> Result<Self> {
         let files =
             SmallFiles::count(&self.table, self.partition_by, min_files).map_err(|source| {
                 Error::Delta {
@@ -135,7 +145,7 @@ impl OffsetTable {
                     source,
                 }
             })?;
-        self.compaction = Some((name, files));
+        self.compaction = Some((labels, files));
         Ok(self)
     }
 
@@ -367,7 +377,7 @@ impl OffsetTable {
     /// After a commit of `batch`: counts its files and compacts the partitions that are due.
     /// A failed compaction is logged and left for later: the rows are committed either way.
     async fn committed(&mut self, batch: &RecordBatch) {
-        let Some((name, mut files)) = self.compaction.take() else {
+        let Some((labels, mut files)) = self.compaction.take() else {
             return;
         };
         files.committed(batch);
@@ -384,7 +394,7 @@ impl OffsetTable {
                         "compacted"
                     );
                     metrics::COMPACTIONS
-                        .with_label_values(&[name, "succeeded"])
+                        .with_label_values(&[labels.source.as_str(), labels.table, "succeeded"])
                         .inc();
                     if table.version() == self.known_at.map(|v| v + 1) {
                         self.known_at = table.version();
@@ -395,19 +405,20 @@ impl OffsetTable {
                 Err(error) => {
                     tracing::warn!(table = %self.url(), partition = %value, %error, "compaction failed; the files stay as they are");
                     metrics::COMPACTIONS
-                        .with_label_values(&[name, "failed"])
+                        .with_label_values(&[labels.source.as_str(), labels.table, "failed"])
                         .inc();
                     files.compacted(&value);
                 }
             }
         }
         if let Ok(snapshot) = self.table.snapshot() {
-            let table = metrics::TABLE.with_label_values(&[name, "files"]);
-            table.set(snapshot.log_data().num_files() as i64);
-            let version = metrics::TABLE.with_label_values(&[name, "version"]);
+            let measure =
+                |m| metrics::TABLE.with_label_values(&[labels.source.as_str(), labels.table, m]);
+            measure("files").set(snapshot.log_data().num_files() as i64);
+            let version = measure("version");
             version.set(self.table.version().map_or(-1, |v| v as i64));
         }
-        self.compaction = Some((name, files));
+        self.compaction = Some((labels, files));
     }
 
     async fn refresh(&mut self) -> Result<()> {

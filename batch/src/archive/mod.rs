@@ -40,7 +40,7 @@ use lambdaflow_dedup::SeenIds;
 use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use self::commit::OffsetTable;
+use self::commit::{Labels, OffsetTable};
 use crate::error::{Error, Result};
 use crate::lake::{self, Lake};
 use crate::metrics;
@@ -141,7 +141,7 @@ impl Archiver {
         // A partition's accepted reset starts it again from the new epoch: the tables and the
         // assignment are loaded afresh.
         while self.run_once(&shutdown).await? {
-            tracing::info!(topic = %self.config.kafka.topic, "a topic reset was accepted: resuming every partition");
+            tracing::info!(topic = %self.config.source().topic, "a topic reset was accepted: resuming every partition");
         }
         Ok(())
     }
@@ -150,7 +150,7 @@ impl Archiver {
     /// reset was accepted meanwhile.
     async fn run_once(&self, shutdown: &CancellationToken) -> Result<bool> {
         let config = &*self.config;
-        let topic = &config.kafka.topic;
+        let topic = &config.source().topic;
         let (raw, quarantine) = open_tables(config).await?;
         let consumer = Consumer::archiver(&self.brokers, &config.kafka.group_id, topic)?;
         let Some(partitions) = consumer.wait_for_partitions(shutdown).await else {
@@ -161,7 +161,7 @@ impl Archiver {
         let mut halted = BTreeMap::new();
         for &p in &partitions {
             if let Some(reset) = tables.went_back(&consumer, p).await {
-                halt(&reset);
+                halt(&config.source().name, &reset);
                 halted.insert(p, reset);
             }
         }
@@ -179,7 +179,7 @@ impl Archiver {
             max_messages: config.archive.commit_max_events,
             poll: Duration::from_millis(50),
         };
-        let validator = Validator::new(&config.source).with_views(&config.views)?;
+        let validator = Validator::new(config.source()).with_views(&config.views)?;
         let stop = shutdown.child_token();
         let (reader, mut chunks) = ChunkReader::spawn(
             consumer.clone(),
@@ -219,7 +219,7 @@ impl Archiver {
                 .collect();
             for p in behind {
                 if let Some(reset) = tables.went_back(&consumer, p).await {
-                    halt(&reset);
+                    halt(&config.source().name, &reset);
                     if let Err(error) = consumer.pause(&[p]) {
                         tracing::warn!(%error, partition = p, "could not pause the partition");
                     }
@@ -246,7 +246,7 @@ impl Archiver {
         reader.join().await?;
         for p in halted.keys() {
             metrics::TOPIC_RESET
-                .with_label_values(&["archiver", &p.to_string()])
+                .with_label_values(&["archiver", &self.config.source().name, &p.to_string()])
                 .set(0);
         }
         self.stats.set_resets(&BTreeMap::new());
@@ -255,7 +255,7 @@ impl Archiver {
 }
 
 /// Says that `reset`'s partition is halted: the log, the metric.
-fn halt(reset: &TopicReset) {
+fn halt(source: &str, reset: &TopicReset) {
     tracing::error!(
         topic = %reset.topic,
         partition = reset.partition,
@@ -264,7 +264,7 @@ fn halt(reset: &TopicReset) {
         "{reset}"
     );
     metrics::TOPIC_RESET
-        .with_label_values(&["archiver", &reset.partition.to_string()])
+        .with_label_values(&["archiver", source, &reset.partition.to_string()])
         .set(1);
 }
 
@@ -295,7 +295,7 @@ fn without(chunk: Chunk, halted: &BTreeMap<i32, TopicReset>) -> Chunk {
 /// left alone, so running it twice changes nothing. Returns the partitions given a new epoch,
 /// with it.
 pub async fn accept_topic_reset(config: &Config, brokers: &str) -> Result<BTreeMap<i32, u32>> {
-    let topic = &config.kafka.topic;
+    let topic = &config.source().topic;
     let (raw, quarantine) = open_tables(config).await?;
     let consumer = Consumer::reader(brokers, &config.kafka.group_id, topic)?;
     let partitions = consumer
@@ -345,7 +345,7 @@ async fn head(consumer: &Arc<Consumer>, partition: i32) -> Result<i64> {
 /// Opens (or creates) the raw and quarantine tables of `config`'s source.
 async fn open_tables(config: &Config) -> Result<(DeltaTable, DeltaTable)> {
     let lake = Lake::new(&config.lake)?;
-    let source = &config.source;
+    let source = config.source();
     let raw_schema = schema::raw_schema(source);
     let raw = lake::open_or_create(&lake.raw(&source.name), &raw_schema, &[EVENT_DATE]).await?;
     let quarantine = lake::open_or_create(
@@ -372,12 +372,16 @@ impl Tables {
         quarantine: DeltaTable,
         partitions: &[i32],
     ) -> Result<Self> {
-        let topic = &config.kafka.topic;
+        let topic = &config.source().topic;
         let min_files = config.archive.compact_min_files;
-        let raw_schema = schema::raw_schema(&config.source);
+        let labels = |table| Labels {
+            source: config.source().name.clone(),
+            table,
+        };
+        let raw_schema = schema::raw_schema(config.source());
         let raw = OffsetTable::load(raw, (raw_schema, EVENT_DATE), topic, partitions)
             .await?
-            .with_compaction("raw", min_files)?;
+            .with_compaction(labels("raw"), min_files)?;
         let quarantine_schema = schema::quarantine_schema();
         let quarantine = OffsetTable::load(
             quarantine,
@@ -386,7 +390,7 @@ impl Tables {
             partitions,
         )
         .await?
-        .with_compaction("quarantine", min_files)?;
+        .with_compaction(labels("quarantine"), min_files)?;
         Ok(Self {
             raw,
             quarantine,
@@ -394,7 +398,7 @@ impl Tables {
                 config.archive.dedup_dir.as_deref(),
                 config.archive.dedup_max_dates,
             )?,
-            source: config.source.clone(),
+            source: config.source().clone(),
         })
     }
 
@@ -483,13 +487,14 @@ impl Tables {
         let events = not_yet_held(&validated.events, KAFKA_PARTITION, KAFKA_OFFSET, raw);
         let valid = events.num_rows();
         let events = deduplicate(events, seen, raw, source).await?;
-        let id_bytes = |place| metrics::DEDUP_ID_BYTES.with_label_values(&[place]);
+        let id_bytes =
+            |place: &str| metrics::DEDUP_ID_BYTES.with_label_values(&[source.name.as_str(), place]);
         id_bytes("memory").set(i64::try_from(seen.bytes()).unwrap_or(i64::MAX));
         id_bytes("disk").set(i64::try_from(seen.disk_bytes()).unwrap_or(i64::MAX));
         let kept = events.num_rows() as u64;
         let timer = (kept > 0).then(|| {
             metrics::COMMIT_SECONDS
-                .with_label_values(&["raw"])
+                .with_label_values(&[&source.name, "raw"])
                 .start_timer()
         });
         raw.append(events, &upto).await?;
@@ -499,19 +504,19 @@ impl Tables {
         let rejected = rejects.num_rows() as u64;
         let timer = (rejected > 0).then(|| {
             metrics::COMMIT_SECONDS
-                .with_label_values(&["quarantine"])
+                .with_label_values(&[&source.name, "quarantine"])
                 .start_timer()
         });
         quarantine.append(rejects, &upto).await?;
         drop(timer);
         metrics::ARCHIVED
-            .with_label_values(&["archived"])
+            .with_label_values(&[&source.name, "archived"])
             .inc_by(kept);
         metrics::ARCHIVED
-            .with_label_values(&["duplicate"])
+            .with_label_values(&[&source.name, "duplicate"])
             .inc_by(valid as u64 - kept);
         metrics::ARCHIVED
-            .with_label_values(&["quarantined"])
+            .with_label_values(&[&source.name, "quarantined"])
             .inc_by(rejected);
 
         stats.archived.fetch_add(kept, Ordering::Relaxed);

@@ -129,34 +129,41 @@ pub struct LakeTable {
     pub date_column: &'static str,
     /// How long it keeps each date.
     pub retention: Retention,
+    /// The source whose events it holds, or aggregates.
+    pub source: String,
     /// The view it holds; `None` for the raw and quarantine tables.
     pub view: Option<String>,
 }
 
-/// Every table of `config` in `lake`: raw, quarantine, then the views in config order.
+/// Every table of `config` in `lake`: each source's raw and quarantine tables, then the views
+/// in config order.
 pub fn tables(config: &Config, lake: &Lake) -> Vec<LakeTable> {
-    let source = &config.source.name;
-    let mut tables = vec![
-        LakeTable {
-            name: format!("raw/{source}"),
-            url: lake.raw(source),
+    let mut tables = Vec::new();
+    for source in &config.sources {
+        let name = &source.name;
+        tables.push(LakeTable {
+            name: format!("raw/{name}"),
+            url: lake.raw(name),
             date_column: EVENT_DATE,
             retention: config.retention.raw,
+            source: name.clone(),
             view: None,
-        },
-        LakeTable {
-            name: format!("quarantine/{source}"),
-            url: lake.quarantine(source),
+        });
+        tables.push(LakeTable {
+            name: format!("quarantine/{name}"),
+            url: lake.quarantine(name),
             date_column: INGEST_DATE,
             retention: config.retention.quarantine,
+            source: name.clone(),
             view: None,
-        },
-    ];
+        });
+    }
     tables.extend(config.views.iter().map(|view| LakeTable {
         name: format!("views/{}", view.name),
         url: lake.view(&view.name),
         date_column: EVENT_DATE,
         retention: view.retention,
+        source: config.source_of(view).name.clone(),
         view: Some(view.name.clone()),
     }));
     tables

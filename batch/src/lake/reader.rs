@@ -345,7 +345,7 @@ mod tests {
     use super::*;
 
     fn reader(dir: &tempfile::TempDir) -> (Config, LakeReader) {
-        let config = Config::demo();
+        let config = Config::shop();
         let lake = LakeConfig::at(dir.path().display().to_string());
         (config, LakeReader::new(&lake).unwrap())
     }
@@ -354,27 +354,30 @@ mod tests {
     async fn tables_not_there_yet_read_as_empty() {
         let dir = tempfile::tempdir().unwrap();
         let (config, reader) = reader(&dir);
-        let view = reader.view(&config.source, &config.views[0]).await.unwrap();
+        let view = reader
+            .view(config.source(), &config.views[0])
+            .await
+            .unwrap();
         assert!(view.version.is_none() && view.watermark.is_none());
         let mut ids = 0;
         reader
-            .raw_ids(&config.source, 0, 20_000, |part| {
+            .raw_ids(config.source(), 0, 20_000, |part| {
                 ids += part.len();
                 Ok::<_, Error>(())
             })
             .await
             .unwrap();
         assert_eq!(ids, 0);
-        let refused = reader.latest_quarantined(&config.source, 10).await;
+        let refused = reader.latest_quarantined(config.source(), 10).await;
         assert!(refused.unwrap().is_empty());
         let ctx = SessionContext::new();
         let registered = reader
-            .register(&ctx, "raw_events", &config.source, SourceTable::Raw)
+            .register(&ctx, "raw_events", config.source(), SourceTable::Raw)
             .await
             .unwrap();
         assert!(!registered);
         let (mut watch, views) = reader
-            .watch_views(&config.source, &config.views)
+            .watch_views(config.source(), &config.views)
             .await
             .unwrap();
         assert_eq!(views.len(), config.views.len());
@@ -390,7 +393,7 @@ mod tests {
             .join(format!("views/{}/_delta_log", config.views[0].name));
         std::fs::create_dir_all(&log).unwrap();
         std::fs::write(log.join("00000000000000000000.json"), "not a delta log").unwrap();
-        let error = reader.view(&config.source, &config.views[0]).await;
+        let error = reader.view(config.source(), &config.views[0]).await;
         assert!(matches!(error, Err(Error::Delta { .. })), "{error:?}");
     }
 }

@@ -134,10 +134,9 @@ impl<'a> Vacuum<'a> {
     }
 
     /// The versions readers pin, by table name: each view's latest lambdaflow commit, and the
-    /// raw version of each view's watermark.
+    /// version of its source's raw table that the view's watermark names.
     async fn pins(&self) -> Result<HashMap<String, BTreeSet<Version>>> {
         let mut pins: HashMap<String, BTreeSet<Version>> = HashMap::new();
-        let raw = format!("raw/{}", self.config.source.name);
         for table in tables(self.config, self.lake) {
             if table.view.is_none() {
                 continue;
@@ -147,7 +146,7 @@ impl<'a> Vacuum<'a> {
             };
             if let Some((version, commit)) = view_commit_at(&view).await? {
                 pins.entry(table.name).or_default().insert(version);
-                pins.entry(raw.clone())
+                pins.entry(format!("raw/{}", table.source))
                     .or_default()
                     .insert(commit.watermark.raw_version);
             }

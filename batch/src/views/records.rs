@@ -87,6 +87,20 @@ pub struct ViewOutcome {
     pub seconds: f64,
 }
 
+/// One source's part of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceOutcome {
+    /// The source's name.
+    pub name: String,
+    /// The version of its raw table read.
+    pub raw_version: Option<u64>,
+    /// The offsets of its topic that its views now cover.
+    pub watermark: Option<Watermark>,
+    /// Why its views failed, when they did: the other sources' views still published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The record of one batch run (`GET /v1/batch/runs/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -107,10 +121,13 @@ pub struct RunRecord {
     /// When it ended.
     #[serde(with = "time::optional")]
     pub finished_at: Option<DateTime<Utc>>,
-    /// The raw table version read.
+    /// The raw table version read, when the deployment has one source.
     pub raw_version: Option<u64>,
-    /// The Kafka offsets the views now cover.
+    /// The Kafka offsets the views now cover, when the deployment has one source.
     pub watermark: Option<Watermark>,
+    /// Per source, in config order, as each starts: its raw version and watermark.
+    #[serde(default)]
+    pub sources: Vec<SourceOutcome>,
     /// What retention deleted before the views were computed, per table with a retention.
     #[serde(default)]
     pub expired: Vec<Expired>,
@@ -245,6 +262,7 @@ impl RunRecord {
             vacuumed: Vec::new(),
             vacuum_error: None,
             watermark: None,
+            sources: Vec::new(),
             rows_read: 0,
             rows_written: 0,
             dates: Vec::new(),

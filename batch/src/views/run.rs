@@ -1,8 +1,8 @@
 //! One batch run: every view brought up to the raw table's current version, each published
 //! in one Delta commit that also records its watermark.
 //!
-//! First retention is applied ([`crate::lake::retention`]) and the raw table's version pinned.
-//! Then for each view, in config order:
+//! First retention is applied ([`crate::lake::retention`]). Then for each source, its raw
+//! table's version is pinned and, for each view over it, in config order:
 //! 1. read what its last commit covers ([`crate::views::watermark::view_commit`]);
 //! 2. pick the mode: *full* for a new view, a changed definition or `--full`; *unchanged* if it
 //!    already covers the raw version read; otherwise *incremental*: the event dates with raw
@@ -13,7 +13,9 @@
 //! 4. publish: overwrite exactly those dates (`replaceWhere` on `event_date`), or the whole
 //!    table, in one commit carrying the [`ViewCommit`].
 //!
-//! Last, every table is vacuumed ([`crate::lake::vacuum`]) while the run still holds the lock.
+//! A source whose views fail (its raw table unreadable, a view's query failing) is recorded
+//! and the run goes on with the next source; the run fails at the end, naming each source that
+//! did. Last, every table is vacuumed ([`crate::lake::vacuum`]) while the run still holds the lock.
 //!
 //! A run that dies before a view's commit leaves that view as it was; the next run starts
 //! from the view's own watermark, so it recomputes what the dead run did not publish.
@@ -33,6 +35,7 @@ use deltalake::protocol::SaveMode;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
+use lambdaflow_common::source::SourceConfig;
 use lambdaflow_common::timestamp::format_date;
 use lambdaflow_common::view::ViewDef;
 use lambdaflow_common::view::fingerprint;
@@ -47,7 +50,9 @@ use crate::lake::{Lake, open_or_create, partition_dates};
 use crate::metrics;
 use crate::views::lock::{BatchLock, RunLock};
 use crate::views::recompute::view_frame;
-use crate::views::records::{History, Mode, RunRecord, RunStatus, Trigger, ViewOutcome, now};
+use crate::views::records::{
+    History, Mode, RunRecord, RunStatus, SourceOutcome, Trigger, ViewOutcome, now,
+};
 use crate::views::sketch_udf;
 use crate::views::watermark::{COMMIT_KEY, ViewCommit, dates_changed, raw_watermark, view_commit};
 
@@ -162,17 +167,71 @@ impl BatchRun {
     }
 
     async fn views(&mut self, lock: &RunLock) -> Result<()> {
-        let config = self.config.clone();
-        let expire = Expire::new(&config, &self.lake);
+        let (config, lake) = (self.config.clone(), self.lake.clone());
+        let expire = Expire::new(&config, &lake);
         self.record.expired = expire.run().await?;
-        let source = &config.source;
+        let mut failed = Vec::new();
+        for source in &config.sources {
+            match self.source(source, &config, &expire, lock).await {
+                Ok(()) => {}
+                Err(e)
+                    if config.sources.len() == 1
+                        || matches!(e, Error::Cancelled | Error::LockLost { .. }) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::error!(run = %self.record.id, source = %source.name, error = %e, "a source's views failed; the run goes on with the next source");
+                    let outcome = match self
+                        .record
+                        .sources
+                        .iter_mut()
+                        .find(|s| s.name == source.name)
+                    {
+                        Some(outcome) => outcome,
+                        None => {
+                            self.record.sources.push(SourceOutcome {
+                                name: source.name.clone(),
+                                ..SourceOutcome::default()
+                            });
+                            self.record.sources.last_mut().expect("just pushed")
+                        }
+                    };
+                    outcome.error = Some(e.to_string());
+                    failed.push(format!("source {} ({e})", source.name));
+                }
+            }
+        }
+        self.vacuum().await;
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(Error::SourcesFailed(failed.join(", "))),
+        }
+    }
+
+    /// Brings every view of `source` up to its raw table's current version.
+    async fn source(
+        &mut self,
+        source: &SourceConfig,
+        config: &Config,
+        expire: &Expire<'_>,
+        lock: &RunLock,
+    ) -> Result<()> {
         let raw_url = self.lake.raw(&source.name);
         let raw = open_or_create(&raw_url, &raw_schema(source), &[EVENT_DATE]).await?;
         let raw_dates = partition_dates(&raw, EVENT_DATE)?;
-        let watermark = raw_watermark(&raw, &self.config.kafka.topic).await?;
-        tracing::info!(run = %self.record.id, raw_version = watermark.raw_version, offsets = ?watermark.offsets, "batch run reading the raw table");
-        self.record.raw_version = Some(watermark.raw_version);
-        self.record.watermark = Some(watermark.clone());
+        let watermark = raw_watermark(&raw, &source.topic).await?;
+        tracing::info!(run = %self.record.id, source = %source.name, raw_version = watermark.raw_version, offsets = ?watermark.offsets, "batch run reading the raw table");
+        if config.sources.len() == 1 {
+            self.record.raw_version = Some(watermark.raw_version);
+            self.record.watermark = Some(watermark.clone());
+        }
+        self.record.sources.push(SourceOutcome {
+            name: source.name.clone(),
+            raw_version: Some(watermark.raw_version),
+            watermark: Some(watermark.clone()),
+            error: None,
+        });
         self.history.save(&self.record).await?;
 
         let mut ctx = SessionContext::new();
@@ -186,16 +245,22 @@ impl BatchRun {
             .table_provider()
             .await
             .map_err(|source| query_err(&raw_url, source))?;
-        let mut all_dates = BTreeSet::new();
-        let views = &config.views;
+        let mut all_dates: BTreeSet<String> = self.record.dates.iter().cloned().collect();
+        let views: Vec<&ViewDef> = config.views_of(&source.name).collect();
         for (i, view) in views.iter().enumerate() {
-            self.record.progress = Some(format!("view {}/{}: {}", i + 1, views.len(), view.name));
+            self.record.progress = Some(format!(
+                "{}: view {}/{}: {}",
+                source.name,
+                i + 1,
+                views.len(),
+                view.name
+            ));
             self.history.save(&self.record).await?;
             let started = Instant::now();
             let (outcome, dates) = self
                 .view(
                     &ctx,
-                    (&raw, &raw_dates),
+                    (source, &raw, &raw_dates),
                     provider.clone(),
                     (view, expire.view_cutoff(&view.name)),
                     (&watermark, lock),
@@ -208,11 +273,10 @@ impl BatchRun {
             tracing::info!(run = %self.record.id, view = %view.name, mode = ?outcome.mode, dates = outcome.dates, rows_read = outcome.rows_read, rows_written = outcome.rows_written, seconds = format!("{:.2}", outcome.seconds), "view published");
             self.record.rows_read += outcome.rows_read;
             self.record.rows_written += outcome.rows_written;
-            all_dates.extend(dates);
-            self.record.dates = all_dates.iter().map(|d| format_date(*d)).collect();
+            all_dates.extend(dates.iter().map(|d| format_date(*d)));
+            self.record.dates = all_dates.iter().cloned().collect();
             self.record.views.push(outcome);
         }
-        self.vacuum().await;
         Ok(())
     }
 
@@ -241,12 +305,11 @@ impl BatchRun {
     async fn view(
         &self,
         ctx: &SessionContext,
-        (raw, raw_dates): (&DeltaTable, &BTreeSet<i32>),
+        (source, raw, raw_dates): (&SourceConfig, &DeltaTable, &BTreeSet<i32>),
         provider: Arc<dyn datafusion::catalog::TableProvider>,
         (view, cutoff): (&ViewDef, Option<i32>),
         (watermark, lock): (&Watermark, &RunLock),
     ) -> Result<(ViewOutcome, BTreeSet<i32>)> {
-        let source = &self.config.source;
         let layout = ViewLayout::new(source, view).map_err(|source| Error::Layout {
             view: view.name.clone(),
             source,

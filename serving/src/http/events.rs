@@ -25,7 +25,7 @@ use crate::http::json::RawBody;
 /// Collector routes, with the body limit of `serving.max_body_bytes`.
 pub fn router(config: &Config) -> Router<AppState> {
     Router::new()
-        .route("/v1/events", post(collect))
+        .route("/v1/events", post(collect_only))
         .route("/v1/events/{source}", post(collect_into))
         .layer(DefaultBodyLimit::max(config.serving.max_body_bytes))
 }
@@ -55,30 +55,55 @@ async fn collect_into(
     State(state): State<AppState>,
     Path(source): Path<String>,
     headers: HeaderMap,
-    body: RawBody,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
-    state
+    let source = state
         .config
         .source_named(&source)
         .map_err(ApiError::NotFound)?;
-    collect(State(state), headers, body).await
+    let index = state
+        .config
+        .sources
+        .iter()
+        .position(|s| s.name == source.name)
+        .expect("a named source is one of the config's");
+    collect(&state, index, &headers, &body).await
 }
 
-async fn collect(
+/// `POST /v1/events`: the events of the deployment's only source.
+async fn collect_only(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
-    let events = split_events(&headers, &body)?;
+    if state.config.sources.len() > 1 {
+        return Err(ApiError::bad(
+            "source_required",
+            "the deployment has several sources: post to /v1/events/{source}",
+        ));
+    }
+    collect(&state, 0, &headers, &body).await
+}
+
+/// Validates the events of `body` as the source at `index` in the config does and produces
+/// the valid ones to its topic.
+async fn collect(
+    state: &AppState,
+    index: usize,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
+    let events = split_events(headers, body)?;
     // The arrival time, to the millisecond a Kafka timestamp holds: each event is judged
     // against it here and, as its message's timestamp, by every layer that reads it.
     let arrival_ms = now_micros().div_euclid(1000);
     let now = arrival_ms * 1000;
-    let topic = &state.config.kafka.topic;
+    let topic = &state.config.sources[index].topic;
+    let validator = &state.validators[index];
     let mut errors = Vec::new();
     let mut deliveries = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
-        match state.validator.check(Some(event), now) {
+        match validator.check(Some(event), now) {
             Ok(checked) => {
                 let delivery = state
                     .producer

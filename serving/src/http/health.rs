@@ -24,22 +24,26 @@ async fn healthz() -> Json<Value> {
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if let Some(reset) = state
-        .archiver
-        .as_ref()
-        .and_then(|stats| stats.topic_resets().into_iter().next())
+        .archivers
+        .iter()
+        .find_map(|stats| stats.topic_resets().into_iter().next())
     {
         return Err(ApiError::Unavailable(format!(
-            "the archiver halted partition {}: {reset}",
-            reset.partition
+            "the archiver halted partition {} of topic {}: {reset}",
+            reset.partition, reset.topic
         )));
     }
-    let progress = state.served.progress();
-    if let Some((partition, reason)) = progress.halted.iter().next() {
-        return Err(ApiError::Unavailable(format!(
-            "partition {partition} is not consumed: {reason}"
-        )));
+    let mut speed_ready = true;
+    for speed in state.speeds.sources() {
+        let progress = speed.served.progress();
+        if let Some((partition, reason)) = progress.halted.iter().next() {
+            return Err(ApiError::Unavailable(format!(
+                "partition {partition} of source {} is not consumed: {reason}",
+                speed.config.source().name
+            )));
+        }
+        speed_ready &= speed.served.is_loaded() && progress.caught_up();
     }
-    let speed_ready = state.served.is_loaded() && progress.caught_up();
     if state.ready.load(Ordering::Acquire) && speed_ready {
         Ok(Json(json!({ "status": "ready" })))
     } else {

@@ -8,8 +8,6 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use lambdaflow_common::config::Config;
-use lambdaflow_speed::served::Served;
 use serde_json::json;
 
 use crate::http::AppState;
@@ -23,14 +21,13 @@ pub fn router() -> Router<AppState> {
 async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        crate::metrics::render(&state.config, &state.served),
+        crate::metrics::render(state.speeds.sources()),
     )
 }
 
 /// `/healthz` and `/metrics` alone, for a process that runs no speed layer and no API; the
 /// metrics behind `guard` as on the API.
-pub fn ops(config: Arc<Config>, guard: Arc<Guard>) -> Router {
-    let no_views = Served::new();
+pub fn ops(guard: Arc<Guard>) -> Router {
     Router::new()
         .route(
             "/healthz",
@@ -38,10 +35,10 @@ pub fn ops(config: Arc<Config>, guard: Arc<Guard>) -> Router {
         )
         .route(
             "/metrics",
-            get(move || async move {
+            get(|| async {
                 (
                     [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                    crate::metrics::render(&config, &no_views),
+                    crate::metrics::render(&[]),
                 )
             }),
         )

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::speed_layer::{Speeds, ViewAt};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum_server::tls_rustls::RustlsConfig;
@@ -35,7 +36,6 @@ use lambdaflow_common::config::Config;
 use lambdaflow_common::validate::Validator;
 use lambdaflow_common::view::fingerprint;
 use lambdaflow_kafka::producer::Producer;
-use lambdaflow_speed::served::Served;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -48,15 +48,15 @@ use crate::http::guard::{Guard, TokenError};
 pub struct AppState {
     /// The deployment's config.
     pub config: Arc<Config>,
-    /// The shared validator, the same the archiver uses.
-    pub validator: Arc<Validator>,
+    /// Per source in config order, its validator, the same its archiver uses.
+    pub validators: Arc<Vec<Validator>>,
     /// Producer for `POST /v1/events`.
     pub producer: Producer,
     /// Set once the process can answer queries (`/readyz`).
     pub ready: Arc<AtomicBool>,
-    /// The archiver of this process, where it runs one (`run`, `demo`): `/readyz` reports the
-    /// partitions it halted.
-    pub archiver: Option<Arc<ArchiveStats>>,
+    /// The archivers of this process, one per source, where it runs them (`run`, `demo`):
+    /// `/readyz` reports the partitions they halted.
+    pub archivers: Vec<Arc<ArchiveStats>>,
     /// Batch runs started through the API, and the run history.
     pub batches: Arc<Batches>,
     /// Per view in config order, the fingerprint of its definition: a batch version computed
@@ -64,8 +64,8 @@ pub struct AppState {
     pub definitions: Arc<Vec<String>>,
     /// The lake's tables as the API reads them (refused events, SQL over raw and quarantine).
     pub lake: Arc<LakeReader>,
-    /// The (batch, speed) pairs queries read, and the speed layer's Kafka progress.
-    pub served: Served,
+    /// Per source, the (batch, speed) pairs queries read and the speed layer's Kafka progress.
+    pub speeds: Speeds,
     /// Tokens, scopes, origins and content types, checked before any handler.
     pub guard: Arc<Guard>,
     /// One permit per `/v1/sql` query that may run at once.
@@ -79,20 +79,20 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("topic", &self.config.kafka.topic)
+            .field("sources", &self.config.sources.len())
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    /// Whether view `index`'s loaded batch version was computed under another definition
+    /// Whether the view at `at`'s loaded batch version was computed under another definition
     /// than the config's (the view was redefined since that batch run).
-    pub fn rebuilding(&self, index: usize, batch: &BatchView) -> bool {
-        batch.redefined(&self.definitions[index])
+    pub fn rebuilding(&self, at: ViewAt, batch: &BatchView) -> bool {
+        batch.redefined(&self.definitions[at.global])
     }
 
     /// State for `config`, producing through `producer`, running batches through `batches`,
-    /// reading the lake through `lake` and answering queries from `served`; not ready until
+    /// reading the lake through `lake` and answering queries from `speeds`; not ready until
     /// [`Self::set_ready`] and the speed layer has caught up. Fails when a token the config
     /// names by environment variable is not set.
     pub fn new(
@@ -100,7 +100,7 @@ impl AppState {
         producer: Producer,
         batches: Arc<Batches>,
         lake: Arc<LakeReader>,
-        served: Served,
+        speeds: Speeds,
     ) -> Result<Self, TokenError> {
         let guard = Arc::new(Guard::new(&config.serving, |var| std::env::var(var).ok())?);
         let sql_slots = Arc::new(Semaphore::new(config.serving.sql_max_concurrent));
@@ -109,34 +109,34 @@ impl AppState {
                 std::thread::available_parallelism().map_or(1, |cores| (cores.get() - 1).max(1))
             }),
         ));
-        let validator = Arc::new(Validator::new(&config.source));
+        let validators = config.sources.iter().map(Validator::new).collect();
         let definitions = config
             .views
             .iter()
-            .map(|view| fingerprint(&config.source, view))
+            .map(|view| fingerprint(config.source_of(view), view))
             .collect();
         let openapi = openapi::document_for(&config).into();
         Ok(Self {
             openapi,
             config,
-            validator,
+            validators: Arc::new(validators),
             definitions: Arc::new(definitions),
             producer,
             ready: Arc::default(),
-            archiver: None,
+            archivers: Vec::new(),
             batches,
             lake,
-            served,
+            speeds,
             guard,
             sql_slots,
             query_slots,
         })
     }
 
-    /// The state with this process's archiver, whose halted partitions `/readyz` reports.
+    /// The state with this process's archivers, whose halted partitions `/readyz` reports.
     #[must_use]
-    pub fn with_archiver(mut self, stats: Arc<ArchiveStats>) -> Self {
-        self.archiver = Some(stats);
+    pub fn with_archivers(mut self, stats: Vec<Arc<ArchiveStats>>) -> Self {
+        self.archivers = stats;
         self
     }
 

@@ -25,14 +25,20 @@ pub fn router() -> Router<AppState> {
 }
 
 /// [`DOCUMENT`] for `config`: the view routes' `{name}` enumerates its views, the
-/// collector's `{source}` its sources.
+/// collector's `{source}` and the quarantine's `source` its sources. With several sources the
+/// quarantine's `source` is required and `POST /v1/events`, which takes the events of the only
+/// source, is not served.
 pub fn document_for(config: &Config) -> String {
     let mut document: Value = serde_json::from_str(DOCUMENT).expect("the document is JSON");
     let views: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
-    let sources = [config.source.name.as_str()];
+    let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+    let several = sources.len() > 1;
     let paths = document["paths"]
         .as_object_mut()
         .expect("the document has paths");
+    if several {
+        paths.remove("/v1/events");
+    }
     for operation in paths
         .values_mut()
         .filter_map(Value::as_object_mut)
@@ -42,14 +48,14 @@ pub fn document_for(config: &Config) -> String {
             .get_mut("parameters")
             .and_then(Value::as_array_mut);
         for parameter in parameters.into_iter().flatten() {
-            if parameter["in"] != "path" {
-                continue;
-            }
             let values = match parameter["name"].as_str() {
-                Some("name") => &views[..],
+                Some("name") if parameter["in"] == "path" => &views[..],
                 Some("source") => &sources[..],
                 _ => continue,
             };
+            if parameter["in"] == "query" {
+                parameter["required"] = json!(several);
+            }
             parameter["schema"] = json!({"type": "string", "enum": values});
         }
     }
@@ -61,4 +67,32 @@ async fn document(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         state.openapi.to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_sources_are_named_where_one_goes_without_saying() {
+        let read =
+            |config: &Config| -> Value { serde_json::from_str(&document_for(config)).unwrap() };
+        let (one, two) = (read(&Config::shop()), read(&Config::demo()));
+        assert!(one["paths"]["/v1/events"].is_object());
+        assert!(two["paths"].get("/v1/events").is_none());
+        let source = |document: &Value| {
+            let parameters = document["paths"]["/v1/quarantine"]["get"]["parameters"].clone();
+            let parameters: Vec<Value> = serde_json::from_value(parameters).unwrap();
+            parameters
+                .into_iter()
+                .find(|p| p["name"] == "source")
+                .unwrap()
+        };
+        assert_eq!(source(&one)["required"], false);
+        assert_eq!(source(&two)["required"], true);
+        assert_eq!(
+            source(&two)["schema"]["enum"],
+            json!(["events", "pageviews"])
+        );
+    }
 }

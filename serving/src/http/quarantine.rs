@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct Params {
     limit: Option<usize>,
+    source: Option<String>,
 }
 
 async fn latest(
@@ -42,9 +43,22 @@ async fn latest(
             format!("limit must be between 1 and {MAX_LIMIT}, got {limit}"),
         ));
     }
+    let source = match params.source.as_deref() {
+        Some(name) => state
+            .config
+            .source_named(name)
+            .map_err(ApiError::NotFound)?,
+        None if state.config.sources.len() == 1 => &state.config.sources[0],
+        None => {
+            return Err(ApiError::bad(
+                "source_required",
+                "the deployment has several sources: name one with ?source=",
+            ));
+        }
+    };
     let events = state
         .lake
-        .latest_quarantined(&state.config.source, limit)
+        .latest_quarantined(source, limit)
         .await
         .map_err(|e| ApiError::Internal(format!("reading the quarantine table: {e}")))?;
     let events: Vec<Value> = events.iter().map(render).collect();

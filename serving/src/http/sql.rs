@@ -65,7 +65,7 @@ async fn sql(
     let answer = query(
         &state.config,
         &state.lake,
-        &state.served,
+        &state.speeds,
         &request.sql,
         tables,
     )

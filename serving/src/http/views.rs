@@ -31,6 +31,7 @@ use serde_json::{Map, Value as Json_, json};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::json::{ApiJson, JsonBody};
+use crate::speed_layer::ViewAt;
 
 /// View routes.
 pub fn router() -> Router<AppState> {
@@ -40,18 +41,17 @@ pub fn router() -> Router<AppState> {
         .route("/v1/views/{name}/query", get(query_get).post(query_post))
 }
 
-fn find<'a>(state: &'a AppState, name: &str) -> Result<(usize, &'a ViewDef), ApiError> {
-    state
-        .config
-        .views
-        .iter()
-        .enumerate()
-        .find(|(_, v)| v.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("no view `{name}`")))
+fn find<'a>(state: &'a AppState, name: &str) -> Result<(ViewAt, &'a ViewDef), ApiError> {
+    let at = state
+        .speeds
+        .view(name)
+        .ok_or_else(|| ApiError::NotFound(format!("no view `{name}`")))?;
+    Ok((at, &state.config.views[at.global]))
 }
 
-fn read(state: &AppState) -> Result<Snapshot<'_>, ApiError> {
-    state.served.snapshot().ok_or_else(|| {
+/// The served state of the source at `source`, once its speed layer has loaded.
+fn read(state: &AppState, source: usize) -> Result<Snapshot<'_>, ApiError> {
+    state.speeds.served(source).snapshot().ok_or_else(|| {
         ApiError::Unavailable("the speed layer is starting; retry in a moment".into())
     })
 }
@@ -115,18 +115,16 @@ fn status(
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Json_>, ApiError> {
-    let snapshot = read(&state)?;
-    let views: Vec<Json_> = state
-        .config
-        .views
-        .iter()
-        .zip(snapshot.pairs())
-        .map(|(v, pair)| {
-            let mut d = definition(&state.config.source, v);
+    let mut views = vec![Json_::Null; state.config.views.len()];
+    for (s, speed) in state.speeds.sources().iter().enumerate() {
+        let snapshot = read(&state, s)?;
+        for (view, pair) in speed.config.views.iter().zip(snapshot.pairs()) {
+            let at = state.speeds.view(&view.name).expect("a view of the config");
+            let mut d = definition(speed.config.source(), view);
             d["watermark"] = json!(pair.batch().watermark);
-            d
-        })
-        .collect();
+            views[at.global] = d;
+        }
+    }
     Ok(Json(json!({ "views": views })))
 }
 
@@ -134,13 +132,13 @@ async fn one(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    let (i, view) = find(&state, &name)?;
-    let progress = state.served.progress();
-    let snapshot = read(&state)?;
-    let pair = snapshot.pair(i);
-    let rebuilding = state.rebuilding(i, pair.batch());
+    let (at, view) = find(&state, &name)?;
+    let progress = state.speeds.served(at.source).progress();
+    let snapshot = read(&state, at.source)?;
+    let pair = snapshot.pair(at.index);
+    let rebuilding = state.rebuilding(at, pair.batch());
     Ok(Json(status(
-        &state.config.source,
+        state.config.source_of(view),
         view,
         pair,
         snapshot.folded(),
@@ -256,23 +254,24 @@ fn run(
     limits: &AnswerLimits,
 ) -> Result<Response, ApiError> {
     let serving = &state.config.serving;
-    let (i, view) = find(state, name)?;
-    let ResolvedQuery { mut query, layer } = Query::resolve(&state.config.source, view, &request)?;
+    let (at, view) = find(state, name)?;
+    let source = state.config.source_of(view);
+    let ResolvedQuery { mut query, layer } = Query::resolve(source, view, &request)?;
     // One row past the limit tells whether the answer was cut.
     let limit = query.limit.unwrap_or(serving.query_default_limit);
     query.limit = Some(limit + 1);
-    let progress = state.served.progress();
+    let progress = state.speeds.served(at.source).progress();
     let (pair, folded) = {
-        let snapshot = read(state)?;
+        let snapshot = read(state, at.source)?;
         let pair = match layer {
-            Layer::Batch => snapshot.detach(i, |_| false),
+            Layer::Batch => snapshot.detach(at.index, |_| false),
             Layer::Merged | Layer::Speed => {
-                snapshot.detach(i, |(bucket, dims)| query.selects(bucket, dims))
+                snapshot.detach(at.index, |(bucket, dims)| query.selects(bucket, dims))
             }
         };
         (pair, snapshot.folded().clone())
     };
-    if layer != Layer::Batch && state.rebuilding(i, pair.batch()) {
+    if layer != Layer::Batch && state.rebuilding(at, pair.batch()) {
         return Err(ApiError::Rebuilding(view.name.clone()));
     }
     let lost = match layer {
@@ -284,7 +283,7 @@ fn run(
         Layer::Batch => &[&pair.batch().state],
         Layer::Speed => &[pair.speed()],
     };
-    let mut rows = answer(&state.config.source, view, parts, &query, limits)?;
+    let mut rows = answer(source, view, parts, &query, limits)?;
     let truncated = rows.len() > limit;
     rows.truncate(limit);
     let rendered = Rows {
@@ -295,9 +294,7 @@ fn run(
             .dimensions
             .iter()
             .map(|d| {
-                state
-                    .config
-                    .source
+                source
                     .field(d)
                     .is_some_and(|f| f.kind == FieldType::Timestamp)
             })

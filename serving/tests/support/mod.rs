@@ -12,6 +12,7 @@ use lambdaflow_common::state::ViewState;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
 use lambdaflow_kafka::producer::Producer;
 use lambdaflow_serving::http::{AppState, app};
+use lambdaflow_serving::speed_layer::Speeds;
 use lambdaflow_speed::served::{Progress, Served, ViewPair};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,7 @@ pub fn state_with(
     config.lake.uri = lake.path().display().to_string();
     let config = Arc::new(config);
     let producer =
-        Producer::for_events(broker.bootstrap_servers(), config.source.max_event_bytes).unwrap();
+        Producer::for_events(broker.bootstrap_servers(), config.source().max_event_bytes).unwrap();
     let batches = Batches::new(config.clone(), CancellationToken::new()).unwrap();
     let empty = config
         .views
@@ -35,14 +36,9 @@ pub fn state_with(
         .map(|_| ViewPair::new(Arc::default(), ViewState::new()))
         .collect();
     let lake = Arc::new(LakeReader::new(&config.lake).unwrap());
-    AppState::new(
-        config,
-        producer,
-        batches,
-        lake,
-        Served::from_parts(empty, Default::default(), caught_up()),
-    )
-    .unwrap()
+    let served = Served::from_parts(empty, Default::default(), caught_up());
+    let speeds = Speeds::new(&config, vec![served]);
+    AppState::new(config, producer, batches, lake, speeds).unwrap()
 }
 
 /// Progress of a speed layer that has consumed everything there was when it started.

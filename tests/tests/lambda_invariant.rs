@@ -2,7 +2,9 @@
 //! random partitions, archived and batched at random points, with the speed layer swapping in
 //! each new batch version and restarting at random; at every check, batch ⊕ speed equals a
 //! direct aggregation of the deduplicated valid events consumed — every group's states (HLL
-//! sketches byte for byte) and every query at every granularity and group_by subset.
+//! sketches byte for byte) and every query at every granularity and group_by subset. Two
+//! sources of the shop's shape on topics of different partition counts share the lake and
+//! every batch run; their events share ids, which each source deduplicates on its own.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -26,7 +28,8 @@ use lambdaflow_speed::served::Served;
 use lambdaflow_tests::every_query;
 use proptest::prelude::*;
 
-const PARTITIONS: usize = 3;
+/// The sources, each with the partition count of its topic.
+const SOURCES: [(&str, usize); 2] = [("events", 3), ("returns", 2)];
 /// 2026-11-20T00:00:00Z.
 const BASE_US: i64 = 20_777 * MICROS_PER_DAY;
 /// The Kafka timestamp of every message: events are judged against it (max_future, max_past).
@@ -39,9 +42,9 @@ const MAX_FUTURE_US: i64 = MICROS_PER_DAY;
 #[derive(Debug, Clone)]
 enum Step {
     Produce(Vec<Message>),
-    /// The archiver reads the partitions whose bit is set (it reads partitions at different
-    /// paces, so one may be archived further than another).
-    Archive(u8),
+    /// The archiver of a source reads the partitions whose bit is set (it reads partitions
+    /// at different paces, so one may be archived further than another).
+    Archive(usize, u8),
     Batch,
     Restart,
     Check,
@@ -54,6 +57,8 @@ enum Step {
 
 #[derive(Debug, Clone)]
 struct Message {
+    /// The source whose topic it is produced to.
+    source: usize,
     id: u16,
     minute: i64,
     kind: usize,
@@ -102,12 +107,13 @@ impl Message {
 
     /// Copies of an event share a key, so a partition.
     fn partition(&self) -> usize {
-        usize::from(self.id) % PARTITIONS
+        usize::from(self.id) % SOURCES[self.source].1
     }
 }
 
 fn message() -> impl Strategy<Value = Message> {
     (
+        0..SOURCES.len(),
         0u16..60,
         0i64..3 * 24 * 60,
         0usize..3,
@@ -118,7 +124,8 @@ fn message() -> impl Strategy<Value = Message> {
         0u8..24,
     )
         .prop_map(
-            |(id, minute, kind, user, amount, broken, stray, edge)| Message {
+            |(source, id, minute, kind, user, amount, broken, stray, edge)| Message {
+                source,
                 id,
                 minute,
                 kind,
@@ -134,7 +141,7 @@ fn message() -> impl Strategy<Value = Message> {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => proptest::collection::vec(message(), 1..40).prop_map(Step::Produce),
-        2 => (1u8..8).prop_map(Step::Archive),
+        2 => (0..SOURCES.len(), 1u8..8).prop_map(|(source, bits)| Step::Archive(source, bits)),
         2 => Just(Step::Batch),
         1 => Just(Step::Restart),
         2 => Just(Step::Check),
@@ -143,11 +150,17 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// The world: a topic in memory, a lake on disk, a speed layer.
+/// The world: a lake on disk shared by the sources, and per source a [`Feed`].
 struct World {
     _dir: tempfile::TempDir,
-    config: Arc<Config>,
+    deployment: Arc<Config>,
     lake: Lake,
+    feeds: Vec<Feed>,
+}
+
+/// One source: its topic in memory, its archiver's table, its speed layer.
+struct Feed {
+    config: Arc<Config>,
     validator: Validator,
     topic: Vec<Vec<Vec<u8>>>,
     raw: OffsetTable,
@@ -162,44 +175,119 @@ struct World {
     lost: Vec<(usize, usize, usize)>,
 }
 
+/// The shop with `max_past`, and a second source of its shape, `returns`, with a copy of
+/// each of its views.
+fn deployment(lake: &std::path::Path) -> Config {
+    let mut config = Config::shop();
+    config.lake.uri = lake.display().to_string();
+    config.sources[0].max_past = Some(std::time::Duration::from_micros(MAX_PAST_US as u64));
+    let (name, _) = SOURCES[1];
+    let mut returns = config.sources[0].clone();
+    (returns.name, returns.topic) = (name.to_owned(), name.to_owned());
+    config.sources.push(returns);
+    let copies: Vec<_> = config
+        .views
+        .iter()
+        .map(|view| lambdaflow_common::view::ViewDef {
+            name: format!("{}_{name}", view.name),
+            source: Some(name.to_owned()),
+            ..view.clone()
+        })
+        .collect();
+    config.views.extend(copies);
+    config.check().unwrap();
+    config
+}
+
 impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::shop();
-        config.lake.uri = dir.path().display().to_string();
-        config.sources[0].max_past = Some(std::time::Duration::from_micros(MAX_PAST_US as u64));
-        let config = Arc::new(config);
-        let lake = Lake::new(&config.lake).unwrap();
+        let deployment = Arc::new(deployment(dir.path()));
+        let lake = Lake::new(&deployment.lake).unwrap();
+        let mut feeds = Vec::new();
+        for (source, partitions) in SOURCES {
+            let config = Arc::new(deployment.scoped(deployment.source_named(source).unwrap()));
+            feeds.push(Feed::new(config, &lake, partitions).await);
+        }
+        Self {
+            _dir: dir,
+            deployment,
+            lake,
+            feeds,
+        }
+    }
+
+    /// Changes the filter of `sales_by_country` and restarts: its batch side is of the old
+    /// definition until the next batch run.
+    async fn redefine(&mut self) {
+        let mut deployment = (*self.deployment).clone();
+        let view = &mut deployment.views[0];
+        view.filter = Some(match view.filter.as_deref() {
+            Some("type = 'purchase'") => "type = 'cart'".to_owned(),
+            _ => "type = 'purchase'".to_owned(),
+        });
+        self.deployment = Arc::new(deployment);
+        for feed in &mut self.feeds {
+            let source = self.deployment.source_named(&feed.config.source().name);
+            feed.config = Arc::new(self.deployment.scoped(source.unwrap()));
+        }
+        self.restart().await;
+    }
+
+    async fn restart(&mut self) {
+        for feed in &mut self.feeds {
+            feed.restart(&self.lake).await;
+        }
+    }
+
+    /// One batch run over every source, then each speed layer swaps in its views.
+    async fn batch(&mut self) {
+        let history = History::new(&self.lake).unwrap();
+        BatchRun::new(self.deployment.clone(), self.lake.clone(), history)
+            .run()
+            .await
+            .unwrap();
+        for feed in &mut self.feeds {
+            feed.swap(&self.lake).await;
+        }
+    }
+
+    fn check(&mut self) {
+        for feed in &mut self.feeds {
+            feed.check();
+        }
+    }
+}
+
+impl Feed {
+    async fn new(config: Arc<Config>, lake: &Lake, partitions: usize) -> Self {
         let schema = raw_schema(config.source());
         let table = open_or_create(&lake.raw(&config.source().name), &schema, &[EVENT_DATE])
             .await
             .unwrap();
-        let partitions: Vec<i32> = (0..PARTITIONS as i32).collect();
-        let raw = OffsetTable::load(
-            table,
-            (schema, EVENT_DATE),
-            &config.source().topic,
-            &partitions,
-        )
-        .await
-        .unwrap();
+        let ids: Vec<i32> = (0..partitions as i32).collect();
+        let raw = OffsetTable::load(table, (schema, EVENT_DATE), &config.source().topic, &ids)
+            .await
+            .unwrap();
         let shared = Served::new();
-        let speed = speed_layer(&config, &shared, batch_views(&config, &lake).await);
+        let speed = speed_layer(&config, &shared, batch_views(&config, lake).await);
         Self {
-            _dir: dir,
             validator: Validator::new(config.source()),
             config,
-            lake,
-            topic: vec![Vec::new(); PARTITIONS],
+            topic: vec![Vec::new(); partitions],
             raw,
-            archived: vec![0; PARTITIONS],
+            archived: vec![0; partitions],
             archived_ids: HashSet::new(),
             speed,
             shared,
-            consumed: vec![0; PARTITIONS],
-            deleted: vec![0; PARTITIONS],
+            consumed: vec![0; partitions],
+            deleted: vec![0; partitions],
             lost: Vec::new(),
         }
+    }
+
+    fn partitions(&self) -> usize {
+        self.topic.len()
     }
 
     /// Validates messages `from[p]..` of every partition.
@@ -248,14 +336,13 @@ impl World {
     }
 
     /// The raw table's ids at `version` for `date`.
-    async fn raw_ids(&self, version: u64, date: i32) -> Vec<String> {
-        let table =
-            deltalake::DeltaTableBuilder::from_url(self.lake.raw(&self.config.source().name))
-                .unwrap()
-                .with_version(version)
-                .load()
-                .await
-                .unwrap();
+    async fn raw_ids(&self, lake: &Lake, version: u64, date: i32) -> Vec<String> {
+        let table = deltalake::DeltaTableBuilder::from_url(lake.raw(&self.config.source().name))
+            .unwrap()
+            .with_version(version)
+            .load()
+            .await
+            .unwrap();
         let mut ids = Vec::new();
         stored_ids(&table, &self.config.source().id_field, date, |part| {
             ids.extend(part.iter().flatten().map(str::to_owned));
@@ -267,8 +354,8 @@ impl World {
     }
 
     /// The speed layer consumes everything produced since it last did.
-    async fn consume(&mut self) {
-        for p in 0..PARTITIONS {
+    async fn consume(&mut self, lake: &Lake) {
+        for p in 0..self.partitions() {
             if self.consumed[p] < self.deleted[p] {
                 self.lost.push((p, self.consumed[p], self.deleted[p] - 1));
                 self.consumed[p] = self.deleted[p];
@@ -277,7 +364,7 @@ impl World {
         let (events, upto) = self.validated(&self.consumed.clone());
         self.consumed = self.topic.iter().map(Vec::len).collect();
         for date in self.speed.dates_to_load(&events) {
-            let ids = self.raw_ids(self.speed.raw_version(), date).await;
+            let ids = self.raw_ids(lake, self.speed.raw_version(), date).await;
             self.speed
                 .load_ids(date, ids.iter().map(String::as_str))
                 .unwrap();
@@ -287,50 +374,33 @@ impl World {
 
     /// Retention deletes what both the archiver and the speed layer have read.
     fn retain(&mut self) {
-        for p in 0..PARTITIONS {
+        for p in 0..self.partitions() {
             let read = self.archived[p].min(self.consumed[p]);
             self.deleted[p] = self.deleted[p].max(read);
         }
     }
 
-    /// Changes the filter of `sales_by_country` and restarts: its batch side is of the old
-    /// definition until the next batch run.
-    async fn redefine(&mut self) {
-        let mut config = (*self.config).clone();
-        let view = &mut config.views[0];
-        view.filter = Some(match view.filter.as_deref() {
-            Some("type = 'purchase'") => "type = 'cart'".to_owned(),
-            _ => "type = 'purchase'".to_owned(),
-        });
-        self.config = Arc::new(config);
-        self.restart().await;
-    }
-
-    async fn restart(&mut self) {
+    async fn restart(&mut self, lake: &Lake) {
         self.shared = Served::new();
-        let batches = batch_views(&self.config, &self.lake).await;
+        let batches = batch_views(&self.config, lake).await;
         self.speed = speed_layer(&self.config, &self.shared, batches);
         let starts = self
             .speed
-            .start(&(0..PARTITIONS as i32).collect::<Vec<_>>());
+            .start(&(0..self.partitions() as i32).collect::<Vec<_>>());
         self.consumed = starts.values().map(|o| *o as usize).collect();
-        self.consume().await;
+        self.consume(lake).await;
     }
 
-    async fn batch(&mut self) {
-        let history = History::new(&self.lake).unwrap();
-        BatchRun::new(self.config.clone(), self.lake.clone(), history)
-            .run()
-            .await
-            .unwrap();
-        let swap: Vec<_> = batch_views(&self.config, &self.lake)
+    /// The speed layer swaps in the views' latest batch versions.
+    async fn swap(&mut self, lake: &Lake) {
+        let swap: Vec<_> = batch_views(&self.config, lake)
             .await
             .into_iter()
             .map(Some)
             .collect();
         let mut raw = self.speed.swap_needs(&swap).unwrap();
         for (version, date) in raw.needed() {
-            let ids = self.raw_ids(version, date).await;
+            let ids = self.raw_ids(lake, version, date).await;
             raw.check(version, date, ids.iter().map(String::as_str));
         }
         self.speed.swap(swap, &raw).unwrap();
@@ -338,7 +408,7 @@ impl World {
 
     /// Direct aggregation of every first occurrence consumed, per view.
     fn direct(&self) -> Vec<ViewState> {
-        let (events, _) = self.validated(&[0; PARTITIONS]);
+        let (events, _) = self.validated(&vec![0; self.partitions()]);
         let keep = first_occurrences(&events, &mut HashSet::new());
         self.config
             .views
@@ -490,35 +560,42 @@ fn assert_states_equal(view: &str, got: &ViewState, want: &ViewState) {
 
 async fn play(steps: Vec<Step>) {
     let mut world = World::new().await;
-    // The first payload of each id: a stray copy repeats it on another partition.
-    let mut firsts: HashMap<u16, Vec<u8>> = HashMap::new();
+    // The first payload of each (source, id): a stray copy repeats it on another partition.
+    let mut firsts: HashMap<(usize, u16), Vec<u8>> = HashMap::new();
     for step in steps {
         match step {
             Step::Produce(messages) => {
                 for m in messages {
-                    match firsts.get(&m.id) {
+                    let feed = &mut world.feeds[m.source];
+                    match firsts.get(&(m.source, m.id)) {
                         Some(first) if m.stray => {
-                            let other = (m.partition() + 1) % PARTITIONS;
-                            world.topic[other].push(first.clone());
+                            let other = (m.partition() + 1) % feed.partitions();
+                            feed.topic[other].push(first.clone());
                         }
                         _ => {
                             let payload = m.payload();
-                            firsts.entry(m.id).or_insert_with(|| payload.clone());
-                            world.topic[m.partition()].push(payload);
+                            firsts
+                                .entry((m.source, m.id))
+                                .or_insert_with(|| payload.clone());
+                            feed.topic[m.partition()].push(payload);
                         }
                     }
                 }
-                world.consume().await;
+                for feed in &mut world.feeds {
+                    feed.consume(&world.lake).await;
+                }
             }
-            Step::Archive(partitions) => world.archive(partitions).await,
+            Step::Archive(source, partitions) => world.feeds[source].archive(partitions).await,
             Step::Batch => world.batch().await,
             Step::Restart => world.restart().await,
             Step::Check => world.check(),
             Step::Redefine => world.redefine().await,
-            Step::Retain => world.retain(),
+            Step::Retain => world.feeds.iter_mut().for_each(Feed::retain),
         }
     }
-    world.archive(u8::MAX).await;
+    for feed in &mut world.feeds {
+        feed.archive(u8::MAX).await;
+    }
     world.batch().await;
     world.check();
     world.restart().await;
@@ -530,6 +607,7 @@ async fn play(steps: Vec<Step>) {
 #[test]
 fn a_copy_archived_from_another_partition_counts_once() {
     let event = |stray| Message {
+        source: 0,
         id: 2,
         minute: 90,
         kind: 0,
@@ -542,7 +620,7 @@ fn a_copy_archived_from_another_partition_counts_once() {
     let steps = vec![
         Step::Produce(vec![event(false)]),
         Step::Produce(vec![event(true)]),
-        Step::Archive(0b001),
+        Step::Archive(0, 0b001),
         Step::Batch,
         Step::Check,
     ];
@@ -556,7 +634,8 @@ fn a_copy_archived_from_another_partition_counts_once() {
 /// also across a retention gap the restart finds.
 #[test]
 fn a_redefined_view_is_exact_again_after_its_batch_run() {
-    let event = |id, kind| Message {
+    let event = |(source, id), kind| Message {
+        source,
         id,
         minute: 900 + i64::from(id),
         kind,
@@ -567,17 +646,24 @@ fn a_redefined_view_is_exact_again_after_its_batch_run() {
         edge: 0,
     };
     // Three purchases for every cart: the two filters give different answers.
+    // Both sources get the same ids: each counts its own.
     let kind = |i: u16| if i.is_multiple_of(4) { 2 } else { 0 };
-    let wave = |ids: std::ops::Range<u16>| ids.map(|i| event(i, kind(i))).collect();
+    let wave = |ids: std::ops::Range<u16>| {
+        let both = ids.flat_map(|i| [(0, i), (1, i)]);
+        both.map(|(source, i)| event((source, i), kind(i)))
+            .collect()
+    };
     let steps = vec![
         Step::Produce(wave(0..12)),
-        Step::Archive(u8::MAX),
+        Step::Archive(0, u8::MAX),
+        Step::Archive(1, u8::MAX),
         Step::Batch,
         Step::Retain,
         Step::Redefine,
         Step::Check,
         Step::Produce(wave(12..20)),
-        Step::Archive(u8::MAX),
+        Step::Archive(0, u8::MAX),
+        Step::Archive(1, u8::MAX),
         Step::Batch,
         Step::Check,
     ];

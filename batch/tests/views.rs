@@ -786,3 +786,42 @@ async fn vacuum_never_runs_beside_a_batch_run() {
         .await
         .unwrap();
 }
+
+/// A source whose raw table cannot be read fails alone: the run goes on with the next source,
+/// whose views publish, and ends failed naming the source that did not.
+#[tokio::test]
+async fn a_failed_source_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::demo();
+    config.lake.uri = dir.path().display().to_string();
+    let lake = Lake::new(&config.lake).unwrap();
+    let log = dir.path().join("raw/events/_delta_log");
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::write(log.join("00000000000000000000.json"), "not a delta log").unwrap();
+    let history = History::new(&lake).unwrap();
+    let error = BatchRun::new(Arc::new(config.clone()), lake.clone(), history.clone())
+        .run()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("source events") && !error.contains("pageviews"),
+        "{error}"
+    );
+    let record = history.list(1).await.unwrap().remove(0);
+    assert_eq!(record.status, RunStatus::Failed);
+    let outcome: BTreeMap<&str, (Option<u64>, bool)> = record
+        .sources
+        .iter()
+        .map(|s| (s.name.as_str(), (s.raw_version, s.error.is_some())))
+        .collect();
+    assert!(outcome["events"].1, "{record:?}");
+    assert_eq!(outcome["pageviews"], (Some(0), false), "{record:?}");
+    let published: Vec<&str> = record
+        .views
+        .iter()
+        .filter(|v| v.version.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(published, ["pages_by_minute", "devices_by_hour"]);
+}

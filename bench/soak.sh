@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load and soak: `lambdaflow demo` (release build) ingesting its generator's events, first a
-# bounded load of the query API and of POST /v1/events with wrk while it ingests, then a soak
+# bounded load of the query API and of POST /v1/events/events with wrk while it ingests, then a soak
 # that samples, every 30 s, the process's memory (resident, and the allocator's live and
 # resident bytes) and open files, the speed layer's lag and retained events, the bytes of
 # deduplication's ids (in memory per layer, on disk for both), the view versions, and the
@@ -9,7 +9,9 @@
 # The lake's lifecycle is what is soaked: a nightly batch schedule, so that only the forced
 # runs move the watermark; raw retention of 2 days, so that the generator's late events
 # (up to 3 days old) land in dates every run expires; vacuum after 10 minutes. Each is an
-# ordinary config override and may be set otherwise in the environment.
+# ordinary config override and may be set otherwise in the environment. The demo has two
+# sources, each fed at the given rate: the memory, speed-layer and lake-size columns cover both,
+# the archiver's id bytes, the raw table's files and the view version the shop's (`events`).
 # Writes bench/soak.csv, bench/soak.md and bench/soak.svg. Needs wrk (Debian's `wrk`).
 # LAMBDAFLOW_BIN names a lambdaflow binary to use instead of building the release one.
 set -euo pipefail
@@ -48,7 +50,7 @@ log_files() { ls "$DATA/lake/$1/_delta_log" 2>/dev/null | wc -l; }
 delta_version() { ls "$DATA/lake/$1/_delta_log" 2>/dev/null | grep -c '\.json$' || true; }
 
 {
-  echo "## Load while ingesting ($RATE events/s from the generator)"
+  echo "## Load while ingesting ($RATE events/s from each of the two generators)"
   echo
   echo '| load | requests/s | latency p50 | latency p99 | errors |'
   echo '| --- | --- | --- | --- | --- |'
@@ -73,10 +75,10 @@ request = function()
   local id = "load-" .. counter .. "-" .. math.random(1, 1000000000)
   local body = '[{"event_id":"' .. id .. '","event_time":"' .. os.date("!%Y-%m-%dT%H:%M:%SZ") ..
     '","type":"view","user_id":"u' .. (counter % 500) .. '","country":"kr"}]'
-  return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/v1/events/events", {["Content-Type"] = "application/json"}, body)
 end
 LUA
-load "POST /v1/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
+load "POST /v1/events/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
 echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,speed_id_bytes,archiver_id_bytes,id_disk_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files" > bench/soak.csv
 samples=$(( MINUTES * 2 ))
@@ -95,7 +97,7 @@ done
 
 {
   echo
-  echo "## Soak: $MINUTES minutes at $RATE events/s, one sample every 30 s (bench/soak.csv)"
+  echo "## Soak: $MINUTES minutes at $RATE events/s to each of the demo's two sources, one sample every 30 s (bench/soak.csv)"
   echo
   echo "Batch schedule \`$LAMBDAFLOW_BATCH__SCHEDULE\`, a forced run every $FORCE_EVERY s, raw retention"
   echo "$LAMBDAFLOW_RETENTION__RAW, vacuum retention $LAMBDAFLOW_LAKE__VACUUM_RETENTION. Plot: bench/soak.svg."

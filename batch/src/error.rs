@@ -178,8 +178,9 @@ pub enum Error {
     /// The process is stopping.
     #[error("cancelled: the process is stopping")]
     Cancelled,
-    /// The views of some sources of a batch run failed; the other sources' views published.
-    #[error("the views of {0} failed; the other sources' views published")]
+    /// The views of some sources of a batch run failed (each source's error is in the run's
+    /// record); the other sources' views published.
+    #[error("the views of {0} failed")]
     SourcesFailed(String),
     /// Deduplication's files on local disk could not be written or read.
     #[error(transparent)]

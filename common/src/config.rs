@@ -1,6 +1,6 @@
 //! The typed configuration of one deployment: where events come from, where the lake
 //! is, how the API, the batch layer and the archiver run — and, by reference to their own
-//! modules, the event source ([`crate::source`]) and the declared views ([`crate::view`]).
+//! modules, the event sources ([`crate::source`]) and the declared views ([`crate::view`]).
 //!
 //! One `serde` tree, loaded once in `main` and passed down. Text comes from a TOML file (or the
 //! built-in demo config), then every `LAMBDAFLOW_<SECTION>__<KEY>` environment variable
@@ -308,14 +308,36 @@ impl Config {
     /// The source of a config with one: a single-source deployment, or a deployment
     /// [`scoped`](Self::scoped) to one of its sources, which is what an archiver, a speed layer
     /// and a batch run of a source read. Deployment-wide code asks for a view's source with
-    /// [`source_of`](Self::source_of) or a source by name.
+    /// [`source_of`](Self::source_of) or a source by name. Panics on a config of several
+    /// sources: a layer handed a whole deployment would otherwise read its first source only.
     pub fn source(&self) -> &SourceConfig {
-        debug_assert_eq!(
+        assert_eq!(
             self.sources.len(),
             1,
             "a config of several sources has no one source"
         );
         &self.sources[0]
+    }
+
+    /// The source called `name`, or the only one when `name` is `None`; why not otherwise (an
+    /// unknown name, or none given where there are several). The collector, the quarantine
+    /// listing and `gen` take a source this way.
+    pub fn pick_source(&self, name: Option<&str>) -> std::result::Result<&SourceConfig, String> {
+        match name {
+            Some(name) => self.source_named(name),
+            None if self.sources.len() == 1 => Ok(&self.sources[0]),
+            None => {
+                let names: Vec<String> = self
+                    .sources
+                    .iter()
+                    .map(|s| format!("`{}`", s.name))
+                    .collect();
+                Err(format!(
+                    "the deployment has several sources: name one of {}",
+                    names.join(", ")
+                ))
+            }
+        }
     }
 
     /// The source called `name`, or why there is none: the message names the sources there
@@ -427,11 +449,7 @@ impl Config {
             if !view_names.insert(&view.name) {
                 return invalid(key, "view declared twice".into());
             }
-            let source = match view.source.as_deref() {
-                Some(name) => self.source_named(name),
-                None if self.sources.len() == 1 => Ok(&self.sources[0]),
-                None => Err("name the source the view reads: the deployment has several".into()),
-            };
+            let source = self.pick_source(view.source.as_deref());
             let source = source.map_err(|message| Error::Invalid {
                 key: format!("{key}.source"),
                 message,

@@ -203,6 +203,22 @@ impl Generator {
         )
     }
 
+    fn page_hit(&mut self, time_us: i64) -> Vec<u8> {
+        let id = self.last_id();
+        let user = self.rng.random_range(1..=self.users);
+        let session = user.wrapping_mul(31) ^ (self.counter / 50) as u32;
+        let path = PATHS[weighted(&mut self.rng, &PATH_WEIGHTS)];
+        let country = COUNTRIES[weighted(&mut self.rng, &COUNTRY_WEIGHTS)];
+        let device = DEVICES[self.rng.random_range(0..DEVICES.len())];
+        let referrer = REFERRERS[self.rng.random_range(0..REFERRERS.len())];
+        let load_ms = self.rng.random_range(40..2_500);
+        format!(
+            "{{\"hit_id\":\"{id}\",\"ts\":{},\"session_id\":\"s{session:08x}\",\"path\":\"{path}\",\"referrer\":\"{referrer}\",\"device\":\"{device}\",\"country\":\"{country}\",\"load_ms\":{load_ms}}}",
+            time_us.div_euclid(1000)
+        )
+        .into_bytes()
+    }
+
     fn shop_event(&mut self, time_us: i64) -> Vec<u8> {
         let id = self.last_id();
         let user = self.rng.random_range(1..=self.users);
@@ -232,24 +248,6 @@ impl Generator {
         }
         json.push('}');
         json.into_bytes()
-    }
-}
-
-impl Generator {
-    fn page_hit(&mut self, time_us: i64) -> Vec<u8> {
-        let id = self.last_id();
-        let user = self.rng.random_range(1..=self.users);
-        let session = user.wrapping_mul(31) ^ (self.counter / 50) as u32;
-        let path = PATHS[weighted(&mut self.rng, &PATH_WEIGHTS)];
-        let country = COUNTRIES[weighted(&mut self.rng, &COUNTRY_WEIGHTS)];
-        let device = DEVICES[self.rng.random_range(0..DEVICES.len())];
-        let referrer = REFERRERS[self.rng.random_range(0..REFERRERS.len())];
-        let load_ms = self.rng.random_range(40..2_500);
-        format!(
-            "{{\"hit_id\":\"{id}\",\"ts\":{},\"session_id\":\"s{session:08x}\",\"path\":\"{path}\",\"referrer\":\"{referrer}\",\"device\":\"{device}\",\"country\":\"{country}\",\"load_ms\":{load_ms}}}",
-            time_us.div_euclid(1000)
-        )
-        .into_bytes()
     }
 }
 

@@ -377,7 +377,7 @@ async fn rebuild_redefined(speeds: &Speeds, batches: &Arc<Batches>) {
     let mut redefined: Vec<String> = Vec::new();
     for speed in speeds.sources() {
         let Some(snapshot) = speed.served.snapshot() else {
-            return;
+            continue;
         };
         let source = speed.config.source();
         redefined.extend(
@@ -557,17 +557,7 @@ pub async fn gen_events(
     if config.kafka.is_embedded() {
         return Err(Error::GenNeedsBroker);
     }
-    let source = match source {
-        Some(name) => config.source_named(name).map_err(Error::UnknownSource)?,
-        None if config.sources.len() == 1 => &config.sources[0],
-        None => {
-            let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::UnknownSource(format!(
-                "the config has several sources: name one with --source ({})",
-                names.join(", ")
-            )));
-        }
-    };
+    let source = config.pick_source(source).map_err(Error::UnknownSource)?;
     let kafka = &config.kafka;
     ensure_topic(&kafka.brokers, &source.topic, kafka.partitions).await?;
     let producer = Producer::new(&kafka.brokers)?;

@@ -68,7 +68,7 @@ pub enum Error {
     )]
     GenNeedsBroker,
     /// `gen --source` names no source of the config, or names none where it has several.
-    #[error("gen: {0}")]
+    #[error("gen: {0} (--source)")]
     UnknownSource(String),
     /// A task of the process failed.
     #[error("{task} failed: {source}")]

@@ -5,7 +5,6 @@
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use crate::speed_layer::SourceSpeed;
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -13,6 +12,8 @@ use axum::response::Response;
 use prometheus::{
     Encoder, HistogramVec, IntGauge, TextEncoder, register_histogram_vec, register_int_gauge,
 };
+
+use crate::speed_layer::SourceSpeed;
 
 static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(

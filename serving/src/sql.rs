@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::speed_layer::Speeds;
 use arrow::array::RecordBatch;
 use datafusion::common::DataFusionError;
 use datafusion::config::Dialect;
@@ -33,6 +32,8 @@ use lambdaflow_common::config::{Config, ServingConfig};
 use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::table::merged_batch;
 use lambdaflow_common::view::fingerprint;
+
+use crate::speed_layer::Speeds;
 
 /// Why a statement got no answer.
 #[derive(Debug, thiserror::Error)]

@@ -57,21 +57,21 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 static CONSUMED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_consumed_offset",
-        "Last offset the speed layer consumed, per partition",
+        "Last offset the speed layer consumed, per source and partition",
         &["source", "partition"],
     )
 });
 static HEAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_head_offset",
-        "Latest head read of each partition (the next offset to be written)",
+        "Latest head read of each source's partition (the next offset to be written)",
         &["source", "partition"],
     )
 });
 static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_lag_messages",
-        "Messages written to a partition that the speed layer has not consumed yet",
+        "Messages written to a source's partition that the speed layer has not consumed yet",
         &["source", "partition"],
     )
 });
@@ -101,7 +101,7 @@ static SPEED_GROUPS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static HALTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "lambdaflow_speed_partition_halted",
-        "1 for a partition not consumed because the topic went back below the lake's offsets",
+        "1 for a source's partition not consumed because its topic went back below the lake's offsets",
         &["source", "partition"],
     )
 });

@@ -5,7 +5,6 @@
 //! same checks as on a local lake, and the tables, the run history and the run lock live in
 //! the bucket.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,26 +12,33 @@ use lambdaflow_common::config::Config;
 use lambdaflow_tests::e2e::{
     Api, TOPIC, batch, check, messages, produce, shop, shop_config, test_config, wait_for,
 };
-use lambdaflow_tests::{Process, Tansu, free_port, scratch_dir};
+use lambdaflow_tests::{Process, Tansu, free_port, python, scratch_dir};
 use object_store::ObjectStoreExt;
 
 const BUCKET: &str = "lambdaflow";
 
-/// moto's server: beside `LAMBDAFLOW_PYTHON` when it is set, else on `PATH`.
-fn moto_server() -> PathBuf {
-    std::env::var_os("LAMBDAFLOW_PYTHON")
-        .map(PathBuf::from)
-        .and_then(|python| python.parent().map(|bin| bin.join("moto_server")))
-        .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("moto_server"))
-}
+/// moto's server (`moto.server.main`), with its object puts made one at a time. moto answers
+/// requests on concurrent threads and checks `If-None-Match: *` and writes the object in two
+/// steps, so two racing create-if-absent puts can both succeed, which S3 never lets happen;
+/// serialised, they meet S3's contract, and the lock races below test the lock, not moto.
+const MOTO: &str = "
+import sys, threading
+from moto.s3.responses import S3Response
+one_at_a_time, put = threading.Lock(), S3Response.put_object
+def serialised(self):
+    with one_at_a_time:
+        return put(self)
+S3Response.put_object = serialised
+from moto.server import main
+main(sys.argv[1:])
+";
 
 /// moto's S3 server on a free port with the bucket created; its endpoint URL.
 async fn start_moto(logs: &std::path::Path) -> (Process, String) {
     let s3_port = free_port();
     let s3 = Process::start(
         "moto",
-        Command::new(moto_server()).args(["-H", "127.0.0.1", "-p", &s3_port.to_string()]),
+        python().args(["-c", MOTO, "-H", "127.0.0.1", "-p", &s3_port.to_string()]),
         logs,
     );
     let endpoint = format!("http://127.0.0.1:{s3_port}");

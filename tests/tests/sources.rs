@@ -247,15 +247,7 @@ async fn ten_sources_and_fifty_views_start_archive_and_answer() {
             "{reply}"
         );
     }
-    for view in &config.views {
-        let name = &view.name;
-        wait_for(
-            &format!("{name} to count every event"),
-            Duration::from_secs(60),
-            || async { counted(&api, name, "merged").await == Some(EVENTS) },
-        )
-        .await;
-    }
+    every_view_counts(&api, &config, "merged", EVENTS).await;
     wait_for(
         "every archiver to store its events",
         Duration::from_secs(60),
@@ -280,15 +272,7 @@ async fn ten_sources_and_fifty_views_start_archive_and_answer() {
     let (_, record) = api.get(&format!("/v1/batch/runs/{id}")).await;
     assert_eq!(record["sources"].as_array().unwrap().len(), 10, "{record}");
     assert_eq!(record["views"].as_array().unwrap().len(), 50, "{record}");
-    for view in &config.views {
-        let name = &view.name;
-        wait_for(
-            &format!("{name}'s batch side"),
-            Duration::from_secs(30),
-            || async { counted(&api, name, "batch").await == Some(EVENTS) },
-        )
-        .await;
-    }
+    every_view_counts(&api, &config, "batch", EVENTS).await;
     let busy = memory(&api).await;
     println!(
         "10 sources, 50 views: at rest {} MB resident, {} MB allocated; after {} events and a batch run {} MB resident, {} MB allocated",
@@ -298,6 +282,18 @@ async fn ten_sources_and_fifty_views_start_archive_and_answer() {
         busy.0 / 1_000_000,
         busy.1 / 1_000_000
     );
+}
+
+/// Waits until every view of `config` counts `events` over all time on `layer`.
+async fn every_view_counts(api: &Api, config: &Config, layer: &str, events: u64) {
+    for view in &config.views {
+        let name = &view.name;
+        let what = format!("{name} to count {events} events on the {layer} side");
+        wait_for(&what, Duration::from_secs(60), || async {
+            counted(api, name, layer).await == Some(events)
+        })
+        .await;
+    }
 }
 
 /// The events `view` counts over all time, on `layer`.

@@ -109,28 +109,47 @@ impl<'a> Vacuum<'a> {
             .await
     }
 
-    /// Vacuums every table that exists, raw first, and records each outcome. The caller
-    /// holds the batch run lock.
+    /// Vacuums every table that exists, raw first, and records each outcome. A table that
+    /// fails is logged and the others are still vacuumed (a source whose raw table is broken
+    /// must not leave every other table to grow); the first failure is then the error. The
+    /// caller holds the batch run lock.
     pub async fn run(&self) -> Result<Vec<Vacuumed>> {
         let history = History::new(self.lake)?;
         let pins = self.pins().await?;
         let mut report = Vec::new();
+        let mut failed = None;
         for table in tables(self.config, self.lake) {
-            let Some(delta) = open(&table.url, None).await? else {
-                continue;
-            };
-            let pinned = pins.get(&table.name).cloned().unwrap_or_default();
-            let vacuumed = self.table(&table, delta, pinned).await?;
-            if !self.dry_run {
-                save(&history, &vacuumed).await?;
-                metrics::VACUUMED_FILES
-                    .with_label_values(&[&vacuumed.table])
-                    .inc_by(vacuumed.files);
-                tracing::info!(table = %vacuumed.table, files = vacuumed.files, log_files = vacuumed.log_files, checkpoint = ?vacuumed.checkpoint, pinned = ?vacuumed.pinned, "table vacuumed");
+            match self.one(&table, &pins, &history).await {
+                Ok(vacuumed) => report.extend(vacuumed),
+                Err(error) => {
+                    tracing::warn!(table = %table.name, %error, "vacuuming the table failed; the other tables go on");
+                    failed.get_or_insert(error);
+                }
             }
-            report.push(vacuumed);
         }
-        Ok(report)
+        failed.map_or(Ok(report), Err)
+    }
+
+    /// Vacuums `table` if it exists, and records the outcome.
+    async fn one(
+        &self,
+        table: &LakeTable,
+        pins: &HashMap<String, BTreeSet<Version>>,
+        history: &History,
+    ) -> Result<Option<Vacuumed>> {
+        let Some(delta) = open(&table.url, None).await? else {
+            return Ok(None);
+        };
+        let pinned = pins.get(&table.name).cloned().unwrap_or_default();
+        let vacuumed = self.table(table, delta, pinned).await?;
+        if !self.dry_run {
+            save(history, &vacuumed).await?;
+            metrics::VACUUMED_FILES
+                .with_label_values(&[&vacuumed.table])
+                .inc_by(vacuumed.files);
+            tracing::info!(table = %vacuumed.table, files = vacuumed.files, log_files = vacuumed.log_files, checkpoint = ?vacuumed.checkpoint, pinned = ?vacuumed.pinned, "table vacuumed");
+        }
+        Ok(Some(vacuumed))
     }
 
     /// The versions readers pin, by table name: each view's latest lambdaflow commit, and the

@@ -137,7 +137,8 @@ pub struct RunRecord {
     pub rows_written: u64,
     /// Event dates recomputed by any view, `YYYY-MM-DD`.
     pub dates: Vec<String>,
-    /// Per view, in config order, as each finishes.
+    /// Per view, as each finishes: source by source in config order, each source's views in
+    /// config order.
     pub views: Vec<ViewOutcome>,
     /// What vacuum deleted after the views were published, per table.
     #[serde(default)]

@@ -1,8 +1,9 @@
 //! One batch run: every view brought up to the raw table's current version, each published
 //! in one Delta commit that also records its watermark.
 //!
-//! First retention is applied ([`crate::lake::retention`]). Then for each source, its raw
-//! table's version is pinned and, for each view over it, in config order:
+//! For each source in config order, retention is applied to its tables
+//! ([`crate::lake::retention`]), its raw table's version pinned and, for each view over it, in
+//! config order:
 //! 1. read what its last commit covers ([`crate::views::watermark::view_commit`]);
 //! 2. pick the mode: *full* for a new view, a changed definition or `--full`; *unchanged* if it
 //!    already covers the raw version read; otherwise *incremental*: the event dates with raw
@@ -167,40 +168,18 @@ impl BatchRun {
     }
 
     async fn views(&mut self, lock: &RunLock) -> Result<()> {
-        let (config, lake) = (self.config.clone(), self.lake.clone());
-        let expire = Expire::new(&config, &lake);
-        self.record.expired = expire.run().await?;
+        let config = self.config.clone();
         let mut failed = Vec::new();
         for source in &config.sources {
-            match self.source(source, &config, &expire, lock).await {
-                Ok(()) => {}
-                Err(e)
-                    if config.sources.len() == 1
-                        || matches!(e, Error::Cancelled | Error::LockLost { .. }) =>
-                {
-                    return Err(e);
-                }
-                Err(e) => {
-                    tracing::error!(run = %self.record.id, source = %source.name, error = %e, "a source's views failed; the run goes on with the next source");
-                    let outcome = match self
-                        .record
-                        .sources
-                        .iter_mut()
-                        .find(|s| s.name == source.name)
-                    {
-                        Some(outcome) => outcome,
-                        None => {
-                            self.record.sources.push(SourceOutcome {
-                                name: source.name.clone(),
-                                ..SourceOutcome::default()
-                            });
-                            self.record.sources.last_mut().expect("just pushed")
-                        }
-                    };
-                    outcome.error = Some(e.to_string());
-                    failed.push(format!("source {} ({e})", source.name));
-                }
+            let outcome = self.source(&config.scoped(source), lock).await;
+            let Err(e) = outcome else { continue };
+            let recorded = self.record.sources.last_mut();
+            recorded.expect("each source records itself first").error = Some(e.to_string());
+            if config.sources.len() == 1 || matches!(e, Error::Cancelled | Error::LockLost { .. }) {
+                return Err(e);
             }
+            tracing::error!(run = %self.record.id, source = %source.name, error = %e, "a source's views failed; the run goes on with the next source");
+            failed.push(format!("source {} ({e})", source.name));
         }
         self.vacuum().await;
         match failed.is_empty() {
@@ -209,29 +188,30 @@ impl BatchRun {
         }
     }
 
-    /// Brings every view of `source` up to its raw table's current version.
-    async fn source(
-        &mut self,
-        source: &SourceConfig,
-        config: &Config,
-        expire: &Expire<'_>,
-        lock: &RunLock,
-    ) -> Result<()> {
+    /// Applies retention to the tables of `config`'s one source and brings every view over it
+    /// up to its raw table's current version.
+    async fn source(&mut self, config: &Config, lock: &RunLock) -> Result<()> {
+        let source = config.source();
+        let several = self.config.sources.len() > 1;
+        self.record.sources.push(SourceOutcome {
+            name: source.name.clone(),
+            ..SourceOutcome::default()
+        });
+        let lake = self.lake.clone();
+        let expire = Expire::new(config, &lake);
+        self.record.expired.extend(expire.run().await?);
         let raw_url = self.lake.raw(&source.name);
         let raw = open_or_create(&raw_url, &raw_schema(source), &[EVENT_DATE]).await?;
         let raw_dates = partition_dates(&raw, EVENT_DATE)?;
         let watermark = raw_watermark(&raw, &source.topic).await?;
         tracing::info!(run = %self.record.id, source = %source.name, raw_version = watermark.raw_version, offsets = ?watermark.offsets, "batch run reading the raw table");
-        if config.sources.len() == 1 {
+        if !several {
             self.record.raw_version = Some(watermark.raw_version);
             self.record.watermark = Some(watermark.clone());
         }
-        self.record.sources.push(SourceOutcome {
-            name: source.name.clone(),
-            raw_version: Some(watermark.raw_version),
-            watermark: Some(watermark.clone()),
-            error: None,
-        });
+        let outcome = self.record.sources.last_mut().expect("pushed above");
+        outcome.raw_version = Some(watermark.raw_version);
+        outcome.watermark = Some(watermark.clone());
         self.history.save(&self.record).await?;
 
         let mut ctx = SessionContext::new();
@@ -246,15 +226,13 @@ impl BatchRun {
             .await
             .map_err(|source| query_err(&raw_url, source))?;
         let mut all_dates: BTreeSet<String> = self.record.dates.iter().cloned().collect();
-        let views: Vec<&ViewDef> = config.views_of(&source.name).collect();
+        let views = &config.views;
         for (i, view) in views.iter().enumerate() {
-            self.record.progress = Some(format!(
-                "{}: view {}/{}: {}",
-                source.name,
-                i + 1,
-                views.len(),
-                view.name
-            ));
+            let progress = format!("view {}/{}: {}", i + 1, views.len(), view.name);
+            self.record.progress = Some(match several {
+                true => format!("{}: {progress}", source.name),
+                false => progress,
+            });
             self.history.save(&self.record).await?;
             let started = Instant::now();
             let (outcome, dates) = self

@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use futures::future::join_all;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::timestamp::now_micros;
+use lambdaflow_common::validate::Validator;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -57,17 +58,21 @@ async fn collect_into(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
-    let source = state
+    let named = state
         .config
         .source_named(&source)
         .map_err(ApiError::NotFound)?;
-    let index = state
-        .config
-        .sources
+    let validator = state
+        .validators
         .iter()
-        .position(|s| s.name == source.name)
-        .expect("a named source is one of the config's");
-    collect(&state, index, &headers, &body).await
+        .find(|v| v.source().name == named.name);
+    collect(
+        &state,
+        validator.expect("a validator per source"),
+        &headers,
+        &body,
+    )
+    .await
 }
 
 /// `POST /v1/events`: the events of the deployment's only source.
@@ -76,20 +81,20 @@ async fn collect_only(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
-    if state.config.sources.len() > 1 {
+    let [validator] = state.validators.as_slice() else {
         return Err(ApiError::bad(
             "source_required",
             "the deployment has several sources: post to /v1/events/{source}",
         ));
-    }
-    collect(&state, 0, &headers, &body).await
+    };
+    collect(&state, validator, &headers, &body).await
 }
 
-/// Validates the events of `body` as the source at `index` in the config does and produces
-/// the valid ones to its topic.
+/// Validates the events of `body` as `validator`'s source does and produces the valid ones to
+/// its topic.
 async fn collect(
     state: &AppState,
-    index: usize,
+    validator: &Validator,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(StatusCode, Json<CollectReply>), ApiError> {
@@ -98,8 +103,7 @@ async fn collect(
     // against it here and, as its message's timestamp, by every layer that reads it.
     let arrival_ms = now_micros().div_euclid(1000);
     let now = arrival_ms * 1000;
-    let topic = &state.config.sources[index].topic;
-    let validator = &state.validators[index];
+    let topic = &validator.source().topic;
     let mut errors = Vec::new();
     let mut deliveries = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {

@@ -29,8 +29,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         .find_map(|stats| stats.topic_resets().into_iter().next())
     {
         return Err(ApiError::Unavailable(format!(
-            "the archiver halted partition {} of topic {}: {reset}",
-            reset.partition, reset.topic
+            "the archiver halted partition {}: {reset}",
+            reset.partition
         )));
     }
     let mut speed_ready = true;

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::speed_layer::{Speeds, ViewAt};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum_server::tls_rustls::RustlsConfig;
@@ -42,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::error::ApiError;
 use crate::http::guard::{Guard, TokenError};
+use crate::speed_layer::{Speeds, ViewAt};
 
 /// What every handler may read.
 #[derive(Clone)]

@@ -43,18 +43,12 @@ async fn latest(
             format!("limit must be between 1 and {MAX_LIMIT}, got {limit}"),
         ));
     }
+    let config = &state.config;
     let source = match params.source.as_deref() {
-        Some(name) => state
-            .config
-            .source_named(name)
-            .map_err(ApiError::NotFound)?,
-        None if state.config.sources.len() == 1 => &state.config.sources[0],
-        None => {
-            return Err(ApiError::bad(
-                "source_required",
-                "the deployment has several sources: name one with ?source=",
-            ));
-        }
+        Some(name) => config.source_named(name).map_err(ApiError::NotFound)?,
+        None => config
+            .pick_source(None)
+            .map_err(|why| ApiError::bad("source_required", format!("{why} with ?source=")))?,
     };
     let events = state
         .lake

@@ -559,8 +559,9 @@ impl Config {
     }
 }
 
-/// Applies `LAMBDAFLOW_<SECTION>__<KEY>=value` overrides. Variables without `__` after the
-/// prefix (such as `LAMBDAFLOW_LOG`) are not config keys and are ignored.
+/// Applies `LAMBDAFLOW_<SECTION>__<KEY>=value` overrides; an entry of a list of tables is named
+/// after the list, as in `LAMBDAFLOW_SOURCES__PAGEVIEWS__TOPIC`. Variables without `__` after
+/// the prefix (such as `LAMBDAFLOW_LOG`) are not config keys and are ignored.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -579,12 +580,24 @@ fn apply_env(
         };
         let (leaf, sections) = keys.split_last().expect("split yields at least one item");
         let mut node = &mut *table;
-        for section in sections {
-            node = node
+        let mut sections = sections.iter();
+        while let Some(section) = sections.next() {
+            let entry = node
                 .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .ok_or_else(|| env_err(format!("`{section}` is not a section")))?;
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = match entry {
+                toml::Value::Array(entries) => {
+                    let name = sections.next().ok_or_else(|| {
+                        env_err(format!("`{section}` is a list: name an entry, as in {ENV_PREFIX}{}__<NAME>__<KEY>", section.to_ascii_uppercase()))
+                    })?;
+                    named_entry(entries, name).ok_or_else(|| {
+                        env_err(format!("no entry of `{section}` is named `{name}`"))
+                    })?
+                }
+                entry => entry
+                    .as_table_mut()
+                    .ok_or_else(|| env_err(format!("`{section}` is not a section")))?,
+            };
         }
         let typed = match node.get(leaf) {
             Some(toml::Value::String(_)) => toml::Value::String(value.clone()),
@@ -593,6 +606,18 @@ fn apply_env(
         node.insert(leaf.clone(), typed);
     }
     Ok(())
+}
+
+/// The table of `entries` (a list such as `[[sources]]` or `[[views]]`) whose `name` is `name`,
+/// ignoring case as environment variable names do.
+fn named_entry<'a>(entries: &'a mut [toml::Value], name: &str) -> Option<&'a mut toml::Table> {
+    entries
+        .iter_mut()
+        .filter_map(toml::Value::as_table_mut)
+        .find(|entry| {
+            let named = entry.get("name").and_then(toml::Value::as_str);
+            named.is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
 }
 
 /// An override is read as a TOML value when it is one (`4`, `true`, `[1, 2]`), else as a string.
@@ -708,6 +733,31 @@ mod tests {
         assert_eq!(c.kafka.brokers, "localhost:9092");
         assert_eq!(c.kafka.partitions, 7);
         assert_eq!(c.archive.commit_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn env_overrides_reach_list_entries_by_name() {
+        let c = Config::from_toml(
+            DEMO_CONFIG,
+            "t",
+            env(&[
+                ("LAMBDAFLOW_SOURCES__PAGEVIEWS__TOPIC", "web-hits"),
+                ("LAMBDAFLOW_VIEWS__SALES_BY_COUNTRY__RETENTION", "30d"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.source_named("pageviews").unwrap().topic, "web-hits");
+        assert_eq!(c.source_named("events").unwrap().topic, "events");
+        assert_ne!(c.views[0].retention, c.views[1].retention);
+        for (var, named) in [
+            ("LAMBDAFLOW_SOURCES__CLICKS__TOPIC", "named `clicks`"),
+            ("LAMBDAFLOW_SOURCES__TOPIC", "name an entry"),
+        ] {
+            let err = Config::from_toml(DEMO_CONFIG, "t", env(&[(var, "x")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var) && err.contains(named), "{err}");
+        }
     }
 
     #[test]

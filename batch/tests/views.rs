@@ -11,6 +11,7 @@ use datafusion::common::ScalarValue;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use lambdaflow_batch::archive::commit::OffsetTable;
+use lambdaflow_batch::lake::reader::{LakeReader, TravelError};
 use lambdaflow_batch::lake::retention::Expire;
 use lambdaflow_batch::lake::status::status;
 use lambdaflow_batch::lake::vacuum::{Vacuum, Vacuumed};
@@ -18,14 +19,16 @@ use lambdaflow_batch::lake::{Lake, open_or_create, partition_dates};
 use lambdaflow_batch::views::lock::BatchLock;
 use lambdaflow_batch::views::records::{History, Mode, RunStatus};
 use lambdaflow_batch::views::run::BatchRun;
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::layout::{Role, ViewLayout};
+use lambdaflow_common::query::{AnswerLimits, AsOf, Query, answer};
 use lambdaflow_common::retention::Retention;
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
 use lambdaflow_common::sketch::Sketch;
 use lambdaflow_common::timestamp::{MICROS_PER_DAY, format_date, now_micros};
 use lambdaflow_common::validate::{Coordinates, Validator};
-use lambdaflow_common::view::{AggKind, ViewDef};
+use lambdaflow_common::view::{AggKind, ViewDef, fingerprint};
 use proptest::prelude::*;
 
 /// 2026-11-20T00:00:00Z in epoch microseconds.
@@ -768,6 +771,105 @@ async fn vacuum_keeps_what_pinned_readers_need_and_collects_the_rest() {
         .find(|t| t.table == "quarantine/events")
         .unwrap();
     assert_eq!(quarantine.next_expiry, None, "kept forever");
+}
+
+#[tokio::test]
+async fn past_versions_answer_as_they_were_until_vacuumed() {
+    let mut house = Lakehouse::new().await;
+    let config = house.config.clone();
+    let (source, view) = (config.source(), &config.views[0]);
+    let reader = LakeReader::from_lake(house.lake.clone());
+    let definition = fingerprint(source, view);
+    let as_of = |at| {
+        let reader = reader.clone();
+        let definition = definition.clone();
+        async move { reader.view_as_of(source, view, &definition, at).await }
+    };
+    let rows = |batch: &BatchView| {
+        answer(
+            source,
+            view,
+            &[&batch.state],
+            &Query::whole(view),
+            &AnswerLimits::NONE,
+        )
+        .unwrap()
+    };
+    let unpublished = as_of(AsOf::Version(0)).await.unwrap_err();
+    assert!(
+        matches!(unpublished, TravelError::NoVersions { .. }),
+        "{unpublished}"
+    );
+
+    let today = now_micros().div_euclid(MICROS_PER_DAY);
+    let before_any = now_micros();
+    house
+        .append(&[order_on(today - 1, 0), order_on(today, 1)])
+        .await;
+    house.run().run().await.unwrap();
+    let first = reader.view(source, view).await.unwrap();
+    let between = now_micros();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    house
+        .append(&[order_on(today - 1, 2), order_on(today, 3)])
+        .await;
+    house.run().run().await.unwrap();
+    let second = reader.view(source, view).await.unwrap();
+    assert_ne!(rows(&first), rows(&second));
+    let (v1, v2) = (first.version.unwrap(), second.version.unwrap());
+
+    let past = as_of(AsOf::Version(v1)).await.unwrap();
+    assert_eq!(past.version, Some(v1));
+    assert_eq!(past.watermark, first.watermark);
+    assert_eq!(rows(&past), rows(&first), "the batch answer of then");
+    let then = as_of(AsOf::Time(between)).await.unwrap();
+    assert_eq!(then.version, Some(v1), "the last version committed by then");
+    let now = as_of(AsOf::Time(now_micros())).await.unwrap();
+    assert_eq!((now.version, rows(&now)), (Some(v2), rows(&second)));
+
+    let refusal = |error: TravelError| error.to_string();
+    let ahead = refusal(as_of(AsOf::Version(v2 + 1)).await.unwrap_err());
+    assert!(ahead.contains(&format!("its latest is {v2}")), "{ahead}");
+    let early = refusal(
+        as_of(AsOf::Time(before_any - MICROS_PER_DAY))
+            .await
+            .unwrap_err(),
+    );
+    assert!(early.contains("had no batch version at"), "{early}");
+    let redefined = reader
+        .view_as_of(source, view, "another definition", AsOf::Version(v1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(redefined, TravelError::OtherDefinition { version, .. } if version == v1),
+        "{redefined}"
+    );
+
+    // The second run replaced the first one's files; once vacuum deletes them, the first
+    // version is gone and the refusal names the oldest one that still reads.
+    Vacuum::new(&config, &house.lake)
+        .with_now(chrono::Utc::now() + chrono::Duration::days(8))
+        .run()
+        .await
+        .unwrap();
+    let gone = as_of(AsOf::Version(v1)).await.unwrap_err();
+    let TravelError::Vacuumed {
+        version: Some(asked),
+        oldest,
+        ..
+    } = gone
+    else {
+        panic!("{gone}");
+    };
+    assert_eq!(asked, v1);
+    assert!(oldest > v1 && oldest <= v2, "{oldest}");
+    assert!(gone.to_string().contains("no longer held"), "{gone}");
+    let oldest = as_of(AsOf::Version(oldest)).await.unwrap();
+    assert_eq!(
+        rows(&as_of(AsOf::Version(v2)).await.unwrap()),
+        rows(&second)
+    );
+    assert!(oldest.version.is_some());
 }
 
 #[tokio::test]

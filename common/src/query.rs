@@ -97,6 +97,48 @@ pub struct QueryRequest {
     pub limit: Option<usize>,
     /// `merged` (the default), `batch` or `speed`.
     pub layer: Option<String>,
+    /// A batch version of the view to answer from alone, instead of the latest batch ⊕ speed.
+    pub as_of: Option<AsOfRequest>,
+}
+
+/// `as_of` as asked: `{"version": N}`, or an RFC 3339 time (the last version committed at or
+/// before it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AsOfRequest {
+    /// A view table version.
+    Version(VersionRef),
+    /// A time, RFC 3339 with an offset.
+    Time(String),
+}
+
+impl AsOfRequest {
+    /// The query-string form: digits are a version, anything else a time.
+    pub fn from_param(text: &str) -> Self {
+        match text.parse() {
+            Ok(version) if text.bytes().all(|b| b.is_ascii_digit()) => {
+                Self::Version(VersionRef { version })
+            }
+            _ => Self::Time(text.to_owned()),
+        }
+    }
+}
+
+/// `{"version": N}` of [`AsOfRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRef {
+    /// The view table version.
+    pub version: u64,
+}
+
+/// Which batch version a time-travel query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// That view table version.
+    Version(u64),
+    /// The last version committed at or before this time (microseconds since the epoch).
+    Time(i64),
 }
 
 /// One order key of a [`QueryRequest`].
@@ -129,6 +171,8 @@ pub struct ResolvedQuery {
     pub query: Query,
     /// Which parts to compute it over.
     pub layer: Layer,
+    /// The batch version to read instead of the latest; the layer is then [`Layer::Batch`].
+    pub as_of: Option<AsOf>,
 }
 
 /// Why a request cannot be resolved against a view. [`QueryError::code`] is the API's
@@ -154,6 +198,14 @@ pub enum QueryError {
     /// `from` is not before `to`.
     #[error("`from` must be before `to`")]
     EmptyRange,
+    /// `as_of` with a layer other than batch: a past version has no speed side.
+    #[error(
+        "`as_of` answers from that batch version alone; drop `layer` or set it to batch (got `{layer}`)"
+    )]
+    AsOfLayer {
+        /// The layer asked.
+        layer: String,
+    },
     /// `granularity` is not one of the spellings.
     #[error("granularity `{granularity}`: use minute, hour, day or all")]
     UnknownGranularity {
@@ -250,6 +302,7 @@ impl QueryError {
             Self::UnknownLayer { .. }
             | Self::InvalidTime { .. }
             | Self::EmptyRange
+            | Self::AsOfLayer { .. }
             | Self::LimitTooLarge { .. } => "invalid_query",
             Self::UnknownGranularity { .. } | Self::FinerThanView { .. } => "invalid_granularity",
             Self::UnknownDimension { .. } => "unknown_dimension",
@@ -292,7 +345,7 @@ impl Query {
     /// Resolves `request` against `view` of `source`: parses its times, granularity and filter
     /// values, and turns the names it uses into indexes of the view's dimensions and measures.
     /// Checks happen in the order of the request's keys: layer, times, granularity, group_by,
-    /// filters, measures, order_by, limit.
+    /// filters, measures, order_by, limit, as_of.
     pub fn resolve(
         source: &SourceConfig,
         view: &ViewDef,
@@ -402,6 +455,17 @@ impl Query {
         if let Some(limit) = request.limit.filter(|l| *l > MAX_LIMIT) {
             return Err(QueryError::LimitTooLarge { limit });
         }
+        let as_of = match &request.as_of {
+            None => None,
+            Some(_) if layer != Layer::Batch && request.layer.is_some() => {
+                return Err(QueryError::AsOfLayer {
+                    layer: request.layer.clone().unwrap_or_default(),
+                });
+            }
+            Some(AsOfRequest::Version(v)) => Some(AsOf::Version(v.version)),
+            Some(AsOfRequest::Time(text)) => time("as_of", Some(text))?.map(AsOf::Time),
+        };
+        let layer = if as_of.is_some() { Layer::Batch } else { layer };
         Ok(ResolvedQuery {
             query: Query {
                 from,
@@ -414,6 +478,7 @@ impl Query {
                 limit: request.limit,
             },
             layer,
+            as_of,
         })
     }
 }
@@ -738,6 +803,42 @@ mod tests {
         assert_eq!((q.rollup, q.rollup.as_str()), (Rollup::All, "all"));
         let q = resolve(json!({"granularity": "hour"})).unwrap().query;
         assert_eq!(q.rollup, Rollup::Buckets(Granularity::Hour));
+    }
+
+    #[test]
+    fn as_of_reads_one_batch_version_alone() {
+        let at = |body| resolve(body).map(|r| (r.as_of, r.layer));
+        assert_eq!(
+            at(json!({"as_of": {"version": 3}})),
+            Ok((Some(AsOf::Version(3)), Layer::Batch))
+        );
+        assert_eq!(
+            at(json!({"as_of": "2026-11-20T01:00:00+01:00", "layer": "batch"})),
+            Ok((
+                Some(AsOf::Time(
+                    parse_rfc3339_micros("2026-11-20T00:00:00Z").unwrap()
+                )),
+                Layer::Batch
+            ))
+        );
+        assert_eq!(at(json!({})), Ok((None, Layer::Merged)));
+        let refused = at(json!({"as_of": {"version": 3}, "layer": "merged"})).unwrap_err();
+        assert_eq!(refused.code(), "invalid_query");
+        assert!(refused.to_string().contains("drop `layer`"), "{refused}");
+        let refused = at(json!({"as_of": "yesterday"})).unwrap_err();
+        assert!(refused.to_string().contains("`as_of`"), "{refused}");
+        assert!(
+            serde_json::from_value::<QueryRequest>(json!({"as_of": {"version": 1, "v": 2}}))
+                .is_err()
+        );
+        assert_eq!(
+            AsOfRequest::from_param("12"),
+            AsOfRequest::Version(VersionRef { version: 12 })
+        );
+        assert_eq!(
+            AsOfRequest::from_param("+12"),
+            AsOfRequest::Time("+12".into())
+        );
     }
 
     #[test]

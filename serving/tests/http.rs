@@ -259,6 +259,123 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
 }
 
 #[tokio::test]
+async fn a_query_as_of_a_past_version_reads_that_batch_version_alone() {
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    let post = |path: &str, body: Value| {
+        Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let query = |body: Value| post("/v1/views/sales_by_country/query", body);
+
+    let (status, reply) = call(&state, query(json!({"as_of": {"version": 0}}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no batch version yet"),
+        "{reply}"
+    );
+
+    let (status, reply) = call(&state, post("/v1/batch/runs", json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    let id = reply["id"].as_str().unwrap().to_owned();
+    let mut record = Value::Null;
+    for _ in 0..600 {
+        record = call(&state, get(&format!("/v1/batch/runs/{id}"))).await.1;
+        if record["status"] == "succeeded" || record["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let outcome = record["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sales_by_country")
+        .unwrap();
+    let version = outcome["version"].as_u64().unwrap();
+
+    let body =
+        json!({"group_by": ["country"], "granularity": "all", "as_of": {"version": version}});
+    let (status, past) = call(&state, query(body)).await;
+    assert_eq!(status, StatusCode::OK, "{past}");
+    assert_eq!(past["batch_version"], version);
+    assert_eq!(past["watermark"], record["watermark"]);
+    assert_eq!(past["speed_offsets"], json!({}));
+    assert_eq!(past["complete"], true);
+    let orders: i64 = past["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["orders"].as_i64().unwrap())
+        .sum();
+    assert!(orders > 0, "{past}");
+    let path = format!(
+        "/v1/views/sales_by_country/query?group_by=country&granularity=all&as_of={version}"
+    );
+    assert_eq!(
+        call(&state, get(&path)).await,
+        (StatusCode::OK, past.clone())
+    );
+    let now = chrono::Utc::now().to_rfc3339();
+    let (status, at_time) = call(
+        &state,
+        query(json!({"group_by": ["country"], "granularity": "all", "as_of": now})),
+    )
+    .await;
+    assert_eq!((status, &at_time), (StatusCode::OK, &past));
+
+    for (body, status, code, says) in [
+        (
+            json!({"as_of": {"version": version + 1}}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "its latest is",
+        ),
+        (
+            json!({"as_of": "2001-01-01T00:00:00Z"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "had no batch version at",
+        ),
+        (
+            json!({"as_of": {"version": version}, "layer": "merged"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "drop `layer`",
+        ),
+        (
+            json!({"as_of": "last tuesday"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "`as_of`",
+        ),
+        (
+            json!({"as_of": {"version": -1}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "",
+        ),
+    ] {
+        let (got, reply) = call(&state, query(body.clone())).await;
+        assert_eq!(
+            (got, reply["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {reply}"
+        );
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+}
+
+#[tokio::test]
 async fn views_are_listed_and_bad_queries_are_named() {
     let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();

@@ -17,12 +17,15 @@ use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::{Config, LakeConfig};
+use lambdaflow_common::query::AsOf;
 use lambdaflow_common::schema::INGEST_TIME;
 use lambdaflow_common::source::SourceConfig;
 use lambdaflow_common::state::ViewState;
+use lambdaflow_common::timestamp::format_micros;
 use lambdaflow_common::view::ViewDef;
 use url::Url;
 
+use super::history::{AtTime, Log, files_present, oldest_held, stored_files, version_at};
 use super::status::{TableStatus, status};
 use super::{Lake, open, query_table, stored_ids};
 use crate::error::{Error, Result};
@@ -100,6 +103,76 @@ impl LakeReader {
             Some(table) => read_view(source, view, &table).await,
             None => Ok(BatchView::default()),
         }
+    }
+
+    /// `view`'s batch side as it was at `as_of`: the version asked, or the last one committed at
+    /// or before the time asked. Refused when that version was never made, is no longer held
+    /// (vacuumed, its log cleaned up) or was computed under a definition other than
+    /// `definition` (the fingerprint of the view as configured now).
+    pub async fn view_as_of(
+        &self,
+        source: &SourceConfig,
+        view: &ViewDef,
+        definition: &str,
+        as_of: AsOf,
+    ) -> Result<BatchView, TravelError> {
+        let url = self.lake.view(&view.name);
+        let name = || view.name.clone();
+        let Some(latest) = open(&url, None).await? else {
+            return Err(TravelError::NoVersions { view: name() });
+        };
+        let newest = latest.version().unwrap_or(0);
+        let log = Log::of(&latest).await?;
+        let version = match as_of {
+            AsOf::Version(v) if v > newest => {
+                return Err(TravelError::NoSuchVersion {
+                    view: name(),
+                    version: v,
+                    latest: newest,
+                });
+            }
+            AsOf::Version(v) => v,
+            AsOf::Time(micros) => match version_at(&latest, &log, micros.div_euclid(1000)).await? {
+                None | Some(AtTime::BeforeFirst(_)) => {
+                    return Err(TravelError::BeforeFirst {
+                        view: name(),
+                        at: format_micros(micros),
+                    });
+                }
+                Some(AtTime::BeforeOldest(oldest)) => {
+                    return Err(TravelError::Vacuumed {
+                        view: name(),
+                        version: None,
+                        oldest,
+                    });
+                }
+                Some(AtTime::Version(v)) => v,
+            },
+        };
+        let stored = stored_files(&latest).await?;
+        let table = if version == newest {
+            Some(latest)
+        } else if log.oldest().is_some_and(|o| version < o) {
+            None
+        } else {
+            open(&url, Some(version)).await?
+        };
+        let Some(table) = table.filter(|t| files_present(t, &stored).unwrap_or(false)) else {
+            return Err(TravelError::Vacuumed {
+                view: name(),
+                version: Some(version),
+                oldest: oldest_held(&url, &log, newest, &stored).await?,
+            });
+        };
+        if let Some(commit) = view_commit(&table).await?
+            && commit.definition != definition
+        {
+            return Err(TravelError::OtherDefinition {
+                view: name(),
+                version,
+            });
+        }
+        Ok(read_view(source, view, &table).await?)
     }
 
     /// Opens every view table of `views` and loads its batch side at its latest version (in
@@ -222,6 +295,61 @@ impl LakeReader {
         ctx.register_table(name, provider).map_err(query)?;
         Ok(true)
     }
+}
+
+/// Why a past version of a view cannot answer ([`LakeReader::view_as_of`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TravelError {
+    /// The view has no table yet: no batch run has published it.
+    #[error("view `{view}` has no batch version yet")]
+    NoVersions {
+        /// The view.
+        view: String,
+    },
+    /// The version asked is past the latest.
+    #[error("view `{view}` has no version {version}; its latest is {latest}")]
+    NoSuchVersion {
+        /// The view.
+        view: String,
+        /// What was asked.
+        version: u64,
+        /// The latest version.
+        latest: u64,
+    },
+    /// The time asked is before the view's first version.
+    #[error("view `{view}` had no batch version at {at}")]
+    BeforeFirst {
+        /// The view.
+        view: String,
+        /// The time asked, RFC 3339.
+        at: String,
+    },
+    /// The version asked (or the one current at the time asked) is no longer held.
+    #[error(
+        "{} of view `{view}` is no longer held (vacuumed); the oldest version held is {oldest}",
+        .version.map_or_else(|| "the version current then".to_owned(), |v| format!("version {v}"))
+    )]
+    Vacuumed {
+        /// The view.
+        view: String,
+        /// The version, when one was asked.
+        version: Option<u64>,
+        /// The oldest version that can still be read.
+        oldest: u64,
+    },
+    /// The version was computed under another definition of the view.
+    #[error(
+        "version {version} of view `{view}` was computed under another definition of the view; ask for a version published since it was last redefined"
+    )]
+    OtherDefinition {
+        /// The view.
+        view: String,
+        /// The version.
+        version: u64,
+    },
+    /// The lake could not be read.
+    #[error(transparent)]
+    Lake(#[from] Error),
 }
 
 /// The view tables of one process, kept open between checks for new versions.

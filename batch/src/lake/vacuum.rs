@@ -269,7 +269,10 @@ pub struct Storage {
 }
 
 /// Lists everything under `table`'s root (`prefix` `None`), or under one prefix of it.
-async fn list(table: &DeltaTable, prefix: Option<&Path>) -> Result<Vec<object_store::ObjectMeta>> {
+pub(super) async fn list(
+    table: &DeltaTable,
+    prefix: Option<&Path>,
+) -> Result<Vec<object_store::ObjectMeta>> {
     table
         .log_store()
         .object_store(None)
@@ -283,7 +286,7 @@ async fn list(table: &DeltaTable, prefix: Option<&Path>) -> Result<Vec<object_st
 }
 
 /// The version of a checkpoint file named `name` under `_delta_log/`.
-fn checkpoint_version(name: &str) -> Option<Version> {
+pub(super) fn checkpoint_version(name: &str) -> Option<Version> {
     let (version, rest) = name.split_once('.')?;
     rest.starts_with("checkpoint")
         .then(|| version.parse().ok())?

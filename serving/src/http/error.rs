@@ -11,6 +11,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use lambdaflow_batch::Error as BatchError;
+use lambdaflow_batch::lake::reader::TravelError;
 use lambdaflow_common::query::QueryError;
 use serde_json::json;
 
@@ -198,6 +199,19 @@ impl From<BatchError> for ApiError {
                 id: running,
             },
             e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<TravelError> for ApiError {
+    /// A version that is not there (never made, or no longer held) is a 404 whose message names
+    /// the versions that are; one computed under another definition cannot be read as the view
+    /// is now.
+    fn from(e: TravelError) -> Self {
+        match e {
+            TravelError::Lake(e) => e.into(),
+            e @ TravelError::OtherDefinition { .. } => Self::bad("view_redefined", e.to_string()),
+            e => Self::NotFound(e.to_string()),
         }
     }
 }

@@ -15,8 +15,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::query::{
-    AnswerLimits, Layer, Query, QueryRequest, ResolvedQuery, Row, Value, answer,
+    AnswerLimits, AsOfRequest, Layer, Query, QueryRequest, ResolvedQuery, Row, Value, answer,
 };
 use lambdaflow_common::source::{FieldType, SourceConfig};
 use lambdaflow_common::state::{Dim, ViewState};
@@ -164,6 +165,7 @@ struct QueryString {
     measures: Option<String>,
     limit: Option<usize>,
     layer: Option<String>,
+    as_of: Option<String>,
 }
 
 fn list_param(text: Option<String>) -> Option<Vec<String>> {
@@ -189,6 +191,7 @@ async fn query_get(
         measures: list_param(q.measures),
         limit: q.limit,
         layer: q.layer,
+        as_of: q.as_of.as_deref().map(AsOfRequest::from_param),
         ..QueryRequest::default()
     };
     answer_off_the_runtime(state, name, request).await
@@ -227,9 +230,22 @@ async fn answer_off_the_runtime(
         max_groups: state.config.serving.query_max_groups,
         deadline: Some((deadline.into_std(), timeout)),
     };
+    let past = match request.as_of {
+        Some(_) => Some(
+            tokio::time::timeout_at(deadline, past_version(&state, &name, &request))
+                .await
+                .map_err(|_| {
+                    ApiError::Timeout(format!(
+                        "reading the view's past version took longer than {} (serving.query_timeout)",
+                        humantime::format_duration(timeout)
+                    ))
+                })??,
+        ),
+        None => None,
+    };
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        run(&state, &name, request, &limits)
+        run(&state, &name, request, past, &limits)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("the query task failed: {e}")))?
@@ -246,30 +262,57 @@ fn lost_json(lost: &BTreeMap<i32, Vec<(i64, i64)>>) -> Json_ {
         .into()
 }
 
-/// Answers `request` on view `name` within `limits`.
+/// The batch version of view `name` that `request`'s `as_of` names, read from the lake.
+async fn past_version(
+    state: &AppState,
+    name: &str,
+    request: &QueryRequest,
+) -> Result<BatchView, ApiError> {
+    let (at, view) = find(state, name)?;
+    let source = state.config.source_of(view);
+    let resolved = Query::resolve(source, view, request)?;
+    let as_of = resolved.as_of.expect("called for a request with as_of");
+    let definition = &state.definitions[at.global];
+    Ok(state
+        .lake
+        .view_as_of(source, view, definition, as_of)
+        .await?)
+}
+
+/// Answers `request` on view `name` within `limits`: from `past` alone when the request asked
+/// for a past version, else from the served (batch, speed) pair.
 fn run(
     state: &AppState,
     name: &str,
     request: QueryRequest,
+    past: Option<BatchView>,
     limits: &AnswerLimits,
 ) -> Result<Response, ApiError> {
     let serving = &state.config.serving;
     let (at, view) = find(state, name)?;
     let source = state.config.source_of(view);
-    let ResolvedQuery { mut query, layer } = Query::resolve(source, view, &request)?;
+    let ResolvedQuery {
+        mut query, layer, ..
+    } = Query::resolve(source, view, &request)?;
     // One row past the limit tells whether the answer was cut.
     let limit = query.limit.unwrap_or(serving.query_default_limit);
     query.limit = Some(limit + 1);
     let progress = state.speeds.served(at.source).progress();
-    let (pair, folded) = {
-        let snapshot = read(state, at.source)?;
-        let pair = match layer {
-            Layer::Batch => snapshot.detach(at.index, |_| false),
-            Layer::Merged | Layer::Speed => {
-                snapshot.detach(at.index, |(bucket, dims)| query.selects(bucket, dims))
-            }
-        };
-        (pair, snapshot.folded().clone())
+    let (pair, folded) = match past {
+        Some(batch) => (
+            ViewPair::new(std::sync::Arc::new(batch), ViewState::new()),
+            BTreeMap::new(),
+        ),
+        None => {
+            let snapshot = read(state, at.source)?;
+            let pair = match layer {
+                Layer::Batch => snapshot.detach(at.index, |_| false),
+                Layer::Merged | Layer::Speed => {
+                    snapshot.detach(at.index, |(bucket, dims)| query.selects(bucket, dims))
+                }
+            };
+            (pair, snapshot.folded().clone())
+        }
     };
     if layer != Layer::Batch && state.rebuilding(at, pair.batch()) {
         return Err(ApiError::Rebuilding(view.name.clone()));

@@ -258,6 +258,194 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
     }
 }
 
+/// Starts a batch run through the API and waits for its record, which must say it succeeded.
+async fn batch_run(state: &AppState) -> Value {
+    let trigger = Request::post("/v1/batch/runs")
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, reply) = call(state, trigger).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    let path = format!("/v1/batch/runs/{}", reply["id"].as_str().unwrap());
+    let mut record = Value::Null;
+    for _ in 0..600 {
+        record = call(state, Request::get(&path).body(Body::empty()).unwrap())
+            .await
+            .1;
+        if record["status"] == "succeeded" || record["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(record["status"], "succeeded", "{record}");
+    record
+}
+
+#[tokio::test]
+async fn the_catalog_names_every_table_as_sql_reads_it_with_history_and_lineage() {
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    let record = batch_run(&state).await;
+    let (status, catalog) = call(&state, get("/v1/catalog")).await;
+    assert_eq!(status, StatusCode::OK, "{catalog}");
+    let tables = catalog["tables"].as_array().unwrap();
+    let names: Vec<&str> = tables.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let mut expected = vec!["raw_events", "quarantine_events"];
+    expected.extend(state.config.views.iter().map(|v| v.name.as_str()));
+    assert_eq!(names, expected);
+
+    for table in tables {
+        let name = table["name"].as_str().unwrap();
+        assert!(table.get("history").is_none() && table.get("lineage").is_none());
+        assert!(
+            table["version"].is_u64() && table["files"].as_u64() > Some(0),
+            "{table}"
+        );
+        assert!(table["last_commit"].is_string(), "{table}");
+        // SQL's information_schema lists the same columns, in order, with the same types.
+        let (status, info) = call(
+            &state,
+            sql(&format!(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
+                 WHERE table_name = '{name}' ORDER BY ordinal_position"
+            )),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{info}");
+        let from_sql: Vec<Value> = info["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let sql_type = match r[1].as_str().unwrap() {
+                    "Utf8" | "Utf8View" => "VARCHAR",
+                    "Int32" => "INT",
+                    "Int64" => "BIGINT",
+                    "Float64" => "DOUBLE",
+                    "Boolean" => "BOOLEAN",
+                    "Date32" => "DATE",
+                    "Binary" | "BinaryView" => "BYTEA",
+                    t if t.starts_with("Timestamp(") && t.contains("UTC") => {
+                        "TIMESTAMP WITH TIME ZONE"
+                    }
+                    other => panic!("{name}: no SQL type known for {other}"),
+                };
+                json!({"name": r[0], "type": sql_type, "nullable": r[2] == "YES"})
+            })
+            .collect();
+        assert_eq!(table["columns"], json!(from_sql), "{name}");
+    }
+
+    let (status, view) = call(&state, get("/v1/catalog/sales_by_country")).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let outcome = record["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sales_by_country")
+        .unwrap();
+    assert_eq!(view["version"], outcome["version"]);
+    assert_eq!(view["history"][0]["version"], outcome["version"]);
+    assert_eq!(view["history"][0]["run_id"], record["id"]);
+    assert_eq!(view["kind"], "view");
+    let lineage = &view["lineage"];
+    assert_eq!(lineage["reads"], "raw_events");
+    assert_eq!(lineage["raw_version"], record["watermark"]["raw_version"]);
+    assert_eq!(lineage["offsets"], record["watermark"]["offsets"]);
+    assert_eq!(lineage["run_id"], record["id"]);
+    assert_eq!(lineage["computed_under_current_definition"], true);
+    assert_eq!(lineage["definition"]["name"], "sales_by_country");
+
+    let (status, raw) = call(&state, get("/v1/catalog/raw_events")).await;
+    assert_eq!(status, StatusCode::OK, "{raw}");
+    assert_eq!(raw["lineage"]["topic"], "events");
+    assert_eq!(raw["lineage"]["offsets"], record["watermark"]["offsets"]);
+    assert!(
+        raw["lineage"]["feeds"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("sales_by_country"))
+    );
+    assert_eq!(raw["partition_by"], json!(["event_date"]));
+    let (status, missing) = call(&state, get("/v1/catalog/raw_nope")).await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    if let Some(python) = std::env::var_os("LAMBDAFLOW_PYTHON") {
+        let mut detail = Vec::new();
+        for name in &names {
+            detail.push(call(&state, get(&format!("/v1/catalog/{name}"))).await.1);
+        }
+        as_delta_logs_say(&python, lake.path(), &detail);
+    }
+}
+
+/// Reads each catalog entry's table with Python's `deltalake` and compares: version, column
+/// names, partition columns, file count, and the versions and operations of its history.
+fn as_delta_logs_say(python: &std::ffi::OsStr, lake: &std::path::Path, entries: &[Value]) {
+    const READER: &str = r#"
+import json, os, sys
+from deltalake import DeltaTable
+lake, paths = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+for path in paths:
+    t = DeltaTable(os.path.join(lake, path))
+    out[path] = {
+        "version": t.version(),
+        "columns": [f.name for f in t.schema().fields],
+        "partition_by": t.metadata().partition_columns,
+        "files": len(t.file_uris()),
+        "history": [[h["version"], h.get("operation")] for h in t.history(5)],
+    }
+print(json.dumps(out))
+"#;
+    let paths: Vec<&str> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    let out = std::process::Command::new(python)
+        .args(["-c", READER])
+        .arg(lake)
+        .arg(json!(paths).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deltalake failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for entry in entries {
+        let delta = &got[entry["path"].as_str().unwrap()];
+        let columns: Vec<&Value> = entry["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["name"])
+            .collect();
+        let mut names: Vec<&Value> = delta["columns"].as_array().unwrap().iter().collect();
+        let mut ours = columns.clone();
+        names.sort_by_key(|v| v.as_str());
+        ours.sort_by_key(|v| v.as_str());
+        assert_eq!(ours, names, "{}: columns", entry["name"]);
+        assert_eq!(entry["version"], delta["version"], "{}", entry["name"]);
+        assert_eq!(entry["partition_by"], delta["partition_by"]);
+        assert_eq!(entry["files"], delta["files"], "{}", entry["name"]);
+        let ours: Vec<Value> = entry["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(5)
+            .map(|h| json!([h["version"], h["operation"]]))
+            .collect();
+        assert_eq!(json!(ours), delta["history"], "{}: history", entry["name"]);
+    }
+}
+
 #[tokio::test]
 async fn a_query_as_of_a_past_version_reads_that_batch_version_alone() {
     let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
@@ -282,18 +470,7 @@ async fn a_query_as_of_a_past_version_reads_that_batch_version_alone() {
         "{reply}"
     );
 
-    let (status, reply) = call(&state, post("/v1/batch/runs", json!({}))).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
-    let id = reply["id"].as_str().unwrap().to_owned();
-    let mut record = Value::Null;
-    for _ in 0..600 {
-        record = call(&state, get(&format!("/v1/batch/runs/{id}"))).await.1;
-        if record["status"] == "succeeded" || record["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(record["status"], "succeeded", "{record}");
+    let record = batch_run(&state).await;
     let outcome = record["views"]
         .as_array()
         .unwrap()
@@ -1159,6 +1336,7 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
     for (path, item) in document["paths"].as_object().unwrap() {
         let uri = path
             .replace("{name}", "sales_by_country")
+            .replace("{table}", "raw_events")
             .replace("{source}", &state.config.source().name)
             .replace("{id}", "20990101T000000000Z-000000");
         for method in methods {
@@ -1207,7 +1385,7 @@ async fn every_documented_route_is_served_and_every_error_is_json() {
             }
         }
     }
-    assert_eq!(operations, 17, "the document lists every operation once");
+    assert_eq!(operations, 19, "the document lists every operation once");
 
     // Bodies over the limit, deep documents, broken JSON and arrays for objects on every route
     // that reads a body.

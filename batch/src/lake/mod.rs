@@ -16,6 +16,7 @@
 //! deletes the files and log entries no reader needs any more, and [`status`] reports what
 //! each table holds and costs.
 
+pub mod catalog;
 pub mod history;
 pub mod reader;
 pub mod retention;

@@ -25,6 +25,7 @@ use lambdaflow_common::timestamp::format_micros;
 use lambdaflow_common::view::ViewDef;
 use url::Url;
 
+use super::catalog::{self, CatalogTable};
 use super::history::{AtTime, Log, files_present, oldest_held, stored_files, version_at};
 use super::status::{TableStatus, status};
 use super::{Lake, open, query_table, stored_ids};
@@ -82,6 +83,16 @@ impl LakeReader {
     /// What each table of `config` holds and costs on storage ([`super::status`]).
     pub async fn status(&self, config: &Config) -> Result<Vec<TableStatus>> {
         status(config, &self.lake).await
+    }
+
+    /// Every table of `config` as the catalog lists it ([`super::catalog`]).
+    pub async fn catalog(&self, config: &Config) -> Result<Vec<CatalogTable>> {
+        catalog::catalog(config, &self.lake).await
+    }
+
+    /// The table SQL names `name`, with its history and lineage; `None` when `config` has none.
+    pub async fn catalog_table(&self, config: &Config, name: &str) -> Result<Option<CatalogTable>> {
+        catalog::table(config, &self.lake, name).await
     }
 
     /// `view`'s batch side at its latest version; empty before the view's first batch run.

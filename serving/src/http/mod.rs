@@ -7,6 +7,7 @@
 //! `lambdaflow_common::query`, not here.
 
 pub mod batch;
+pub mod catalog;
 pub mod dashboard;
 pub mod error;
 pub mod events;
@@ -161,6 +162,7 @@ pub fn app(state: AppState) -> Router {
         .merge(sql::router())
         .merge(quarantine::router())
         .merge(lake::router())
+        .merge(catalog::router())
         .merge(metrics::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

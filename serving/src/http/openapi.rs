@@ -24,7 +24,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(document))
 }
 
-/// [`DOCUMENT`] for `config`: the view routes' `{name}` enumerates its views, the
+/// [`DOCUMENT`] for `config`: the view routes' `{name}` enumerates its views, the catalog's
+/// `{table}` its tables' SQL names, the
 /// collector's `{source}` and the quarantine's `source` its sources. With several sources the
 /// quarantine's `source` is required and `POST /v1/events`, which takes the events of the only
 /// source, is not served.
@@ -32,6 +33,12 @@ pub fn document_for(config: &Config) -> String {
     let mut document: Value = serde_json::from_str(DOCUMENT).expect("the document is JSON");
     let views: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
     let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+    let tables: Vec<String> = sources
+        .iter()
+        .flat_map(|s| [format!("raw_{s}"), format!("quarantine_{s}")])
+        .chain(views.iter().map(|v| (*v).to_owned()))
+        .collect();
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
     let several = sources.len() > 1;
     let paths = document["paths"]
         .as_object_mut()
@@ -50,6 +57,7 @@ pub fn document_for(config: &Config) -> String {
         for parameter in parameters.into_iter().flatten() {
             let values = match parameter["name"].as_str() {
                 Some("name") if parameter["in"] == "path" => &views[..],
+                Some("table") if parameter["in"] == "path" => &tables[..],
                 Some("source") => &sources[..],
                 _ => continue,
             };

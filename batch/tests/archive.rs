@@ -398,10 +398,12 @@ async fn a_topic_that_went_back_in_time_halts_until_the_reset_is_accepted() {
     assert_eq!(stats.archived.load(Ordering::Relaxed), 0);
     assert_eq!(count(&raw).await, valid, "nothing archived while halted");
 
-    let accepted = accept_topic_reset(&config, &brokers).await.unwrap();
+    let accepted = accept_topic_reset(&config, &brokers.as_str().into())
+        .await
+        .unwrap();
     assert_eq!(accepted, BTreeMap::from([(0, 1), (1, 1)]));
     assert!(
-        accept_topic_reset(&config, &brokers)
+        accept_topic_reset(&config, &brokers.as_str().into())
             .await
             .unwrap()
             .is_empty(),

@@ -7,7 +7,7 @@
 //! overrides one key. Unknown keys are rejected with their name, so a typo never silently falls
 //! back to a default.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -59,7 +59,7 @@ pub struct Config {
 }
 
 /// Kafka connection and topic.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, or `"embedded"` for an in-process Kafka-protocol broker.
@@ -74,6 +74,44 @@ pub struct KafkaConfig {
     /// Consumer group of the speed layer; the archiver uses `<group_id>-archiver`.
     #[serde(default = "default_group")]
     pub group_id: String,
+    /// Replicas of each partition when a topic has to be created.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i16,
+    /// librdkafka properties given to every client (consumers, producers, admin), such as
+    /// `security.protocol`, `sasl.mechanisms`, `sasl.username`, `ssl.ca.location`. A value may
+    /// name environment variables as `${NAME}`, read when the config loads, so that secrets stay
+    /// out of the file.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// librdkafka properties lambdaflow sets itself, each for a guarantee it gives: where the
+/// brokers are, the consumer groups, offsets that live in the lake and never in Kafka, the
+/// start of a partition whose offsets are gone, the idempotent producer.
+pub const RESERVED_KAFKA_PROPERTIES: [&str; 9] = [
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.idempotence",
+    "acks",
+    "transactional.id",
+];
+
+/// Property values may hold secrets: only their keys are shown.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .field("group_id", &self.group_id)
+            .field("replication_factor", &self.replication_factor)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl KafkaConfig {
@@ -282,11 +320,13 @@ impl Config {
             origin: origin.to_owned(),
             detail,
         })?;
-        apply_env(&mut table, env)?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        apply_env(&mut table, env.iter().cloned())?;
         let mut config: Config = table.try_into().map_err(|detail| Error::Parse {
             origin: origin.to_owned(),
             detail,
         })?;
+        config.expand_kafka_properties(&env)?;
         config.gather_sources()?;
         config.check()?;
         Ok(config)
@@ -383,6 +423,35 @@ impl Config {
         }
     }
 
+    /// Replaces each `${NAME}` in a `[kafka.properties]` value with that variable of `env`.
+    fn expand_kafka_properties(&mut self, env: &[(String, String)]) -> Result<()> {
+        for (key, value) in &mut self.kafka.properties {
+            let invalid = |message: String| Error::Invalid {
+                key: format!("kafka.properties.{key}"),
+                message,
+            };
+            let mut expanded = String::with_capacity(value.len());
+            let mut rest = value.as_str();
+            while let Some(start) = rest.find("${") {
+                expanded.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| invalid("`${` without its closing `}`".into()))?;
+                let name = &after[..end];
+                let found = env
+                    .iter()
+                    .find(|(var, _)| var == name)
+                    .ok_or_else(|| invalid(format!("environment variable `{name}` is not set")))?;
+                expanded.push_str(&found.1);
+                rest = &after[end + 1..];
+            }
+            expanded.push_str(rest);
+            *value = expanded;
+        }
+        Ok(())
+    }
+
     /// Moves the single-source form into `sources`, with `kafka.topic` as its topic when it
     /// names none.
     fn gather_sources(&mut self) -> Result<()> {
@@ -409,6 +478,23 @@ impl Config {
         let invalid = |key: String, message: String| Err(Error::Invalid { key, message });
         if self.kafka.partitions < 1 {
             return invalid("kafka.partitions".into(), "must be at least 1".into());
+        }
+        if self.kafka.replication_factor < 1 {
+            return invalid(
+                "kafka.replication_factor".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if let Some(key) = self
+            .kafka
+            .properties
+            .keys()
+            .find(|k| RESERVED_KAFKA_PROPERTIES.contains(&k.as_str()))
+        {
+            return invalid(
+                format!("kafka.properties.{key}"),
+                "lambdaflow sets this property itself (brokers come from kafka.brokers, groups from kafka.group_id; offsets live in the lake and the producer is idempotent)".into(),
+            );
         }
         if self.archive.commit_max_events == 0 || self.archive.dedup_max_dates == 0 {
             return invalid(
@@ -637,6 +723,9 @@ fn default_partitions() -> i32 {
 fn default_group() -> String {
     "lambdaflow".into()
 }
+fn default_replication_factor() -> i16 {
+    1
+}
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -733,6 +822,54 @@ mod tests {
         assert_eq!(c.kafka.brokers, "localhost:9092");
         assert_eq!(c.kafka.partitions, 7);
         assert_eq!(c.archive.commit_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn kafka_properties_read_secrets_from_the_environment_and_keep_ours_ours() {
+        let with = |properties: &str, vars: &[(&str, &str)]| {
+            let text = DEMO_CONFIG.replacen(
+                "[kafka]",
+                &format!("[kafka.properties]\n{properties}\n\n[kafka]"),
+                1,
+            );
+            Config::from_toml(&text, "t", env(vars))
+        };
+        let c = with(
+            "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"p-${KAFKA_SECRET}-${KAFKA_SUFFIX}\"",
+            &[("KAFKA_SECRET", "s3cret"), ("KAFKA_SUFFIX", "x")],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.properties["sasl.password"], "p-s3cret-x");
+        assert_eq!(c.kafka.replication_factor, 1);
+        let shown = format!("{:?}", c.kafka);
+        assert!(
+            shown.contains("sasl.password") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+
+        let unset = with("\"sasl.password\" = \"${NOT_SET}\"", &[]).unwrap_err();
+        assert!(
+            unset.to_string().contains("kafka.properties.sasl.password")
+                && unset.to_string().contains("`NOT_SET` is not set"),
+            "{unset}"
+        );
+        let ours = with("\"enable.idempotence\" = \"false\"", &[]).unwrap_err();
+        assert!(
+            ours.to_string()
+                .contains("kafka.properties.enable.idempotence"),
+            "{ours}"
+        );
+        let replicas = Config::from_toml(
+            DEMO_CONFIG,
+            "t",
+            env(&[("LAMBDAFLOW_KAFKA__REPLICATION_FACTOR", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            replicas.to_string().contains("kafka.replication_factor"),
+            "{replicas}"
+        );
     }
 
     #[test]

@@ -31,7 +31,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::{metrics, settings};
+use crate::metrics;
+use crate::settings::{self, Cluster};
 
 /// How often a [`ChunkReader`] looks for partitions added to its topic.
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(3);
@@ -133,20 +134,20 @@ impl Consumer {
 
     /// The archiver's consumer of `topic` ([`settings::archiver`]); resumes at the earliest
     /// retained offset when its start offset is gone.
-    pub fn archiver(brokers: &str, group_id: &str, topic: &str) -> Result<Self> {
-        Self::create(&settings::archiver(brokers, group_id), topic)
+    pub fn archiver(cluster: impl Into<Cluster>, group_id: &str, topic: &str) -> Result<Self> {
+        Self::create(&settings::archiver(&cluster.into(), group_id), topic)
     }
 
     /// The speed layer's consumer of `topic` ([`settings::speed`]); resumes at the earliest
     /// retained offset when its start offset is gone, so that it skips only what the broker
     /// deleted (reported as lost), never what it still holds.
-    pub fn speed(brokers: &str, group_id: &str, topic: &str) -> Result<Self> {
-        Self::create(&settings::speed(brokers, group_id), topic)
+    pub fn speed(cluster: impl Into<Cluster>, group_id: &str, topic: &str) -> Result<Self> {
+        Self::create(&settings::speed(&cluster.into(), group_id), topic)
     }
 
     /// A plain reader of `topic` ([`settings::reader`]), for tools and tests.
-    pub fn reader(brokers: &str, group_id: &str, topic: &str) -> Result<Self> {
-        Self::create(&settings::reader(brokers, group_id), topic)
+    pub fn reader(cluster: impl Into<Cluster>, group_id: &str, topic: &str) -> Result<Self> {
+        Self::create(&settings::reader(&cluster.into(), group_id), topic)
     }
 
     /// The topic.

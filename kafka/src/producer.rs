@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 use crate::error::{Error, Result};
-use crate::settings;
+use crate::settings::{self, Cluster};
 
 /// Where the broker stored an acknowledged message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,26 +76,29 @@ impl Producer {
     }
 
     /// The idempotent producer of the product.
-    pub fn new(brokers: &str) -> Result<Self> {
-        Self::create(&settings::producer(brokers))
+    pub fn new(cluster: impl Into<Cluster>) -> Result<Self> {
+        Self::create(&settings::producer(&cluster.into()))
     }
 
     /// The idempotent producer of the product, able to send every event the validator
     /// accepts: up to `max_event_bytes` of payload plus its key
     /// ([`settings::producer_for_events`]).
-    pub fn for_events(brokers: &str, max_event_bytes: usize) -> Result<Self> {
-        Self::create(&settings::producer_for_events(brokers, max_event_bytes))
+    pub fn for_events(cluster: impl Into<Cluster>, max_event_bytes: usize) -> Result<Self> {
+        Self::create(&settings::producer_for_events(
+            &cluster.into(),
+            max_event_bytes,
+        ))
     }
 
     /// An idempotent producer with one message per record batch
     /// ([`settings::producer_one_per_batch`]).
-    pub fn one_message_per_batch(brokers: &str) -> Result<Self> {
-        Self::create(&settings::producer_one_per_batch(brokers))
+    pub fn one_message_per_batch(cluster: impl Into<Cluster>) -> Result<Self> {
+        Self::create(&settings::producer_one_per_batch(&cluster.into()))
     }
 
     /// A producer for filling a topic fast ([`settings::bulk_producer`]).
-    pub fn bulk(brokers: &str) -> Result<Self> {
-        Self::create(&settings::bulk_producer(brokers))
+    pub fn bulk(cluster: impl Into<Cluster>) -> Result<Self> {
+        Self::create(&settings::bulk_producer(&cluster.into()))
     }
 
     /// Queues `payload` under `key`; [`Error::QueueFull`] when librdkafka's local queue is

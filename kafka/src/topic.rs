@@ -8,11 +8,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::{Error, Result};
-use crate::settings;
+use crate::settings::{self, Cluster};
 
-/// Creates `topic` with `partitions` partitions on `brokers` unless it exists.
-pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
-    let probe: BaseConsumer = settings::admin(brokers)
+/// Creates `topic` with `partitions` partitions of `replication_factor` replicas on `cluster`
+/// unless it exists.
+pub async fn ensure_topic(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i16,
+) -> Result<()> {
+    let brokers = cluster.brokers();
+    let probe: BaseConsumer = settings::admin(cluster)
         .create()
         .map_err(Error::client(format!("connecting to {brokers}")))?;
     let name = topic.to_owned();
@@ -34,10 +41,14 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
     if exists {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = settings::admin(brokers)
+    let admin: AdminClient<DefaultClientContext> = settings::admin(cluster)
         .create()
         .map_err(Error::client(format!("connecting to {brokers}")))?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(i32::from(replication_factor)),
+    );
     let results = admin
         .create_topics(
             [&new],
@@ -51,6 +62,6 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
             Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
         }
     }
-    tracing::info!(%topic, partitions, "created topic");
+    tracing::info!(%topic, partitions, replication_factor, "created topic");
     Ok(())
 }

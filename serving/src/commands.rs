@@ -21,6 +21,7 @@ use lambdaflow_common::sample::{Mix, Shape};
 use lambdaflow_common::view::fingerprint;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
 use lambdaflow_kafka::producer::Producer;
+use lambdaflow_kafka::settings::Cluster;
 use lambdaflow_kafka::topic::ensure_topic;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -84,9 +85,9 @@ pub fn check(config: &Config) -> String {
     out
 }
 
-/// The bootstrap servers to use, starting the embedded broker when the config asks for it and
-/// creating each source's topic on a real one.
-pub async fn connect(config: &Config) -> Result<(String, Option<EmbeddedBroker>)> {
+/// The brokers to use, with the config's client properties: the embedded broker, started when
+/// the config asks for it, or `kafka.brokers`, where each source's topic is created if missing.
+pub async fn connect(config: &Config) -> Result<(Cluster, Option<EmbeddedBroker>)> {
     let partitions = config.kafka.partitions;
     if config.kafka.is_embedded() {
         let topics: Vec<(&str, i32)> = config
@@ -97,12 +98,22 @@ pub async fn connect(config: &Config) -> Result<(String, Option<EmbeddedBroker>)
         let broker = EmbeddedBroker::start(&topics)?;
         let brokers = broker.bootstrap_servers().to_owned();
         tracing::info!(%brokers, ?topics, "embedded Kafka-protocol broker started");
-        return Ok((brokers, Some(broker)));
+        return Ok((
+            Cluster::with_properties_of(brokers, &config.kafka),
+            Some(broker),
+        ));
     }
+    let cluster = Cluster::with_properties_of(config.kafka.brokers.as_str(), &config.kafka);
     for source in &config.sources {
-        ensure_topic(&config.kafka.brokers, &source.topic, partitions).await?;
+        ensure_topic(
+            &cluster,
+            &source.topic,
+            partitions,
+            config.kafka.replication_factor,
+        )
+        .await?;
     }
-    Ok((config.kafka.brokers.clone(), None))
+    Ok((cluster, None))
 }
 
 /// Tasks of one process: each failure or panic cancels the others, and the first error is
@@ -219,7 +230,7 @@ pub async fn archive(
 fn spawn_archivers(
     tasks: &mut Tasks,
     config: &Config,
-    brokers: &str,
+    brokers: &Cluster,
     shutdown: &CancellationToken,
 ) -> Vec<Arc<ArchiveStats>> {
     let mut stats = Vec::new();
@@ -360,7 +371,8 @@ pub async fn run(
     }
     let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
     println!(
-        "lambdaflow is running: API http://{addr}/  broker {brokers}  topics {}  lake {}",
+        "lambdaflow is running: API http://{addr}/  broker {}  topics {}  lake {}",
+        brokers.brokers(),
         topics.join(", "),
         config.lake.uri
     );
@@ -408,7 +420,7 @@ async fn spawn_speed(
     tasks: &mut Tasks,
     config: &Config,
     lake: &Arc<LakeReader>,
-    brokers: &str,
+    brokers: &Cluster,
     shutdown: &CancellationToken,
 ) -> Result<Speeds> {
     let (speeds, started) = speed_layer::start_all(config, lake, brokers, shutdown).await?;
@@ -422,7 +434,7 @@ async fn spawn_speed(
 /// `batches`, the lake through `lake`, answers from `speeds`.
 fn app_state(
     config: Arc<Config>,
-    brokers: &str,
+    brokers: &Cluster,
     batches: Arc<Batches>,
     lake: Arc<LakeReader>,
     speeds: Speeds,
@@ -559,8 +571,15 @@ pub async fn gen_events(
     }
     let source = config.pick_source(source).map_err(Error::UnknownSource)?;
     let kafka = &config.kafka;
-    ensure_topic(&kafka.brokers, &source.topic, kafka.partitions).await?;
-    let producer = Producer::new(&kafka.brokers)?;
+    let cluster = Cluster::with_properties_of(kafka.brokers.as_str(), kafka);
+    ensure_topic(
+        &cluster,
+        &source.topic,
+        kafka.partitions,
+        kafka.replication_factor,
+    )
+    .await?;
+    let producer = Producer::new(&cluster)?;
     let acked = generate::produce(&producer, &source.topic, options, &shutdown).await?;
     Ok((source.topic.clone(), acked))
 }

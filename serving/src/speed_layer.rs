@@ -13,6 +13,7 @@ use lambdaflow_batch::lake::reader::{LakeReader, ViewWatch};
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::view::ViewDef;
+use lambdaflow_kafka::settings::Cluster;
 use lambdaflow_speed::consume::{IdSink, RawIds, SpeedLayer, Swap};
 use lambdaflow_speed::engine::Speed;
 use lambdaflow_speed::error::RawIdsError;
@@ -126,7 +127,7 @@ impl Speeds {
 pub async fn start_all(
     config: &Config,
     lake: &Arc<LakeReader>,
-    brokers: &str,
+    brokers: &Cluster,
     shutdown: &CancellationToken,
 ) -> Result<(
     Speeds,
@@ -136,8 +137,7 @@ pub async fn start_all(
     let mut tasks = Vec::new();
     for source in &config.sources {
         let scoped = Arc::new(config.scoped(source));
-        let (state, task) =
-            start(scoped, lake.clone(), brokers.to_owned(), shutdown.clone()).await?;
+        let (state, task) = start(scoped, lake.clone(), brokers.clone(), shutdown.clone()).await?;
         served.push(state);
         tasks.push(task);
     }
@@ -166,7 +166,7 @@ impl RawIds for LakeRawIds {
 async fn start(
     config: Arc<Config>,
     lake: Arc<LakeReader>,
-    brokers: String,
+    brokers: Cluster,
     shutdown: CancellationToken,
 ) -> Result<(Served, impl Future<Output = Result<()>> + Send + 'static)> {
     let (views, batches) = lake.watch_views(config.source(), &config.views).await?;

@@ -13,6 +13,7 @@ use lambdaflow_common::config::Config;
 use lambdaflow_common::timestamp::format_date;
 use lambdaflow_common::validate::Validator;
 use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
+use lambdaflow_kafka::settings::Cluster;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +54,7 @@ pub type Swap = Vec<Option<Arc<BatchView>>>;
 /// The running speed layer.
 pub struct SpeedLayer {
     config: Arc<Config>,
-    brokers: String,
+    cluster: Cluster,
     speed: Speed,
     raw_ids: Arc<dyn RawIds>,
     swaps: mpsc::Receiver<Swap>,
@@ -62,23 +63,23 @@ pub struct SpeedLayer {
 impl std::fmt::Debug for SpeedLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpeedLayer")
-            .field("brokers", &self.brokers)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
 
 impl SpeedLayer {
-    /// A speed layer reading `brokers`, folding into `speed`, swapping what `swaps` sends.
+    /// A speed layer reading `cluster`, folding into `speed`, swapping what `swaps` sends.
     pub fn new(
         config: Arc<Config>,
-        brokers: impl Into<String>,
+        cluster: impl Into<Cluster>,
         speed: Speed,
         raw_ids: Arc<dyn RawIds>,
         swaps: mpsc::Receiver<Swap>,
     ) -> Self {
         Self {
             config,
-            brokers: brokers.into(),
+            cluster: cluster.into(),
             speed,
             raw_ids,
             swaps,
@@ -93,7 +94,7 @@ impl SpeedLayer {
             .with_views(&self.config.views)
             .map_err(Error::Filter)?;
         let topic = &self.config.source().topic;
-        let consumer = Consumer::speed(&self.brokers, &self.config.kafka.group_id, topic)?;
+        let consumer = Consumer::speed(&self.cluster, &self.config.kafka.group_id, topic)?;
         let Some(partitions) = consumer.wait_for_partitions(&shutdown).await else {
             return Ok(());
         };

@@ -38,6 +38,7 @@ use lambdaflow_common::validate::Validator;
 use lambdaflow_common::watermark::at_or_beyond;
 use lambdaflow_dedup::SeenIds;
 use lambdaflow_kafka::consumer::{Chunk, ChunkPolicy, ChunkReader, Consumer};
+use lambdaflow_kafka::settings::Cluster;
 use tokio_util::sync::CancellationToken;
 
 use self::commit::{Labels, OffsetTable};
@@ -117,16 +118,17 @@ const RESET_CHECK: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Archiver {
     config: Arc<Config>,
-    brokers: String,
+    cluster: Cluster,
     stats: Arc<ArchiveStats>,
 }
 
 impl Archiver {
-    /// An archiver for `config`, reading from `brokers` (the resolved bootstrap servers).
-    pub fn new(config: Arc<Config>, brokers: impl Into<String>) -> Self {
+    /// An archiver for `config`, reading from `cluster` (the resolved bootstrap servers and the
+    /// client properties).
+    pub fn new(config: Arc<Config>, cluster: impl Into<Cluster>) -> Self {
         Self {
             config,
-            brokers: brokers.into(),
+            cluster: cluster.into(),
             stats: Arc::default(),
         }
     }
@@ -152,7 +154,7 @@ impl Archiver {
         let config = &*self.config;
         let topic = &config.source().topic;
         let (raw, quarantine) = open_tables(config).await?;
-        let consumer = Consumer::archiver(&self.brokers, &config.kafka.group_id, topic)?;
+        let consumer = Consumer::archiver(&self.cluster, &config.kafka.group_id, topic)?;
         let Some(partitions) = consumer.wait_for_partitions(shutdown).await else {
             return Ok(false);
         };
@@ -294,15 +296,15 @@ fn without(chunk: Chunk, halted: &BTreeMap<i32, TopicReset>) -> Chunk {
 /// data): each starts a new epoch, read from offset 0. Partitions that did not go back are
 /// left alone, so running it twice changes nothing. Returns the partitions given a new epoch,
 /// with it.
-pub async fn accept_topic_reset(config: &Config, brokers: &str) -> Result<BTreeMap<i32, u32>> {
+pub async fn accept_topic_reset(config: &Config, cluster: &Cluster) -> Result<BTreeMap<i32, u32>> {
     let topic = &config.source().topic;
     let (raw, quarantine) = open_tables(config).await?;
-    let consumer = Consumer::reader(brokers, &config.kafka.group_id, topic)?;
+    let consumer = Consumer::reader(cluster, &config.kafka.group_id, topic)?;
     let partitions = consumer
         .partitions(Duration::from_secs(10))
         .ok_or_else(|| Error::TopicUnavailable {
             topic: topic.clone(),
-            brokers: brokers.to_owned(),
+            brokers: cluster.brokers().to_owned(),
         })?;
     let consumer = Arc::new(consumer);
     let mut tables = Tables::load(config, raw, quarantine, &partitions).await?;

@@ -245,9 +245,46 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
     );
     let published = strings(&services["serve"]["ports"]);
     assert!(
-        published.contains(&"8080:8080".to_owned()),
-        "the dashboard is published on 8080"
+        published.contains(&"8480:8080".to_owned()),
+        "the dashboard is published on 8480"
     );
+
+    // Kafka keeps its log on its volume: a restart must not empty the topics the lake holds
+    // offsets of.
+    let log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"].as_str().unwrap();
+    assert!(
+        strings(&kafka["volumes"])
+            .iter()
+            .any(|v| v.split(':').nth(1) == Some(log_dirs)),
+        "KAFKA_LOG_DIRS ({log_dirs}) is the Kafka volume's mount point"
+    );
+    // MinIO's images come from the registry MinIO publishes to, not Docker Hub.
+    for name in ["minio", "minio-init"] {
+        let image = services[name]["image"].as_str().unwrap();
+        assert!(image.starts_with("quay.io/minio/"), "{name}: {image}");
+    }
+    // Host ports clear of the defaults of what runs beside it: Airflow, Spark (master, worker,
+    // UI, history), Pinot (controller, broker, server, ZooKeeper), a local Kafka, Prometheus,
+    // PostgreSQL.
+    let taken = [
+        8080, 8081, 4040, 7077, 18080, 9000, 8099, 8098, 8097, 2181, 9092, 9090, 5432,
+    ];
+    for (name, service) in services {
+        for mapping in service["ports"].as_array().into_iter().flatten() {
+            let host: u16 = mapping
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                !taken.contains(&host),
+                "{name} publishes {host}, a common default"
+            );
+        }
+    }
 }
 
 #[test]

@@ -53,6 +53,86 @@ pub enum OrderKey {
     Measure(usize),
 }
 
+/// A condition on one dimension's value: one of some values, none of others, within bounds.
+/// Every part given must hold; null passes only a list that names it, never a bound.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// The value must be one of these.
+    pub one_of: Option<Vec<Dim>>,
+    /// The value must be none of these.
+    pub none_of: Vec<Dim>,
+    /// Lower bound, and whether it is included.
+    pub low: Option<(Dim, bool)>,
+    /// Upper bound, and whether it is included.
+    pub high: Option<(Dim, bool)>,
+}
+
+impl Filter {
+    /// The filter that accepts exactly `values`.
+    pub fn one_of(values: Vec<Dim>) -> Self {
+        Self {
+            one_of: Some(values),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `value` meets the condition.
+    pub fn accepts(&self, value: &Dim) -> bool {
+        let within = |bound: &Option<(Dim, bool)>, above: bool| match bound {
+            None => true,
+            Some((b, inclusive)) => match dim_order(value, b) {
+                None => false,
+                Some(Ordering::Equal) => *inclusive,
+                Some(o) => (o == Ordering::Greater) == above,
+            },
+        };
+        self.one_of.as_ref().is_none_or(|v| v.contains(value))
+            && !self.none_of.contains(value)
+            && within(&self.low, true)
+            && within(&self.high, false)
+    }
+}
+
+/// The order of two values of one dimension; `None` for null or values of different types.
+fn dim_order(a: &Dim, b: &Dim) -> Option<Ordering> {
+    match (a, b) {
+        (Dim::Int(a), Dim::Int(b)) => Some(a.cmp(b)),
+        (Dim::Float(a), Dim::Float(b)) => f64::from_bits(*a).partial_cmp(&f64::from_bits(*b)),
+        (Dim::Str(a), Dim::Str(b)) => Some(a.cmp(b)),
+        (Dim::Bool(a), Dim::Bool(b)) => Some(a.cmp(b)),
+        _ => None,
+    }
+}
+
+/// A filter as asked: a list of accepted values, or an object of conditions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FilterRequest {
+    /// The value must be one of these (`null` for null).
+    Values(Vec<Json>),
+    /// `{"in": [..], "not": [..], "gt"|"gte": v, "lt"|"lte": v}`, every key optional.
+    Condition(FilterCondition),
+}
+
+/// The object form of a [`FilterRequest`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterCondition {
+    /// Accepted values.
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<Json>>,
+    /// Refused values.
+    pub not: Option<Vec<Json>>,
+    /// Exclusive lower bound.
+    pub gt: Option<Json>,
+    /// Inclusive lower bound.
+    pub gte: Option<Json>,
+    /// Exclusive upper bound.
+    pub lt: Option<Json>,
+    /// Inclusive upper bound.
+    pub lte: Option<Json>,
+}
+
 /// A checked query over one view.
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -64,8 +144,9 @@ pub struct Query {
     pub rollup: Rollup,
     /// Indexes into the view's dimensions to group by.
     pub group_by: Vec<usize>,
-    /// Dimension index → accepted values (a group matches if its value is one of them).
-    pub filters: Vec<(usize, Vec<Dim>)>,
+    /// Dimension index → the condition its value must meet (a group matches if every one
+    /// holds).
+    pub filters: Vec<(usize, Filter)>,
     /// Indexes into the view's measures to compute.
     pub measures: Vec<usize>,
     /// Order; bucket then grouped dimensions when empty. `true` means descending.
@@ -87,8 +168,9 @@ pub struct QueryRequest {
     pub granularity: Option<String>,
     /// Dimensions to group by; none when absent.
     pub group_by: Option<Vec<String>>,
-    /// Dimension → accepted values, as JSON values of the dimension's type.
-    pub filters: Option<HashMap<String, Vec<Json>>>,
+    /// Dimension → accepted values as JSON values of the dimension's type, or conditions
+    /// ([`FilterRequest`]).
+    pub filters: Option<HashMap<String, FilterRequest>>,
     /// Measures to compute; all when absent.
     pub measures: Option<Vec<String>>,
     /// Order keys: `bucket`, a grouped dimension or a selected measure.
@@ -245,6 +327,14 @@ pub enum QueryError {
         /// The dimension's declared type.
         kind: Option<FieldType>,
     },
+    /// A filter's condition is malformed.
+    #[error("filter `{dimension}`: {message}")]
+    InvalidFilter {
+        /// The dimension.
+        dimension: String,
+        /// What was wrong.
+        message: String,
+    },
     /// `measures` names something that is not a measure of the view.
     #[error("view `{view}` has no measure `{measure}`")]
     UnknownMeasure {
@@ -306,7 +396,7 @@ impl QueryError {
             | Self::LimitTooLarge { .. } => "invalid_query",
             Self::UnknownGranularity { .. } | Self::FinerThanView { .. } => "invalid_granularity",
             Self::UnknownDimension { .. } => "unknown_dimension",
-            Self::InvalidFilterValue { .. } => "invalid_filter",
+            Self::InvalidFilterValue { .. } | Self::InvalidFilter { .. } => "invalid_filter",
             Self::UnknownMeasure { .. } => "unknown_measure",
             Self::InvalidOrder { .. } => "invalid_order",
             Self::Repeated { .. } => "repeated_name",
@@ -339,7 +429,7 @@ impl Query {
             && self
                 .filters
                 .iter()
-                .all(|(d, accepted)| accepted.contains(&dims[*d]))
+                .all(|(d, filter)| filter.accepts(&dims[*d]))
     }
 
     /// Resolves `request` against `view` of `source`: parses its times, granularity and filter
@@ -398,20 +488,42 @@ impl Query {
             });
         }
         let mut filters = Vec::new();
-        for (name, values) in request.filters.iter().flatten() {
+        for (name, asked) in request.filters.iter().flatten() {
             let d = dimension(view, name, "filters")?;
             let kind = source.field(name).map(|f| f.kind);
-            let values = values
-                .iter()
-                .map(|v| {
-                    dim_of(kind, v).ok_or_else(|| QueryError::InvalidFilterValue {
-                        dimension: name.clone(),
-                        value: v.clone(),
-                        kind,
-                    })
+            let value = |v: &Json| {
+                dim_of(kind, v).ok_or_else(|| QueryError::InvalidFilterValue {
+                    dimension: name.clone(),
+                    value: v.clone(),
+                    kind,
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            filters.push((d, values));
+            };
+            let values = |list: &[Json]| list.iter().map(value).collect::<Result<Vec<_>, _>>();
+            let bound = |exclusive: &Option<Json>, inclusive: &Option<Json>| {
+                let (v, included) = match (exclusive, inclusive) {
+                    (None, None) => return Ok(None),
+                    (Some(v), None) => (v, false),
+                    (None, Some(v)) => (v, true),
+                    (Some(_), Some(_)) => {
+                        return Err(QueryError::InvalidFilter {
+                            dimension: name.clone(),
+                            message: "give one lower bound and one upper bound at most (gt or gte, lt or lte)".into(),
+                        });
+                    }
+                };
+                // `null` reads as an absent bound, as everywhere in a request.
+                Ok(Some((value(v)?, included)))
+            };
+            let filter = match asked {
+                FilterRequest::Values(list) => Filter::one_of(values(list)?),
+                FilterRequest::Condition(c) => Filter {
+                    one_of: c.one_of.as_deref().map(values).transpose()?,
+                    none_of: values(c.not.as_deref().unwrap_or_default())?,
+                    low: bound(&c.gt, &c.gte)?,
+                    high: bound(&c.lt, &c.lte)?,
+                },
+            };
+            filters.push((d, filter));
         }
         let measures = match &request.measures {
             None => (0..view.measures.len()).collect(),
@@ -777,7 +889,10 @@ mod tests {
         assert_eq!(q.to, Some(q.from.unwrap() + 86_400_000_000));
         assert_eq!(q.rollup, Rollup::Buckets(Granularity::Day));
         assert_eq!(q.group_by, [0]);
-        assert_eq!(q.filters, [(0, vec![Dim::Str("kr".into()), Dim::Null])]);
+        assert_eq!(
+            q.filters,
+            [(0, Filter::one_of(vec![Dim::Str("kr".into()), Dim::Null]))]
+        );
         assert_eq!(q.measures, [1, 0]);
         assert_eq!(
             q.order_by,
@@ -842,6 +957,42 @@ mod tests {
     }
 
     #[test]
+    fn filters_exclude_values_and_bound_ranges() {
+        let str = |s: &str| Dim::Str(s.into());
+        let filter = |body: Json| {
+            let request: QueryRequest =
+                serde_json::from_value(json!({ "filters": { "country": body } })).unwrap();
+            let config = Config::shop();
+            Query::resolve(config.source(), &config.views[0], &request).map(|r| r.query.filters)
+        };
+        let not = filter(json!({"not": ["US", null]})).unwrap();
+        let f = &not[0].1;
+        assert!(f.accepts(&str("KR")) && !f.accepts(&str("US")) && !f.accepts(&Dim::Null));
+        let range = filter(json!({"gte": "DE", "lt": "US"})).unwrap();
+        let f = &range[0].1;
+        assert!(f.accepts(&str("DE")) && f.accepts(&str("KR")));
+        assert!(!f.accepts(&str("US")) && !f.accepts(&str("AT")) && !f.accepts(&Dim::Null));
+        let both = filter(json!({"in": ["DE", "KR", "US"], "not": ["KR"], "lte": "KR"})).unwrap();
+        let f = &both[0].1;
+        assert!(f.accepts(&str("DE")) && !f.accepts(&str("KR")) && !f.accepts(&str("US")));
+        assert!(!f.accepts(&str("FR")), "not in the list");
+
+        let code = |body: Json| {
+            let error = filter(body).unwrap_err();
+            (error.code(), error.to_string())
+        };
+        let (c, m) = code(json!({"gt": "A", "gte": "B"}));
+        assert_eq!(c, "invalid_filter");
+        assert!(m.contains("one lower bound"), "{m}");
+        let open = filter(json!({"lt": null})).unwrap();
+        assert!(open[0].1.accepts(&Dim::Null), "a null bound is no bound");
+        assert_eq!(code(json!({"not": [3]})).0, "invalid_filter");
+        let unknown: Result<QueryRequest, _> =
+            serde_json::from_value(json!({"filters": {"country": {"like": "K%"}}}));
+        assert!(unknown.is_err());
+    }
+
+    #[test]
     fn filter_values_take_their_dimensions_type() {
         let config = Config::shop();
         let products = &config.views[2];
@@ -851,7 +1002,10 @@ mod tests {
         let q = Query::resolve(config.source(), products, &request)
             .unwrap()
             .query;
-        assert_eq!(q.filters, [(1, vec![Dim::Str("DE".into())])]);
+        assert_eq!(
+            q.filters,
+            [(1, Filter::one_of(vec![Dim::Str("DE".into())]))]
+        );
         assert_eq!(
             dim_of(Some(FieldType::Float), &json!(-0.0)),
             Some(Dim::Float(0.0f64.to_bits()))

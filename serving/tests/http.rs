@@ -553,6 +553,76 @@ async fn a_query_as_of_a_past_version_reads_that_batch_version_alone() {
 }
 
 #[tokio::test]
+async fn queries_filter_by_exclusion_and_range_in_both_forms() {
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let post = |body: Value| {
+        Request::post("/v1/views/sales_by_country/query")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let get = |params: &str| {
+        Request::get(format!("/v1/views/sales_by_country/query?{params}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let countries = |answer: &Value| -> Vec<String> {
+        answer["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["country"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = call(
+        &state,
+        post(json!({"granularity": "all", "group_by": ["country"]})),
+    )
+    .await;
+    assert_eq!(countries(&all.1), ["DE", "US"], "{}", all.1);
+
+    let body = json!({
+        "granularity": "all",
+        "group_by": ["country"],
+        "filters": {"country": {"not": ["US"]}},
+        "order_by": [{"field": "orders", "desc": true}, {"field": "country"}],
+    });
+    let (status, excluded) = call(&state, post(body)).await;
+    assert_eq!(status, StatusCode::OK, "{excluded}");
+    assert_eq!(countries(&excluded), ["DE"]);
+    // The GET form: `filters` as JSON text, `order_by` with `-` for descending.
+    let (status, same) = call(
+        &state,
+        get("granularity=all&group_by=country&filters=%7B%22country%22%3A%7B%22not%22%3A%5B%22US%22%5D%7D%7D&order_by=-orders,country"),
+    )
+    .await;
+    assert_eq!((status, &same), (StatusCode::OK, &excluded));
+
+    let range = json!({"granularity": "all", "group_by": ["country"], "filters": {"country": {"gt": "DE", "lte": "US"}}});
+    let (status, ranged) = call(&state, post(range)).await;
+    assert_eq!(status, StatusCode::OK, "{ranged}");
+    assert_eq!(countries(&ranged), ["US"]);
+
+    for (request, code) in [
+        (get("filters=%7Bnot%20json"), "invalid_query"),
+        (get("order_by=-nope"), "invalid_order"),
+        (
+            post(json!({"filters": {"country": {"gt": "A", "gte": "B"}}})),
+            "invalid_filter",
+        ),
+    ] {
+        let (status, reply) = call(&state, request).await;
+        assert_eq!(
+            (status, reply["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{reply}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn views_are_listed_and_bad_queries_are_named() {
     let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();

@@ -17,7 +17,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::query::{
-    AnswerLimits, AsOfRequest, Layer, Query, QueryRequest, ResolvedQuery, Row, Value, answer,
+    AnswerLimits, AsOfRequest, Layer, OrderBy, Query, QueryRequest, ResolvedQuery, Row, Value,
+    answer,
 };
 use lambdaflow_common::source::{FieldType, SourceConfig};
 use lambdaflow_common::state::{Dim, ViewState};
@@ -166,6 +167,10 @@ struct QueryString {
     limit: Option<usize>,
     layer: Option<String>,
     as_of: Option<String>,
+    /// The body form's `filters` object, as JSON text.
+    filters: Option<String>,
+    /// Comma-separated keys, each descending with a leading `-`.
+    order_by: Option<String>,
 }
 
 fn list_param(text: Option<String>) -> Option<Vec<String>> {
@@ -183,6 +188,31 @@ async fn query_get(
     params: Result<QueryParams<QueryString>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let QueryParams(q) = params?;
+    let filters = q
+        .filters
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| {
+            ApiError::bad(
+                "invalid_query",
+                format!("`filters` must be a JSON object such as {{\"country\":[\"KR\"]}}: {e}"),
+            )
+        })?;
+    let order_by = list_param(q.order_by).map(|keys| {
+        keys.into_iter()
+            .map(|key| match key.strip_prefix('-') {
+                Some(field) => OrderBy {
+                    field: field.to_owned(),
+                    desc: true,
+                },
+                None => OrderBy {
+                    field: key,
+                    desc: false,
+                },
+            })
+            .collect()
+    });
     let request = QueryRequest {
         from: q.from,
         to: q.to,
@@ -192,7 +222,8 @@ async fn query_get(
         limit: q.limit,
         layer: q.layer,
         as_of: q.as_of.as_deref().map(AsOfRequest::from_param),
-        ..QueryRequest::default()
+        filters,
+        order_by,
     };
     answer_off_the_runtime(state, name, request).await
 }

@@ -70,6 +70,11 @@ pub enum Command {
         /// Seed for reproducible streams.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// A file the count of events acknowledged so far is written to, at most every second
+        /// while it grows: its age tells a producing generator from a stuck one (a container
+        /// healthcheck).
+        #[arg(long)]
+        heartbeat: Option<std::path::PathBuf>,
     },
     /// Validate a config file and print its views.
     Check(ConfigArg),

@@ -364,9 +364,11 @@ pub async fn run(
         let producer = Producer::new(&brokers)?;
         let shutdown = shutdown.clone();
         tasks.spawn("generator", async move {
-            Ok(generate::produce(&producer, &topic, options, &shutdown)
-                .await
-                .map(drop)?)
+            Ok(
+                generate::produce(&producer, &topic, options, None, &shutdown)
+                    .await
+                    .map(drop)?,
+            )
         });
     }
     let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
@@ -559,11 +561,13 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> Result<(
 }
 
 /// `lambdaflow gen`: produce synthetic events to the topic of the source called `source` (the
-/// only one when `None`) on the configured broker; returns the topic and the events acknowledged.
+/// only one when `None`) on the configured broker, writing the count acknowledged to
+/// `heartbeat` as it grows; returns the topic and the events acknowledged.
 pub async fn gen_events(
     config: &Config,
     source: Option<&str>,
     options: GenOptions,
+    heartbeat: Option<&std::path::Path>,
     shutdown: CancellationToken,
 ) -> Result<(String, u64)> {
     if config.kafka.is_embedded() {
@@ -580,7 +584,7 @@ pub async fn gen_events(
     )
     .await?;
     let producer = Producer::new(&cluster)?;
-    let acked = generate::produce(&producer, &source.topic, options, &shutdown).await?;
+    let acked = generate::produce(&producer, &source.topic, options, heartbeat, &shutdown).await?;
     Ok((source.topic.clone(), acked))
 }
 

@@ -1,6 +1,7 @@
 //! `lambdaflow gen` and the demo's producers: synthetic events of one shape (the shop's, or a
 //! web tracker's) to Kafka at a rate.
 
+use std::path::Path;
 use std::time::Duration;
 
 use futures::future::try_join_all;
@@ -25,12 +26,18 @@ pub struct GenOptions {
     pub seed: u64,
 }
 
+/// How often the heartbeat file is rewritten while events are acknowledged.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
 /// Produces until `count` messages were acknowledged or `shutdown` is cancelled; returns how
-/// many were acknowledged.
+/// many were acknowledged. With a `heartbeat` file, the count acknowledged so far is written
+/// to it at most every second while it grows, so that a healthcheck can tell a generator that
+/// produces from one that is stuck by the file's age.
 pub async fn produce(
     producer: &Producer,
     topic: &str,
     options: GenOptions,
+    heartbeat: Option<&Path>,
     shutdown: &CancellationToken,
 ) -> Result<u64> {
     let mut generator = Generator::new(options.shape, options.seed, 3_000, options.mix);
@@ -38,7 +45,9 @@ pub async fn produce(
     let mut sent: u64 = 0;
     let mut acked: u64 = 0;
     let mut pending = Vec::new();
+    let mut beat = Heartbeat::new(heartbeat);
     while options.count.is_none_or(|n| sent < n) && !shutdown.is_cancelled() {
+        beat.after(acked).await;
         if let Some(rate) = options.rate {
             let due = started + Duration::from_secs_f64(sent as f64 / rate);
             if due > tokio::time::Instant::now() {
@@ -67,7 +76,42 @@ pub async fn produce(
     }
     acked += settle(&mut pending).await?;
     producer.flush(Duration::from_secs(30))?;
+    beat.write(acked).await;
     Ok(acked)
+}
+
+/// The heartbeat file of [`produce`].
+struct Heartbeat<'a> {
+    path: Option<&'a Path>,
+    last: tokio::time::Instant,
+    written: u64,
+}
+
+impl<'a> Heartbeat<'a> {
+    fn new(path: Option<&'a Path>) -> Self {
+        Self {
+            path,
+            last: tokio::time::Instant::now(),
+            written: 0,
+        }
+    }
+
+    /// Writes `acked` when it grew and a second has passed since the last write.
+    async fn after(&mut self, acked: u64) {
+        if acked > self.written && self.last.elapsed() >= HEARTBEAT_EVERY {
+            self.write(acked).await;
+        }
+    }
+
+    /// Writes `acked`; a failure is logged (the healthcheck then sees a stale file).
+    async fn write(&mut self, acked: u64) {
+        let Some(path) = self.path else { return };
+        if let Err(e) = tokio::fs::write(path, format!("{acked}\n")).await {
+            tracing::warn!(path = %path.display(), error = %e, "writing the heartbeat file failed");
+        }
+        self.last = tokio::time::Instant::now();
+        self.written = acked;
+    }
 }
 
 /// Waits for every pending delivery; the first refusal is the error.

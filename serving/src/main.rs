@@ -106,6 +106,7 @@ async fn dispatch(command: Command) -> Result<()> {
             late,
             invalid,
             seed,
+            heartbeat,
         } => {
             let config = config.load()?;
             let options = GenOptions {
@@ -119,8 +120,14 @@ async fn dispatch(command: Command) -> Result<()> {
                 },
                 seed,
             };
-            let (topic, acked) =
-                commands::gen_events(&config, source.as_deref(), options, token).await?;
+            let (topic, acked) = commands::gen_events(
+                &config,
+                source.as_deref(),
+                options,
+                heartbeat.as_deref(),
+                token,
+            )
+            .await?;
             println!("produced {acked} events to {topic}");
             Ok(())
         }

@@ -307,3 +307,29 @@ fn the_api_is_not_served_beyond_loopback_without_tokens() {
         "{stderr}"
     );
 }
+
+#[test]
+fn gen_writes_the_count_acknowledged_to_its_heartbeat_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = lambdaflow_tests::Tansu::start(dir.path());
+    let beat = dir.path().join("gen.heartbeat");
+    let out = lambdaflow(
+        &[
+            "gen",
+            "--config",
+            "deploy/lambdaflow.toml",
+            "--count",
+            "40",
+            "--heartbeat",
+            beat.to_str().unwrap(),
+        ],
+        &[("LAMBDAFLOW_KAFKA__BROKERS", tansu.bootstrap.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("produced 40 events"));
+    assert_eq!(std::fs::read_to_string(&beat).unwrap(), "40\n");
+}

@@ -172,7 +172,19 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
                 command: BatchCommand::Schedule(w),
             } => (w.config.config.clone(), w.metrics_listen.clone()),
             Sub::Serve(c) => (c.config.clone(), None),
-            Sub::Gen { config, .. } => (config.config.clone(), None),
+            Sub::Gen {
+                config, heartbeat, ..
+            } => {
+                let beat = heartbeat
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{name} writes a heartbeat file"));
+                let probe = strings(&service["healthcheck"]["test"]).join(" ");
+                assert!(
+                    probe.contains(&format!("stat -c %Y {}", beat.display())),
+                    "{name}'s healthcheck reads the age of its heartbeat file: {probe}"
+                );
+                (config.config.clone(), None)
+            }
             other => panic!(
                 "{name} runs {other:?}; the compose file runs archive, serve, batch schedule and gen"
             ),

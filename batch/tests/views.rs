@@ -818,6 +818,11 @@ async fn past_versions_answer_as_they_were_until_vacuumed() {
     assert_ne!(rows(&first), rows(&second));
     let (v1, v2) = (first.version.unwrap(), second.version.unwrap());
 
+    let created = as_of(AsOf::Version(0)).await.unwrap_err();
+    assert!(
+        matches!(created, TravelError::Unpublished { version: 0, .. }),
+        "the table's creation holds no batch version: {created}"
+    );
     let past = as_of(AsOf::Version(v1)).await.unwrap();
     assert_eq!(past.version, Some(v1));
     assert_eq!(past.watermark, first.watermark);

@@ -80,15 +80,15 @@ pub struct KafkaConfig {
     /// librdkafka properties given to every client (consumers, producers, admin), such as
     /// `security.protocol`, `sasl.mechanisms`, `sasl.username`, `ssl.ca.location`. A value may
     /// name environment variables as `${NAME}`, read when the config loads, so that secrets stay
-    /// out of the file.
-    #[serde(default)]
+    /// out of the file. Never serialised: values may be secrets.
+    #[serde(default, skip_serializing)]
     pub properties: BTreeMap<String, String>,
 }
 
 /// librdkafka properties lambdaflow sets itself, each for a guarantee it gives: where the
 /// brokers are, the consumer groups, offsets that live in the lake and never in Kafka, the
 /// start of a partition whose offsets are gone, the idempotent producer.
-pub const RESERVED_KAFKA_PROPERTIES: [&str; 9] = [
+pub const RESERVED_KAFKA_PROPERTIES: [&str; 10] = [
     "bootstrap.servers",
     "metadata.broker.list",
     "group.id",
@@ -97,6 +97,7 @@ pub const RESERVED_KAFKA_PROPERTIES: [&str; 9] = [
     "auto.offset.reset",
     "enable.idempotence",
     "acks",
+    "request.required.acks",
     "transactional.id",
 ];
 

@@ -54,7 +54,7 @@ pub enum OrderKey {
 }
 
 /// A condition on one dimension's value: one of some values, none of others, within bounds.
-/// Every part given must hold; null passes only a list that names it, never a bound.
+/// Every part given must hold; null is within no bound.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     /// The value must be one of these.

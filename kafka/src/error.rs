@@ -37,10 +37,29 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps librdkafka's error with what was being done.
+    /// Wraps librdkafka's error with what was being done. A refused setting's value is
+    /// replaced by `<redacted>`: it may be a password given in `[kafka.properties]`.
     pub fn client(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         let context = context.into();
-        move |source| Self::Client { context, source }
+        move |source| {
+            let source = match source {
+                rdkafka::error::KafkaError::ClientConfig(code, description, key, value) => {
+                    // librdkafka's own description quotes the value too.
+                    let description = match value.is_empty() {
+                        true => description,
+                        false => description.replace(&value, "<redacted>"),
+                    };
+                    rdkafka::error::KafkaError::ClientConfig(
+                        code,
+                        description,
+                        key,
+                        "<redacted>".into(),
+                    )
+                }
+                other => other,
+            };
+            Self::Client { context, source }
+        }
     }
 }
 

@@ -224,6 +224,10 @@ mod tests {
         let says = |error: crate::Error| {
             let text = format!("{error}: {:?}", std::error::Error::source(&error));
             assert!(text.contains("security.protocol"), "{text}");
+            assert!(
+                !text.contains("carrier_pigeon"),
+                "the value is redacted: {text}"
+            );
         };
         says(Consumer::archiver(&cluster, "g", "events").unwrap_err());
         says(Consumer::speed(&cluster, "g", "events").unwrap_err());
@@ -253,6 +257,21 @@ mod tests {
             );
         }
         Producer::new(&tuned).unwrap();
+        // TLS is built in: managed Kafka listens on SSL or SASL_SSL.
+        kafka
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        kafka
+            .properties
+            .insert("sasl.mechanisms".into(), "PLAIN".into());
+        for (key, value) in [("sasl.username", "shop"), ("sasl.password", "secret")] {
+            kafka.properties.insert(key.into(), value.into());
+        }
+        Producer::new(Cluster::with_properties_of(
+            broker.bootstrap_servers(),
+            &kafka,
+        ))
+        .unwrap();
         let shown = format!("{tuned:?}");
         assert!(
             shown.contains("client.id") && !shown.contains("shop-1"),

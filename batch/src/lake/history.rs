@@ -178,14 +178,16 @@ pub async fn recent(table: &DeltaTable, limit: usize) -> Result<Vec<Commit>> {
 pub enum AtTime {
     /// The last version committed at or before it.
     Version(Version),
-    /// Before the table's first commit (committed at this time, in ms).
-    BeforeFirst(i64),
+    /// Before the table's first commit.
+    BeforeFirst,
     /// Before the oldest version still in the log; the versions it fell in are gone.
-    BeforeOldest(Version),
+    BeforeOldest,
 }
 
 /// The version of `table` current at `millis` (milliseconds since the epoch), by binary search
-/// over the commit times of the log entries still held (commit times rise with versions).
+/// over the commit times of the log entries still held. It assumes commit times rise with
+/// versions, as they do for one writer's clock; writers on hosts whose clocks disagree can make
+/// it pick a neighbouring version.
 pub async fn version_at(table: &DeltaTable, log: &Log, millis: i64) -> Result<Option<AtTime>> {
     let entries = log.readable_entries();
     let Some(first) = entries.first() else {
@@ -197,9 +199,9 @@ pub async fn version_at(table: &DeltaTable, log: &Log, millis: i64) -> Result<Op
     let first_time = time(*first).await?;
     if millis < first_time {
         return Ok(Some(if *first == 0 {
-            AtTime::BeforeFirst(first_time)
+            AtTime::BeforeFirst
         } else {
-            AtTime::BeforeOldest(*first)
+            AtTime::BeforeOldest
         }));
     }
     let (mut low, mut high) = (0, entries.len());
@@ -252,11 +254,24 @@ pub async fn held(
     Ok(files_present(&table, stored)?.then_some(table))
 }
 
+/// Whether `version` counts as held in the search for the oldest: held, with files (a version
+/// without any, such as a table's empty first one, reads but holds nothing of the view).
+async fn holds_rows(url: &Url, version: Version, stored: &HashSet<Path>) -> Result<bool> {
+    let Some(table) = held(url, version, stored).await? else {
+        return Ok(false);
+    };
+    let snapshot = table.snapshot().map_err(|source| Error::Delta {
+        table: url.to_string(),
+        source,
+    })?;
+    Ok(snapshot.log_data().iter().next().is_some())
+}
+
 /// The oldest version of the table at `url` still held, `latest` (assumed held) and down: vacuum
 /// deletes the files that older versions needed first, so the held versions end in a run up to
 /// the latest, found by stepping down in growing steps to one that is not held, then bisecting.
-/// An older version that reads only because it had no files (a table's first, empty version)
-/// is below that run and not counted.
+/// A version without files (a table's first, empty version) ends the run: it reads, but holds
+/// nothing of the view.
 pub async fn oldest_held(
     url: &Url,
     log: &Log,
@@ -270,7 +285,7 @@ pub async fn oldest_held(
         if probe == held_from {
             return Ok(held_from);
         }
-        if held(url, probe, stored).await?.is_none() {
+        if !holds_rows(url, probe, stored).await? {
             break probe;
         }
         held_from = probe;
@@ -279,7 +294,7 @@ pub async fn oldest_held(
     let (mut low, mut high) = (not_held, held_from);
     while high - low > 1 {
         let mid = low + (high - low) / 2;
-        if held(url, mid, stored).await?.is_some() {
+        if holds_rows(url, mid, stored).await? {
             high = mid;
         } else {
             low = mid;

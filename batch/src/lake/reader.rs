@@ -26,11 +26,11 @@ use lambdaflow_common::view::ViewDef;
 use url::Url;
 
 use super::catalog::{self, CatalogTable};
-use super::history::{AtTime, Log, files_present, oldest_held, stored_files, version_at};
+use super::history::{AtTime, Log, held, oldest_held, stored_files, version_at};
 use super::status::{TableStatus, status};
 use super::{Lake, open, query_table, stored_ids};
 use crate::error::{Error, Result};
-use crate::views::watermark::{raw_watermark, view_commit};
+use crate::views::watermark::{ViewCommit, raw_watermark, view_commit};
 
 /// Reads the lake's tables for the serving side: views, raw ids, refused events, SQL tables.
 #[derive(Debug, Clone)]
@@ -117,9 +117,9 @@ impl LakeReader {
     }
 
     /// `view`'s batch side as it was at `as_of`: the version asked, or the last one committed at
-    /// or before the time asked. Refused when that version was never made, is no longer held
-    /// (vacuumed, its log cleaned up) or was computed under a definition other than
-    /// `definition` (the fingerprint of the view as configured now).
+    /// or before the time asked. Refused when that version was never made, holds no published
+    /// batch version, is no longer held (vacuumed, its log cleaned up) or was computed under a
+    /// definition other than `definition` (the fingerprint of the view as configured now).
     pub async fn view_as_of(
         &self,
         source: &SourceConfig,
@@ -134,6 +134,15 @@ impl LakeReader {
         };
         let newest = latest.version().unwrap_or(0);
         let log = Log::of(&latest).await?;
+        let (at_latest, at_log, at_url) = (&latest, &log, &url);
+        let vacuumed = |version: Option<u64>| async move {
+            let stored = stored_files(at_latest).await?;
+            Ok::<_, TravelError>(TravelError::Vacuumed {
+                view: name(),
+                version,
+                oldest: oldest_held(at_url, at_log, newest, &stored).await?,
+            })
+        };
         let version = match as_of {
             AsOf::Version(v) if v > newest => {
                 return Err(TravelError::NoSuchVersion {
@@ -144,46 +153,45 @@ impl LakeReader {
             }
             AsOf::Version(v) => v,
             AsOf::Time(micros) => match version_at(&latest, &log, micros.div_euclid(1000)).await? {
-                None | Some(AtTime::BeforeFirst(_)) => {
+                Some(AtTime::BeforeFirst) => {
                     return Err(TravelError::BeforeFirst {
                         view: name(),
                         at: format_micros(micros),
                     });
                 }
-                Some(AtTime::BeforeOldest(oldest)) => {
-                    return Err(TravelError::Vacuumed {
-                        view: name(),
-                        version: None,
-                        oldest,
-                    });
-                }
+                None | Some(AtTime::BeforeOldest) => return Err(vacuumed(None).await?),
                 Some(AtTime::Version(v)) => v,
             },
         };
-        let stored = stored_files(&latest).await?;
+        // The latest version's files are live; an older one is held while its log replays
+        // and vacuum left its files.
         let table = if version == newest {
-            Some(latest)
+            Some(
+                open(&url, None)
+                    .await?
+                    .ok_or_else(|| TravelError::NoVersions { view: name() })?,
+            )
         } else if log.oldest().is_some_and(|o| version < o) {
             None
         } else {
-            open(&url, Some(version)).await?
+            held(&url, version, &stored_files(&latest).await?).await?
         };
-        let Some(table) = table.filter(|t| files_present(t, &stored).unwrap_or(false)) else {
-            return Err(TravelError::Vacuumed {
+        let Some(table) = table else {
+            return Err(vacuumed(Some(version)).await?);
+        };
+        let Some(commit) = view_commit(&table).await? else {
+            return Err(TravelError::Unpublished {
                 view: name(),
-                version: Some(version),
-                oldest: oldest_held(&url, &log, newest, &stored).await?,
+                version,
             });
         };
-        if let Some(commit) = view_commit(&table).await?
-            && commit.definition != definition
-        {
+        if commit.definition != definition {
             return Err(TravelError::OtherDefinition {
                 view: name(),
                 version,
             });
         }
-        Ok(read_view(source, view, &table).await?)
+        Ok(view_rows(source, view, &table, commit).await?)
     }
 
     /// Opens every view table of `views` and loads its batch side at its latest version (in
@@ -348,6 +356,15 @@ pub enum TravelError {
         /// The oldest version that can still be read.
         oldest: u64,
     },
+    /// The version holds no batch version published by a run (the table's creation, or a
+    /// commit before its first publish).
+    #[error("version {version} of view `{view}` holds no published batch version")]
+    Unpublished {
+        /// The view.
+        view: String,
+        /// The version.
+        version: u64,
+    },
     /// The version was computed under another definition of the view.
     #[error(
         "version {version} of view `{view}` was computed under another definition of the view; ask for a version published since it was last redefined"
@@ -422,9 +439,19 @@ impl Watched {
 /// `view`'s batch side at the loaded version of `table`: its rows as states, with the
 /// watermark of the lambdaflow commit that published them (empty when there is none).
 async fn read_view(source: &SourceConfig, view: &ViewDef, table: &DeltaTable) -> Result<BatchView> {
-    let Some(commit) = view_commit(table).await? else {
-        return Ok(BatchView::default());
-    };
+    match view_commit(table).await? {
+        Some(commit) => view_rows(source, view, table, commit).await,
+        None => Ok(BatchView::default()),
+    }
+}
+
+/// `view`'s batch side at the loaded version of `table`, published by `commit`.
+async fn view_rows(
+    source: &SourceConfig,
+    view: &ViewDef,
+    table: &DeltaTable,
+    commit: ViewCommit,
+) -> Result<BatchView> {
     let url = table.table_url().to_string();
     let batches = query_table(table, "v", "SELECT * FROM v").await?;
     let mut state = ViewState::new();

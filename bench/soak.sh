@@ -14,6 +14,9 @@
 # the archiver's id bytes, the raw table's files and the view version the shop's (`events`).
 # Writes bench/soak.csv, bench/soak.md and bench/soak.svg. Needs wrk (Debian's `wrk`).
 # LAMBDAFLOW_BIN names a lambdaflow binary to use instead of building the release one.
+# LAMBDAFLOW_SOAK_BROKERS=host:port runs the demo's config against that broker instead (`run`
+# and a `gen` per source): the embedded broker keeps up to 5 MB or 100,000 messages of log per
+# partition in the process, which the demo's memory columns then include.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -33,10 +36,29 @@ if [ -z "$BIN" ]; then
   BIN=./target/release/lambdaflow
 fi
 DATA="$(mktemp -d /tmp/lambdaflow-soak-XXXXXX)"
-"$BIN" demo --data-dir "$DATA" --listen "127.0.0.1:$PORT" --rate "$RATE" \
-  > "$DATA/demo.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
+if [ -z "${LAMBDAFLOW_SOAK_BROKERS:-}" ]; then
+  "$BIN" demo --data-dir "$DATA" --listen "127.0.0.1:$PORT" --rate "$RATE" \
+    > "$DATA/demo.log" 2>&1 &
+  PID=$!
+  trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
+else
+  # The demo's config against an external broker: `run` and a `gen` per source, so that the
+  # process measured holds no broker log of its own.
+  sed -e "s#^brokers = .*#brokers = \"$LAMBDAFLOW_SOAK_BROKERS\"#" \
+      -e "s#^uri = .*#uri = \"$DATA/lake\"#" \
+      -e "s#^listen = .*#listen = \"127.0.0.1:$PORT\"#" common/src/demo.toml > "$DATA/soak.toml"
+  "$BIN" run --config "$DATA/soak.toml" > "$DATA/run.log" 2>&1 &
+  PID=$!
+  gens=()
+  for shape in "events shop" "pageviews pages"; do
+    set -- $shape
+    "$BIN" gen --config "$DATA/soak.toml" --source "$1" --shape "$2" --count 1000000000 \
+      --rate "$RATE" --duplicates 0.02 --late 0.05 --invalid 0.01 --seed "$RANDOM" \
+      > "$DATA/gen-$1.log" 2>&1 &
+    gens+=($!)
+  done
+  trap 'kill $PID ${gens[*]} 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
+fi
 until curl -fsS "$BASE/readyz" >/dev/null 2>&1; do sleep 1; done
 curl -fsS -X POST -H 'content-type: application/json' "$BASE/v1/batch/runs" >/dev/null
 sleep 5

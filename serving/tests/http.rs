@@ -407,18 +407,7 @@ print(json.dumps(out))
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    let out = std::process::Command::new(python)
-        .args(["-c", READER])
-        .arg(lake)
-        .arg(json!(paths).to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "deltalake failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = python_reads(python, READER, lake, &paths);
     for entry in entries {
         let delta = &got[entry["path"].as_str().unwrap()];
         let columns: Vec<&Value> = entry["columns"]
@@ -2134,16 +2123,16 @@ for table in tables:
 print(json.dumps(out))
 "#;
 
-fn readable_from_python(
+/// Runs the Python `script` with the lake root and the table paths (a JSON list) as arguments
+/// and returns the JSON it prints.
+fn python_reads(
     python: &std::ffi::OsStr,
+    script: &str,
     lake: &std::path::Path,
-    config: &Config,
-    raw_rows: usize,
-) {
-    let mut tables = vec!["raw/events".to_owned()];
-    tables.extend(config.views.iter().map(|v| format!("views/{}", v.name)));
+    tables: &[impl serde::Serialize],
+) -> Value {
     let out = std::process::Command::new(python)
-        .args(["-c", EXTERNAL_READER])
+        .args(["-c", script])
         .arg(lake)
         .arg(json!(tables).to_string())
         .output()
@@ -2153,13 +2142,24 @@ fn readable_from_python(
         "the Python readers failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "the Python readers printed no JSON ({e}): {}\nstderr: {}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    });
+    })
+}
+
+fn readable_from_python(
+    python: &std::ffi::OsStr,
+    lake: &std::path::Path,
+    config: &Config,
+    raw_rows: usize,
+) {
+    let mut tables = vec!["raw/events".to_owned()];
+    tables.extend(config.views.iter().map(|v| format!("views/{}", v.name)));
+    let got = python_reads(python, EXTERNAL_READER, lake, &tables);
     assert_eq!(got["raw/events"], json!([raw_rows, raw_rows]), "{got}");
     for table in &tables {
         assert_eq!(got[table][0], got[table][1], "{table}: {got}");

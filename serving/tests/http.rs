@@ -196,18 +196,8 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
     assert_eq!(reply["error"]["id"], "20260101T000000000Z-other");
     held.release().await.unwrap();
 
-    let (status, reply) = call(&state, trigger(r#"{"full": true}"#)).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
-    let id = reply["id"].as_str().unwrap().to_owned();
-    let mut record = Value::Null;
-    for _ in 0..600 {
-        record = call(&state, get(&format!("/v1/batch/runs/{id}"))).await.1;
-        if record["status"] == "succeeded" || record["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(record["status"], "succeeded", "{record}");
+    let record = batch_run(&state, r#"{"full": true}"#).await;
+    let id = record["id"].as_str().unwrap().to_owned();
     assert_eq!(record["full"], true);
     assert_eq!(record["trigger"], "api");
     assert_eq!(record["watermark"]["raw_version"], 0);
@@ -258,11 +248,12 @@ async fn batch_runs_are_triggered_listed_and_never_overlap() {
     }
 }
 
-/// Starts a batch run through the API and waits for its record, which must say it succeeded.
-async fn batch_run(state: &AppState) -> Value {
+/// Starts a batch run through the API with `body` and waits for its record, which must say it
+/// succeeded.
+async fn batch_run(state: &AppState, body: &'static str) -> Value {
     let trigger = Request::post("/v1/batch/runs")
         .header("content-type", "application/json")
-        .body(Body::from("{}"))
+        .body(Body::from(body))
         .unwrap();
     let (status, reply) = call(state, trigger).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
@@ -287,7 +278,7 @@ async fn the_catalog_names_every_table_as_sql_reads_it_with_history_and_lineage(
     let lake = tempfile::tempdir().unwrap();
     let state = state_with_data(&broker, &lake).await;
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
-    let record = batch_run(&state).await;
+    let record = batch_run(&state, "{}").await;
     let (status, catalog) = call(&state, get("/v1/catalog")).await;
     assert_eq!(status, StatusCode::OK, "{catalog}");
     let tables = catalog["tables"].as_array().unwrap();
@@ -459,7 +450,7 @@ async fn a_query_as_of_a_past_version_reads_that_batch_version_alone() {
         "{reply}"
     );
 
-    let record = batch_run(&state).await;
+    let record = batch_run(&state, "{}").await;
     let outcome = record["views"]
         .as_array()
         .unwrap()

@@ -9,7 +9,6 @@
 //! the raw table's from its archiver `txn`s (the offsets it holds).
 
 use arrow::datatypes::{DataType, Schema, TimeUnit};
-use chrono::DateTime;
 use deltalake::DeltaTable;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::layout::ViewLayout;
@@ -18,10 +17,9 @@ use lambdaflow_common::view::fingerprint;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::history::{self, Commit};
+use super::history::{self, Commit, millis_text};
 use super::{Lake, LakeTable, open, tables};
 use crate::error::{Error, Result};
-use crate::views::records::format_time;
 use crate::views::watermark::{raw_watermark, view_commit};
 
 /// Commits listed in one table's history.
@@ -52,7 +50,7 @@ pub struct CatalogTable {
     pub last_commit: Option<String>,
     /// Its latest commits, newest first (only for one table asked by name).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub history: Option<Vec<CommitOut>>,
+    pub history: Option<Vec<Commit>>,
     /// Where its rows come from (only for one table asked by name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Value>,
@@ -68,43 +66,6 @@ pub struct Column {
     pub sql_type: String,
     /// Whether it may hold nulls.
     pub nullable: bool,
-}
-
-/// A commit of a table's history.
-#[derive(Debug, Clone, Serialize)]
-pub struct CommitOut {
-    /// The version it made.
-    pub version: u64,
-    /// When (RFC 3339).
-    pub at: String,
-    /// The Delta operation.
-    pub operation: Option<String>,
-    /// Rows in the files it added.
-    pub rows_added: u64,
-    /// Files it added.
-    pub files_added: u64,
-    /// Files it removed.
-    pub files_removed: u64,
-    /// The batch run that made it.
-    pub run_id: Option<String>,
-}
-
-impl From<Commit> for CommitOut {
-    fn from(c: Commit) -> Self {
-        Self {
-            version: c.version,
-            at: millis_text(c.timestamp),
-            operation: c.operation,
-            rows_added: c.rows_added,
-            files_added: c.files_added,
-            files_removed: c.files_removed,
-            run_id: c.run_id,
-        }
-    }
-}
-
-fn millis_text(millis: i64) -> String {
-    DateTime::from_timestamp_millis(millis).map_or_else(|| millis.to_string(), |t| format_time(&t))
 }
 
 /// The SQL type of an Arrow type, in the spelling DataFusion's SQL accepts in a `CAST`.
@@ -249,7 +210,7 @@ async fn describe(config: &Config, table: &LakeTable, detail: bool) -> Result<Ca
     }
     if detail {
         let commits = history::recent(&delta, HISTORY).await?;
-        entry.history = Some(commits.into_iter().map(CommitOut::from).collect());
+        entry.history = Some(commits);
         entry.lineage = Some(lineage(config, table, Some(&delta)).await?);
     }
     Ok(entry)

@@ -19,7 +19,8 @@ use url::Url;
 use super::open;
 use super::vacuum::{checkpoint_version, list};
 use crate::error::{Error, Result};
-use crate::views::watermark::COMMIT_KEY;
+use crate::views::records::format_time;
+use crate::views::watermark::{COMMIT_KEY, commit_actions};
 
 /// One commit of a table, as its log entry records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,7 +28,9 @@ pub struct Commit {
     /// The version it made.
     pub version: u64,
     /// When it was made, in milliseconds since the epoch (the writer's clock, as Delta records
-    /// it in `commitInfo`; the entry's modification time when it has none).
+    /// it in `commitInfo`; the entry's modification time when it has none); RFC 3339 `at` when
+    /// serialised.
+    #[serde(rename = "at", serialize_with = "millis_as_time")]
     pub timestamp: i64,
     /// The Delta operation (`WRITE`, `DELETE`, `OPTIMIZE`, …).
     pub operation: Option<String>,
@@ -39,6 +42,16 @@ pub struct Commit {
     pub files_removed: u64,
     /// The batch run that made it, for a view version a run published.
     pub run_id: Option<String>,
+}
+
+/// Milliseconds since the epoch as RFC 3339 (the number itself if out of range).
+pub fn millis_text(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map_or_else(|| millis.to_string(), |t| format_time(&t))
+}
+
+fn millis_as_time<S: serde::Serializer>(millis: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&millis_text(*millis))
 }
 
 /// The versions of a table's log that can still be replayed.
@@ -88,12 +101,7 @@ impl Log {
 
 /// The commit that made `version` of `table`; `None` when its log entry is gone.
 pub async fn commit(table: &DeltaTable, version: Version) -> Result<Option<Commit>> {
-    let log = table.log_store();
-    let unreadable = |source| Error::Delta {
-        table: table.table_url().to_string(),
-        source,
-    };
-    let Some(bytes) = log.read_commit_entry(version).await.map_err(unreadable)? else {
+    let Some(actions) = commit_actions(table, version).await? else {
         return Ok(None);
     };
     let mut commit = Commit {
@@ -106,13 +114,7 @@ pub async fn commit(table: &DeltaTable, version: Version) -> Result<Option<Commi
         run_id: None,
     };
     let mut timestamp = None;
-    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let action: serde_json::Value =
-            serde_json::from_slice(line).map_err(|source| Error::Unreadable {
-                table: table.table_url().to_string(),
-                what: format!("commit entry of version {version}"),
-                source,
-            })?;
+    for action in actions {
         if let Some(info) = action.get("commitInfo") {
             timestamp = info.get("timestamp").and_then(serde_json::Value::as_i64);
             commit.operation = info

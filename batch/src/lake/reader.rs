@@ -134,15 +134,6 @@ impl LakeReader {
         };
         let newest = latest.version().unwrap_or(0);
         let log = Log::of(&latest).await?;
-        let (at_latest, at_log, at_url) = (&latest, &log, &url);
-        let vacuumed = |version: Option<u64>| async move {
-            let stored = stored_files(at_latest).await?;
-            Ok::<_, TravelError>(TravelError::Vacuumed {
-                view: name(),
-                version,
-                oldest: oldest_held(at_url, at_log, newest, &stored).await?,
-            })
-        };
         let version = match as_of {
             AsOf::Version(v) if v > newest => {
                 return Err(TravelError::NoSuchVersion {
@@ -151,7 +142,7 @@ impl LakeReader {
                     latest: newest,
                 });
             }
-            AsOf::Version(v) => v,
+            AsOf::Version(v) => Some(v),
             AsOf::Time(micros) => match version_at(&latest, &log, micros.div_euclid(1000)).await? {
                 Some(AtTime::BeforeFirst) => {
                     return Err(TravelError::BeforeFirst {
@@ -159,39 +150,28 @@ impl LakeReader {
                         at: format_micros(micros),
                     });
                 }
-                None | Some(AtTime::BeforeOldest) => return Err(vacuumed(None).await?),
-                Some(AtTime::Version(v)) => v,
+                None | Some(AtTime::BeforeOldest) => None,
+                Some(AtTime::Version(v)) => Some(v),
             },
         };
         // The latest version's files are live; an older one is held while its log replays
         // and vacuum left its files.
-        let table = if version == newest {
-            Some(
-                open(&url, None)
-                    .await?
-                    .ok_or_else(|| TravelError::NoVersions { view: name() })?,
-            )
-        } else if log.oldest().is_some_and(|o| version < o) {
-            None
-        } else {
-            held(&url, version, &stored_files(&latest).await?).await?
-        };
-        let Some(table) = table else {
-            return Err(vacuumed(Some(version)).await?);
-        };
-        let Some(commit) = view_commit(&table).await? else {
-            return Err(TravelError::Unpublished {
-                view: name(),
-                version,
-            });
-        };
-        if commit.definition != definition {
-            return Err(TravelError::OtherDefinition {
-                view: name(),
-                version,
-            });
+        if version == Some(newest) {
+            return published(source, view, definition, &latest, newest).await;
         }
-        Ok(view_rows(source, view, &table, commit).await?)
+        let stored = stored_files(&latest).await?;
+        let readable = match version {
+            Some(v) if log.oldest().is_none_or(|o| v >= o) => held(&url, v, &stored).await?,
+            _ => None,
+        };
+        match (readable, version) {
+            (Some(table), Some(v)) => published(source, view, definition, &table, v).await,
+            _ => Err(TravelError::Vacuumed {
+                view: name(),
+                version,
+                oldest: oldest_held(&url, &log, newest, &stored).await?,
+            }),
+        }
     }
 
     /// Opens every view table of `views` and loads its batch side at its latest version (in
@@ -434,6 +414,30 @@ impl Watched {
         self.version = table.version();
         Ok(batch.watermark.is_some().then_some(batch))
     }
+}
+
+/// `view`'s batch side at `version`, the loaded version of `table`, refused when no run
+/// published it or a run published it under a definition other than `definition`.
+async fn published(
+    source: &SourceConfig,
+    view: &ViewDef,
+    definition: &str,
+    table: &DeltaTable,
+    version: u64,
+) -> Result<BatchView, TravelError> {
+    let Some(commit) = view_commit(table).await? else {
+        return Err(TravelError::Unpublished {
+            view: view.name.clone(),
+            version,
+        });
+    };
+    if commit.definition != definition {
+        return Err(TravelError::OtherDefinition {
+            view: view.name.clone(),
+            version,
+        });
+    }
+    Ok(view_rows(source, view, table, commit).await?)
 }
 
 /// `view`'s batch side at the loaded version of `table`: its rows as states, with the

@@ -104,6 +104,34 @@ pub async fn view_commit_at(view: &DeltaTable) -> Result<Option<(Version, ViewCo
     Ok(None)
 }
 
+/// The actions of `table`'s log entry for `version`, one JSON value each; `None` when the entry
+/// is gone (the log was cleaned up).
+pub async fn commit_actions(
+    table: &DeltaTable,
+    version: Version,
+) -> Result<Option<Vec<serde_json::Value>>> {
+    let Some(bytes) = table
+        .log_store()
+        .read_commit_entry(version)
+        .await
+        .map_err(delta(table))?
+    else {
+        return Ok(None);
+    };
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            serde_json::from_slice(line).map_err(|source| Error::Unreadable {
+                table: table.table_url().to_string(),
+                what: format!("commit entry of version {version}"),
+                source,
+            })
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
 /// The event dates (days since the epoch) of the rows added or removed by the commits after
 /// `since` up to and including `upto` (rewrites with `dataChange: false` excluded); `None` when a commit in between can no longer be read
 /// (the log was cleaned up), in which case the caller recomputes everything.
@@ -112,19 +140,12 @@ pub async fn dates_changed(
     since: Version,
     upto: Version,
 ) -> Result<Option<BTreeSet<i32>>> {
-    let log = raw.log_store();
     let mut dates = BTreeSet::new();
     for version in since + 1..=upto {
-        let Some(bytes) = log.read_commit_entry(version).await.map_err(delta(raw))? else {
+        let Some(actions) = commit_actions(raw, version).await? else {
             return Ok(None);
         };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let action: serde_json::Value =
-                serde_json::from_slice(line).map_err(|source| Error::Unreadable {
-                    table: raw.table_url().to_string(),
-                    what: format!("commit entry of version {version}"),
-                    source,
-                })?;
+        for action in actions {
             for kind in ["add", "remove"] {
                 let rewritten = action.pointer(&format!("/{kind}/dataChange"))
                     == Some(&serde_json::Value::Bool(false));

@@ -24,7 +24,8 @@ pub enum Command {
         /// Keep the lake here instead of in a temporary directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// API listen address (default 127.0.0.1:8080).
+        /// API listen address (default 127.0.0.1:8080). Beyond loopback, with no auth
+        /// configured, the demo makes a token with every scope and prints it.
         #[arg(long)]
         listen: Option<String>,
         /// Generated events per second, to each source.

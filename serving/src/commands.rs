@@ -15,7 +15,7 @@ use lambdaflow_batch::lake::status::TableStatus;
 use lambdaflow_batch::lake::vacuum::{Vacuum, Vacuumed};
 use lambdaflow_batch::views::records::{RunRecord, Trigger};
 use lambdaflow_batch::views::schedule::Batches;
-use lambdaflow_common::auth::AuthMode;
+use lambdaflow_common::auth::{AuthConfig, AuthMode, Scope, TokenConfig, token_hash};
 use lambdaflow_common::config::Config;
 use lambdaflow_common::sample::{Mix, Shape};
 use lambdaflow_common::view::fingerprint;
@@ -453,19 +453,47 @@ async fn check_exposure(config: &Config) -> Result<()> {
     if serving.auth.mode != AuthMode::None || serving.allow_public_without_auth {
         return Ok(());
     }
-    let addrs = tokio::net::lookup_host(&serving.listen)
+    match beyond_loopback(&serving.listen).await? {
+        Some(addr) => Err(Error::PublicWithoutAuth { addr }),
+        None => Ok(()),
+    }
+}
+
+/// The first address `listen` resolves to that other hosts can reach, if any.
+async fn beyond_loopback(listen: &str) -> Result<Option<SocketAddr>> {
+    let mut addrs = tokio::net::lookup_host(listen)
         .await
         .map_err(|source| Error::Listen {
             what: "HTTP API",
-            addr: serving.listen.clone(),
+            addr: listen.to_owned(),
             source,
         })?;
-    for addr in addrs {
-        if !addr.ip().is_loopback() {
-            return Err(Error::PublicWithoutAuth { addr });
-        }
+    Ok(addrs.find(|addr| !addr.ip().is_loopback()))
+}
+
+/// The demo's answer to listening beyond this host (as in a container) with no auth
+/// configured: a fresh token with every scope, returned to be printed once, rather than an
+/// API that anyone who reaches it may write to. `None` when the API stays on loopback or the
+/// config already decides.
+async fn demo_token(config: &mut Config) -> Result<Option<String>> {
+    let serving = &mut config.serving;
+    if serving.auth.mode != AuthMode::None
+        || serving.allow_public_without_auth
+        || beyond_loopback(&serving.listen).await?.is_none()
+    {
+        return Ok(None);
     }
-    Ok(())
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    serving.auth = AuthConfig {
+        mode: AuthMode::Tokens,
+        tokens: vec![TokenConfig {
+            name: "demo".to_owned(),
+            sha256: Some(hex::encode(token_hash(&token))),
+            env: None,
+            scopes: vec![Scope::Ingest, Scope::Query, Scope::Admin],
+        }],
+    };
+    Ok(Some(token))
 }
 
 async fn spawn_http(
@@ -532,6 +560,12 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> Result<(
     }
     if !config.kafka.is_embedded() {
         return Err(Error::DemoNeedsEmbeddedBroker);
+    }
+    if let Some(token) = demo_token(&mut config).await? {
+        println!(
+            "the API listens beyond this host: every request but the dashboard page and health \
+             checks needs `Authorization: Bearer {token}` (the dashboard asks for it)"
+        );
     }
     // Each of the demo's sources gets events of its shape, at the demo's rate.
     let generators = config

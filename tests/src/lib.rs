@@ -3,7 +3,7 @@
 //! found through `CARGO_BIN_EXE_lambdaflow-e2e`), and Delta tables read back through deltalake
 //! and DataFusion.
 //!
-//! tansu must be on `PATH` (`.ci/run` installs it; see the README).
+//! tansu must be on `PATH` (`.ci/run` installs it; see `CONTRIBUTING.md`).
 
 pub mod e2e;
 

@@ -178,6 +178,7 @@ impl From<SqlError> for ApiError {
         let code = match &e {
             SqlError::NotAQuery(_) => "not_a_query",
             SqlError::Invalid(_) => "invalid_sql",
+            SqlError::InexactRollup(_) => "inexact_rollup",
             SqlError::TooManyRows(_) => "row_limit_exceeded",
             SqlError::Memory { .. } => "memory_limit_exceeded",
             SqlError::Timeout(_) => return Self::Timeout(e.to_string()),

@@ -24,8 +24,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-mod support;
-use support::{call, caught_up, state_with};
+use crate::support::{call, caught_up, state_with};
 
 fn state(broker: &EmbeddedBroker, max_body: usize, lake: &tempfile::TempDir) -> AppState {
     let mut config = Config::shop();
@@ -1202,6 +1201,127 @@ async fn sql_refuses_all_but_queries_and_enforces_its_limits() {
         answer["columns"],
         json!([{"name": "value", "type": "Int64"}])
     );
+}
+
+/// Adding up a view's distinct counts or averages answers a wrong number, so SQL refuses it
+/// wherever the column comes from (aliases, CTEs, subqueries, joins, unions, windows) and names
+/// the exact form; that form, put in its place, answers what the query API answers for the
+/// coarser group; and every rollup that is exact still runs.
+#[tokio::test]
+async fn sql_refuses_rollups_that_would_lie_and_names_the_exact_form() {
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let hll = "hll_estimate(hll_merge(buyers__hll))";
+    let avg = "sum(avg_order__sum) / sum(avg_order__count)";
+    let by_country = |select: &str| {
+        format!(
+            "SELECT country, {select} AS v FROM sales_by_country GROUP BY country ORDER BY country"
+        )
+    };
+    // (statement, the refused call, the exact form, the measure it stands for)
+    let wrong = [
+        (by_country("sum(buyers)"), "sum(buyers)", hll, "buyers"),
+        (
+            by_country("avg(avg_order)"),
+            "avg(avg_order)",
+            avg,
+            "avg_order",
+        ),
+        (
+            by_country("sum(avg_order)"),
+            "sum(avg_order)",
+            avg,
+            "avg_order",
+        ),
+        (
+            by_country("SUM(DISTINCT buyers)"),
+            "sum(buyers)",
+            hll,
+            "buyers",
+        ),
+        (by_country("sum(buyers * 1)"), "sum(buyers)", hll, "buyers"),
+    ];
+    let api = |measure: &str| {
+        let uri = format!(
+            "/v1/views/sales_by_country/query?granularity=all&group_by=country&measures={measure}"
+        );
+        let state = state.clone();
+        async move {
+            let (status, api) = call(&state, Request::get(uri).body(Body::empty()).unwrap()).await;
+            assert_eq!(status, StatusCode::OK, "{api}");
+            api["rows"].as_array().unwrap().clone()
+        }
+    };
+    for (statement, refused, exact, measure) in &wrong {
+        let (status, reply) = call(&state, sql(statement)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{statement}: {reply}");
+        assert_eq!(reply["error"]["code"], "inexact_rollup", "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{refused}`")) && message.contains(&format!("`{exact}`")),
+            "{statement}: {message}"
+        );
+        let (status, fixed) = call(&state, sql(&by_country(exact))).await;
+        assert_eq!(status, StatusCode::OK, "{exact}: {fixed}");
+        let rows = fixed["rows"].as_array().unwrap();
+        let expected = api(measure).await;
+        assert_eq!(rows.len(), expected.len());
+        assert!(!rows.is_empty());
+        for (row, truth) in rows.iter().zip(&expected) {
+            assert_eq!(row[0], truth["country"]);
+            let (a, b) = (row[1].as_f64().unwrap(), truth[*measure].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                "{exact}: {a} vs {b}"
+            );
+        }
+    }
+    // The same column reached another way is refused alike.
+    let hidden = [
+        "SELECT sum(b) FROM (SELECT buyers AS b FROM sales_by_country) AS t",
+        "WITH t AS (SELECT country, buyers + 0 AS b FROM sales_by_country) \
+         SELECT country, sum(b) FROM t GROUP BY country",
+        "SELECT bucket, sum(buyers) OVER (ORDER BY bucket) FROM sales_by_country",
+        "SELECT sum(x) FROM (SELECT buyers AS x FROM sales_by_country UNION ALL SELECT 1) AS u",
+        "SELECT a.country, sum(b.buyers) FROM sales_by_country a \
+         JOIN sales_by_country b ON a.country = b.country GROUP BY a.country",
+        "SELECT 1 WHERE 0 < (SELECT sum(buyers) FROM sales_by_country)",
+        "SELECT avg(avg_order) FROM (SELECT country, avg_order FROM sales_by_country \
+         GROUP BY country, avg_order) AS t",
+        "SELECT avg(visitors) FROM traffic_by_minute WHERE false \
+         UNION ALL SELECT sum(avg_order) FROM sales_by_country",
+    ];
+    for statement in hidden {
+        let (status, reply) = call(&state, sql(statement)).await;
+        assert_eq!(
+            (status, &reply["error"]["code"]),
+            (StatusCode::BAD_REQUEST, &json!("inexact_rollup")),
+            "{statement}: {reply}"
+        );
+    }
+    // What is exact, or says what it is, runs.
+    let exact = [
+        by_country("sum(orders)"),
+        by_country("sum(revenue)"),
+        by_country("max(max_order)"),
+        by_country("min(min_order)"),
+        by_country("max(buyers)"),
+        by_country("avg(buyers)"),
+        by_country("min(avg_order)"),
+        by_country("count(buyers)"),
+        by_country(hll),
+        by_country(avg),
+        "SELECT sum(avg_order__count), sum(avg_order__sum) FROM sales_by_country".to_owned(),
+        "SELECT sum(b) FROM (SELECT count(*) AS b FROM sales_by_country GROUP BY buyers) AS t"
+            .to_owned(),
+        "SELECT country, buyers, avg_order FROM sales_by_country ORDER BY bucket, country"
+            .to_owned(),
+    ];
+    for statement in exact {
+        let (status, reply) = call(&state, sql(&statement)).await;
+        assert_eq!(status, StatusCode::OK, "{statement}: {reply}");
+    }
 }
 
 #[tokio::test]

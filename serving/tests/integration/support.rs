@@ -1,4 +1,4 @@
-//! What the API's test crates share: an app over a config with no data, and one request
+//! What the API's test modules share: an app over a config with no data, and one request
 //! through it.
 
 use std::sync::Arc;

@@ -12,8 +12,7 @@ use lambdaflow_serving::http::{self, AppState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-mod support;
-use support::{call, state_with};
+use crate::support::{call, state_with};
 
 /// Tokens `ingest-token`, `query-token` and `admin-token`, one scope each.
 fn with_tokens(mut config: Config) -> Config {

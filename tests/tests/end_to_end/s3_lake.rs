@@ -57,20 +57,34 @@ async fn start_moto(logs: &std::path::Path) -> (Process, String) {
     (s3, endpoint)
 }
 
-/// Runs the ignored test `test` of this binary in a child process whose environment names
-/// the lake in the bucket and the S3 settings, as `lambdaflow` reads them.
+/// Runs the ignored test `test` of this module in a child process (this test binary again)
+/// whose environment names the lake in the bucket and the S3 settings, as `lambdaflow` reads
+/// them; the child must have run exactly that one test, and passed it.
 fn in_a_child(test: &str, endpoint: &str) {
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--ignored", "--nocapture"])
+    // Test names in the binary are paths below the crate: `s3_lake::<test>`.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let name = format!("{module}::{test}");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", &name, "--ignored", "--nocapture"])
         .env("LAMBDAFLOW_TEST_S3_LAKE", format!("s3://{BUCKET}/lake"))
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "lambdaflow")
         .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ALLOW_HTTP", "true")
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "{test} in the bucket failed: {status}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{name} in the bucket failed: {}",
+        out.status
+    );
+    assert!(
+        stdout.contains("test result: ok. 1 passed;"),
+        "the child ran no test named {name}"
+    );
 }
 
 /// Two batch runners race for a stale run lock in the bucket, 20 rounds: exactly one wins

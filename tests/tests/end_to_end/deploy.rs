@@ -340,6 +340,37 @@ fn the_dockerfile_builds_the_binary_into_a_slim_non_root_image() {
         .expect("the runtime stage sets a user");
     assert!(!["root", "0"].contains(&user.trim()), "runs as {user}");
     assert!(runtime.contains(&"ENTRYPOINT [\"lambdaflow\"]"));
+    // `docker run` with no command starts the demo, reachable through a published port.
+    let cmd = runtime
+        .iter()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("the runtime stage has a CMD");
+    let argv: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    let cli = Cli::try_parse_from(std::iter::once("lambdaflow".to_owned()).chain(argv))
+        .unwrap_or_else(|e| panic!("CMD {cmd}: {e}"));
+    let Sub::Demo {
+        listen: Some(listen),
+        ..
+    } = cli.command
+    else {
+        panic!("CMD {cmd} runs the demo on a given address");
+    };
+    let listen: std::net::SocketAddr = listen.parse().unwrap();
+    assert!(
+        listen.ip().is_unspecified(),
+        "the demo listens beyond the container: {listen}"
+    );
+    let exposed = runtime
+        .iter()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .expect("the runtime stage exposes its ports");
+    assert!(
+        exposed
+            .split_whitespace()
+            .any(|p| p == listen.port().to_string()),
+        "EXPOSE {exposed} has the demo's port {}",
+        listen.port()
+    );
     for line in runtime
         .iter()
         .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))

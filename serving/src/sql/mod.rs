@@ -12,7 +12,10 @@
 //! of one, `SHOW TABLES`, `SHOW COLUMNS`, `DESCRIBE`), checked on the AST before planning,
 //! and the plan is checked again with DataFusion's own DDL/DML/statement guard. No table
 //! reads a path or URL the statement names: URL tables are not enabled and `CREATE EXTERNAL
-//! TABLE` and `COPY` are refused as statements.
+//! TABLE` and `COPY` are refused as statements. A query that adds up a view's distinct counts
+//! or averages is refused with the exact form in the message ([`rollup`]).
+
+mod rollup;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +68,9 @@ pub enum SqlError {
     /// The views are not loaded yet; retrying later works.
     #[error("the speed layer is starting; retry in a moment")]
     Starting,
+    /// The query adds up what cannot be added (a view's distinct counts or averages).
+    #[error("{0}")]
+    InexactRollup(String),
     /// The statement names a table the caller's token may not read.
     #[error(
         "table `{0}` holds every event's payload: reading it needs a token with the admin scope"
@@ -176,6 +182,9 @@ async fn run(
         .with_allow_statements(false)
         .verify_plan(&plan)
         .map_err(|e| SqlError::NotAQuery(e.strip_backtrace()))?;
+    rollup::FinishedColumns::of(config)
+        .check(&plan)
+        .map_err(SqlError::InexactRollup)?;
     let frame = ctx
         .execute_logical_plan(plan)
         .await

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use lambdaflow_tests::{Process, free_port, scratch_dir};
 
 fn lambdaflow(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"));
@@ -279,32 +282,78 @@ fn lake_status_and_vacuum_report_every_table() {
 }
 
 #[test]
-fn the_api_is_not_served_beyond_loopback_without_tokens() {
-    let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
-        .args(["demo", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(data.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+fn serve_and_run_refuse_an_api_beyond_loopback_without_tokens() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../common/src/demo.toml");
+    for command in ["serve", "run"] {
+        let out = lambdaflow(
+            &[command, "--config", demo.to_str().unwrap()],
+            &[("LAMBDAFLOW_SERVING__LISTEN", "0.0.0.0:0")],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{command} served 0.0.0.0 without tokens"
+        );
+        assert!(
+            stderr.contains("without authentication")
+                && stderr.contains("allow_public_without_auth"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_beyond_loopback_asks_for_the_token_it_prints() {
+    let dir = scratch_dir();
+    let port = free_port();
+    let _demo = Process::start(
+        "demo",
+        Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
+            .args(["demo", "--rate", "20", "--listen"])
+            .arg(format!("0.0.0.0:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data")),
+        dir.path(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let token = loop {
+        let log = std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default();
+        let printed = log
+            .split("Authorization: Bearer ")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next());
+        let ready = client.get(format!("{base}/readyz")).send().await;
+        if let (Some(token), Ok(ready)) = (printed, ready)
+            && ready.status() == 200
+        {
+            break token.to_owned();
         }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the demo went on serving 0.0.0.0 without tokens");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            Instant::now() < deadline,
+            "the demo printed no token: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
-    assert!(
-        stderr.contains("without authentication") && stderr.contains("allow_public_without_auth"),
-        "{stderr}"
+    assert_eq!(token.len(), 64, "32 random bytes in hex: {token}");
+    let views = format!("{base}/v1/views");
+    let anonymous = client.get(&views).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong = client
+        .get(&views)
+        .bearer_auth("0".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let with_token = client.get(&views).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(with_token.status(), 200);
+    let page = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(
+        page.status(),
+        200,
+        "the dashboard page loads, then asks for the token"
     );
 }
 

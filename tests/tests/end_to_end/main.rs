@@ -11,5 +11,6 @@ mod deploy;
 mod faults;
 mod lambda_e2e;
 mod lambda_invariant;
+mod readme;
 mod s3_lake;
 mod sources;

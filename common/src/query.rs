@@ -12,12 +12,13 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::source::{FieldType, SourceConfig};
 use crate::state::{Dim, Num, State, ViewState};
-use crate::timestamp::parse_rfc3339_micros;
+use crate::timestamp::{parse_rfc3339_micros, zoned_day_start};
 use crate::view::{AggKind, Granularity, ViewDef};
 
 /// Most rows one answer may hold.
@@ -26,8 +27,16 @@ pub const MAX_LIMIT: usize = 100_000;
 /// The bucket width of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rollup {
-    /// Buckets of this granularity (the view's or a coarser one).
+    /// Buckets of this granularity (the view's or a coarser one), UTC-aligned.
     Buckets(Granularity),
+    /// Days from midnight to midnight in `zone`, rolled up from the view's buckets of `kept`
+    /// width; a bucket that a local midnight cuts is refused, never split.
+    ZonedDays {
+        /// The IANA time zone.
+        zone: Tz,
+        /// The view's granularity.
+        kept: Granularity,
+    },
     /// One bucket over all time: rows carry no bucket.
     All,
 }
@@ -37,6 +46,7 @@ impl Rollup {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Buckets(g) => g.as_str(),
+            Self::ZonedDays { .. } => "day",
             Self::All => "all",
         }
     }
@@ -181,6 +191,8 @@ pub struct QueryRequest {
     pub layer: Option<String>,
     /// A batch version of the view to answer from alone, instead of the latest batch ⊕ speed.
     pub as_of: Option<AsOfRequest>,
+    /// The IANA time zone whose midnights start day buckets (UTC's when absent).
+    pub tz: Option<String>,
 }
 
 /// `as_of` as asked: `{"version": N}`, or an RFC 3339 time (the last version committed at or
@@ -305,6 +317,48 @@ pub enum QueryError {
         /// The view's granularity.
         kept: Granularity,
     },
+    /// `tz` is not an IANA time zone name.
+    #[error("tz `{tz}` is not an IANA time zone name such as `America/New_York` or `UTC`")]
+    UnknownZone {
+        /// What was asked.
+        tz: String,
+    },
+    /// `tz` with buckets it does not move.
+    #[error(
+        "tz sets where day buckets start: ask for granularity day (minute and hour buckets stay UTC-aligned; all has no buckets)"
+    )]
+    ZoneWithoutDays,
+    /// The zone's offset today is not a whole number of the view's buckets.
+    #[error(
+        "view `{view}` is kept by {}: {tz} is UTC{offset}, so its midnights fall inside the view's buckets; ask for UTC days or a view kept by a finer granularity",
+        .kept.as_str()
+    )]
+    ZoneOffsetUnaligned {
+        /// The view.
+        view: String,
+        /// The zone asked.
+        tz: String,
+        /// The view's granularity.
+        kept: Granularity,
+        /// The zone's offset, as `+05:45`.
+        offset: String,
+    },
+    /// A local midnight of `tz` falls inside one of the view's buckets.
+    #[error(
+        "view `{view}` is kept by {}: a midnight in {tz} falls inside its bucket at {}, which cannot be split between two days; ask for UTC days or a view kept by a finer granularity",
+        .kept.as_str(),
+        crate::timestamp::format_micros(*.bucket)
+    )]
+    ZoneSplitsBucket {
+        /// The view.
+        view: String,
+        /// The zone asked.
+        tz: String,
+        /// The view's granularity.
+        kept: Granularity,
+        /// The first bucket found cut.
+        bucket: i64,
+    },
     /// `group_by` or `filters` names something that is not a dimension of the view.
     #[error("`{key}`: view `{view}` has no dimension `{dimension}` (it has {dimensions:?})")]
     UnknownDimension {
@@ -395,6 +449,10 @@ impl QueryError {
             | Self::AsOfLayer { .. }
             | Self::LimitTooLarge { .. } => "invalid_query",
             Self::UnknownGranularity { .. } | Self::FinerThanView { .. } => "invalid_granularity",
+            Self::UnknownZone { .. }
+            | Self::ZoneWithoutDays
+            | Self::ZoneOffsetUnaligned { .. }
+            | Self::ZoneSplitsBucket { .. } => "invalid_tz",
             Self::UnknownDimension { .. } => "unknown_dimension",
             Self::InvalidFilterValue { .. } | Self::InvalidFilter { .. } => "invalid_filter",
             Self::UnknownMeasure { .. } => "unknown_measure",
@@ -473,6 +531,25 @@ impl Query {
                     });
                 }
                 Rollup::Buckets(parsed)
+            }
+        };
+        let rollup = match (rollup, request.tz.as_deref()) {
+            (rollup, None) => rollup,
+            (Rollup::Buckets(Granularity::Day), Some(name)) => {
+                let zone: Tz = name.parse().map_err(|_| QueryError::UnknownZone {
+                    tz: name.to_owned(),
+                })?;
+                check_zone_offsets(view, zone)?;
+                Rollup::ZonedDays {
+                    zone,
+                    kept: view.granularity,
+                }
+            }
+            (_, Some(name)) => {
+                name.parse::<Tz>().map_err(|_| QueryError::UnknownZone {
+                    tz: name.to_owned(),
+                })?;
+                return Err(QueryError::ZoneWithoutDays);
             }
         };
         let group_by = request
@@ -705,9 +782,10 @@ impl AnswerLimits {
     }
 }
 
-/// Groups of the parts selected by `query`, rolled up to its buckets and dimensions, with the
-/// states of its measures merged; refused past `limits`.
+/// Groups of the parts of `view` selected by `query`, rolled up to its buckets and dimensions,
+/// with the states of its measures merged; refused past `limits`.
 pub(crate) fn merge<'a>(
+    view: &ViewDef,
     parts: &[&'a ViewState],
     query: &Query,
     limits: &AnswerLimits,
@@ -715,6 +793,8 @@ pub(crate) fn merge<'a>(
     // Keys and states borrow from the parts; a state is copied only when a second part (or a
     // second group rolled into the same key) has to be merged into it.
     let mut groups: HashMap<AnswerKey<'_>, Vec<Cow<'_, State>>> = HashMap::new();
+    // Bucket start → the start of its zoned day: many groups share a bucket.
+    let mut days: HashMap<i64, i64> = HashMap::new();
     for part in parts {
         for (seen, ((bucket, dims), states)) in part.groups().enumerate() {
             if seen % 4096 == 4095 {
@@ -725,6 +805,14 @@ pub(crate) fn merge<'a>(
             }
             let rolled = match query.rollup {
                 Rollup::Buckets(g) => Some(g.truncate(*bucket)),
+                Rollup::ZonedDays { zone, kept } => Some(match days.get(bucket) {
+                    Some(day) => *day,
+                    None => {
+                        let day = zoned_day(*bucket, zone, kept, view)?;
+                        days.insert(*bucket, day);
+                        day
+                    }
+                }),
                 Rollup::All => None,
             };
             let key = (rolled, query.group_by.iter().map(|d| &dims[*d]).collect());
@@ -755,6 +843,44 @@ pub(crate) fn merge<'a>(
     Ok(groups)
 }
 
+/// Refuses a zone whose offset, in this half-year or the next, puts its midnights inside the
+/// buckets of `view` (Kathmandu's +05:45 for an hourly view, any offset for a daily one), the
+/// same whatever data the view holds. Older offsets are checked bucket by bucket as answers
+/// meet them ([`zoned_day`]).
+fn check_zone_offsets(view: &ViewDef, zone: Tz) -> Result<(), QueryError> {
+    use chrono::{Offset, TimeZone};
+    let now = chrono::Utc::now().naive_utc();
+    for at in [now, now + chrono::Duration::days(182)] {
+        let seconds = zone.offset_from_utc_datetime(&at).fix().local_minus_utc();
+        if i64::from(seconds) * 1_000_000 % view.granularity.micros() != 0 {
+            let sign = if seconds < 0 { '-' } else { '+' };
+            let minutes = seconds.unsigned_abs() / 60;
+            return Err(QueryError::ZoneOffsetUnaligned {
+                view: view.name.clone(),
+                tz: zone.name().to_owned(),
+                kept: view.granularity,
+                offset: format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The start of the day in `zone` that holds the whole bucket of `kept` width starting at
+/// `bucket`; refused when a midnight of `zone` falls inside it.
+fn zoned_day(bucket: i64, zone: Tz, kept: Granularity, view: &ViewDef) -> Result<i64, QueryError> {
+    let last = bucket.saturating_add(kept.micros() - 1);
+    match (zoned_day_start(bucket, zone), zoned_day_start(last, zone)) {
+        (Some(first), Some(end)) if first == end => Ok(first),
+        _ => Err(QueryError::ZoneSplitsBucket {
+            view: view.name.clone(),
+            tz: zone.name().to_owned(),
+            kept,
+            bucket,
+        }),
+    }
+}
+
 /// Answers `query` over the merge of `parts`, within `limits`.
 pub fn answer(
     source: &SourceConfig,
@@ -763,7 +889,7 @@ pub fn answer(
     query: &Query,
     limits: &AnswerLimits,
 ) -> Result<Vec<Row>, QueryError> {
-    let groups = merge(parts, query, limits)?;
+    let groups = merge(view, parts, query, limits)?;
     limits.check_time()?;
     let mut rows: Vec<Row> = groups
         .into_iter()
@@ -854,6 +980,162 @@ mod tests {
     fn refusal(request: Json) -> (&'static str, String) {
         let error = resolve(request).unwrap_err();
         (error.code(), error.to_string())
+    }
+
+    /// Folds shop `events` (JSON) into view `index` of the shop config, filters aside.
+    fn folded(index: usize, events: &[Json]) -> (Config, ViewState) {
+        let config = Config::shop();
+        let source = config.source();
+        let validator = crate::validate::Validator::new(source);
+        let now = parse_rfc3339_micros("2025-11-03T12:00:00Z").unwrap();
+        let mut builder = validator.batch_builder("events", now);
+        for (offset, event) in events.iter().enumerate() {
+            let at = crate::validate::Coordinates {
+                partition: 0,
+                offset: offset as i64,
+            };
+            builder
+                .push(Some(&serde_json::to_vec(event).unwrap()), at)
+                .unwrap();
+        }
+        let out = builder.finish();
+        let all = arrow::array::BooleanArray::from(vec![true; out.events.num_rows()]);
+        let mut state = ViewState::new();
+        state
+            .fold(source, &config.views[index], &out.events, &all)
+            .unwrap();
+        (config, state)
+    }
+
+    fn shop_event(id: usize, at: &str) -> Json {
+        json!({"event_id": format!("e{id}"), "event_time": at, "type": "purchase",
+               "user_id": "u", "country": "KR", "amount": 1.0})
+    }
+
+    /// (bucket, orders) per row of `request` over view `index` holding `events`.
+    fn days(index: usize, events: &[&str], request: Json) -> Result<Vec<(i64, i64)>, QueryError> {
+        let events: Vec<Json> = events
+            .iter()
+            .enumerate()
+            .map(|(i, at)| shop_event(i, at))
+            .collect();
+        let (config, state) = folded(index, &events);
+        let view = &config.views[index];
+        let request: QueryRequest = serde_json::from_value(request).unwrap();
+        let query = Query::resolve(config.source(), view, &request)?.query;
+        let rows = answer(
+            config.source(),
+            view,
+            &[&state],
+            &query,
+            &AnswerLimits::NONE,
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| match r.values[..] {
+                [Value::Int(n)] => (r.bucket.unwrap(), n),
+                _ => panic!("{r:?}"),
+            })
+            .collect())
+    }
+
+    #[test]
+    fn day_buckets_start_at_midnight_in_the_zone_asked() {
+        let at = |t: &str| parse_rfc3339_micros(t).unwrap();
+        // Around New York's return to standard time (2025-11-02 has 25 hours there).
+        let events = [
+            "2025-11-01T23:30:00-04:00",
+            "2025-11-02T00:30:00-04:00",
+            "2025-11-02T23:30:00-05:00",
+            "2025-11-03T00:30:00-05:00",
+        ];
+        let ny = json!({"granularity": "day", "tz": "America/New_York", "measures": ["orders"]});
+        assert_eq!(
+            days(0, &events, ny).unwrap(),
+            [
+                (at("2025-11-01T00:00:00-04:00"), 1),
+                (at("2025-11-02T00:00:00-04:00"), 2),
+                (at("2025-11-03T00:00:00-05:00"), 1),
+            ]
+        );
+        let utc = json!({"granularity": "day", "measures": ["orders"]});
+        assert_eq!(
+            days(0, &events, utc.clone()).unwrap(),
+            [
+                (at("2025-11-02T00:00:00Z"), 2),
+                (at("2025-11-03T00:00:00Z"), 2)
+            ]
+        );
+        let named_utc = json!({"granularity": "day", "tz": "UTC", "measures": ["orders"]});
+        assert_eq!(days(0, &events, named_utc), days(0, &events, utc));
+
+        // Kolkata's midnight is 18:30 UTC: inside an hour bucket, on a minute's edge.
+        let kolkata = json!({"granularity": "day", "tz": "Asia/Kolkata", "measures": ["events"]});
+        let hourly = json!({"granularity": "day", "tz": "Asia/Kolkata", "measures": ["orders"]});
+        let late = ["2025-11-02T18:15:00Z", "2025-11-02T18:45:00Z"];
+        let error = days(0, &late, hourly).unwrap_err();
+        assert_eq!(error.code(), "invalid_tz");
+        assert!(
+            error.to_string().contains("kept by hour")
+                && error.to_string().contains("Asia/Kolkata"),
+            "{error}"
+        );
+        assert_eq!(
+            days(1, &late, kolkata).unwrap(),
+            [
+                (at("2025-11-02T00:00:00+05:30"), 1),
+                (at("2025-11-03T00:00:00+05:30"), 1),
+            ]
+        );
+        // New York kept local mean time (-04:56:02) until 1883: its midnights then fell
+        // inside hour buckets, which only the buckets themselves tell.
+        let ny = json!({"granularity": "day", "tz": "America/New_York", "measures": ["orders"]});
+        let error = days(0, &["1880-06-01T04:30:00Z"], ny).unwrap_err();
+        assert!(
+            matches!(error, QueryError::ZoneSplitsBucket { .. }),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("1880-06-01T04:00:00Z"),
+            "{error}"
+        );
+        // A view kept by UTC day answers UTC days, and no other zone's.
+        let daily = |tz: &str| json!({"granularity": "day", "tz": tz, "measures": ["orders"]});
+        assert_eq!(
+            days(2, &late, daily("Etc/UTC")).unwrap(),
+            [(at("2025-11-02T00:00:00Z"), 2)]
+        );
+        assert_eq!(
+            days(2, &late, daily("Europe/Paris")).unwrap_err().code(),
+            "invalid_tz"
+        );
+    }
+
+    #[test]
+    fn tz_is_refused_where_it_moves_nothing_or_names_no_zone() {
+        for (request, message) in [
+            (
+                json!({"granularity": "day", "tz": "Mars/Olympus"}),
+                "tz `Mars/Olympus` is not an IANA time zone name",
+            ),
+            (
+                json!({"granularity": "hour", "tz": "Europe/Paris"}),
+                "ask for granularity day",
+            ),
+            (
+                json!({"granularity": "all", "tz": "UTC"}),
+                "ask for granularity day",
+            ),
+            (json!({"tz": "Europe/Paris"}), "ask for granularity day"),
+            (
+                json!({"granularity": "hour", "tz": "nowhere"}),
+                "not an IANA",
+            ),
+        ] {
+            let (code, got) = refusal(request.clone());
+            assert_eq!(code, "invalid_tz", "{request}");
+            assert!(got.contains(message), "{request}: {got}");
+        }
     }
 
     #[test]

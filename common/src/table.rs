@@ -29,7 +29,7 @@ pub fn merged_batch(
     parts: &[&ViewState],
 ) -> Result<RecordBatch, ArrowError> {
     let all = Query::whole(view);
-    let mut groups: Vec<_> = merge(parts, &all, &AnswerLimits::NONE)
+    let mut groups: Vec<_> = merge(view, parts, &all, &AnswerLimits::NONE)
         .expect("a merge without limits is never refused")
         .into_iter()
         .collect();

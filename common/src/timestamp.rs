@@ -1,6 +1,7 @@
 //! Event-time parsing and UTC date arithmetic, in microseconds since the Unix epoch.
 
-use chrono::{DateTime, NaiveDate};
+use chrono::{DateTime, NaiveDate, TimeZone};
+use chrono_tz::Tz;
 
 /// Microseconds in one day.
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -55,9 +56,69 @@ pub fn format_micros(us: i64) -> String {
     )
 }
 
+/// The start of the day in `zone` that holds `us`: local midnight, or the first local time of
+/// that day when a daylight-saving change skips midnight. `None` outside chrono's range.
+pub fn zoned_day_start(us: i64, zone: Tz) -> Option<i64> {
+    let date = DateTime::from_timestamp_micros(us)?
+        .with_timezone(&zone)
+        .date_naive();
+    let midnight = date.and_hms_opt(0, 0, 0)?;
+    // A skipped midnight is at most a few hours of one day; the day starts at the first
+    // minute that exists.
+    (0..=24 * 60).find_map(|minute| {
+        let local = midnight + chrono::Duration::minutes(minute);
+        zone.from_local_datetime(&local)
+            .earliest()
+            .map(|t| t.timestamp_micros())
+    })
+}
+
+/// UTC microseconds as RFC 3339 with `zone`'s offset at that instant
+/// (`2026-03-08T00:00:00-05:00`).
+pub fn format_micros_in(us: i64, zone: Tz) -> String {
+    DateTime::from_timestamp_micros(us).map_or_else(
+        || us.to_string(),
+        |t| {
+            t.with_timezone(&zone)
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zoned_days_start_at_local_midnight_across_daylight_saving() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let at = |t: &str| parse_rfc3339_micros(t).unwrap();
+        // 2025-03-09 has 23 hours in New York, 2025-11-02 has 25.
+        assert_eq!(
+            zoned_day_start(at("2025-03-09T23:59:59-04:00"), ny),
+            Some(at("2025-03-09T00:00:00-05:00"))
+        );
+        assert_eq!(
+            zoned_day_start(at("2025-11-02T23:30:00-05:00"), ny),
+            Some(at("2025-11-02T00:00:00-04:00"))
+        );
+        assert_eq!(
+            zoned_day_start(at("2025-11-03T00:00:00-05:00"), ny),
+            Some(at("2025-11-03T00:00:00-05:00"))
+        );
+        // Havana's clocks skip from midnight to one o'clock on 2025-03-09.
+        let havana: Tz = "America/Havana".parse().unwrap();
+        assert_eq!(
+            zoned_day_start(at("2025-03-09T12:00:00-04:00"), havana),
+            Some(at("2025-03-09T01:00:00-04:00"))
+        );
+        assert_eq!(
+            format_micros_in(at("2025-03-09T05:00:00Z"), ny),
+            "2025-03-09T00:00:00-05:00"
+        );
+        let utc: Tz = "UTC".parse().unwrap();
+        assert_eq!(format_micros_in(0, utc), "1970-01-01T00:00:00Z");
+    }
 
     #[test]
     fn times_outside_years_1_to_9999_are_refused() {

@@ -224,6 +224,7 @@ pub fn queries(config: &Config, v: usize) -> Vec<(Query, String)> {
                 .collect();
             let granularity = match query.rollup {
                 Rollup::Buckets(g) => g.as_str(),
+                Rollup::ZonedDays { .. } => unreachable!("the truth is asked in UTC buckets"),
                 Rollup::All => "all",
             };
             let path = format!(

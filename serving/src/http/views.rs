@@ -17,12 +17,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::query::{
-    AnswerLimits, AsOfRequest, Layer, OrderBy, Query, QueryRequest, ResolvedQuery, Row, Value,
-    answer,
+    AnswerLimits, AsOfRequest, Layer, OrderBy, Query, QueryRequest, ResolvedQuery, Rollup, Row,
+    Value, answer,
 };
 use lambdaflow_common::source::{FieldType, SourceConfig};
 use lambdaflow_common::state::{Dim, ViewState};
-use lambdaflow_common::timestamp::format_micros;
+use lambdaflow_common::timestamp::{format_micros, format_micros_in};
 use lambdaflow_common::view::ViewDef;
 use lambdaflow_common::watermark::Watermark;
 use lambdaflow_speed::served::{Progress, Snapshot, ViewPair};
@@ -171,6 +171,7 @@ struct QueryString {
     filters: Option<String>,
     /// Comma-separated keys, each descending with a leading `-`.
     order_by: Option<String>,
+    tz: Option<String>,
 }
 
 fn list_param(text: Option<String>) -> Option<Vec<String>> {
@@ -224,6 +225,7 @@ async fn query_get(
         as_of: q.as_of.as_deref().map(AsOfRequest::from_param),
         filters,
         order_by,
+        tz: q.tz,
     };
     answer_off_the_runtime(state, name, request).await
 }
@@ -377,6 +379,10 @@ fn run(
     let body = serde_json::to_vec(&AnswerOut {
         view: &view.name,
         granularity: query.rollup.as_str(),
+        tz: match query.rollup {
+            Rollup::ZonedDays { zone, .. } => Some(zone.name()),
+            _ => None,
+        },
         rows: rendered,
         truncated,
         watermark: pair.batch().watermark.as_ref(),
@@ -393,6 +399,9 @@ fn run(
 struct AnswerOut<'a> {
     view: &'a str,
     granularity: &'static str,
+    /// The zone of day buckets, when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tz: Option<&'static str>,
     rows: Rows<'a>,
     /// Set when `limit` (or `serving.query_default_limit`) cut rows off the answer.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -449,8 +458,12 @@ impl Serialize for RowOut<'_> {
             ..
         } = self.of;
         let mut map = serializer.serialize_map(None)?;
-        if let Some(b) = self.row.bucket {
-            map.serialize_entry("bucket", &format_micros(b))?;
+        match (self.row.bucket, query.rollup) {
+            (Some(b), Rollup::ZonedDays { zone, .. }) => {
+                map.serialize_entry("bucket", &format_micros_in(b, zone))?;
+            }
+            (Some(b), _) => map.serialize_entry("bucket", &format_micros(b))?,
+            (None, _) => {}
         }
         for (d, value) in query.group_by.iter().zip(&self.row.dimensions) {
             let name = &view.dimensions[*d];

@@ -1324,6 +1324,52 @@ async fn sql_refuses_rollups_that_would_lie_and_names_the_exact_form() {
     }
 }
 
+/// `tz` starts day buckets at the zone's midnight and renders them with its offset; the days
+/// hold every event once (their total equals the UTC days'), and a zone whose midnight cuts
+/// the view's buckets is refused.
+#[tokio::test]
+async fn day_buckets_in_a_named_zone_carry_its_offset() {
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let get = |uri: String| {
+        let state = state.clone();
+        async move { call(&state, Request::get(uri).body(Body::empty()).unwrap()).await }
+    };
+    let base = "/v1/views/sales_by_country/query?granularity=day&measures=orders";
+    let (status, zoned) = get(format!("{base}&tz=America/Los_Angeles")).await;
+    assert_eq!(status, StatusCode::OK, "{zoned}");
+    assert_eq!(zoned["tz"], "America/Los_Angeles");
+    let (_, utc) = get(base.to_owned()).await;
+    assert!(utc.get("tz").is_none());
+    let total = |answer: &Value| -> i64 {
+        let rows = answer["rows"].as_array().unwrap();
+        rows.iter().map(|r| r["orders"].as_i64().unwrap()).sum()
+    };
+    assert!(total(&utc) > 0);
+    assert_eq!(total(&zoned), total(&utc));
+    for row in zoned["rows"].as_array().unwrap() {
+        let bucket = row["bucket"].as_str().unwrap();
+        assert!(
+            bucket.ends_with("T00:00:00-08:00") || bucket.ends_with("T00:00:00-07:00"),
+            "{bucket}"
+        );
+    }
+    let (status, refused) = get(format!("{base}&tz=Asia/Kathmandu")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"]["code"], "invalid_tz", "{refused}");
+    let (status, refused) = call(
+        &state,
+        Request::post("/v1/views/sales_by_country/query")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"granularity": "hour", "tz": "Asia/Seoul"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"]["code"], "invalid_tz", "{refused}");
+}
+
 #[tokio::test]
 async fn quarantine_lists_the_latest_refusals_with_reasons() {
     let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();

@@ -87,6 +87,11 @@ impl Log {
         Ok(Self { entries, oldest })
     }
 
+    /// The latest version committed; `None` when the log is empty (no table).
+    pub fn latest(&self) -> Option<Version> {
+        self.entries.last().copied()
+    }
+
     /// The first version that can still be loaded.
     pub fn oldest(&self) -> Option<Version> {
         self.oldest

@@ -14,7 +14,7 @@ use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
 use datafusion::prelude::SessionContext;
-use deltalake::DeltaTable;
+use deltalake::{DeltaTable, DeltaTableBuilder};
 use lambdaflow_common::batch_view::BatchView;
 use lambdaflow_common::config::{Config, LakeConfig};
 use lambdaflow_common::query::AsOf;
@@ -262,6 +262,23 @@ impl LakeReader {
             events.extend(quarantined(batch).map_err(|e| query(e.into()))?);
         }
         Ok(events)
+    }
+
+    /// The latest version of `source`'s quarantine table, from a listing of its log without
+    /// reading the table: what changes whenever [`Self::latest_quarantined`] may. `None` when
+    /// there is no table yet.
+    pub async fn quarantine_version(&self, source: &SourceConfig) -> Result<Option<u64>> {
+        let url = self.lake.quarantine(&source.name);
+        let delta = |source| Error::Delta {
+            table: url.to_string(),
+            source,
+        };
+        let table = match DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build()) {
+            Ok(table) => table,
+            Err(error) if super::is_missing(&error) => return Ok(None),
+            Err(error) => return Err(delta(error)),
+        };
+        Ok(Log::of(&table).await?.latest())
     }
 
     /// Registers `source`'s `table` in `ctx` as `name`, at its latest version. `false` (and

@@ -13,7 +13,7 @@ use deltalake::DeltaTableBuilder;
 use futures::TryStreamExt;
 use lambdaflow_common::watermark::Watermark;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -351,18 +351,36 @@ impl History {
 
     /// The newest `limit` runs, newest first.
     pub async fn list(&self, limit: usize) -> Result<Vec<RunRecord>> {
-        let mut ids: Vec<String> = self
+        self.read(&self.newest(limit).await?).await
+    }
+
+    /// The files of the newest `limit` runs, newest first, as the store lists them: their
+    /// write times, sizes and entity tags change whenever a record is saved, which is what an
+    /// answer's version can follow without reading them.
+    pub async fn newest(&self, limit: usize) -> Result<Vec<ObjectMeta>> {
+        let mut files: Vec<ObjectMeta> = self
             .store
             .list(Some(&Path::from(RUNS)))
-            .map_ok(|meta| meta.location.filename().unwrap_or_default().to_owned())
             .try_collect()
             .await
             .map_err(self.store_err("listing run records"))?;
-        ids.retain(|name| name.ends_with(".json"));
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        let mut records = Vec::new();
-        for name in ids.into_iter().take(limit) {
-            if let Some(record) = self.get(name.trim_end_matches(".json")).await? {
+        files.retain(|meta| {
+            meta.location
+                .filename()
+                .is_some_and(|name| name.ends_with(".json"))
+        });
+        files.sort_unstable_by(|a, b| b.location.cmp(&a.location));
+        files.truncate(limit);
+        Ok(files)
+    }
+
+    /// The records of `files` (from [`Self::newest`]), in their order; a file gone since the
+    /// listing is skipped.
+    pub async fn read(&self, files: &[ObjectMeta]) -> Result<Vec<RunRecord>> {
+        let mut records = Vec::with_capacity(files.len());
+        for meta in files {
+            let id = meta.location.filename().unwrap_or_default();
+            if let Some(record) = self.get(id.trim_end_matches(".json")).await? {
                 records.push(record);
             }
         }

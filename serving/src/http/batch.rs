@@ -1,11 +1,14 @@
 //! `/v1/batch/runs`: trigger a batch run and read the run history.
 //!
 //! `POST` answers 202 with the new run's id at once (the run goes on in the background) or
-//! 409 naming the run in progress; records are read from `<lake>/_lambdaflow/runs/`.
+//! 409 naming the run in progress; records are read from `<lake>/_lambdaflow/runs/`. The
+//! list's `ETag` follows a listing of the records it holds, so a poll while no run started or
+//! moved reads none of them ([`crate::http::etag`]).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use lambdaflow_batch::views::records::{RunRecord, Trigger, is_run_id};
@@ -14,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::etag::ETag;
 use crate::http::json::{ApiJson, JsonBody};
 
 /// Most records one listing returns.
@@ -59,8 +63,9 @@ struct ListQuery {
 
 async fn list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(20);
     if limit == 0 || limit > MAX_LIST {
@@ -69,8 +74,19 @@ async fn list(
             format!("limit must be between 1 and {MAX_LIST}"),
         ));
     }
-    let runs = state.batches.history().list(limit).await?;
-    Ok(Json(json!({ "runs": runs })))
+    let history = state.batches.history();
+    let files = history.newest(limit).await?;
+    let tag = ETag::of(
+        files
+            .iter()
+            .map(|f| (f.location.as_ref(), f.last_modified, f.size, &f.e_tag))
+            .collect::<Vec<_>>(),
+    );
+    if tag.matches(&headers) {
+        return Ok(tag.not_modified());
+    }
+    let runs = history.read(&files).await?;
+    Ok(tag.on(Json(json!({ "runs": runs })).into_response()))
 }
 
 async fn one(

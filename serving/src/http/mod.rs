@@ -10,6 +10,7 @@ pub mod batch;
 pub mod catalog;
 pub mod dashboard;
 pub mod error;
+pub mod etag;
 pub mod events;
 pub mod guard;
 pub mod health;

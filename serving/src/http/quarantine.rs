@@ -1,9 +1,12 @@
 //! `GET /v1/quarantine?limit=N`: the latest refused events with their reasons, read from the
 //! quarantine Delta table through the lake reader (newest ingestion first; within one
-//! ingestion time, latest offset first).
+//! ingestion time, latest offset first). The answer's `ETag` follows the table's version, so
+//! a poll while nothing was refused costs a listing of its log ([`crate::http::etag`]).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use lambdaflow_batch::lake::reader::QuarantinedEvent;
@@ -13,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::etag::ETag;
 
 /// Events returned when no limit is given.
 const DEFAULT_LIMIT: usize = 50;
@@ -33,8 +37,9 @@ struct Params {
 
 async fn latest(
     State(state): State<AppState>,
+    headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad("invalid_request", e.body_text()))?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -50,13 +55,23 @@ async fn latest(
             .pick_source(None)
             .map_err(|why| ApiError::bad("source_required", format!("{why} with ?source=")))?,
     };
+    let unreadable = |e| ApiError::Internal(format!("reading the quarantine table: {e}"));
+    let version = state
+        .lake
+        .quarantine_version(source)
+        .await
+        .map_err(unreadable)?;
+    let tag = ETag::of(("quarantine", &source.name, version, limit));
+    if tag.matches(&headers) {
+        return Ok(tag.not_modified());
+    }
     let events = state
         .lake
         .latest_quarantined(source, limit)
         .await
-        .map_err(|e| ApiError::Internal(format!("reading the quarantine table: {e}")))?;
+        .map_err(unreadable)?;
     let events: Vec<Value> = events.iter().map(render).collect();
-    Ok(Json(json!({ "events": events })))
+    Ok(tag.on(Json(json!({ "events": events })).into_response()))
 }
 
 /// One refused event; its payload as text when it is UTF-8, else as hex under `raw_hex`.

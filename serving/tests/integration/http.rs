@@ -1370,6 +1370,83 @@ async fn day_buckets_in_a_named_zone_carry_its_offset() {
     assert_eq!(refused["error"]["code"], "invalid_tz", "{refused}");
 }
 
+/// The lists a dashboard polls answer 304 to the ETag of their last answer until what they
+/// list changes: a new refusal in the quarantine table, a new or updated run record.
+#[tokio::test]
+async fn polled_lists_answer_304_until_they_change() {
+    use lambdaflow_batch::archive::commit::OffsetTable;
+    use lambdaflow_batch::lake::open_or_create;
+    use lambdaflow_common::schema::{INGEST_DATE, quarantine_schema};
+
+    let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let state = state_with_data(&broker, &lake).await;
+    let get = |path: &'static str, tag: Option<String>| {
+        let state = state.clone();
+        async move {
+            let mut request = Request::get(path);
+            if let Some(tag) = tag {
+                request = request.header("if-none-match", tag);
+            }
+            let response = app(state)
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let tag = response.headers()["etag"].to_str().unwrap().to_owned();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, tag, body)
+        }
+    };
+    for path in ["/v1/quarantine?limit=5", "/v1/batch/runs"] {
+        let (status, tag, body) = get(path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.is_empty());
+        let (status, again, body) = get(path, Some(tag.clone())).await;
+        assert_eq!((status, &again), (StatusCode::NOT_MODIFIED, &tag), "{path}");
+        assert!(body.is_empty(), "{path}: a 304 has no body");
+        let (status, _, _) = get(path, Some("W/\"stale\"".into())).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+
+    let (_, quarantine_tag, _) = get("/v1/quarantine?limit=5", None).await;
+    let config = state.config.clone();
+    let mut messages = fixed_messages();
+    messages.push(b"{not json".to_vec());
+    let validated = validate_in_order(
+        &Validator::new(config.source()),
+        1_763_856_000_000_000,
+        &messages,
+    );
+    let url = Lake::new(&config.lake).unwrap().quarantine("events");
+    let schema = quarantine_schema();
+    let table = open_or_create(&url, &schema, &[INGEST_DATE]).await.unwrap();
+    let mut table = OffsetTable::load(table, (schema, INGEST_DATE), "events", &[0])
+        .await
+        .unwrap();
+    let last = messages.len() as i64 - 1;
+    table
+        .append(validated.rejects.clone(), &[(0, last)].into())
+        .await
+        .unwrap();
+    let (status, moved, body) = get("/v1/quarantine?limit=5", Some(quarantine_tag.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(moved, quarantine_tag);
+    let listed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listed["events"][0]["offset"], last, "{listed}");
+
+    let (_, runs_tag, _) = get("/v1/batch/runs", None).await;
+    let run = batch_run(&state, "{}").await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let (status, moved, body) = get("/v1/batch/runs", Some(runs_tag.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(moved, runs_tag);
+    let listed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listed["runs"][0]["id"], run["id"], "{listed}");
+}
+
 #[tokio::test]
 async fn quarantine_lists_the_latest_refusals_with_reasons() {
     let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();

@@ -1,7 +1,10 @@
 //! The dashboard in a real browser: `lambdaflow demo` runs, a batch run is triggered, and
 //! headless Chromium, driven through chromedriver's WebDriver API, loads `GET /` and must show
 //! a chart with data points for every view, the batch/speed seam, the batch run and the
-//! quarantine. A screenshot is kept in `target/test-artifacts/dashboard.png`.
+//! quarantine; then a query typed into the SQL workbench and run shows its rows (and a refused
+//! rollup its error), a table opened from the catalog shows its rows, a view's filter picker
+//! narrows its chart, and a longer time window coarsens a chart's buckets. A screenshot is
+//! kept in `target/test-artifacts/dashboard.png`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
 
@@ -15,6 +18,79 @@ use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// One WebDriver session's page.
+struct Page<'a> {
+    http: &'a Http,
+    session: &'a str,
+}
+
+impl Page<'_> {
+    async fn element(&self, css: &str) -> String {
+        let (status, found) = self
+            .http
+            .post(
+                &format!("{}/element", self.session),
+                &json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        assert_eq!(status, 200, "{css}: {found}");
+        found["value"]
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{css}: {found}"))
+            .to_owned()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        let (status, reply) = self
+            .http
+            .post(
+                &format!("{}/element/{element}/click", self.session),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "clicking {css}: {reply}");
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        let url = format!("{}/element/{element}", self.session);
+        let (status, reply) = self.http.post(&format!("{url}/clear"), &json!({})).await;
+        assert_eq!(status, 200, "clearing {css}: {reply}");
+        let (status, reply) = self
+            .http
+            .post(&format!("{url}/value"), &json!({ "text": text }))
+            .await;
+        assert_eq!(status, 200, "typing into {css}: {reply}");
+    }
+
+    /// Runs `script` until `done` holds of what it returns (30 s at most), and returns that;
+    /// on time out, says what it returned last and what the page's error line said.
+    async fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool, script: &str) -> Value {
+        let run = |script: &str| {
+            let body = json!({ "script": script, "args": [] });
+            async move {
+                let url = format!("{}/execute/sync", self.session);
+                self.http.post(&url, &body).await.1["value"].clone()
+            }
+        };
+        let started = Instant::now();
+        loop {
+            let value = run(script).await;
+            if done(&value) {
+                return value;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let error = run(r#"return document.getElementById("error").textContent;"#).await;
+                panic!("timed out waiting for {what}: last {value}, page error {error}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
 
 struct Http(reqwest::Client);
 
@@ -197,6 +273,105 @@ async fn the_demo_dashboard_charts_every_view_in_chromium() {
     )
     .await;
     assert_eq!(shown["error"], "", "the page reported an error: {shown}");
+
+    let page = Page {
+        http: &http,
+        session: &session,
+    };
+    // The SQL workbench: a query typed and run shows its rows and offers them as CSV.
+    page.type_into(
+        "#sql-text",
+        "SELECT country, sum(orders) AS orders FROM sales_by_country GROUP BY country ORDER BY country",
+    )
+    .await;
+    page.click("#sql-run").await;
+    let table = r##"
+        const rows = [...document.querySelectorAll("#sql-table tr")];
+        return {
+            header: rows.length ? [...rows[0].querySelectorAll("th")].map((c) => c.textContent) : [],
+            rows: rows.length - 1,
+            csv: !document.getElementById("sql-csv").hidden,
+            error: document.getElementById("sql-error").textContent,
+            text: document.getElementById("sql-text").value,
+        };"##;
+    let result = page
+        .wait_for(
+            "the workbench's rows",
+            |r| r["rows"].as_u64() > Some(0),
+            table,
+        )
+        .await;
+    assert_eq!(result["header"], json!(["country", "orders"]), "{result}");
+    assert_eq!(result["csv"], true, "{result}");
+    // A rollup that would lie is refused, and the page says why.
+    page.type_into("#sql-text", "SELECT sum(buyers) FROM sales_by_country")
+        .await;
+    page.click("#sql-run").await;
+    let refused = page
+        .wait_for(
+            "the workbench's error",
+            |r| r["error"].as_str().is_some_and(|e| !e.is_empty()),
+            table,
+        )
+        .await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("inexact_rollup"),
+        "{refused}"
+    );
+    // The table browser: a name from the catalog opens that table in the workbench.
+    page.wait_for(
+        "the catalog",
+        |found| found == &json!(true),
+        r#"return !!document.querySelector('#tables a[data-table="raw_events"]');"#,
+    )
+    .await;
+    page.click(r#"#tables a[data-table="raw_events"]"#).await;
+    let opened = page
+        .wait_for(
+            "raw_events' rows",
+            |r| r["rows"].as_u64() > Some(0) && r["error"] == "",
+            table,
+        )
+        .await;
+    assert_eq!(opened["text"], "SELECT * FROM raw_events LIMIT 100");
+    // The filter picker: one country's events alone.
+    page.wait_for(
+        "the filter picker's values",
+        |found| found == &json!(true),
+        r#"return !!document.querySelector('select.filter[data-view="sales_by_country"] option[data-dimension="country"]');"#,
+    )
+    .await;
+    page.click(r#"select.filter[data-view="sales_by_country"] option[data-dimension="country"]"#)
+        .await;
+    let chart = |view: &str| {
+        format!(
+            r#"const chart = document.querySelector('svg.chart[data-view="{view}"]');
+               return {{ meta: document.getElementById("meta-{view}").textContent,
+                         points: Number(chart.dataset.points) }};"#
+        )
+    };
+    page.wait_for(
+        "the filtered chart",
+        |r| {
+            r["meta"]
+                .as_str()
+                .is_some_and(|m| m.contains("· country = "))
+                && r["points"].as_u64() > Some(0)
+        },
+        &chart("sales_by_country"),
+    )
+    .await;
+    // A week of a per-minute view is drawn by the hour.
+    page.click(r#"#range option[value="604800000"]"#).await;
+    page.wait_for(
+        "hourly buckets for a week",
+        |r| r["meta"].as_str().is_some_and(|m| m.ends_with("by hour")),
+        &chart("traffic_by_minute"),
+    )
+    .await;
 
     let (status, shot) = http.get(&format!("{session}/screenshot")).await;
     assert_eq!(status, 200);

@@ -180,11 +180,24 @@ pub enum Error {
     Cancelled,
     /// The views of some sources of a batch run failed (each source's error is in the run's
     /// record); the other sources' views published.
-    #[error("the views of {0} failed")]
+    #[error("{0}")]
     SourcesFailed(String),
+    /// Some views of a source failed for good (each task's error is in the run's record); the
+    /// source's other views published.
+    #[error("views failed (the others published): {0}")]
+    ViewsFailed(String),
     /// Deduplication's files on local disk could not be written or read.
     #[error(transparent)]
     Dedup(#[from] lambdaflow_dedup::Error),
+    /// A failpoint of the fault suite failed a batch task ([`crate::faults`]).
+    #[cfg(feature = "faults")]
+    #[error("failpoint on task {task} ({})", if *.transient { "transient" } else { "permanent" })]
+    Failpoint {
+        /// The task.
+        task: String,
+        /// Whether the run may retry it.
+        transient: bool,
+    },
     /// A background task panicked or was cancelled.
     #[error("{task} task failed: {message}")]
     Task {

@@ -11,6 +11,11 @@
 //! - `fail-after`: the put lands but returns an error, so the caller cannot know it landed;
 //! - `slow`: `slow:<path part>#<ms>` delays every matching put by that many milliseconds.
 //!
+//! Two more act on a batch run's tasks instead of the store, on the `n`-th attempt of the task
+//! whose id contains the part (`recompute:sales_by_country`), once:
+//! - `fail-task`: the attempt fails with a transient error, which the run retries;
+//! - `break-task`: the attempt fails with an error that is not retried.
+//!
 //! Aborting is the in-process form of SIGKILL: no destructor, flush or graceful shutdown runs,
 //! which is why this module is compiled only with the cargo feature `faults`, which only the
 //! end-to-end test binary turns on: a production build cannot be made to abort by an
@@ -18,8 +23,8 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,6 +54,8 @@ enum Action {
     FailBefore,
     FailAfter,
     Slow(u64),
+    FailTask,
+    BreakTask,
 }
 
 /// One failpoint: an action on the `nth` put whose path contains `part` (a slow store delays
@@ -75,6 +82,8 @@ impl Fault {
             "fail-before" => Action::FailBefore,
             "fail-after" => Action::FailAfter,
             "slow" => Action::Slow(n),
+            "fail-task" => Action::FailTask,
+            "break-task" => Action::BreakTask,
             _ => return Err(bad()),
         };
         Ok(Self {
@@ -87,7 +96,15 @@ impl Fault {
 
     /// The action to take on a put to `location`, if this failpoint fires.
     fn fires(&self, location: &Path) -> Option<Action> {
-        if !location.as_ref().contains(&self.part) {
+        if matches!(self.action, Action::FailTask | Action::BreakTask) {
+            return None;
+        }
+        self.fires_on(location.as_ref())
+    }
+
+    /// The action to take on the next event named `name`, if this failpoint fires.
+    fn fires_on(&self, name: &str) -> Option<Action> {
+        if !name.contains(&self.part) {
             return None;
         }
         let count = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
@@ -98,6 +115,23 @@ impl Fault {
     }
 }
 
+/// The failpoints installed, for [`task_fault`].
+static INSTALLED: OnceLock<Arc<Vec<Fault>>> = OnceLock::new();
+
+/// The error of this attempt of batch task `task`, when a `fail-task` or `break-task`
+/// failpoint fires on it.
+pub fn task_fault(task: &str) -> Option<Error> {
+    let faults = INSTALLED.get()?;
+    faults
+        .iter()
+        .filter(|f| matches!(f.action, Action::FailTask | Action::BreakTask))
+        .find_map(|f| f.fires_on(task))
+        .map(|action| Error::Failpoint {
+            task: task.to_owned(),
+            transient: action == Action::FailTask,
+        })
+}
+
 /// Parses `spec` and wraps every local store the process opens from now on.
 pub fn install(spec: &str) -> crate::Result<()> {
     let faults: Vec<Fault> = spec
@@ -105,6 +139,8 @@ pub fn install(spec: &str) -> crate::Result<()> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| Fault::parse(s.trim()))
         .collect::<Result<_, _>>()?;
+    let faults = Arc::new(faults);
+    let _ = INSTALLED.set(faults.clone());
     let scheme = Url::parse("file://").expect("a valid URL");
     let registry = object_store_factories();
     let inner = registry
@@ -112,13 +148,7 @@ pub fn install(spec: &str) -> crate::Result<()> {
         .map(|f| f.value().clone())
         .ok_or(Error::FaultStore)?;
     tracing::warn!(%spec, "failpoints installed in the object store");
-    registry.insert(
-        scheme,
-        Arc::new(FaultyFactory {
-            inner,
-            faults: Arc::new(faults),
-        }),
-    );
+    registry.insert(scheme, Arc::new(FaultyFactory { inner, faults }));
     Ok(())
 }
 
@@ -197,7 +227,7 @@ impl ObjectStore for FaultyStore {
                     tracing::warn!(%location, "failpoint: failing the put before writing");
                     return Err(injected(location, "before writing"));
                 }
-                Action::CrashAfter | Action::FailAfter => {}
+                Action::CrashAfter | Action::FailAfter | Action::FailTask | Action::BreakTask => {}
             }
         }
         let result = self.inner.put_opts(location, payload, opts).await?;

@@ -249,6 +249,12 @@ pub struct BatchConfig {
     /// Cron expression with seconds, in UTC.
     #[serde(default = "default_schedule")]
     pub schedule: String,
+    /// Views recomputed and published at once within a source.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+    /// Retries of a task whose error is transient (the store, a lost commit race).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
 }
 
 impl BatchConfig {
@@ -262,6 +268,8 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             schedule: default_schedule(),
+            parallelism: default_parallelism(),
+            retries: default_retries(),
         }
     }
 }
@@ -529,6 +537,18 @@ impl Config {
                 ),
             );
         }
+        if !(1..=64).contains(&self.batch.parallelism) {
+            return invalid(
+                "batch.parallelism".into(),
+                format!("must be between 1 and 64, got {}", self.batch.parallelism),
+            );
+        }
+        if self.batch.retries > 10 {
+            return invalid(
+                "batch.retries".into(),
+                format!("must be at most 10, got {}", self.batch.retries),
+            );
+        }
         let mut view_names = HashSet::new();
         for view in &self.views {
             let key = format!("views.{}", view.name);
@@ -765,6 +785,12 @@ fn default_query_limit() -> usize {
 }
 fn default_schedule() -> String {
     "0 0 2 * * *".into()
+}
+fn default_parallelism() -> usize {
+    2
+}
+fn default_retries() -> u32 {
+    2
 }
 fn default_commit_interval() -> Duration {
     Duration::from_secs(2)

@@ -13,7 +13,8 @@ use lambdaflow_batch::lake::reader::LakeReader;
 use lambdaflow_batch::lake::retention::{Expire, Expired};
 use lambdaflow_batch::lake::status::TableStatus;
 use lambdaflow_batch::lake::vacuum::{Vacuum, Vacuumed};
-use lambdaflow_batch::views::records::{RunRecord, Trigger};
+use lambdaflow_batch::views::records::{RunRecord, Task, TaskState, Trigger};
+use lambdaflow_batch::views::run::TaskProgress;
 use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::auth::{AuthConfig, AuthMode, Scope, TokenConfig, token_hash};
 use lambdaflow_common::config::Config;
@@ -287,14 +288,32 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
     outcome
 }
 
-/// `lambdaflow batch run`: one run now; the summary on stdout.
+/// `lambdaflow batch run`: one run now, a line on stderr per task as its state changes; the
+/// summary on stdout.
 pub async fn batch_run(
     config: Arc<Config>,
     full: bool,
     shutdown: CancellationToken,
 ) -> Result<RunRecord> {
     let batches = Batches::new(config, shutdown)?;
-    Ok(batches.run(Trigger::Cli, full).await?)
+    let progress: TaskProgress = Arc::new(|task: &Task| {
+        let state = serde_json::to_value(task.state).unwrap_or_default();
+        let mut line = format!("task {} {}", task.id, state.as_str().unwrap_or_default());
+        if task.attempts > 1 {
+            line.push_str(&format!(" (attempt {})", task.attempts));
+        }
+        if let (Some(seconds), true) = (task.seconds(), task.finished_at.is_some()) {
+            line.push_str(&format!(" in {seconds:.1} s"));
+        }
+        if task.state == TaskState::Succeeded && task.rows > 0 {
+            line.push_str(&format!(", {} rows", task.rows));
+        }
+        if let (Some(error), false) = (&task.error, task.state == TaskState::Succeeded) {
+            line.push_str(&format!(": {error}"));
+        }
+        eprintln!("{line}");
+    });
+    Ok(batches.run(Trigger::Cli, full, Some(progress)).await?)
 }
 
 /// `lambdaflow lake expire`: retention applied now, outside a batch run.

@@ -230,8 +230,9 @@ impl<'a> Vacuum<'a> {
         }
         let version = version.unwrap_or_default();
         let last_checkpoint = last_checkpoint(&delta).await?;
+        // A writer beside vacuum may have checkpointed a version newer than the one read.
         let due = match last_checkpoint {
-            Some(last) => version - last >= self.config.lake.checkpoint_interval,
+            Some(last) => version.saturating_sub(last) >= self.config.lake.checkpoint_interval,
             None => version + 1 >= self.config.lake.checkpoint_interval,
         };
         if due {

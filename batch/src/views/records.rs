@@ -64,6 +64,66 @@ pub enum Mode {
     Unchanged,
 }
 
+/// Where a task of a run's graph is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for the tasks before it, or for a slot.
+    Pending,
+    /// Being done (or waiting to retry after a transient error).
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed for good: its error was not transient, or its retries ran out.
+    Failed,
+    /// Not done, because a task before it failed.
+    Skipped,
+}
+
+/// One task of a run's graph: `expire:<source>` (retention of a source's tables),
+/// `recompute:<view>`, `publish:<view>`, and `vacuum` last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// `<kind>:<source or view>`, or `vacuum`.
+    pub id: String,
+    /// Where it is.
+    pub state: TaskState,
+    /// Attempts made; a transient error is retried up to `batch.retries` times.
+    pub attempts: u32,
+    /// When its first attempt started.
+    #[serde(with = "time::optional")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it succeeded, failed for good or was skipped.
+    #[serde(with = "time::optional")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Rows it read (recompute) or wrote (publish).
+    pub rows: u64,
+    /// The last attempt's error.
+    pub error: Option<String>,
+}
+
+impl Task {
+    /// A task not started.
+    pub fn pending(id: String) -> Self {
+        Self {
+            id,
+            state: TaskState::Pending,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            rows: 0,
+            error: None,
+        }
+    }
+
+    /// Seconds from its start to its end (or to now, while it runs).
+    pub fn seconds(&self) -> Option<f64> {
+        let start = self.started_at?;
+        let end = self.finished_at.unwrap_or_else(now);
+        Some((end - start).num_milliseconds() as f64 / 1000.0)
+    }
+}
+
 /// One view's part of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewOutcome {
@@ -148,6 +208,12 @@ pub struct RunRecord {
     pub vacuum_error: Option<String>,
     /// What the run is doing now, while it runs.
     pub progress: Option<String>,
+    /// Its tasks, in the order they were planned.
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+    /// `[before, after]` task ids: a task starts once every task before it succeeded.
+    #[serde(default)]
+    pub edges: Vec<[String; 2]>,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -269,8 +335,41 @@ impl RunRecord {
             dates: Vec::new(),
             views: Vec::new(),
             progress: None,
+            tasks: Vec::new(),
+            edges: Vec::new(),
             error: None,
         }
+    }
+
+    /// The task `id`, which the run planned.
+    pub fn task(&mut self, id: &str) -> &mut Task {
+        let at = self.tasks.iter().position(|t| t.id == id);
+        &mut self.tasks[at.unwrap_or_else(|| panic!("task {id} was planned"))]
+    }
+
+    /// Marks every task after `id` in the graph, transitively, skipped (those not done yet),
+    /// and returns their ids.
+    pub fn skip_after(&mut self, id: &str) -> Vec<String> {
+        let mut skipped = Vec::new();
+        let mut after: Vec<String> = vec![id.to_owned()];
+        while let Some(before) = after.pop() {
+            let next: Vec<String> = self
+                .edges
+                .iter()
+                .filter(|[from, _]| *from == before)
+                .map(|[_, to]| to.clone())
+                .collect();
+            for to in next {
+                let task = self.task(&to);
+                if task.state == TaskState::Pending {
+                    task.state = TaskState::Skipped;
+                    task.finished_at = Some(now());
+                    skipped.push(to.clone());
+                    after.push(to);
+                }
+            }
+        }
+        skipped
     }
 }
 

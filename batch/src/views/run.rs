@@ -14,14 +14,20 @@
 //! 4. publish: overwrite exactly those dates (`replaceWhere` on `event_date`), or the whole
 //!    table, in one commit carrying the [`ViewCommit`].
 //!
-//! A source whose views fail (its raw table unreadable, a view's query failing) is recorded
-//! and the run goes on with the next source; the run fails at the end, naming each source that
-//! did. Last, every table is vacuumed ([`crate::lake::vacuum`]) while the run still holds the lock.
+//! The run is a graph of tasks, recorded with their states, attempts, times, rows and errors:
+//! `expire:<source>` (retention) before each of the source's views' `recompute:<view>`
+//! (steps 1–3), each before its `publish:<view>` (step 4), and every publish before `vacuum`.
+//! A source's views run `batch.parallelism` at a time; a task whose error is transient (the
+//! store, I/O, a lost commit race) is retried up to `batch.retries` times with backoff, and one
+//! that fails for good fails its view alone: what comes after it is skipped, the other views
+//! publish, and the run fails at the end naming the views (and sources) that did not. Last,
+//! every table is vacuumed ([`crate::lake::vacuum`]) while the run still holds the lock, when
+//! nothing before it failed.
 //!
 //! A run that dies before a view's commit leaves that view as it was; the next run starts
 //! from the view's own watermark, so it recomputes what the dead run did not publish.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +39,8 @@ use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use lambdaflow_common::config::Config;
 use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::schema::{EVENT_DATE, raw_schema};
@@ -52,7 +60,7 @@ use crate::metrics;
 use crate::views::lock::{BatchLock, RunLock};
 use crate::views::recompute::view_frame;
 use crate::views::records::{
-    History, Mode, RunRecord, RunStatus, SourceOutcome, Trigger, ViewOutcome, now,
+    History, Mode, RunRecord, RunStatus, SourceOutcome, Task, TaskState, Trigger, ViewOutcome, now,
 };
 use crate::views::sketch_udf;
 use crate::views::watermark::{COMMIT_KEY, ViewCommit, dates_changed, raw_watermark, view_commit};
@@ -60,14 +68,25 @@ use crate::views::watermark::{COMMIT_KEY, ViewCommit, dates_changed, raw_waterma
 /// How often a long view computation logs that it is still going.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
+/// Told of every change of a task's state, as it happens (the command line prints a line).
+pub type TaskProgress = Arc<dyn Fn(&Task) + Send + Sync>;
+
 /// A batch run with its options; [`BatchRun::run`] executes it.
-#[derive(Debug)]
 pub struct BatchRun {
     config: Arc<Config>,
     lake: Lake,
     history: History,
     record: RunRecord,
     cancel: CancellationToken,
+    on_task: Option<TaskProgress>,
+}
+
+impl std::fmt::Debug for BatchRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchRun")
+            .field("record", &self.record.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BatchRun {
@@ -79,7 +98,14 @@ impl BatchRun {
             history,
             record: RunRecord::queued(Trigger::Cli, false),
             cancel: CancellationToken::new(),
+            on_task: None,
         }
+    }
+
+    /// Calls `progress` on every change of a task's state.
+    pub fn with_task_progress(mut self, progress: TaskProgress) -> Self {
+        self.on_task = Some(progress);
+        self
     }
 
     /// Stops the run (recorded as failed, nothing half-published) when `cancel` fires.
@@ -167,29 +193,112 @@ impl BatchRun {
         }
     }
 
+    /// Lays out the run's graph: per source, `expire` before each of its views' `recompute`,
+    /// each `recompute` before its `publish`, and every `publish` before `vacuum`.
+    fn plan(&mut self) {
+        let config = self.config.clone();
+        let (tasks, edges) = (&mut self.record.tasks, &mut self.record.edges);
+        for source in &config.sources {
+            let expire = format!("expire:{}", source.name);
+            tasks.push(Task::pending(expire.clone()));
+            for view in &config.scoped(source).views {
+                let (recompute, publish) = task_ids(&view.name);
+                tasks.push(Task::pending(recompute.clone()));
+                tasks.push(Task::pending(publish.clone()));
+                edges.push([expire.clone(), recompute.clone()]);
+                edges.push([recompute, publish.clone()]);
+                edges.push([publish, VACUUM.to_owned()]);
+            }
+        }
+        tasks.push(Task::pending(VACUUM.to_owned()));
+    }
+
     async fn views(&mut self, lock: &RunLock) -> Result<()> {
         let config = self.config.clone();
+        self.plan();
         let mut failed = Vec::new();
         for source in &config.sources {
             let outcome = self.source(&config.scoped(source), lock).await;
             let Err(e) = outcome else { continue };
             let recorded = self.record.sources.last_mut();
             recorded.expect("each source records itself first").error = Some(e.to_string());
-            if config.sources.len() == 1 || matches!(e, Error::Cancelled | Error::LockLost { .. }) {
+            if matches!(e, Error::Cancelled | Error::LockLost { .. }) {
                 return Err(e);
             }
-            tracing::error!(run = %self.record.id, source = %source.name, error = %e, "a source's views failed; the run goes on with the next source");
-            failed.push(format!("source {} ({e})", source.name));
+            tracing::error!(run = %self.record.id, source = %source.name, error = %e, "a source's views failed; the run goes on");
+            failed.push((source.name.clone(), e));
         }
-        self.vacuum().await;
-        match failed.is_empty() {
-            true => Ok(()),
-            false => Err(Error::SourcesFailed(failed.join(", "))),
+        if self.record.task(VACUUM).state == TaskState::Pending {
+            self.vacuum().await;
+        }
+        match failed.len() {
+            0 => Ok(()),
+            1 if config.sources.len() == 1 => Err(failed.remove(0).1),
+            _ => Err(Error::SourcesFailed(
+                failed
+                    .iter()
+                    .map(|(name, e)| format!("source {name}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
         }
     }
 
-    /// Applies retention to the tables of `config`'s one source and brings every view over it
-    /// up to its raw table's current version.
+    /// Marks task `id` running for one more attempt.
+    fn start(&mut self, id: &str) {
+        let task = self.record.task(id);
+        task.state = TaskState::Running;
+        task.attempts += 1;
+        task.started_at.get_or_insert_with(now);
+        self.tell(id);
+    }
+
+    /// Marks task `id` done with `rows`.
+    fn succeed(&mut self, id: &str, rows: u64) {
+        let task = self.record.task(id);
+        task.state = TaskState::Succeeded;
+        task.rows = rows;
+        task.error = None;
+        task.finished_at = Some(now());
+        self.tell(id);
+    }
+
+    /// Marks task `id` failed for good, and every task after it skipped.
+    fn fail(&mut self, id: &str, error: &Error) {
+        let task = self.record.task(id);
+        task.state = TaskState::Failed;
+        task.error = Some(error.to_string());
+        task.finished_at = Some(now());
+        self.tell(id);
+        for skipped in self.record.skip_after(id) {
+            self.tell(&skipped);
+        }
+    }
+
+    /// Whether task `id` may try again after `error`: a transient error with retries left.
+    /// Records the error either way.
+    fn may_retry(&mut self, id: &str, error: &Error) -> bool {
+        let retries = self.config.batch.retries;
+        let task = self.record.task(id);
+        task.error = Some(error.to_string());
+        let again = transient(error) && task.attempts <= retries;
+        if again {
+            tracing::warn!(run = %self.record.id, task = %id, error = %error, "batch task failed; retrying");
+        }
+        again
+    }
+
+    fn tell(&self, id: &str) {
+        if let (Some(tell), Some(task)) =
+            (&self.on_task, self.record.tasks.iter().find(|t| t.id == id))
+        {
+            tell(task);
+        }
+    }
+
+    /// Applies retention to the tables of `config`'s one source, then recomputes and
+    /// publishes every view over it, `batch.parallelism` at a time, each retried on a
+    /// transient error; a view that fails for good does not stop the others.
     async fn source(&mut self, config: &Config, lock: &RunLock) -> Result<()> {
         let source = config.source();
         let several = self.config.sources.len() > 1;
@@ -199,12 +308,33 @@ impl BatchRun {
         });
         let lake = self.lake.clone();
         let expire = Expire::new(config, &lake);
-        self.record.expired.extend(expire.run().await?);
-        let raw_url = self.lake.raw(&source.name);
-        let raw = open_or_create(&raw_url, &raw_schema(source), &[EVENT_DATE]).await?;
-        let raw_dates = partition_dates(&raw, EVENT_DATE)?;
-        let watermark = raw_watermark(&raw, &source.topic).await?;
-        tracing::info!(run = %self.record.id, source = %source.name, raw_version = watermark.raw_version, offsets = ?watermark.offsets, "batch run reading the raw table");
+        let expire_task = format!("expire:{}", source.name);
+        let expired = loop {
+            self.start(&expire_task);
+            match fault(&expire_task).map_or(expire.run().await, Err) {
+                Ok(expired) => break expired,
+                Err(e) if self.may_retry(&expire_task, &e) => {
+                    backoff(&self.record, &expire_task).await
+                }
+                Err(e) => {
+                    self.fail(&expire_task, &e);
+                    return Err(e);
+                }
+            }
+        };
+        self.succeed(&expire_task, expired.iter().map(|e| e.files).sum());
+        self.record.expired.extend(expired);
+        let views = &config.views;
+        let pinned = self.pin(source).await;
+        let (raw, raw_dates, watermark, ctx, provider) = match pinned {
+            Ok(pinned) => pinned,
+            Err(e) => {
+                for view in views {
+                    self.fail(&task_ids(&view.name).0, &e);
+                }
+                return Err(e);
+            }
+        };
         if !several {
             self.record.raw_version = Some(watermark.raw_version);
             self.record.watermark = Some(watermark.clone());
@@ -214,6 +344,129 @@ impl BatchRun {
         outcome.watermark = Some(watermark.clone());
         self.history.save(&self.record).await?;
 
+        let job = ViewJob {
+            lake: &lake,
+            run_id: self.record.id.clone(),
+            full: self.record.full,
+            ctx: &ctx,
+            source,
+            raw: &raw,
+            raw_dates: &raw_dates,
+            provider,
+            watermark: &watermark,
+            lock,
+        };
+        let mut queue: VecDeque<(usize, Step)> =
+            (0..views.len()).map(|i| (i, Step::Recompute)).collect();
+        let mut running = FuturesUnordered::new();
+        let mut done: Vec<Option<(ViewOutcome, BTreeSet<i32>)>> = vec![None; views.len()];
+        let mut failed = Vec::new();
+        let slots = self.config.batch.parallelism.max(1);
+        loop {
+            while running.len() < slots
+                && let Some((i, step)) = queue.pop_front()
+            {
+                let view: &ViewDef = &views[i];
+                let id = step.task(&view.name);
+                self.start(&id);
+                let retry = self.record.task(&id).attempts > 1;
+                let delay = retry.then(|| backoff_for(self.record.task(&id).attempts));
+                let cutoff = expire.view_cutoff(&view.name);
+                let job = &job;
+                running.push(async move {
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let result = match (fault(&id), step) {
+                        (Some(e), step) => Err((e, step)),
+                        (None, Step::Recompute) => job
+                            .recompute(view, cutoff)
+                            .await
+                            .map(|c| Done::Computed(Box::new(c)))
+                            .map_err(|e| (e, Step::Recompute)),
+                        (None, Step::Publish(computed)) => job
+                            .publish(*computed.clone(), retry)
+                            .await
+                            .map(|(o, d)| Done::Published(o, d))
+                            .map_err(|e| (e, Step::Publish(computed))),
+                    };
+                    (i, id, result)
+                });
+            }
+            self.record.progress = Some(
+                self.record
+                    .tasks
+                    .iter()
+                    .filter(|t| t.state == TaskState::Running)
+                    .map(|t| t.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            self.history.save(&self.record).await?;
+            let Some((i, id, result)) = running.next().await else {
+                break;
+            };
+            match result {
+                Ok(Done::Computed(computed)) => {
+                    self.succeed(&id, computed.outcome.rows_read);
+                    queue.push_front((i, Step::Publish(computed)));
+                }
+                Ok(Done::Published(outcome, dates)) => {
+                    self.succeed(&id, outcome.rows_written);
+                    let (recompute, publish) = task_ids(&views[i].name);
+                    let seconds = self
+                        .record
+                        .tasks
+                        .iter()
+                        .filter(|t| t.id == recompute || t.id == publish)
+                        .filter_map(Task::seconds)
+                        .sum();
+                    done[i] = Some((ViewOutcome { seconds, ..outcome }, dates));
+                }
+                Err((e, _)) if matches!(e, Error::Cancelled | Error::LockLost { .. }) => {
+                    self.fail(&id, &e);
+                    return Err(e);
+                }
+                Err((e, step)) if self.may_retry(&id, &e) => queue.push_back((i, step)),
+                Err((e, _)) => {
+                    tracing::error!(run = %self.record.id, task = %id, error = %e, "batch task failed; the other views go on");
+                    self.fail(&id, &e);
+                    failed.push(format!("{} ({e})", views[i].name));
+                }
+            }
+        }
+        let mut all_dates: BTreeSet<String> = self.record.dates.iter().cloned().collect();
+        for (outcome, dates) in done.into_iter().flatten() {
+            tracing::info!(run = %self.record.id, view = %outcome.name, mode = ?outcome.mode, dates = outcome.dates, rows_read = outcome.rows_read, rows_written = outcome.rows_written, seconds = format!("{:.2}", outcome.seconds), "view published");
+            self.record.rows_read += outcome.rows_read;
+            self.record.rows_written += outcome.rows_written;
+            all_dates.extend(dates.iter().map(|d| format_date(*d)));
+            self.record.views.push(outcome);
+        }
+        self.record.dates = all_dates.into_iter().collect();
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(Error::ViewsFailed(failed.join(", "))),
+        }
+    }
+
+    /// Opens `source`'s raw table and pins its current version: the dates it holds, the
+    /// watermark it covers, and a DataFusion session reading it.
+    async fn pin(
+        &self,
+        source: &SourceConfig,
+    ) -> Result<(
+        DeltaTable,
+        BTreeSet<i32>,
+        Watermark,
+        SessionContext,
+        Arc<dyn datafusion::catalog::TableProvider>,
+    )> {
+        let raw_url = self.lake.raw(&source.name);
+        let raw = open_or_create(&raw_url, &raw_schema(source), &[EVENT_DATE]).await?;
+        let raw_dates = partition_dates(&raw, EVENT_DATE)?;
+        let watermark = raw_watermark(&raw, &source.topic).await?;
+        tracing::info!(run = %self.record.id, source = %source.name, raw_version = watermark.raw_version, offsets = ?watermark.offsets, "batch run reading the raw table");
         let mut ctx = SessionContext::new();
         sketch_udf::register(&mut ctx).map_err(|source| query_err(&raw_url, source))?;
         raw.update_datafusion_session(&ctx.state())
@@ -225,69 +478,153 @@ impl BatchRun {
             .table_provider()
             .await
             .map_err(|source| query_err(&raw_url, source))?;
-        let mut all_dates: BTreeSet<String> = self.record.dates.iter().cloned().collect();
-        let views = &config.views;
-        for (i, view) in views.iter().enumerate() {
-            let progress = format!("view {}/{}: {}", i + 1, views.len(), view.name);
-            self.record.progress = Some(match several {
-                true => format!("{}: {progress}", source.name),
-                false => progress,
-            });
-            self.history.save(&self.record).await?;
-            let started = Instant::now();
-            let (outcome, dates) = self
-                .view(
-                    &ctx,
-                    (source, &raw, &raw_dates),
-                    provider.clone(),
-                    (view, expire.view_cutoff(&view.name)),
-                    (&watermark, lock),
-                )
-                .await?;
-            let outcome = ViewOutcome {
-                seconds: started.elapsed().as_secs_f64(),
-                ..outcome
-            };
-            tracing::info!(run = %self.record.id, view = %view.name, mode = ?outcome.mode, dates = outcome.dates, rows_read = outcome.rows_read, rows_written = outcome.rows_written, seconds = format!("{:.2}", outcome.seconds), "view published");
-            self.record.rows_read += outcome.rows_read;
-            self.record.rows_written += outcome.rows_written;
-            all_dates.extend(dates.iter().map(|d| format_date(*d)));
-            self.record.dates = all_dates.iter().cloned().collect();
-            self.record.views.push(outcome);
-        }
-        Ok(())
+        Ok((raw, raw_dates, watermark, ctx, provider))
     }
 
     /// Vacuums every table once the views are published, then refreshes the storage gauges.
-    /// A failure is logged and recorded, not the run's: its views are published, and the next
-    /// run vacuums again.
+    /// A failure is logged and recorded (the task failed), not the run's: its views are
+    /// published, and the next run vacuums again.
     async fn vacuum(&mut self) {
-        self.record.progress = Some("vacuum".into());
+        self.record.progress = Some(VACUUM.into());
+        self.start(VACUUM);
         match Vacuum::new(&self.config, &self.lake).run().await {
-            Ok(vacuumed) => self.record.vacuumed = vacuumed,
+            Ok(vacuumed) => {
+                let files = vacuumed.iter().map(|v| v.files).sum();
+                self.record.vacuumed = vacuumed;
+                self.succeed(VACUUM, files);
+            }
             Err(e) => {
                 tracing::warn!(run = %self.record.id, error = %e, "vacuum failed; the next batch run tries again");
                 metrics::VACUUM_FAILURES.inc();
                 self.record.vacuum_error = Some(e.to_string());
+                self.fail(VACUUM, &e);
             }
         }
         if let Err(e) = status(&self.config, &self.lake).await {
             tracing::warn!(run = %self.record.id, error = %e, "reading the lake's storage status failed");
         }
     }
+}
 
-    /// Brings one view up to `watermark`. `raw_dates` are the dates the raw table holds after
-    /// retention, `cutoff` the oldest date the view keeps: no date outside both is computed,
-    /// so a view keeps the dates whose raw rows expired and never recomputes them from a
-    /// partial raw date.
-    async fn view(
-        &self,
-        ctx: &SessionContext,
-        (source, raw, raw_dates): (&SourceConfig, &DeltaTable, &BTreeSet<i32>),
-        provider: Arc<dyn datafusion::catalog::TableProvider>,
-        (view, cutoff): (&ViewDef, Option<i32>),
-        (watermark, lock): (&Watermark, &RunLock),
-    ) -> Result<(ViewOutcome, BTreeSet<i32>)> {
+/// The last task of every run.
+const VACUUM: &str = "vacuum";
+
+/// The `recompute` and `publish` task ids of view `view`.
+fn task_ids(view: &str) -> (String, String) {
+    (format!("recompute:{view}"), format!("publish:{view}"))
+}
+
+/// A view's next step, with what it needs.
+#[derive(Clone)]
+enum Step {
+    Recompute,
+    Publish(Box<Computed>),
+}
+
+impl Step {
+    fn task(&self, view: &str) -> String {
+        let (recompute, publish) = task_ids(view);
+        match self {
+            Self::Recompute => recompute,
+            Self::Publish(_) => publish,
+        }
+    }
+}
+
+/// A step done.
+enum Done {
+    Computed(Box<Computed>),
+    Published(ViewOutcome, BTreeSet<i32>),
+}
+
+/// What a view's recompute hands its publish: the rows of the dates computed, and where and
+/// how they go.
+#[derive(Clone)]
+struct Computed {
+    outcome: ViewOutcome,
+    /// Dates to replace (`None`: the whole table); `None` with nothing to do when unchanged.
+    dates: Option<BTreeSet<i32>>,
+    /// The dates whose rows were read.
+    scanned: BTreeSet<i32>,
+    table: DeltaTable,
+    layout: ViewLayout,
+    batches: Vec<RecordBatch>,
+    redefined: bool,
+    commit: ViewCommit,
+}
+
+/// Whether a task that failed with `error` may succeed if tried again: the store, I/O or a
+/// lost commit race, not a view's definition or data.
+fn transient(error: &Error) -> bool {
+    use deltalake::DeltaTableError as Delta;
+    match error {
+        Error::Store { .. }
+        | Error::ConcurrentWriter { .. }
+        | Error::CommitRetriesExhausted { .. } => true,
+        Error::Delta { source, .. } => matches!(
+            source,
+            Delta::ObjectStore { .. }
+                | Delta::Io { .. }
+                | Delta::Transaction { .. }
+                | Delta::VersionAlreadyExists(_)
+        ),
+        Error::Query { source, .. } => matches!(
+            source.find_root(),
+            datafusion::error::DataFusionError::ObjectStore(_)
+                | datafusion::error::DataFusionError::IoError(_)
+        ),
+        #[cfg(feature = "faults")]
+        Error::Failpoint { transient, .. } => *transient,
+        _ => false,
+    }
+}
+
+/// The pause before attempt `attempt` (2 or more): 0.5 s, then doubling.
+fn backoff_for(attempt: u32) -> Duration {
+    Duration::from_millis(500 << attempt.saturating_sub(2).min(6))
+}
+
+async fn backoff(record: &RunRecord, id: &str) {
+    let attempts = record
+        .tasks
+        .iter()
+        .find(|t| t.id == id)
+        .map_or(1, |t| t.attempts);
+    tokio::time::sleep(backoff_for(attempts + 1)).await;
+}
+
+/// The fault suite's failpoint on this attempt of task `id`, when one fires.
+fn fault(id: &str) -> Option<Error> {
+    #[cfg(feature = "faults")]
+    return crate::faults::task_fault(id);
+    #[cfg(not(feature = "faults"))]
+    {
+        let _ = id;
+        None
+    }
+}
+
+/// What every view of one source shares within a run.
+struct ViewJob<'a> {
+    lake: &'a Lake,
+    run_id: String,
+    full: bool,
+    ctx: &'a SessionContext,
+    source: &'a SourceConfig,
+    raw: &'a DeltaTable,
+    /// The dates the raw table holds after retention.
+    raw_dates: &'a BTreeSet<i32>,
+    provider: Arc<dyn datafusion::catalog::TableProvider>,
+    watermark: &'a Watermark,
+    lock: &'a RunLock,
+}
+
+impl ViewJob<'_> {
+    /// Computes one view up to the pinned watermark. `cutoff` is the oldest date the view
+    /// keeps: no date outside it and the raw table's is computed, so a view keeps the dates
+    /// whose raw rows expired and never recomputes them from a partial raw date.
+    async fn recompute(&self, view: &ViewDef, cutoff: Option<i32>) -> Result<Computed> {
+        let source = self.source;
         let layout = ViewLayout::new(source, view).map_err(|source| Error::Layout {
             view: view.name.clone(),
             source,
@@ -309,20 +646,40 @@ impl BatchRun {
             kept_dates: 0,
             seconds: 0.0,
         };
+        let commit = ViewCommit {
+            watermark: self.watermark.clone(),
+            definition,
+            run_id: self.run_id.clone(),
+        };
         let dates = match &previous {
-            Some(p) if !self.record.full && !redefined => {
-                if p.watermark.raw_version == watermark.raw_version {
+            Some(p) if !self.full && !redefined => {
+                if p.watermark.raw_version == self.watermark.raw_version {
                     outcome.mode = Mode::Unchanged;
-                    return Ok((outcome, BTreeSet::new()));
+                    return Ok(Computed {
+                        outcome,
+                        dates: None,
+                        scanned: BTreeSet::new(),
+                        table,
+                        layout,
+                        batches: Vec::new(),
+                        redefined,
+                        commit,
+                    });
                 }
-                if p.watermark.raw_version < watermark.raw_version {
-                    dates_changed(raw, p.watermark.raw_version, watermark.raw_version).await?
+                if p.watermark.raw_version < self.watermark.raw_version {
+                    dates_changed(
+                        self.raw,
+                        p.watermark.raw_version,
+                        self.watermark.raw_version,
+                    )
+                    .await?
                 } else {
                     None
                 }
             }
             _ => None,
         };
+        let raw_dates = self.raw_dates;
         let computable = |d: &i32| raw_dates.contains(d) && cutoff.is_none_or(|c| *d >= c);
         let dates = match dates {
             Some(changed) => {
@@ -341,23 +698,68 @@ impl BatchRun {
                     .then(|| raw_dates.iter().copied().filter(computable).collect())
             }
         };
-        let (rows_read, scanned) = raw_rows(raw, dates.as_ref())?;
+        let (rows_read, scanned) = raw_rows(self.raw, dates.as_ref())?;
         outcome.rows_read = rows_read;
         outcome.dates = scanned.len();
-        let frame = view_frame(ctx, provider, source, view, &layout, dates.as_ref())
-            .map_err(|source| query_err(&url, source))?;
+        let frame = view_frame(
+            self.ctx,
+            self.provider.clone(),
+            source,
+            view,
+            &layout,
+            dates.as_ref(),
+        )
+        .map_err(|source| query_err(&url, source))?;
         let batches = with_progress(&view.name, frame.collect())
             .await
             .map_err(|source| query_err(&url, source))?;
         outcome.rows_written = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let commit = ViewCommit {
-            watermark: watermark.clone(),
-            definition,
-            run_id: self.record.id.clone(),
+        Ok(Computed {
+            outcome,
+            dates,
+            scanned,
+            table,
+            layout,
+            batches,
+            redefined,
+            commit,
+        })
+    }
+
+    /// Publishes what `recompute` computed, in one commit carrying its watermark; a retry
+    /// reads the table afresh. Nothing is written for a view that was already up to date.
+    async fn publish(
+        &self,
+        computed: Computed,
+        retry: bool,
+    ) -> Result<(ViewOutcome, BTreeSet<i32>)> {
+        let Computed {
+            mut outcome,
+            dates,
+            scanned,
+            table,
+            layout,
+            batches,
+            redefined,
+            commit,
+        } = computed;
+        if outcome.mode == Mode::Unchanged {
+            return Ok((outcome, scanned));
+        }
+        let table = match retry {
+            true => {
+                open_or_create(
+                    &self.lake.view(&outcome.name),
+                    &layout.schema,
+                    &[EVENT_DATE],
+                )
+                .await?
+            }
+            false => table,
         };
         // A run paused past the lock's time to live may have been taken over: it must not
         // publish over the run that now holds the lock.
-        lock.confirm().await?;
+        self.lock.confirm().await?;
         let table = publish(table, &layout, batches, dates.as_ref(), redefined, &commit).await?;
         outcome.version = table.version();
         Ok((outcome, scanned))

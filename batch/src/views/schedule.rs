@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::views::lock::BatchLock;
 use crate::views::records::{History, RunRecord, Trigger};
-use crate::views::run::BatchRun;
+use crate::views::run::{BatchRun, TaskProgress};
 
 /// The batch runs of one process.
 #[derive(Debug)]
@@ -108,11 +108,21 @@ impl Batches {
         Ok(id)
     }
 
-    /// One run now, in the foreground.
-    pub async fn run(&self, trigger: Trigger, full: bool) -> Result<RunRecord> {
+    /// One run now, in the foreground, telling `progress` of every task's change of state.
+    pub async fn run(
+        &self,
+        trigger: Trigger,
+        full: bool,
+        progress: Option<TaskProgress>,
+    ) -> Result<RunRecord> {
         let record = RunRecord::queued(trigger, full);
         self.claim(&record).await?;
-        let outcome = self.run_of(record).run().await;
+        let run = self.run_of(record);
+        let run = match progress {
+            Some(progress) => run.with_task_progress(progress),
+            None => run,
+        };
+        let outcome = run.run().await;
         self.release();
         outcome
     }
@@ -133,7 +143,7 @@ impl Batches {
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => break,
             }
-            match self.run(Trigger::Schedule, false).await {
+            match self.run(Trigger::Schedule, false, None).await {
                 Ok(_) => {}
                 Err(Error::RunInProgress { running, .. }) => {
                     tracing::info!(%running, "scheduled batch run skipped: a run is in progress");

@@ -113,6 +113,129 @@ fn batch_run_prints_its_record_or_fails_with_the_reason() {
     assert!(stderr.contains("error: lake uri"), "{stderr}");
 }
 
+/// A batch run is a graph of tasks: a publish failing once with a transient error is retried
+/// and succeeds; a recompute failing for good fails its view alone (its publish and the final
+/// vacuum are skipped, every other view publishes, the run fails naming it); a line on stderr
+/// follows each task; the next run publishes everything.
+#[test]
+fn a_batch_run_retries_transient_failures_and_isolates_a_failed_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake = lake.to_str().unwrap();
+    let demo = "common/src/demo.toml";
+    let faults = "fail-task:publish:sales_by_country#1,break-task:recompute:traffic_by_minute#1";
+    let out = lambdaflow(
+        &["batch", "run", "--config", demo],
+        &[
+            ("LAMBDAFLOW_LAKE__URI", lake),
+            ("LAMBDAFLOW_FAULTS", faults),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for line in [
+        "task publish:sales_by_country running (attempt 2)",
+        "task publish:sales_by_country succeeded (attempt 2)",
+        "task recompute:traffic_by_minute failed",
+        "task publish:traffic_by_minute skipped",
+        "task vacuum skipped",
+    ] {
+        assert!(stderr.contains(line), "no `{line}` in {stderr}");
+    }
+    let runs = Path::new(lake).join("_lambdaflow/runs");
+    let record = |id: Option<&str>| -> serde_json::Value {
+        let mut files: Vec<_> = std::fs::read_dir(&runs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        let file = match id {
+            Some(id) => runs.join(format!("{id}.json")),
+            None => files.last().unwrap().clone(),
+        };
+        serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
+    };
+    let failed = record(None);
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("traffic_by_minute"),
+        "{failed}"
+    );
+    let tasks: std::collections::BTreeMap<String, serde_json::Value> = failed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap().to_owned(), t.clone()))
+        .collect();
+    let state = |id: &str| {
+        (
+            tasks[id]["state"].as_str().unwrap(),
+            tasks[id]["attempts"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(state("publish:sales_by_country"), ("succeeded", 2));
+    assert_eq!(state("recompute:traffic_by_minute"), ("failed", 1));
+    assert!(
+        tasks["recompute:traffic_by_minute"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("permanent")
+    );
+    assert_eq!(state("publish:traffic_by_minute"), ("skipped", 0));
+    assert_eq!(state("vacuum"), ("skipped", 0));
+    for view in ["products_by_day", "pages_by_minute", "devices_by_hour"] {
+        for task in ["recompute", "publish"] {
+            assert_eq!(
+                state(&format!("{task}:{view}")),
+                ("succeeded", 1),
+                "{task}:{view}"
+            );
+        }
+    }
+    assert_eq!(state("expire:events"), ("succeeded", 1));
+    assert_eq!(state("expire:pageviews"), ("succeeded", 1));
+    assert_eq!(tasks.len(), 2 + 2 * 5 + 1);
+    assert_eq!(failed["edges"].as_array().unwrap().len(), 3 * 5);
+    let published: Vec<&str> = failed["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        published,
+        [
+            "sales_by_country",
+            "products_by_day",
+            "pages_by_minute",
+            "devices_by_hour"
+        ]
+    );
+
+    let out = lambdaflow(
+        &["batch", "run", "--config", demo],
+        &[("LAMBDAFLOW_LAKE__URI", lake)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = record["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert!(states.iter().all(|s| *s == "succeeded"), "{record}");
+    assert_eq!(record["views"].as_array().unwrap().len(), 5);
+}
+
 /// Writes into the lake at `lake` one raw event dated, and one refused message received,
 /// `days_ago` days before today.
 fn old_rows(config_path: &str, lake: &str, days_ago: i64) {

@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: `lambdaflow demo` runs, a batch run is triggered, and
 //! headless Chromium, driven through chromedriver's WebDriver API, loads `GET /` and must show
 //! a chart with data points for every view, the batch/speed seam, the batch run and the
-//! quarantine; then a query typed into the SQL workbench and run shows its rows (and a refused
+//! quarantine; the latest run's task graph; then a query typed into the SQL workbench and run shows its rows (and a refused
 //! rollup its error), a table opened from the catalog shows its rows, a view's filter picker
 //! narrows its chart, and a longer time window coarsens a chart's buckets. A screenshot is
 //! kept in `target/test-artifacts/dashboard.png`.
@@ -278,6 +278,26 @@ async fn the_demo_dashboard_charts_every_view_in_chromium() {
         http: &http,
         session: &session,
     };
+    // The latest run's graph: a box per task (two sources' retention, five views' recompute
+    // and publish, vacuum), in its state.
+    let dag = page
+        .wait_for(
+            "the latest run's tasks",
+            |d| d["tasks"].as_u64() == Some(13),
+            r##"const tasks = [...document.querySelectorAll("#dag g.task")];
+               return { tasks: tasks.length, states: tasks.map((t) => t.dataset.state),
+                        edges: document.querySelectorAll("#dag path").length };"##,
+        )
+        .await;
+    assert_eq!(dag["edges"], 15, "{dag}");
+    assert!(
+        dag["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| ["succeeded", "running", "pending"].contains(&s.as_str().unwrap())),
+        "{dag}"
+    );
     // The SQL workbench: a query typed and run shows its rows and offers them as CSV.
     page.type_into(
         "#sql-text",

@@ -80,6 +80,13 @@ fn main() {
     let dir = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let mut config = Config::shop();
     config.lake.uri = dir.join("lake").display().to_string();
+    if let Some(parallelism) = std::env::var("LAMBDAFLOW_BENCH_PARALLELISM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        config.batch.parallelism = parallelism;
+    }
+    println!("views recomputed at once: {}", config.batch.parallelism);
     let config = Arc::new(config);
     let lake = Lake::new(&config.lake).expect("lake");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

@@ -3,9 +3,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
-use lambdaflow_tests::{Process, free_port, scratch_dir};
+use lambdaflow_tests::{free_port, scratch_dir};
 
 fn lambdaflow(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"));
@@ -429,36 +428,17 @@ fn serve_and_run_refuse_an_api_beyond_loopback_without_tokens() {
 async fn the_demo_beyond_loopback_asks_for_the_token_it_prints() {
     let dir = scratch_dir();
     let port = free_port();
-    let _demo = Process::start(
-        "demo",
-        Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
-            .args(["demo", "--rate", "20", "--listen"])
-            .arg(format!("0.0.0.0:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data")),
-        dir.path(),
-    );
+    let _demo = crate::demo::start(dir.path(), dir.path(), &format!("0.0.0.0:{port}"), 20);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let token = loop {
-        let log = std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default();
-        let printed = log
-            .split("Authorization: Bearer ")
-            .nth(1)
-            .and_then(|rest| rest.split('`').next());
-        let ready = client.get(format!("{base}/readyz")).send().await;
-        if let (Some(token), Ok(ready)) = (printed, ready)
-            && ready.status() == 200
-        {
-            break token.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the demo printed no token: {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    crate::demo::ready(&client, &base).await;
+    let log = std::fs::read_to_string(dir.path().join("demo.log")).unwrap();
+    let token = log
+        .split("Authorization: Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("the demo printed no token: {log}"))
+        .to_owned();
     assert_eq!(token.len(), 64, "32 random bytes in hex: {token}");
     let views = format!("{base}/v1/views");
     let anonymous = client.get(&views).send().await.unwrap();

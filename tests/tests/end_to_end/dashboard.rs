@@ -156,20 +156,9 @@ async fn the_demo_dashboard_charts_every_view_in_chromium() {
     std::fs::create_dir_all(&logs).unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _demo = Process::start(
-        "demo",
-        Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
-            .args(["demo", "--rate", "300", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data")),
-        &logs,
-    );
+    let _demo = crate::demo::start(dir.path(), &logs, &format!("127.0.0.1:{port}"), 300);
     let http = Http(reqwest::Client::new());
-    wait_until("the demo to be ready", Duration::from_secs(90), || async {
-        (http.get(&format!("{base}/readyz")).await.0 == 200).then_some(())
-    })
-    .await;
+    crate::demo::ready(&http.0, &base).await;
     // Let the archiver commit a few chunks, then move them to the batch side.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, run) = http

@@ -7,6 +7,7 @@ mod archive_exactly_once;
 mod batch_views;
 mod cli;
 mod dashboard;
+mod demo;
 mod deploy;
 mod faults;
 mod lambda_e2e;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lambdaflow_tests::{Process, free_port, scratch_dir};
+use lambdaflow_tests::{free_port, scratch_dir};
 use serde_json::Value;
 
 /// The `curl` commands of the README's `sh` blocks, continuation lines joined.
@@ -56,22 +56,11 @@ async fn the_readme_commands_answer_as_shown() {
 
     let dir = scratch_dir();
     let port = free_port();
-    let _demo = Process::start(
-        "demo",
-        Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
-            .args(["demo", "--rate", "100", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data")),
-        dir.path(),
-    );
+    let _demo = crate::demo::start(dir.path(), dir.path(), &format!("127.0.0.1:{port}"), 100);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
+    crate::demo::ready(&client, &base).await;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while get(&client, &format!("{base}/readyz")).await.is_none() {
-        assert!(Instant::now() < deadline, "the demo never got ready");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     // The README's answer has both sides: wait for a batch version under the speed side.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = client

@@ -61,6 +61,8 @@ pub struct Log {
     entries: Vec<Version>,
     /// The first version the log can be replayed to.
     oldest: Option<Version>,
+    /// When the latest commit entry was written, and its entity tag.
+    latest_written: Option<(chrono::DateTime<chrono::Utc>, Option<String>)>,
 }
 
 impl Log {
@@ -68,11 +70,15 @@ impl Log {
     pub async fn of(table: &DeltaTable) -> Result<Self> {
         let mut entries = Vec::new();
         let mut checkpoints = Vec::new();
+        let mut latest_written = None;
         for object in list(table, Some(&Path::from("_delta_log"))).await? {
             let Some(name) = object.location.filename() else {
                 continue;
             };
             if let Some(version) = name.strip_suffix(".json").and_then(|v| v.parse().ok()) {
+                if entries.iter().all(|v| *v < version) {
+                    latest_written = Some((object.last_modified, object.e_tag.clone()));
+                }
                 entries.push(version);
             } else if let Some(version) = checkpoint_version(name) {
                 checkpoints.push(version);
@@ -84,12 +90,23 @@ impl Log {
         } else {
             checkpoints.into_iter().min()
         };
-        Ok(Self { entries, oldest })
+        Ok(Self {
+            entries,
+            oldest,
+            latest_written,
+        })
     }
 
     /// The latest version committed; `None` when the log is empty (no table).
     pub fn latest(&self) -> Option<Version> {
         self.entries.last().copied()
+    }
+
+    /// The latest version with when its entry was written and its entity tag: unlike the
+    /// version alone, it tells a table deleted and made again apart from the one before.
+    pub fn latest_stamp(&self) -> Option<(Version, chrono::DateTime<chrono::Utc>, Option<String>)> {
+        let (written, tag) = self.latest_written.clone()?;
+        Some((self.latest()?, written, tag))
     }
 
     /// The first version that can still be loaded.

@@ -264,10 +264,14 @@ impl LakeReader {
         Ok(events)
     }
 
-    /// The latest version of `source`'s quarantine table, from a listing of its log without
-    /// reading the table: what changes whenever [`Self::latest_quarantined`] may. `None` when
-    /// there is no table yet.
-    pub async fn quarantine_version(&self, source: &SourceConfig) -> Result<Option<u64>> {
+    /// The latest version of `source`'s quarantine table, with when its log entry was written
+    /// and its entity tag, from a listing of its log without reading the table: what changes
+    /// whenever [`Self::latest_quarantined`] may, a table deleted and made again included.
+    /// `None` when there is no table yet.
+    pub async fn quarantine_version(
+        &self,
+        source: &SourceConfig,
+    ) -> Result<Option<(u64, chrono::DateTime<chrono::Utc>, Option<String>)>> {
         let url = self.lake.quarantine(&source.name);
         let delta = |source| Error::Delta {
             table: url.to_string(),
@@ -278,7 +282,7 @@ impl LakeReader {
             Err(error) if super::is_missing(&error) => return Ok(None),
             Err(error) => return Err(delta(error)),
         };
-        Ok(Log::of(&table).await?.latest())
+        Ok(Log::of(&table).await?.latest_stamp())
     }
 
     /// Registers `source`'s `table` in `ctx` as `name`, at its latest version. `false` (and

@@ -23,6 +23,10 @@ use crate::lake::vacuum::Vacuumed;
 
 const RUNS: &str = "runs";
 
+/// The last task of every run; it runs once every task before it is done, whatever their
+/// outcome, so that one view failing for good does not stop the lake from being vacuumed.
+pub const VACUUM: &str = "vacuum";
+
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +54,8 @@ pub enum Trigger {
     Api,
     /// A process found a view whose batch version was computed under another definition.
     Redefinition,
+    /// `lambdaflow import`, once its files are in.
+    Import,
 }
 
 /// How a view was brought up to date.
@@ -96,7 +102,8 @@ pub struct Task {
     /// When it succeeded, failed for good or was skipped.
     #[serde(with = "time::optional")]
     pub finished_at: Option<DateTime<Utc>>,
-    /// Rows it read (recompute) or wrote (publish).
+    /// What it counted ([`Task::unit`]): raw rows it read (recompute), view rows it wrote
+    /// (publish), or files it deleted (expire, vacuum).
     pub rows: u64,
     /// The last attempt's error.
     pub error: Option<String>,
@@ -113,6 +120,14 @@ impl Task {
             finished_at: None,
             rows: 0,
             error: None,
+        }
+    }
+
+    /// What [`Task::rows`] counts: `files` for expire and vacuum, `rows` for the rest.
+    pub fn unit(&self) -> &'static str {
+        match self.id == VACUUM || self.id.starts_with("expire:") {
+            true => "files",
+            false => "rows",
         }
     }
 
@@ -341,14 +356,30 @@ impl RunRecord {
         }
     }
 
+    /// Ends what a stopped run left: running tasks failed with `error`, pending ones skipped.
+    pub fn stop_tasks(&mut self, error: &str) {
+        let at = now();
+        for task in &mut self.tasks {
+            match task.state {
+                TaskState::Running => {
+                    task.state = TaskState::Failed;
+                    task.error = Some(error.to_owned());
+                }
+                TaskState::Pending => task.state = TaskState::Skipped,
+                _ => continue,
+            }
+            task.finished_at = Some(at);
+        }
+    }
+
     /// The task `id`, which the run planned.
     pub fn task(&mut self, id: &str) -> &mut Task {
         let at = self.tasks.iter().position(|t| t.id == id);
         &mut self.tasks[at.unwrap_or_else(|| panic!("task {id} was planned"))]
     }
 
-    /// Marks every task after `id` in the graph, transitively, skipped (those not done yet),
-    /// and returns their ids.
+    /// Marks every task after `id` in the graph, transitively, skipped (those not done yet,
+    /// [`VACUUM`] aside), and returns their ids.
     pub fn skip_after(&mut self, id: &str) -> Vec<String> {
         let mut skipped = Vec::new();
         let mut after: Vec<String> = vec![id.to_owned()];
@@ -361,7 +392,7 @@ impl RunRecord {
                 .collect();
             for to in next {
                 let task = self.task(&to);
-                if task.state == TaskState::Pending {
+                if task.state == TaskState::Pending && to != VACUUM {
                     task.state = TaskState::Skipped;
                     task.finished_at = Some(now());
                     skipped.push(to.clone());
@@ -516,5 +547,85 @@ mod tests {
         assert_eq!(back, record);
         let now = now();
         assert_eq!(parse_time(&format_time(&now)), Some(now));
+    }
+
+    fn graph() -> RunRecord {
+        let mut record = RunRecord::queued(Trigger::Cli, false);
+        for id in [
+            "expire:s",
+            "recompute:a",
+            "publish:a",
+            "recompute:b",
+            "publish:b",
+        ] {
+            record.tasks.push(Task::pending(id.into()));
+        }
+        record.tasks.push(Task::pending(VACUUM.into()));
+        for [from, to] in [
+            ["expire:s", "recompute:a"],
+            ["recompute:a", "publish:a"],
+            ["publish:a", VACUUM],
+            ["expire:s", "recompute:b"],
+            ["recompute:b", "publish:b"],
+            ["publish:b", VACUUM],
+        ] {
+            record.edges.push([from.into(), to.into()]);
+        }
+        record
+    }
+
+    fn states(record: &RunRecord) -> Vec<(&str, TaskState)> {
+        record
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.state))
+            .collect()
+    }
+
+    #[test]
+    fn a_failure_skips_what_follows_it_but_not_vacuum() {
+        use TaskState::*;
+        let mut record = graph();
+        record.task("recompute:a").state = Failed;
+        assert_eq!(record.skip_after("recompute:a"), ["publish:a"]);
+        record.task("expire:s").state = Failed;
+        assert_eq!(record.skip_after("expire:s"), ["recompute:b", "publish:b"]);
+        assert_eq!(
+            states(&record),
+            [
+                ("expire:s", Failed),
+                ("recompute:a", Failed),
+                ("publish:a", Skipped),
+                ("recompute:b", Skipped),
+                ("publish:b", Skipped),
+                (VACUUM, Pending),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stopped_run_leaves_no_task_running_or_pending() {
+        use TaskState::*;
+        let mut record = graph();
+        record.task("expire:s").state = Succeeded;
+        record.task("recompute:a").state = Running;
+        record.stop_tasks("cancelled");
+        assert_eq!(
+            states(&record),
+            [
+                ("expire:s", Succeeded),
+                ("recompute:a", Failed),
+                ("publish:a", Skipped),
+                ("recompute:b", Skipped),
+                ("publish:b", Skipped),
+                (VACUUM, Skipped),
+            ]
+        );
+        assert_eq!(
+            record.task("recompute:a").error.as_deref(),
+            Some("cancelled")
+        );
+        assert!(record.tasks[1..].iter().all(|t| t.finished_at.is_some()));
+        assert!(record.tasks[0].finished_at.is_none());
     }
 }

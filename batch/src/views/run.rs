@@ -21,8 +21,9 @@
 //! store, I/O, a lost commit race) is retried up to `batch.retries` times with backoff, and one
 //! that fails for good fails its view alone: what comes after it is skipped, the other views
 //! publish, and the run fails at the end naming the views (and sources) that did not. Last,
-//! every table is vacuumed ([`crate::lake::vacuum`]) while the run still holds the lock, when
-//! nothing before it failed.
+//! every table is vacuumed ([`crate::lake::vacuum`]) while the run still holds the lock,
+//! whatever failed before it: only a cancelled run, or one that lost its lock, skips it. A
+//! stopped run's record ends its running tasks failed and its pending ones skipped.
 //!
 //! A run that dies before a view's commit leaves that view as it was; the next run starts
 //! from the view's own watermark, so it recomputes what the dead run did not publish.
@@ -60,7 +61,8 @@ use crate::metrics;
 use crate::views::lock::{BatchLock, RunLock};
 use crate::views::recompute::view_frame;
 use crate::views::records::{
-    History, Mode, RunRecord, RunStatus, SourceOutcome, Task, TaskState, Trigger, ViewOutcome, now,
+    History, Mode, RunRecord, RunStatus, SourceOutcome, Task, TaskState, Trigger, VACUUM,
+    ViewOutcome, now,
 };
 use crate::views::sketch_udf;
 use crate::views::watermark::{COMMIT_KEY, ViewCommit, dates_changed, raw_watermark, view_commit};
@@ -154,6 +156,9 @@ impl BatchRun {
         };
         self.record.finished_at = Some(now());
         self.record.progress = None;
+        if let Err(e @ (Error::Cancelled | Error::LockLost { .. })) = &outcome {
+            self.record.stop_tasks(&e.to_string());
+        }
         match &outcome {
             Ok(()) => self.record.status = RunStatus::Succeeded,
             Err(e) => {
@@ -288,12 +293,23 @@ impl BatchRun {
         again
     }
 
-    fn tell(&self, id: &str) {
-        if let (Some(tell), Some(task)) =
-            (&self.on_task, self.record.tasks.iter().find(|t| t.id == id))
-        {
-            tell(task);
+    fn tell(&mut self, id: &str) {
+        if let Some(tell) = self.on_task.clone() {
+            tell(self.record.task(id));
         }
+    }
+
+    /// Saves the record as it stands. A failed save is logged, not the run's: the record is
+    /// saved again at the next step and at the end.
+    async fn save(&self) {
+        if let Err(e) = self.history.save(&self.record).await {
+            tracing::warn!(run = %self.record.id, error = %e, "saving the run's record failed");
+        }
+    }
+
+    /// Waits out the pause before task `id`'s next attempt.
+    async fn backoff(&mut self, id: &str) {
+        tokio::time::sleep(backoff_for(self.record.task(id).attempts + 1)).await;
     }
 
     /// Applies retention to the tables of `config`'s one source, then recomputes and
@@ -311,11 +327,13 @@ impl BatchRun {
         let expire_task = format!("expire:{}", source.name);
         let expired = loop {
             self.start(&expire_task);
-            match fault(&expire_task).map_or(expire.run().await, Err) {
+            let expired = match fault(&expire_task) {
+                Some(e) => Err(e),
+                None => expire.run().await,
+            };
+            match expired {
                 Ok(expired) => break expired,
-                Err(e) if self.may_retry(&expire_task, &e) => {
-                    backoff(&self.record, &expire_task).await
-                }
+                Err(e) if self.may_retry(&expire_task, &e) => self.backoff(&expire_task).await,
                 Err(e) => {
                     self.fail(&expire_task, &e);
                     return Err(e);
@@ -325,7 +343,17 @@ impl BatchRun {
         self.succeed(&expire_task, expired.iter().map(|e| e.files).sum());
         self.record.expired.extend(expired);
         let views = &config.views;
-        let pinned = self.pin(source).await;
+        let mut attempt = 1;
+        let pinned = loop {
+            match self.pin(source).await {
+                Err(e) if transient(&e) && attempt <= self.config.batch.retries => {
+                    tracing::warn!(run = %self.record.id, source = %source.name, error = %e, "reading the raw table failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(backoff_for(attempt)).await;
+                }
+                pinned => break pinned,
+            }
+        };
         let (raw, raw_dates, watermark, ctx, provider) = match pinned {
             Ok(pinned) => pinned,
             Err(e) => {
@@ -342,7 +370,7 @@ impl BatchRun {
         let outcome = self.record.sources.last_mut().expect("pushed above");
         outcome.raw_version = Some(watermark.raw_version);
         outcome.watermark = Some(watermark.clone());
-        self.history.save(&self.record).await?;
+        self.save().await;
 
         let job = ViewJob {
             lake: &lake,
@@ -359,7 +387,8 @@ impl BatchRun {
         let mut queue: VecDeque<(usize, Step)> =
             (0..views.len()).map(|i| (i, Step::Recompute)).collect();
         let mut running = FuturesUnordered::new();
-        let mut done: Vec<Option<(ViewOutcome, BTreeSet<i32>)>> = vec![None; views.len()];
+        let mut dates: BTreeSet<String> = self.record.dates.iter().cloned().collect();
+        let first = self.record.views.len();
         let mut failed = Vec::new();
         let slots = self.config.batch.parallelism.max(1);
         loop {
@@ -402,7 +431,7 @@ impl BatchRun {
                     .collect::<Vec<_>>()
                     .join(", "),
             );
-            self.history.save(&self.record).await?;
+            self.save().await;
             let Some((i, id, result)) = running.next().await else {
                 break;
             };
@@ -411,7 +440,7 @@ impl BatchRun {
                     self.succeed(&id, computed.outcome.rows_read);
                     queue.push_front((i, Step::Publish(computed)));
                 }
-                Ok(Done::Published(outcome, dates)) => {
+                Ok(Done::Published(outcome, published)) => {
                     self.succeed(&id, outcome.rows_written);
                     let (recompute, publish) = task_ids(&views[i].name);
                     let seconds = self
@@ -421,7 +450,12 @@ impl BatchRun {
                         .filter(|t| t.id == recompute || t.id == publish)
                         .filter_map(Task::seconds)
                         .sum();
-                    done[i] = Some((ViewOutcome { seconds, ..outcome }, dates));
+                    tracing::info!(run = %self.record.id, view = %outcome.name, mode = ?outcome.mode, dates = outcome.dates, rows_read = outcome.rows_read, rows_written = outcome.rows_written, seconds = format!("{seconds:.2}"), "view published");
+                    self.record.rows_read += outcome.rows_read;
+                    self.record.rows_written += outcome.rows_written;
+                    dates.extend(published.iter().map(|d| format_date(*d)));
+                    self.record.dates = dates.iter().cloned().collect();
+                    self.record.views.push(ViewOutcome { seconds, ..outcome });
                 }
                 Err((e, _)) if matches!(e, Error::Cancelled | Error::LockLost { .. }) => {
                     self.fail(&id, &e);
@@ -435,15 +469,8 @@ impl BatchRun {
                 }
             }
         }
-        let mut all_dates: BTreeSet<String> = self.record.dates.iter().cloned().collect();
-        for (outcome, dates) in done.into_iter().flatten() {
-            tracing::info!(run = %self.record.id, view = %outcome.name, mode = ?outcome.mode, dates = outcome.dates, rows_read = outcome.rows_read, rows_written = outcome.rows_written, seconds = format!("{:.2}", outcome.seconds), "view published");
-            self.record.rows_read += outcome.rows_read;
-            self.record.rows_written += outcome.rows_written;
-            all_dates.extend(dates.iter().map(|d| format_date(*d)));
-            self.record.views.push(outcome);
-        }
-        self.record.dates = all_dates.into_iter().collect();
+        self.record.views[first..]
+            .sort_by_key(|outcome| views.iter().position(|v| v.name == outcome.name));
         match failed.is_empty() {
             true => Ok(()),
             false => Err(Error::ViewsFailed(failed.join(", "))),
@@ -506,9 +533,6 @@ impl BatchRun {
     }
 }
 
-/// The last task of every run.
-const VACUUM: &str = "vacuum";
-
 /// The `recompute` and `publish` task ids of view `view`.
 fn task_ids(view: &str) -> (String, String) {
     (format!("recompute:{view}"), format!("publish:{view}"))
@@ -554,43 +578,52 @@ struct Computed {
 }
 
 /// Whether a task that failed with `error` may succeed if tried again: the store, I/O or a
-/// lost commit race, not a view's definition or data.
+/// lost commit race, not a view's definition or data, nor a file or permission that is
+/// missing.
 fn transient(error: &Error) -> bool {
     use deltalake::DeltaTableError as Delta;
+    use deltalake::kernel::transaction::TransactionError as Commit;
     match error {
-        Error::Store { .. }
-        | Error::ConcurrentWriter { .. }
-        | Error::CommitRetriesExhausted { .. } => true,
-        Error::Delta { source, .. } => matches!(
-            source,
-            Delta::ObjectStore { .. }
-                | Delta::Io { .. }
-                | Delta::Transaction { .. }
-                | Delta::VersionAlreadyExists(_)
-        ),
-        Error::Query { source, .. } => matches!(
-            source.find_root(),
-            datafusion::error::DataFusionError::ObjectStore(_)
-                | datafusion::error::DataFusionError::IoError(_)
-        ),
+        Error::Store { source, .. } => store_transient(source),
+        Error::ConcurrentWriter { .. } | Error::CommitRetriesExhausted { .. } => true,
+        Error::Delta { source, .. } => match source {
+            Delta::ObjectStore { source } => store_transient(source),
+            Delta::Transaction { source } => match source {
+                Commit::ObjectStore { source } => store_transient(source),
+                Commit::VersionAlreadyExists(_)
+                | Commit::CommitConflict(_)
+                | Commit::MaxCommitAttempts(_) => true,
+                _ => false,
+            },
+            Delta::Io { .. } | Delta::VersionAlreadyExists(_) => true,
+            _ => false,
+        },
+        Error::Query { source, .. } => match source.find_root() {
+            datafusion::error::DataFusionError::ObjectStore(source) => store_transient(source),
+            datafusion::error::DataFusionError::IoError(_) => true,
+            _ => false,
+        },
         #[cfg(feature = "faults")]
         Error::Failpoint { transient, .. } => *transient,
         _ => false,
     }
 }
 
+/// Whether the store may answer otherwise if asked again: a server error, a timeout or a
+/// lost race, not a missing object, a bad path or a refused permission.
+fn store_transient(error: &object_store::Error) -> bool {
+    matches!(
+        error,
+        object_store::Error::Generic { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::JoinError { .. }
+    )
+}
+
 /// The pause before attempt `attempt` (2 or more): 0.5 s, then doubling.
 fn backoff_for(attempt: u32) -> Duration {
     Duration::from_millis(500 << attempt.saturating_sub(2).min(6))
-}
-
-async fn backoff(record: &RunRecord, id: &str) {
-    let attempts = record
-        .tasks
-        .iter()
-        .find(|t| t.id == id)
-        .map_or(1, |t| t.attempts);
-    tokio::time::sleep(backoff_for(attempts + 1)).await;
 }
 
 /// The fault suite's failpoint on this attempt of task `id`, when one fires.

@@ -5,39 +5,52 @@
 //! two rows is one buyer, not two) and an average (an average of averages weighs every row
 //! alike, whatever its count). `sum(buyers)` and `avg(avg_order)` would run and answer wrong
 //! numbers without a word, so they are refused, with the exact form over the states in the
-//! message, as Druid SQL plans such rollups onto its rollup columns. What stays open: min and
-//! max of anything, `avg` of a distinct count (a mean per row, which is what it says), every
-//! aggregate of counts, sums, minima and maxima, and every state column under its own name.
+//! message, as Druid SQL plans such rollups onto its rollup columns. The same numbers made
+//! from the states are refused alike: `sum(hll_estimate(buyers__hll))` (per-row estimates
+//! added) and `avg(avg_order__sum / avg_order__count)` (per-row averages averaged). What stays
+//! open: min and max of anything, `avg` of a distinct count (a mean per row, which is what it
+//! says), every aggregate of counts, sums, minima and maxima, and the states rolled up through
+//! their own functions (`hll_merge`, `sum` of each part).
 //!
-//! The check follows each aggregated column back through projections, aliases, subqueries,
-//! joins and unions to the table it was read from, on the logical plan before optimisation.
+//! The check follows each aggregated value back through projections, aliases, subqueries,
+//! `DISTINCT ON`, joins, unions and the outputs of inner aggregates that pass their rows' values
+//! on (a per-group distinct count summed again is still distinct counts added) to the table it
+//! was read from, on the logical plan before optimisation. Columns a condition only tests
+//! (`CASE WHEN avg_order > 100 THEN orders END`) are not the value, and do not count.
 
 use std::collections::HashMap;
 
 use datafusion::common::Column;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
 use datafusion::logical_expr::utils::grouping_set_to_exprlist;
-use datafusion::logical_expr::{Expr, LogicalPlan, WindowFunctionDefinition};
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, WindowFunctionDefinition};
 use lambdaflow_common::config::Config;
 use lambdaflow_common::layout::{Role, ViewLayout};
 
-/// A finished column of a view table that no rollup may add up.
+/// A column of a view table that no rollup may add up: a finished distinct count or average,
+/// or a state that rolls up only through its own functions (a sketch, an average's parts).
 #[derive(Debug, Clone)]
 struct Finished {
     view: String,
+    /// The column as the table names it.
     column: String,
+    /// The finished column it stands for (itself, for a finished one).
+    measure: String,
     role: Role,
     /// The exact rollup over the states, as SQL.
     exact: String,
 }
 
-/// The finished distinct counts and averages of every view, by (view, column).
+/// The finished distinct counts and averages of every view, and their states, by (view,
+/// column).
 #[derive(Debug, Default)]
 pub struct FinishedColumns(HashMap<(String, String), Finished>);
 
 impl FinishedColumns {
-    /// Every view's distinct-count and average columns, with the states they roll up from.
+    /// Every view's distinct-count and average columns and their states, with the exact
+    /// rollup over the states.
     pub fn of(config: &Config) -> Self {
         let mut columns = HashMap::new();
         for view in &config.views {
@@ -51,25 +64,41 @@ impl FinishedColumns {
                     .find(|c| c.measure == measure && c.role == role)
                     .map(|c| c.name.clone())
             };
-            for column in &layout.measures {
-                let exact = match column.role {
-                    Role::Estimate => state(column.measure, Role::Sketch)
-                        .map(|hll| format!("hll_estimate(hll_merge({hll}))")),
-                    Role::Avg => state(column.measure, Role::AvgSum)
-                        .zip(state(column.measure, Role::AvgCount))
-                        .map(|(sum, count)| format!("sum({sum}) / sum({count})")),
-                    _ => None,
+            for finished in &layout.measures {
+                let (exact, states) = match finished.role {
+                    Role::Estimate => {
+                        let Some(hll) = state(finished.measure, Role::Sketch) else {
+                            continue;
+                        };
+                        (format!("hll_estimate(hll_merge({hll}))"), vec![hll])
+                    }
+                    Role::Avg => {
+                        let (Some(sum), Some(count)) = (
+                            state(finished.measure, Role::AvgSum),
+                            state(finished.measure, Role::AvgCount),
+                        ) else {
+                            continue;
+                        };
+                        (format!("sum({sum}) / sum({count})"), vec![sum, count])
+                    }
+                    _ => continue,
                 };
-                if let Some(exact) = exact {
-                    columns.insert(
-                        (view.name.clone(), column.name.clone()),
-                        Finished {
-                            view: view.name.clone(),
-                            column: column.name.clone(),
-                            role: column.role,
-                            exact,
-                        },
-                    );
+                let of = |column: &str| {
+                    let role = layout
+                        .measures
+                        .iter()
+                        .find(|c| c.name == column)
+                        .map_or(finished.role, |c| c.role);
+                    Finished {
+                        view: view.name.clone(),
+                        column: column.to_owned(),
+                        measure: finished.name.clone(),
+                        role,
+                        exact: exact.clone(),
+                    }
+                };
+                for column in states.iter().chain([&finished.name]) {
+                    columns.insert((view.name.clone(), column.clone()), of(column));
                 }
             }
         }
@@ -88,12 +117,7 @@ impl FinishedColumns {
                 LogicalPlan::Aggregate(aggregate) => aggregate
                     .aggr_expr
                     .iter()
-                    .filter_map(|e| match unalias(e) {
-                        Expr::AggregateFunction(AggregateFunction { func, params }) => {
-                            Some((func.name(), params.args.as_slice()))
-                        }
-                        _ => None,
-                    })
+                    .filter_map(|e| aggregate_call(e))
                     .collect(),
                 LogicalPlan::Window(window) => window
                     .window_expr
@@ -117,13 +141,17 @@ impl FinishedColumns {
                 return Ok(TreeNodeRecursion::Continue);
             };
             for (function, args) in aggregates {
-                for column in args.iter().flat_map(|a| a.column_refs()) {
-                    for finished in self.origins_of_column(input, column) {
-                        if let Some(message) = refuses(function, finished) {
-                            refusal = Some(message);
-                            return Ok(TreeNodeRecursion::Stop);
-                        }
-                    }
+                let mut columns = Vec::new();
+                for arg in args {
+                    value_columns(arg, &mut columns);
+                }
+                let origins: Vec<&Finished> = columns
+                    .into_iter()
+                    .flat_map(|column| self.origins_of_column(input, column))
+                    .collect();
+                if let Some(message) = refuses(function, &origins) {
+                    refusal = Some(message);
+                    return Ok(TreeNodeRecursion::Stop);
                 }
             }
             Ok(TreeNodeRecursion::Continue)
@@ -141,7 +169,9 @@ impl FinishedColumns {
     /// The finished view columns that output column `index` of `plan` passes on unaggregated.
     fn origins(&self, plan: &LogicalPlan, index: usize) -> Vec<&Finished> {
         let through = |input: &LogicalPlan, expr: &Expr| {
-            expr.column_refs()
+            let mut columns = Vec::new();
+            value_columns(expr, &mut columns);
+            columns
                 .into_iter()
                 .flat_map(|c| self.origins_of_column(input, c))
                 .collect()
@@ -159,10 +189,30 @@ impl FinishedColumns {
                 .get(index)
                 .map(|e| through(&projection.input, e))
                 .unwrap_or_default(),
-            LogicalPlan::Aggregate(aggregate) => grouping_set_to_exprlist(&aggregate.group_expr)
-                .ok()
-                .and_then(|groups| groups.get(index).copied())
-                .map(|e| through(&aggregate.input, e))
+            LogicalPlan::Aggregate(aggregate) => {
+                // Group columns first, aggregate values last; a value that passes its
+                // argument's rows on (a sum of distinct counts, a merged sketch) is traced.
+                let values = aggregate.aggr_expr.len();
+                let first_value = aggregate.schema.fields().len() - values;
+                if index >= first_value {
+                    return match aggregate_call(&aggregate.aggr_expr[index - first_value]) {
+                        Some((function, args)) if PASSES_ROWS_ON.contains(&function) => args
+                            .iter()
+                            .flat_map(|arg| through(&aggregate.input, arg))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                }
+                grouping_set_to_exprlist(&aggregate.group_expr)
+                    .ok()
+                    .and_then(|groups| groups.get(index).copied())
+                    .map(|e| through(&aggregate.input, e))
+                    .unwrap_or_default()
+            }
+            LogicalPlan::Distinct(Distinct::On(on)) => on
+                .select_expr
+                .get(index)
+                .map(|e| through(&on.input, e))
                 .unwrap_or_default(),
             LogicalPlan::Union(union) => union
                 .inputs
@@ -200,26 +250,111 @@ fn unalias(expr: &Expr) -> &Expr {
     }
 }
 
-/// Why `function` over `finished` would answer a wrong number, and what to write instead.
-fn refuses(function: &str, finished: &Finished) -> Option<String> {
-    let Finished {
-        view,
-        column,
-        role,
-        exact,
-    } = finished;
-    let why = match (function, role) {
-        ("sum", Role::Estimate) => format!(
-            "adds distinct counts of different rows of `{view}`, counting a value once per row it is in"
-        ),
-        ("sum", Role::Avg) => format!("adds averages of different rows of `{view}`"),
-        ("avg", Role::Avg) => format!(
-            "averages averages of rows of `{view}` as if each row held as many values as any other"
-        ),
-        _ => return None,
-    };
-    Some(format!(
-        "`{function}({column})` {why}: write `{exact}` for the exact value of the coarser group \
-         (the state columns of `{column}` are readable under their own names)"
-    ))
+/// Aggregates whose value is one of their argument's values, or a sum or merge of them: what
+/// they output is still the kind of column they read.
+const PASSES_ROWS_ON: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "hll_merge",
+    "first_value",
+    "last_value",
+    "any_value",
+    "nth_value",
+];
+
+/// The aggregate function called by `expr` (under any alias), and its arguments.
+fn aggregate_call(expr: &Expr) -> Option<(&str, &[Expr])> {
+    match unalias(expr) {
+        Expr::AggregateFunction(AggregateFunction { func, params }) => {
+            Some((func.name(), params.args.as_slice()))
+        }
+        _ => None,
+    }
+}
+
+/// The columns whose values can flow into `expr`'s value: not those only tested by a
+/// condition (`CASE WHEN avg_order > 100 THEN orders END` carries `orders`, not `avg_order`),
+/// a comparison or a predicate, whose value is a truth, not the column's.
+fn value_columns<'a>(expr: &'a Expr, out: &mut Vec<&'a Column>) {
+    match expr {
+        Expr::Column(column) => out.push(column),
+        Expr::Case(case) => {
+            for (_, then) in &case.when_then_expr {
+                value_columns(then, out);
+            }
+            if let Some(otherwise) = &case.else_expr {
+                value_columns(otherwise, out);
+            }
+        }
+        // Comparisons, matches and logic (the operators with a negation, and AND, OR).
+        Expr::BinaryExpr(binary)
+            if binary.op.negate().is_some() || binary.op.is_logic_operator() => {}
+        Expr::Not(_)
+        | Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsUnknown(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsNotUnknown(_)
+        | Expr::Like(_)
+        | Expr::SimilarTo(_)
+        | Expr::Between(_)
+        | Expr::InList(_)
+        | Expr::InSubquery(_)
+        | Expr::Exists(_) => {}
+        other => {
+            let _ = other.apply_children(|child| {
+                value_columns(child, out);
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+    }
+}
+
+/// Why `function` over columns from `origins` would answer a wrong number, and what to write
+/// instead.
+fn refuses(function: &str, origins: &[&Finished]) -> Option<String> {
+    if !matches!(function, "sum" | "avg") {
+        return None;
+    }
+    for finished in origins {
+        let Finished {
+            view,
+            column,
+            measure,
+            role,
+            exact,
+        } = finished;
+        let why = match (function, role) {
+            ("sum", Role::Estimate | Role::Sketch) => format!(
+                "adds distinct counts of different rows of `{view}`, counting a value once per row it is in"
+            ),
+            ("sum", Role::Avg) => format!("adds averages of different rows of `{view}`"),
+            ("avg", Role::Avg) => format!(
+                "averages averages of rows of `{view}` as if each row held as many values as any other"
+            ),
+            ("sum" | "avg", Role::AvgSum)
+                if origins.iter().any(|other| {
+                    other.role == Role::AvgCount && other.view == *view && other.measure == *measure
+                }) =>
+            {
+                format!(
+                    "works on each row's average of `{view}` (its sum over its count), weighing every row alike"
+                )
+            }
+            _ => continue,
+        };
+        let call = match role {
+            Role::Estimate | Role::Avg => format!("`{function}({column})`"),
+            _ => format!("`{function}` over `{column}`"),
+        };
+        return Some(format!(
+            "{call} {why}: write `{exact}` for the exact `{measure}` of the coarser group \
+             (its state columns are readable under their own names)"
+        ));
+    }
+    None
 }

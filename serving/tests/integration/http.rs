@@ -1291,6 +1291,18 @@ async fn sql_refuses_rollups_that_would_lie_and_names_the_exact_form() {
          GROUP BY country, avg_order) AS t",
         "SELECT avg(visitors) FROM traffic_by_minute WHERE false \
          UNION ALL SELECT sum(avg_order) FROM sales_by_country",
+        // The same wrong numbers made from the states.
+        "SELECT country, sum(hll_estimate(buyers__hll)) FROM sales_by_country GROUP BY country",
+        "SELECT avg(avg_order__sum / avg_order__count) FROM sales_by_country",
+        // Exact per-group values added up again across groups.
+        "SELECT sum(b) FROM (SELECT country, hll_estimate(hll_merge(buyers__hll)) AS b \
+         FROM sales_by_country GROUP BY country) AS t",
+        "SELECT sum(m) FROM (SELECT country, max(buyers) AS m FROM sales_by_country \
+         GROUP BY country) AS t",
+        "SELECT avg(a) FROM (SELECT country, sum(avg_order__sum) / sum(avg_order__count) AS a \
+         FROM sales_by_country GROUP BY country) AS t",
+        "SELECT sum(b) FROM (SELECT DISTINCT ON (country) country, buyers + 0 AS b \
+         FROM sales_by_country ORDER BY country, bucket) AS t",
     ];
     for statement in hidden {
         let (status, reply) = call(&state, sql(statement)).await;
@@ -1316,6 +1328,13 @@ async fn sql_refuses_rollups_that_would_lie_and_names_the_exact_form() {
         "SELECT sum(b) FROM (SELECT count(*) AS b FROM sales_by_country GROUP BY buyers) AS t"
             .to_owned(),
         "SELECT country, buyers, avg_order FROM sales_by_country ORDER BY bucket, country"
+            .to_owned(),
+        // A finished value that a condition only tests is not what is added up.
+        "SELECT sum(CASE WHEN avg_order > 100 THEN orders ELSE 0 END) FROM sales_by_country"
+            .to_owned(),
+        "SELECT sum(orders) FILTER (WHERE buyers > 1) FROM sales_by_country".to_owned(),
+        "SELECT max(b) FROM (SELECT country, hll_estimate(hll_merge(buyers__hll)) AS b \
+         FROM sales_by_country GROUP BY country) AS t"
             .to_owned(),
     ];
     for statement in exact {

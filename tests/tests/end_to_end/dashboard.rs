@@ -312,6 +312,25 @@ async fn the_demo_dashboard_charts_every_view_in_chromium() {
         .await;
     assert_eq!(result["header"], json!(["country", "orders"]), "{result}");
     assert_eq!(result["csv"], true, "{result}");
+    // CSV cells: formula-like text is quoted as text, numbers sent as text are left alone.
+    let cells = page
+        .wait_for(
+            "CSV cells",
+            Value::is_array,
+            r#"return ["=cmd()", "-12.5", "+3e2", "-x", "plain, with comma", -4].map(csvCell);"#,
+        )
+        .await;
+    assert_eq!(
+        cells,
+        json!([
+            "'=cmd()",
+            "-12.5",
+            "+3e2",
+            "'-x",
+            "\"plain, with comma\"",
+            "-4"
+        ])
+    );
     // A rollup that would lie is refused, and the page says why.
     page.type_into("#sql-text", "SELECT sum(buyers) FROM sales_by_country")
         .await;
@@ -345,7 +364,7 @@ async fn the_demo_dashboard_charts_every_view_in_chromium() {
             table,
         )
         .await;
-    assert_eq!(opened["text"], "SELECT * FROM raw_events LIMIT 100");
+    assert_eq!(opened["text"], r#"SELECT * FROM "raw_events" LIMIT 100"#);
     // The filter picker: one country's events alone.
     page.wait_for(
         "the filter picker's values",

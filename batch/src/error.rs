@@ -198,6 +198,14 @@ pub enum Error {
         /// Whether the run may retry it.
         transient: bool,
     },
+    /// A file to import could not be found, read or made sense of.
+    #[error("import of {file}: {message}")]
+    Import {
+        /// The file, as named (empty when the error is not one file's).
+        file: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A background task panicked or was cancelled.
     #[error("{task} task failed: {message}")]
     Task {

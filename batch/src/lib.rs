@@ -10,6 +10,9 @@
 //!   table and refused ones in the quarantine table, exactly once; [`archive::commit`] makes
 //!   the idempotent Delta appends keyed by Kafka offsets (`txn` actions), [`archive::compact`]
 //!   merges the small files they leave.
+//! - [`import`]: backfill from NDJSON, CSV and Parquet files into the raw and quarantine
+//!   tables, through the same validator and deduplication, exactly once per file content
+//!   (`txn` actions keyed by the file's hash).
 //! - [`views`]: the batch views — [`views::run`] brings every view up to the raw table's
 //!   version and publishes it with its watermark; [`views::recompute`] is a view as a
 //!   DataFusion plan, [`views::sketch_udf`] the HyperLogLog functions it uses,
@@ -34,6 +37,7 @@ pub mod archive;
 pub mod error;
 #[cfg(feature = "faults")]
 pub mod faults;
+pub mod import;
 pub mod lake;
 pub mod metrics;
 pub mod views;

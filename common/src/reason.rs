@@ -23,6 +23,9 @@ pub enum Reason {
     TimeInFuture,
     /// The event time is before the message's timestamp − `max_past`.
     TimeTooOld,
+    /// A record of an imported file that cannot be read as one event: a CSV row whose number
+    /// of fields differs from the header's, a line that is not text.
+    MalformedRecord,
     /// Accepted by the validator, but a later stage (named) could not handle it; the event
     /// is quarantined there instead of stopping ingestion.
     Unprocessable(&'static str),
@@ -40,6 +43,7 @@ impl fmt::Display for Reason {
             Self::BadTimestamp => f.write_str("bad_timestamp"),
             Self::TimeInFuture => f.write_str("time_in_future"),
             Self::TimeTooOld => f.write_str("time_too_old"),
+            Self::MalformedRecord => f.write_str("malformed_record"),
             Self::Unprocessable(stage) => write!(f, "unprocessable:{stage}"),
         }
     }

@@ -346,6 +346,12 @@ impl<'v> BatchBuilder<'v> {
         }
     }
 
+    /// Adds a message refused before it could be validated (a file record that is not one
+    /// event) to the rejects, with `reason`.
+    pub fn push_rejected(&mut self, payload: Option<&[u8]>, reason: &Reason, at: Coordinates) {
+        self.reject(payload, reason, at);
+    }
+
     /// Messages pushed so far.
     pub fn len(&self) -> usize {
         self.valid + self.rejects.len

@@ -77,6 +77,22 @@ pub enum Command {
         #[arg(long)]
         heartbeat: Option<std::path::PathBuf>,
     },
+    /// Backfill from files: NDJSON, CSV (header row) or Parquet records validated into a
+    /// source's raw and quarantine tables exactly once per file content, then a batch run.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The source the records are events of (needed when the config has several).
+        #[arg(long)]
+        source: Option<String>,
+        /// Do not start a batch run once the files are in (imported events count from the
+        /// next one).
+        #[arg(long)]
+        no_batch: bool,
+        /// Files, directories, globs (quote them) or `s3://bucket/prefix`.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Validate a config file and print its views.
     Check(ConfigArg),
     /// The lake's lifecycle: storage status, vacuum, retention.

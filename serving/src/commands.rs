@@ -295,6 +295,16 @@ pub async fn batch_run(
     full: bool,
     shutdown: CancellationToken,
 ) -> Result<RunRecord> {
+    batch_run_for(Trigger::Cli, config, full, shutdown).await
+}
+
+/// One batch run now, recorded as started by `trigger`, a line on stderr per task.
+pub async fn batch_run_for(
+    trigger: Trigger,
+    config: Arc<Config>,
+    full: bool,
+    shutdown: CancellationToken,
+) -> Result<RunRecord> {
     let batches = Batches::new(config, shutdown)?;
     let progress: TaskProgress = Arc::new(|task: &Task| {
         let state = serde_json::to_value(task.state).unwrap_or_default();
@@ -306,14 +316,14 @@ pub async fn batch_run(
             line.push_str(&format!(" in {seconds:.1} s"));
         }
         if task.state == TaskState::Succeeded && task.rows > 0 {
-            line.push_str(&format!(", {} rows", task.rows));
+            line.push_str(&format!(", {} {}", task.rows, task.unit()));
         }
         if let (Some(error), false) = (&task.error, task.state == TaskState::Succeeded) {
             line.push_str(&format!(": {error}"));
         }
         eprintln!("{line}");
     });
-    Ok(batches.run(Trigger::Cli, full, Some(progress)).await?)
+    Ok(batches.run(trigger, full, Some(progress)).await?)
 }
 
 /// `lambdaflow lake expire`: retention applied now, outside a batch run.
@@ -626,7 +636,12 @@ pub async fn gen_events(
     if config.kafka.is_embedded() {
         return Err(Error::GenNeedsBroker);
     }
-    let source = config.pick_source(source).map_err(Error::UnknownSource)?;
+    let source = config
+        .pick_source(source)
+        .map_err(|why| Error::UnknownSource {
+            command: "gen",
+            why,
+        })?;
     let kafka = &config.kafka;
     let cluster = Cluster::with_properties_of(kafka.brokers.as_str(), kafka);
     ensure_topic(

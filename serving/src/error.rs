@@ -67,9 +67,19 @@ pub enum Error {
          point LAMBDAFLOW_KAFKA__BROKERS at the address they print"
     )]
     GenNeedsBroker,
-    /// `gen --source` names no source of the config, or names none where it has several.
-    #[error("gen: {0} (--source)")]
-    UnknownSource(String),
+    /// `--source` names no source of the config, or names none where it has several.
+    #[error("{command}: {why} (--source)")]
+    UnknownSource {
+        /// The command (`gen`, `import`).
+        command: &'static str,
+        /// What is wrong with the name.
+        why: String,
+    },
+    /// `import` was stopped before every file was in; a new import resumes it.
+    #[error(
+        "import interrupted: what was committed stays, and the same import run again resumes after it"
+    )]
+    ImportInterrupted,
     /// A task of the process failed.
     #[error("{task} failed: {source}")]
     Task {

@@ -21,6 +21,7 @@ pub mod commands;
 pub mod error;
 pub mod generate;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod shutdown;
 pub mod speed_layer;

@@ -8,6 +8,7 @@ use lambdaflow_common::sample::{Mix, Shape};
 use lambdaflow_serving::cli::{BatchCommand, Cli, Command, LakeCommand};
 use lambdaflow_serving::commands::{self, DemoOptions};
 use lambdaflow_serving::generate::GenOptions;
+use lambdaflow_serving::import::{self, ImportOptions};
 use lambdaflow_serving::shutdown;
 use tokio_util::sync::CancellationToken;
 
@@ -129,6 +130,21 @@ async fn dispatch(command: Command) -> Result<()> {
             )
             .await?;
             println!("produced {acked} events to {topic}");
+            Ok(())
+        }
+        Command::Import {
+            config,
+            source,
+            no_batch,
+            paths,
+        } => {
+            let options = ImportOptions {
+                paths: &paths,
+                source: source.as_deref(),
+                no_batch,
+            };
+            let imported = import::import(config.load()?, options, token).await?;
+            println!("{}", serde_json::to_string_pretty(&imported)?);
             Ok(())
         }
         Command::Check(c) => {

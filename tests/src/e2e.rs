@@ -238,7 +238,8 @@ pub fn queries(config: &Config, v: usize) -> Vec<(Query, String)> {
 }
 
 /// Every query of every view answers the truth over `produced`; returns the `all`-time
-/// distinct counts per view, for comparison across a batch run.
+/// distinct counts per view, for comparison across a batch run. Messages of a negative
+/// partition are records imported from files: they count, but the speed layer never sees them.
 pub async fn check(
     api: &Api,
     config: &Arc<Config>,
@@ -246,7 +247,7 @@ pub async fn check(
     step: &str,
 ) -> Vec<Vec<Option<f64>>> {
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-    for (p, o, _) in produced {
+    for (p, o, _) in produced.iter().filter(|(p, ..)| *p >= 0) {
         let e = last.entry(*p).or_insert(*o);
         *e = (*e).max(*o);
     }
@@ -274,12 +275,18 @@ pub async fn check(
             assert_eq!(status, 200, "{step}: {path}: {body}");
             let want = expected(config, v, truth, &query);
             let got = served(config, v, &query, &body);
-            assert_eq!(
-                got.keys().collect::<Vec<_>>(),
-                want.keys().collect::<Vec<_>>(),
-                "{step}: {path}"
-            );
-            for (key, values) in &want {
+            if body["truncated"] == true {
+                // An answer past the row limit holds its first rows only.
+                assert!(got.len() < want.len(), "{step}: {path}");
+                assert!(got.keys().all(|k| want.contains_key(k)), "{step}: {path}");
+            } else {
+                assert_eq!(
+                    got.keys().collect::<Vec<_>>(),
+                    want.keys().collect::<Vec<_>>(),
+                    "{step}: {path}"
+                );
+            }
+            for (key, values) in want.iter().filter(|(k, _)| got.contains_key(*k)) {
                 for (g, w) in got[key].iter().zip(values) {
                     let same = match (g, w) {
                         (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),

@@ -10,6 +10,7 @@ mod dashboard;
 mod demo;
 mod deploy;
 mod faults;
+mod import;
 mod lambda_e2e;
 mod lambda_invariant;
 mod readme;

@@ -1,0 +1,402 @@
+//! Backfill from files: `lambdaflow import`.
+//!
+//! Each file ([`files`]: NDJSON, CSV with a header, Parquet; local, a directory, a glob, or
+//! under an `s3://` prefix) is read record by record into the archiver's validator
+//! ([`records`]): valid events are appended to the source's raw table, refused records to its
+//! quarantine table with the file as `topic`, partition −1 and the line (row) as `offset`; a
+//! valid event's raw row carries the same coordinates. Events are deduplicated by (date, id)
+//! against the raw table and against each other, as the archiver does.
+//!
+//! Exactly once per file content: every commit carries a Delta `txn` whose app id is
+//! `import-<SHA-256 of the file>` and whose version is the last line (row) the table holds of
+//! the file, [`DONE`] once the whole file is in. An import reads a file from its start and
+//! appends to each table only the records past that table's version: one killed half way
+//! resumes where each of its commits left off, and a file already imported, under any name,
+//! adds nothing. Two imports of one file at once: the second commit of a version is refused by
+//! Delta (the same app id moved under it) and that import stops with an error.
+//!
+//! Imported events have no Kafka offsets, so the speed layer never sees them: they count from
+//! the first batch version computed after them.
+
+pub mod files;
+pub mod records;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Date32Type, Int64Type};
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use lambdaflow_common::config::Config;
+use lambdaflow_common::schema::{self, EVENT_DATE, INGEST_DATE, KAFKA_OFFSET};
+use lambdaflow_common::source::SourceConfig;
+use lambdaflow_common::validate::Validator;
+use lambdaflow_dedup::SeenIds;
+use serde::Serialize;
+
+use self::files::{Format, ImportFile};
+use self::records::{Chunk, ReadError};
+use crate::error::{Error, Result};
+use crate::lake::{self, Lake};
+
+/// The `txn` version that says a table holds every record of the file.
+pub const DONE: i64 = i64::MAX;
+
+/// Chunks read ahead of the commits.
+const READ_AHEAD: usize = 2;
+
+/// What the import of one file did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileOutcome {
+    /// The file, as named.
+    pub file: String,
+    /// Its format.
+    pub format: Format,
+    /// The SHA-256 of its content.
+    pub sha256: String,
+    /// `true` when both tables already held all of it: nothing was read.
+    pub already_imported: bool,
+    /// Records read (valid or not); a file an earlier import stopped part way through is read
+    /// from its start again, its committed records skipped.
+    pub records: u64,
+    /// Events appended to the raw table.
+    pub archived: u64,
+    /// Valid events dropped as already in the raw table or earlier in the import.
+    pub duplicates: u64,
+    /// Records appended to the quarantine table.
+    pub quarantined: u64,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// What an import did, per file and in all.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    /// The source imported into.
+    pub source: String,
+    /// Per file, in order.
+    pub files: Vec<FileOutcome>,
+    /// Records read in all.
+    pub records: u64,
+    /// Events appended to the raw table in all.
+    pub archived: u64,
+    /// Duplicates dropped in all.
+    pub duplicates: u64,
+    /// Records quarantined in all.
+    pub quarantined: u64,
+    /// Seconds the import took.
+    pub seconds: f64,
+}
+
+/// How far an import is, handed to the caller after every commit.
+#[derive(Debug, Clone)]
+pub struct ImportProgress {
+    /// The file being imported.
+    pub file: String,
+    /// Files done before it.
+    pub files_done: usize,
+    /// Files in all.
+    pub files: usize,
+    /// Bytes of every file read so far (estimated from rows within a Parquet file).
+    pub bytes_done: u64,
+    /// Bytes of every file.
+    pub bytes: u64,
+    /// Records read so far.
+    pub records: u64,
+    /// Since the import started.
+    pub elapsed: Duration,
+}
+
+/// Told of an import's progress.
+pub type OnProgress = Arc<dyn Fn(&ImportProgress) + Send + Sync>;
+
+/// Imports files into one source's raw and quarantine tables.
+pub struct Importer {
+    source: SourceConfig,
+    validator: Arc<Validator>,
+    raw: DeltaTable,
+    quarantine: DeltaTable,
+    seen: SeenIds,
+}
+
+impl std::fmt::Debug for Importer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Importer")
+            .field("source", &self.source.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Importer {
+    /// An importer into `source` of `config` (opening, or creating, its tables).
+    pub async fn new(config: &Config, source: &SourceConfig) -> Result<Self> {
+        let lake = Lake::new(&config.lake)?;
+        let views: Vec<_> = config.views_of(&source.name).cloned().collect();
+        let validator = Validator::new(source)
+            .with_views(&views)
+            .map_err(|e| Error::Import {
+                file: String::new(),
+                message: format!("the source's view filters: {e}"),
+            })?;
+        let raw = lake::open_or_create(
+            &lake.raw(&source.name),
+            &schema::raw_schema(source),
+            &[EVENT_DATE],
+        )
+        .await?;
+        let quarantine = lake::open_or_create(
+            &lake.quarantine(&source.name),
+            &schema::quarantine_schema(),
+            &[INGEST_DATE],
+        )
+        .await?;
+        let seen = SeenIds::new(
+            config.archive.dedup_dir.as_deref(),
+            config.archive.dedup_max_dates,
+        )?;
+        Ok(Self {
+            source: source.clone(),
+            validator: Arc::new(validator),
+            raw,
+            quarantine,
+            seen,
+        })
+    }
+
+    /// Imports `files` in order; `progress` is told after every commit.
+    pub async fn import(
+        mut self,
+        files: &[ImportFile],
+        progress: Option<OnProgress>,
+    ) -> Result<ImportReport> {
+        let started = Instant::now();
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        let mut report = ImportReport {
+            source: self.source.name.clone(),
+            ..ImportReport::default()
+        };
+        let mut bytes_before = 0;
+        for (i, file) in files.iter().enumerate() {
+            let before = bytes_before;
+            let tell = |bytes_done: u64, records: u64| {
+                if let Some(progress) = &progress {
+                    progress(&ImportProgress {
+                        file: file.name.clone(),
+                        files_done: i,
+                        files: files.len(),
+                        bytes_done: before + bytes_done,
+                        bytes,
+                        records,
+                        elapsed: started.elapsed(),
+                    });
+                }
+            };
+            let outcome = self.file(file, report.records, &tell).await?;
+            tracing::debug!(file = %outcome.file, records = outcome.records, archived = outcome.archived, duplicates = outcome.duplicates, quarantined = outcome.quarantined, already_imported = outcome.already_imported, "file imported");
+            report.records += outcome.records;
+            report.archived += outcome.archived;
+            report.duplicates += outcome.duplicates;
+            report.quarantined += outcome.quarantined;
+            report.files.push(outcome);
+            bytes_before += file.size;
+            tell(0, report.records);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    async fn file(
+        &mut self,
+        file: &ImportFile,
+        records_before: u64,
+        tell: &impl Fn(u64, u64),
+    ) -> Result<FileOutcome> {
+        let started = Instant::now();
+        let local = file.fetch().await?;
+        let app_id = format!("import-{}", local.sha256);
+        let mut outcome = FileOutcome {
+            file: file.name.clone(),
+            format: file.format,
+            sha256: local.sha256.clone(),
+            already_imported: false,
+            records: 0,
+            archived: 0,
+            duplicates: 0,
+            quarantined: 0,
+            seconds: 0.0,
+        };
+        // What each table holds of the file, read once: this import is its writer from here
+        // on, and a concurrent one is refused by Delta at commit.
+        let mut held = Held {
+            raw: held(&self.raw, &app_id).await?,
+            quarantine: held(&self.quarantine, &app_id).await?,
+        };
+        if held.raw == DONE && held.quarantine == DONE {
+            outcome.already_imported = true;
+            return Ok(outcome);
+        }
+        if held.raw > 0 || held.quarantine > 0 {
+            tracing::info!(file = %file.name, raw_line = held.raw, quarantine_line = held.quarantine, "an earlier import of this file stopped part way: resuming after what it committed");
+        }
+
+        let (sender, mut chunks) = tokio::sync::mpsc::channel::<Chunk>(READ_AHEAD);
+        let validator = self.validator.clone();
+        let (path, format, topic) = (local.path.clone(), file.format, file.name.clone());
+        let reader = tokio::task::spawn_blocking(move || {
+            records::read(&path, format, &validator, &topic, |chunk| {
+                sender.blocking_send(chunk).map_err(|_| ReadError::Stopped)
+            })
+        });
+        let mut written = Ok(());
+        while let Some(chunk) = chunks.recv().await {
+            outcome.records += chunk.records as u64;
+            let (bytes_done, last) = (chunk.bytes_done, chunk.last);
+            written = self.commit(chunk, &app_id, &mut held, &mut outcome).await;
+            if written.is_err() {
+                break;
+            }
+            tell(bytes_done, records_before + outcome.records);
+            tracing::debug!(file = %file.name, line = last, "chunk imported");
+        }
+        drop(chunks);
+        let read = reader.await.map_err(|e| Error::Task {
+            task: "reading a file to import",
+            message: e.to_string(),
+        })?;
+        written?;
+        read.map_err(|e| Error::Import {
+            file: file.name.clone(),
+            message: e.to_string(),
+        })?;
+        // Both tables now hold every record of the file.
+        let done = Transaction::new(&app_id, DONE);
+        if held.raw != DONE {
+            let empty = RecordBatch::new_empty(schema::raw_schema(&self.source));
+            append(&mut self.raw, empty, done.clone(), EVENT_DATE).await?;
+        }
+        if held.quarantine != DONE {
+            let empty = RecordBatch::new_empty(schema::quarantine_schema());
+            append(&mut self.quarantine, empty, done, INGEST_DATE).await?;
+        }
+        outcome.seconds = started.elapsed().as_secs_f64();
+        Ok(outcome)
+    }
+
+    /// Appends `chunk`'s events (deduplicated) and refused records past what each table holds
+    /// of the file, each table in one commit that records the chunk's last line.
+    async fn commit(
+        &mut self,
+        chunk: Chunk,
+        app_id: &str,
+        held: &mut Held,
+        outcome: &mut FileOutcome,
+    ) -> Result<()> {
+        let txn = Transaction::new(app_id, chunk.last);
+        if chunk.last > held.raw {
+            let events = past(&chunk.validated.events, KAFKA_OFFSET, held.raw);
+            let valid = events.num_rows() as u64;
+            let events = self.deduplicate(events).await?;
+            outcome.duplicates += valid - events.num_rows() as u64;
+            if events.num_rows() > 0 {
+                outcome.archived += events.num_rows() as u64;
+                append(&mut self.raw, events, txn.clone(), EVENT_DATE).await?;
+                held.raw = chunk.last;
+            }
+        }
+        if chunk.last > held.quarantine {
+            let rejects = past(&chunk.validated.rejects, "offset", held.quarantine);
+            if rejects.num_rows() > 0 {
+                outcome.quarantined += rejects.num_rows() as u64;
+                append(&mut self.quarantine, rejects, txn, INGEST_DATE).await?;
+                held.quarantine = chunk.last;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops events whose (date, id) the raw table or an earlier row already holds.
+    async fn deduplicate(&mut self, events: RecordBatch) -> Result<RecordBatch> {
+        if events.num_rows() == 0 {
+            return Ok(events);
+        }
+        let dates = events
+            .column_by_name(EVENT_DATE)
+            .expect("event_date column")
+            .as_primitive::<Date32Type>();
+        let needed = dates.values().iter().copied().collect();
+        for date in self.seen.dates_to_load(&needed, None) {
+            let mut loading = self.seen.loading(date);
+            lake::stored_ids(&self.raw, &self.source.id_field, date, |ids| {
+                Ok::<(), Error>(loading.add(ids.iter().flatten())?)
+            })
+            .await?;
+            self.seen.loaded(loading);
+        }
+        let ids = events.column(0).as_string::<i32>();
+        let keep = self.seen.keep(ids, dates)?;
+        if keep.true_count() == events.num_rows() {
+            return Ok(events);
+        }
+        Ok(filter_record_batch(&events, &keep).expect("mask matches the batch"))
+    }
+}
+
+/// The last line each table holds of the file being imported.
+struct Held {
+    raw: i64,
+    quarantine: i64,
+}
+
+/// The last line `table` holds of the file imported as `app_id`: 0 for none, [`DONE`] for
+/// all of it.
+async fn held(table: &DeltaTable, app_id: &str) -> Result<i64> {
+    let delta = |source| Error::Delta {
+        table: table.table_url().to_string(),
+        source,
+    };
+    let version = table
+        .snapshot()
+        .map_err(delta)?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(delta)?;
+    Ok(version.unwrap_or(0))
+}
+
+/// The rows of `batch` whose `offset_col` is past `held`.
+fn past(batch: &RecordBatch, offset_col: &str, held: i64) -> RecordBatch {
+    let offsets = batch
+        .column_by_name(offset_col)
+        .expect("offset column")
+        .as_primitive::<Int64Type>();
+    let keep: arrow::array::BooleanArray =
+        offsets.values().iter().map(|o| Some(*o > held)).collect();
+    if keep.true_count() == batch.num_rows() {
+        return batch.clone();
+    }
+    filter_record_batch(batch, &keep).expect("mask matches the batch")
+}
+
+/// Appends `batch` to `table` (partitioned by `partition_by`) in one commit carrying `txn`,
+/// and moves `table` to it.
+async fn append(
+    table: &mut DeltaTable,
+    batch: RecordBatch,
+    txn: Transaction,
+    partition_by: &str,
+) -> Result<()> {
+    let url = table.table_url().to_string();
+    *table = table
+        .clone()
+        .write(vec![batch])
+        .with_partition_columns([partition_by])
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(CommitProperties::default().with_application_transaction(txn))
+        .await
+        .map_err(|source| Error::Delta { table: url, source })?;
+    Ok(())
+}

@@ -13,6 +13,7 @@ rm -f "$LAMBDAFLOW_BENCH_RESULTS"
 
 cargo bench -p lambdaflow-batch --bench archive
 cargo bench -p lambdaflow-batch --bench recompute
+cargo bench -p lambdaflow-batch --bench import
 cargo bench -p lambdaflow-serving --bench speed
 
 "$LAMBDAFLOW_PYTHON" bench/report.py "$LAMBDAFLOW_BENCH_RESULTS" bench/results.md bench/ratios.svg

@@ -24,7 +24,7 @@ pub enum Reason {
     /// The event time is before the message's timestamp − `max_past`.
     TimeTooOld,
     /// A record of an imported file that cannot be read as one event: a CSV row whose number
-    /// of fields differs from the header's, a line that is not text.
+    /// of fields differs from the header's.
     MalformedRecord,
     /// Accepted by the validator, but a later stage (named) could not handle it; the event
     /// is quarantined there instead of stopping ingestion.

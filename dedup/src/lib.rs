@@ -295,6 +295,14 @@ impl SeenIds {
         Ok(())
     }
 
+    /// Forgets `dates`, as after another writer stored ids of theirs: each is loaded again when
+    /// an event needs it.
+    pub fn forget(&mut self, dates: impl IntoIterator<Item = i32>) {
+        for date in dates {
+            self.dates.remove(&date);
+        }
+    }
+
     /// Forgets every date, as after the stored ids it was loaded from changed.
     pub fn clear(&mut self) {
         self.dates.clear();

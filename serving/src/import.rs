@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lambdaflow_batch::Error as BatchError;
 use lambdaflow_batch::import::files::resolve;
 use lambdaflow_batch::import::{ImportProgress, ImportReport, Importer, OnProgress};
 use lambdaflow_batch::views::records::{RunRecord, Trigger};
@@ -41,8 +42,9 @@ pub struct ImportOptions<'a> {
     pub no_batch: bool,
 }
 
-/// Imports the files `options` name; `shutdown` stops it between commits (what was committed
-/// stays, and the same import resumes after it).
+/// Imports the files `options` name; `shutdown` stops it (each commit is whole: what was
+/// committed stays, and the same import resumes after it). A batch run already in progress
+/// is not waited for: the imported events count from the next one.
 pub async fn import(
     config: Arc<Config>,
     options: ImportOptions<'_>,
@@ -68,7 +70,14 @@ pub async fn import(
     display.finish(&report);
     let batch_run = match options.no_batch {
         true => None,
-        false => Some(batch_run_for(Trigger::Import, config, false, shutdown).await?),
+        false => match batch_run_for(Trigger::Import, config, false, shutdown).await {
+            Ok(record) => Some(record),
+            Err(Error::Batch(e)) if matches!(*e, BatchError::RunInProgress { .. }) => {
+                eprintln!("import: {e}; the imported events count from its next run");
+                None
+            }
+            Err(e) => return Err(e),
+        },
     };
     Ok(Imported {
         import: report,

@@ -13,7 +13,7 @@
 //! loser's re-read finds the winner's offsets and stops with [`Error::ConcurrentWriter`]
 //! instead of retrying: no offset is stored twice and no `txn` version goes backwards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -26,6 +26,7 @@ use deltalake::protocol::SaveMode;
 use crate::archive::compact::{SmallFiles, compact};
 use crate::error::{Error, Result};
 use crate::metrics;
+use crate::views::watermark::dates_added_by_others;
 
 /// How often a failing commit is tried before the archiver gives up.
 const MAX_ATTEMPTS: u32 = 8;
@@ -58,6 +59,8 @@ pub struct OffsetTable {
     compaction: Option<(Labels, SmallFiles)>,
     /// Refreshes since the state was last read afresh ([`RELOAD_EVERY`]).
     refreshes: u32,
+    /// The version up to which [`Self::dates_added_by_others`] looked.
+    others_checked_at: Option<u64>,
 }
 
 /// What the metrics of a table's compactions and size say it is: the source and which of its
@@ -125,13 +128,41 @@ impl OffsetTable {
             known_at: None,
             compaction: None,
             refreshes: 0,
+            others_checked_at: None,
         };
         for (p, (epoch, offset)) in this.read_offsets(partitions).await? {
             this.offsets.insert(p, offset);
             this.epochs.insert(p, epoch);
         }
         this.known_at = this.table.version();
+        this.others_checked_at = this.known_at;
         Ok(this)
+    }
+
+    /// Moves the table to its latest version and returns the event dates of the rows other
+    /// writers (an import) added since the last look, whose ids deduplication has not seen;
+    /// `None` when the log between can no longer be read (every date is then suspect).
+    pub async fn dates_added_by_others(&mut self) -> Result<Option<BTreeSet<i32>>> {
+        self.refresh().await?;
+        let (Some(since), Some(now)) = (self.others_checked_at, self.table.version()) else {
+            self.others_checked_at = self.table.version();
+            return Ok(Some(BTreeSet::new()));
+        };
+        let own = format!("archiver-{}-", self.topic);
+        let archived = |_, actions: &[serde_json::Value]| {
+            actions.iter().any(|action| {
+                action
+                    .pointer("/txn/appId")
+                    .and_then(|id| id.as_str())
+                    .is_some_and(|id| id.starts_with(&own))
+            })
+        };
+        let dates = match now > since {
+            true => dates_added_by_others(&self.table, since, now, archived).await?,
+            false => Some(BTreeSet::new()),
+        };
+        self.others_checked_at = Some(now);
+        Ok(dates)
     }
 
     /// Auto-compacts the table ([`crate::archive::compact`]) once `min_files` files were
@@ -314,6 +345,10 @@ impl OffsetTable {
                 .await;
             let error = match result {
                 Ok(table) => {
+                    // This commit adds no ids deduplication has not seen.
+                    if self.others_checked_at.map(|v| v + 1) == table.version() {
+                        self.others_checked_at = table.version();
+                    }
                     self.table = table;
                     self.offsets.extend(&advancing);
                     self.known_at = self.table.version();

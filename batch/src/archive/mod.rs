@@ -20,14 +20,13 @@
 pub mod commit;
 pub mod compact;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::Date32Type;
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use lambdaflow_common::config::Config;
@@ -488,7 +487,15 @@ impl Tables {
         } = self;
         let events = not_yet_held(&validated.events, KAFKA_PARTITION, KAFKA_OFFSET, raw);
         let valid = events.num_rows();
-        let events = deduplicate(events, seen, raw, source).await?;
+        // An import beside the archiver stores ids its deduplication has not seen.
+        if valid > 0 {
+            match raw.dates_added_by_others().await? {
+                Some(dates) => seen.forget(dates),
+                None => seen.clear(),
+            }
+        }
+        let oldest = source.oldest_live_date(now_micros());
+        let events = lake::deduplicate(events, seen, raw.table(), &source.id_field, oldest).await?;
         let id_bytes =
             |place: &str| metrics::DEDUP_ID_BYTES.with_label_values(&[source.name.as_str(), place]);
         id_bytes("memory").set(i64::try_from(seen.bytes()).unwrap_or(i64::MAX));
@@ -599,36 +606,4 @@ fn not_yet_held(
         return batch.clone();
     }
     filter_record_batch(batch, &keep).expect("mask matches the batch")
-}
-
-/// Drops events whose (date, id) the raw table or an earlier row already holds.
-async fn deduplicate(
-    events: RecordBatch,
-    seen: &mut SeenIds,
-    raw: &OffsetTable,
-    source: &SourceConfig,
-) -> Result<RecordBatch> {
-    if events.num_rows() == 0 {
-        return Ok(events);
-    }
-    let dates = events
-        .column_by_name(EVENT_DATE)
-        .expect("event_date column")
-        .as_primitive::<Date32Type>();
-    let needed: BTreeSet<i32> = dates.values().iter().copied().collect();
-    let oldest = source.oldest_live_date(now_micros());
-    for date in seen.dates_to_load(&needed, oldest) {
-        let mut loading = seen.loading(date);
-        crate::lake::stored_ids(raw.table(), &source.id_field, date, |ids| {
-            Ok::<(), Error>(loading.add(ids.iter().flatten())?)
-        })
-        .await?;
-        seen.loaded(loading);
-    }
-    let ids = events.column(0).as_string::<i32>();
-    let keep = seen.keep(ids, dates)?;
-    if keep.true_count() == events.num_rows() {
-        return Ok(events);
-    }
-    Ok(filter_record_batch(&events, &keep).expect("mask matches the batch"))
 }

@@ -70,6 +70,8 @@ pub struct Local {
     pub path: PathBuf,
     /// The hex SHA-256 of its content: what makes an import of it exactly once.
     pub sha256: String,
+    /// The bytes hashed: what is read of it, even if it grows meanwhile.
+    pub size: u64,
     _download: Option<tempfile::TempPath>,
 }
 
@@ -89,13 +91,17 @@ impl ImportFile {
                     let mut file = std::fs::File::open(&hashed)?;
                     let mut hasher = Sha256::new();
                     let mut buffer = vec![0; 1 << 20];
+                    let mut size = 0;
                     loop {
                         match std::io::Read::read(&mut file, &mut buffer)? {
                             0 => break,
-                            n => hasher.update(&buffer[..n]),
+                            n => {
+                                hasher.update(&buffer[..n]);
+                                size += n as u64;
+                            }
                         }
                     }
-                    Ok::<_, std::io::Error>(hex::encode(hasher.finalize()))
+                    Ok::<_, std::io::Error>((hex::encode(hasher.finalize()), size))
                 })
                 .await
                 .map_err(|e| Error::Task {
@@ -103,9 +109,11 @@ impl ImportFile {
                     message: e.to_string(),
                 })?
                 .map_err(io)?;
+                let (sha256, size) = sha256;
                 Ok(Local {
                     path,
                     sha256,
+                    size,
                     _download: None,
                 })
             }
@@ -114,18 +122,27 @@ impl ImportFile {
                     file: self.name.clone(),
                     message: format!("downloading the object: {source}"),
                 };
-                let temp = tempfile::NamedTempFile::new().map_err(io)?.into_temp_path();
-                let mut out = tokio::fs::File::create(&temp).await.map_err(io)?;
+                let local = |source| Error::Import {
+                    file: self.name.clone(),
+                    message: format!("writing its temporary local copy: {source}"),
+                };
+                let temp = tempfile::NamedTempFile::new()
+                    .map_err(local)?
+                    .into_temp_path();
+                let mut out = tokio::fs::File::create(&temp).await.map_err(local)?;
                 let mut stream = store.get(path).await.map_err(store_err)?.into_stream();
                 let mut hasher = Sha256::new();
+                let mut size = 0;
                 while let Some(bytes) = stream.try_next().await.map_err(store_err)? {
                     hasher.update(&bytes);
-                    out.write_all(&bytes).await.map_err(io)?;
+                    size += bytes.len() as u64;
+                    out.write_all(&bytes).await.map_err(local)?;
                 }
-                out.flush().await.map_err(io)?;
+                out.flush().await.map_err(local)?;
                 Ok(Local {
                     path: temp.to_path_buf(),
                     sha256: hex::encode(hasher.finalize()),
+                    size,
                     _download: Some(temp),
                 })
             }
@@ -194,7 +211,7 @@ fn local(arg: &str) -> Result<Vec<ImportFile>> {
                 let path = e.path().to_owned();
                 unreadable(&path, e.into())
             })?;
-            if path.is_file() {
+            if path.is_file() && Format::of(&path.display().to_string()).is_some() {
                 paths.push(path);
             }
         }
@@ -302,6 +319,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(names(globbed), ["/a.csv"]);
+        let everything = resolve(&[format!("{root}/*")]).await.unwrap();
+        assert_eq!(names(everything), ["/a.csv", "/b.ndjson", "/c.parquet"]);
         let error = resolve(&[format!("{root}/notes.txt")]).await.unwrap_err();
         assert!(error.to_string().contains("unknown format"), "{error}");
         let error = resolve(&[format!("{root}/*.json")]).await.unwrap_err();

@@ -12,8 +12,20 @@
 //! the file, [`DONE`] once the whole file is in. An import reads a file from its start and
 //! appends to each table only the records past that table's version: one killed half way
 //! resumes where each of its commits left off, and a file already imported, under any name,
-//! adds nothing. Two imports of one file at once: the second commit of a version is refused by
-//! Delta (the same app id moved under it) and that import stops with an error.
+//! adds nothing (a file is its exact content: one line appended makes another file, whose
+//! refused records are quarantined again). Two imports of one file at once: before each commit
+//! an import checks that the file's `txn` versions are still the ones it committed, and Delta
+//! refuses a commit of the same app id racing another, so the second stops with an error.
+//!
+//! Beside a live archiver, each writer reads the commits of the other before it deduplicates a
+//! chunk and loads the dates they added again, so an event both on Kafka and in a file is
+//! stored once — unless both commit it within the same moment (between one's look and its
+//! commit): two blind appends do not conflict in Delta. Import files whose events are not also
+//! arriving on Kafka at that time, or stop the archiver while importing them.
+//!
+//! Validation judges `max_future` and `max_past` against the import's clock; a record on that
+//! edge, read again after a kill that fell between a chunk's raw and quarantine commits, may be
+//! judged otherwise the second time.
 //!
 //! Imported events have no Kafka offsets, so the speed layer never sees them: they count from
 //! the first batch version computed after them.
@@ -21,12 +33,13 @@
 pub mod files;
 pub mod records;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Date32Type, Int64Type};
+use arrow::datatypes::Int64Type;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -42,6 +55,7 @@ use self::files::{Format, ImportFile};
 use self::records::{Chunk, ReadError};
 use crate::error::{Error, Result};
 use crate::lake::{self, Lake};
+use crate::views::watermark::dates_added_by_others;
 
 /// The `txn` version that says a table holds every record of the file.
 pub const DONE: i64 = i64::MAX;
@@ -58,7 +72,7 @@ pub struct FileOutcome {
     pub format: Format,
     /// The SHA-256 of its content.
     pub sha256: String,
-    /// `true` when both tables already held all of it: nothing was read.
+    /// `true` when both tables already held all of it: the file was read only to hash it.
     pub already_imported: bool,
     /// Records read (valid or not); a file an earlier import stopped part way through is read
     /// from its start again, its committed records skipped.
@@ -121,6 +135,13 @@ pub struct Importer {
     raw: DeltaTable,
     quarantine: DeltaTable,
     seen: SeenIds,
+    /// The raw version up to which the commits of other writers were looked at.
+    raw_checked_at: Option<u64>,
+    /// The raw versions this importer committed.
+    raw_own: BTreeSet<u64>,
+    /// Refreshes of each table's state since it was last read afresh.
+    raw_refreshes: u32,
+    quarantine_refreshes: u32,
 }
 
 impl std::fmt::Debug for Importer {
@@ -139,7 +160,7 @@ impl Importer {
         let validator = Validator::new(source)
             .with_views(&views)
             .map_err(|e| Error::Import {
-                file: String::new(),
+                file: format!("(source {})", source.name),
                 message: format!("the source's view filters: {e}"),
             })?;
         let raw = lake::open_or_create(
@@ -161,8 +182,12 @@ impl Importer {
         Ok(Self {
             source: source.clone(),
             validator: Arc::new(validator),
-            raw,
             quarantine,
+            raw_checked_at: raw.version(),
+            raw_own: BTreeSet::new(),
+            raw_refreshes: 0,
+            quarantine_refreshes: 0,
+            raw,
             seen,
         })
     }
@@ -202,8 +227,8 @@ impl Importer {
             report.duplicates += outcome.duplicates;
             report.quarantined += outcome.quarantined;
             report.files.push(outcome);
+            tell(file.size, report.records);
             bytes_before += file.size;
-            tell(0, report.records);
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
@@ -246,8 +271,9 @@ impl Importer {
         let (sender, mut chunks) = tokio::sync::mpsc::channel::<Chunk>(READ_AHEAD);
         let validator = self.validator.clone();
         let (path, format, topic) = (local.path.clone(), file.format, file.name.clone());
+        let size = local.size;
         let reader = tokio::task::spawn_blocking(move || {
-            records::read(&path, format, &validator, &topic, |chunk| {
+            records::read(&path, size, format, &validator, &topic, |chunk| {
                 sender.blocking_send(chunk).map_err(|_| ReadError::Stopped)
             })
         });
@@ -263,11 +289,14 @@ impl Importer {
             tracing::debug!(file = %file.name, line = last, "chunk imported");
         }
         drop(chunks);
-        let read = reader.await.map_err(|e| Error::Task {
-            task: "reading a file to import",
+        let read = reader.await.map_err(|e| Error::Import {
+            file: file.name.clone(),
+            message: format!("the reader stopped: {e}"),
+        })?;
+        written.map_err(|e| Error::Import {
+            file: file.name.clone(),
             message: e.to_string(),
         })?;
-        written?;
         read.map_err(|e| Error::Import {
             file: file.name.clone(),
             message: e.to_string(),
@@ -275,10 +304,14 @@ impl Importer {
         // Both tables now hold every record of the file.
         let done = Transaction::new(&app_id, DONE);
         if held.raw != DONE {
+            self.check_raw(&app_id, held.raw).await?;
             let empty = RecordBatch::new_empty(schema::raw_schema(&self.source));
             append(&mut self.raw, empty, done.clone(), EVENT_DATE).await?;
+            self.raw_own.extend(self.raw.version());
         }
         if held.quarantine != DONE {
+            refresh(&mut self.quarantine, &mut self.quarantine_refreshes).await?;
+            check_held(&self.quarantine, &app_id, held.quarantine).await?;
             let empty = RecordBatch::new_empty(schema::quarantine_schema());
             append(&mut self.quarantine, empty, done, INGEST_DATE).await?;
         }
@@ -299,17 +332,25 @@ impl Importer {
         if chunk.last > held.raw {
             let events = past(&chunk.validated.events, KAFKA_OFFSET, held.raw);
             let valid = events.num_rows() as u64;
-            let events = self.deduplicate(events).await?;
-            outcome.duplicates += valid - events.num_rows() as u64;
-            if events.num_rows() > 0 {
-                outcome.archived += events.num_rows() as u64;
-                append(&mut self.raw, events, txn.clone(), EVENT_DATE).await?;
-                held.raw = chunk.last;
+            if valid > 0 {
+                self.check_raw(app_id, held.raw).await?;
+                let id_field = &self.source.id_field;
+                let events =
+                    lake::deduplicate(events, &mut self.seen, &self.raw, id_field, None).await?;
+                outcome.duplicates += valid - events.num_rows() as u64;
+                if events.num_rows() > 0 {
+                    outcome.archived += events.num_rows() as u64;
+                    append(&mut self.raw, events, txn.clone(), EVENT_DATE).await?;
+                    self.raw_own.extend(self.raw.version());
+                    held.raw = chunk.last;
+                }
             }
         }
         if chunk.last > held.quarantine {
             let rejects = past(&chunk.validated.rejects, "offset", held.quarantine);
             if rejects.num_rows() > 0 {
+                refresh(&mut self.quarantine, &mut self.quarantine_refreshes).await?;
+                check_held(&self.quarantine, app_id, held.quarantine).await?;
                 outcome.quarantined += rejects.num_rows() as u64;
                 append(&mut self.quarantine, rejects, txn, INGEST_DATE).await?;
                 held.quarantine = chunk.last;
@@ -318,31 +359,59 @@ impl Importer {
         Ok(())
     }
 
-    /// Drops events whose (date, id) the raw table or an earlier row already holds.
-    async fn deduplicate(&mut self, events: RecordBatch) -> Result<RecordBatch> {
-        if events.num_rows() == 0 {
-            return Ok(events);
+    /// Moves the raw table to its latest version, refuses to go on if another import of the
+    /// file committed since this one (its `txn` is not at `held`), and forgets the dates whose
+    /// rows other writers added since the last look.
+    async fn check_raw(&mut self, app_id: &str, held: i64) -> Result<()> {
+        refresh(&mut self.raw, &mut self.raw_refreshes).await?;
+        check_held(&self.raw, app_id, held).await?;
+        if let (Some(since), Some(now)) = (self.raw_checked_at, self.raw.version())
+            && now > since
+        {
+            let own = &self.raw_own;
+            match dates_added_by_others(&self.raw, since, now, |v, _| own.contains(&v)).await? {
+                Some(dates) => self.seen.forget(dates),
+                None => self.seen.clear(),
+            }
         }
-        let dates = events
-            .column_by_name(EVENT_DATE)
-            .expect("event_date column")
-            .as_primitive::<Date32Type>();
-        let needed = dates.values().iter().copied().collect();
-        for date in self.seen.dates_to_load(&needed, None) {
-            let mut loading = self.seen.loading(date);
-            lake::stored_ids(&self.raw, &self.source.id_field, date, |ids| {
-                Ok::<(), Error>(loading.add(ids.iter().flatten())?)
-            })
-            .await?;
-            self.seen.loaded(loading);
-        }
-        let ids = events.column(0).as_string::<i32>();
-        let keep = self.seen.keep(ids, dates)?;
-        if keep.true_count() == events.num_rows() {
-            return Ok(events);
-        }
-        Ok(filter_record_batch(&events, &keep).expect("mask matches the batch"))
+        self.raw_checked_at = self.raw.version();
+        Ok(())
     }
+}
+
+/// Refreshes after which the raw table's state is read afresh.
+const RELOAD_EVERY: u32 = 100;
+
+/// Moves `table` to its latest version, reading its state afresh every [`RELOAD_EVERY`]
+/// refreshes: an advanced state keeps the file actions of every commit it applied, a fresh
+/// read the live files only.
+async fn refresh(table: &mut DeltaTable, refreshes: &mut u32) -> Result<()> {
+    *refreshes += 1;
+    if *refreshes >= RELOAD_EVERY {
+        table.state = None;
+        *refreshes = 0;
+    }
+    let url = table.table_url().to_string();
+    table
+        .update_state()
+        .await
+        .map_err(|source| Error::Delta { table: url, source })
+}
+
+/// Refuses to go on when `table` (just refreshed) no longer holds `held` of the file imported
+/// as `app_id`: another import of the same file committed meanwhile.
+async fn check_held(table: &DeltaTable, app_id: &str, held: i64) -> Result<()> {
+    let url = table.table_url().to_string();
+    let now = self::held(table, app_id).await?;
+    if now != held {
+        return Err(Error::Import {
+            file: url,
+            message: format!(
+                "another import of the same file committed meanwhile (line {now} where this one left {held}); it goes on alone"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The last line each table holds of the file being imported.

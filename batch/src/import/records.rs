@@ -51,10 +51,11 @@ pub enum ReadError {
     Stopped,
 }
 
-/// Reads `path` as `format`, validating with `validator` and naming the file `topic` in
-/// quarantined rows; hands each chunk to `send`.
+/// Reads the first `size` bytes of `path` (what was hashed) as `format`, validating with
+/// `validator` and naming the file `topic` in quarantined rows; hands each chunk to `send`.
 pub fn read(
     path: &Path,
+    size: u64,
     format: Format,
     validator: &Validator,
     topic: &str,
@@ -62,9 +63,10 @@ pub fn read(
 ) -> Result<(), ReadError> {
     let file = File::open(path).map_err(|e| ReadError::File(e.to_string()))?;
     let mut chunker = Chunker::new(validator, topic);
+    let max_event_bytes = validator.source().max_event_bytes;
     match format {
-        Format::Ndjson => ndjson(file, &mut chunker, &mut send)?,
-        Format::Csv => csv(file, validator.source(), &mut chunker, &mut send)?,
+        Format::Ndjson => ndjson(file.take(size), max_event_bytes, &mut chunker, &mut send)?,
+        Format::Csv => csv(file.take(size), validator.source(), &mut chunker, &mut send)?,
         Format::Parquet => parquet(file, &mut chunker, &mut send)?,
     }
     chunker.flush(&mut send)
@@ -154,29 +156,64 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// One event per line; a line longer than `max_event_bytes` is refused as `too_large` (its
+/// start kept) without being held whole, so a file that is one huge line costs no memory.
 fn ndjson(
-    file: File,
+    file: impl Read,
+    max_event_bytes: usize,
     chunker: &mut Chunker<'_>,
     send: &mut impl FnMut(Chunk) -> Result<(), ReadError>,
 ) -> Result<(), ReadError> {
+    let unreadable = |e: std::io::Error| ReadError::File(e.to_string());
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
     let mut number = 0i64;
     let mut done = 0u64;
+    // Room for the longest event, its line end and one byte more that says it is too long.
+    let limit = max_event_bytes as u64 + 3;
     loop {
         line.clear();
-        let n = reader
+        let n = (&mut reader)
+            .take(limit)
             .read_until(b'\n', &mut line)
-            .map_err(|e| ReadError::File(e.to_string()))?;
+            .map_err(unreadable)?;
         if n == 0 {
             return Ok(());
         }
         done += n as u64;
         number += 1;
-        let text = line.trim_ascii();
-        if !text.is_empty() {
+        if n as u64 == limit && line.last() != Some(&b'\n') {
+            done += skip_line(&mut reader).map_err(unreadable)?;
+            chunker.refuse(&line, &Reason::TooLarge, number);
+        } else {
+            let text = line.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
             chunker.push(text, number);
-            chunker.maybe_send(done, send)?;
+        }
+        chunker.maybe_send(done, send)?;
+    }
+}
+
+/// Reads past the next line end (or to the end); the bytes read.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<u64> {
+    let mut skipped = 0;
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(skipped);
+        }
+        match buffer.iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(skipped + at as u64 + 1);
+            }
+            None => {
+                let n = buffer.len();
+                reader.consume(n);
+                skipped += n as u64;
+            }
         }
     }
 }
@@ -193,7 +230,7 @@ enum Cell {
 }
 
 fn csv(
-    file: File,
+    file: impl Read,
     source: &SourceConfig,
     chunker: &mut Chunker<'_>,
     send: &mut impl FnMut(Chunk) -> Result<(), ReadError>,
@@ -232,8 +269,10 @@ fn csv(
         .collect();
     let mut record = csv::ByteRecord::new();
     let mut json = Vec::new();
+    let mut line = 1i64;
     while reader.read_byte_record(&mut record).map_err(unreadable)? {
-        let line = record.position().map_or(0, |p| p.line()) as i64;
+        // The line the record starts on; past the last one when the reader does not say.
+        line = record.position().map_or(line + 1, |p| p.line() as i64);
         json.clear();
         let outcome = if record.len() == cells.len() {
             csv_object(&record, &cells, &mut json)
@@ -334,7 +373,8 @@ fn parquet(
         for line in json.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             row += 1;
             chunker.push(line, row);
-            chunker.maybe_send(size * row as u64 / rows, send)?;
+            let done = u128::from(size) * row as u128 / u128::from(rows);
+            chunker.maybe_send(done as u64, send)?;
         }
     }
     Ok(())
@@ -407,10 +447,18 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let validator = Validator::new(&source());
         let mut chunks = Vec::new();
-        read(&path, Format::of(name).unwrap(), &validator, name, |c| {
-            chunks.push(c);
-            Ok(())
-        })
+        let size = bytes.len() as u64;
+        read(
+            &path,
+            size,
+            Format::of(name).unwrap(),
+            &validator,
+            name,
+            |c| {
+                chunks.push(c);
+                Ok(())
+            },
+        )
         .unwrap();
         chunks
     }
@@ -538,6 +586,22 @@ mod tests {
         );
         assert_eq!(offsets(&chunk.validated.rejects, "offset"), [2]);
         assert_eq!(reasons(&chunk.validated.rejects), ["missing_field:country"]);
+    }
+
+    #[test]
+    fn a_line_past_the_event_size_is_refused_without_being_held() {
+        let limit = source().max_event_bytes;
+        let huge = format!("{{\"event_id\":\"{}\"}}", "x".repeat(limit * 3));
+        let text = format!(
+            "{huge}\n{}\n",
+            r#"{"event_id":"a","ts":"2026-11-01T10:00:00Z","country":"FR"}"#
+        );
+        let chunks = chunks("e.ndjson", text.as_bytes());
+        let chunk = &chunks[0];
+        assert_eq!(offsets(&chunk.validated.events, "kafka_offset"), [2]);
+        assert_eq!(offsets(&chunk.validated.rejects, "offset"), [1]);
+        assert_eq!(reasons(&chunk.validated.rejects), ["too_large"]);
+        assert_eq!(chunk.bytes_done, text.len() as u64);
     }
 
     #[test]

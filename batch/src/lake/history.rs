@@ -71,12 +71,14 @@ impl Log {
         let mut entries = Vec::new();
         let mut checkpoints = Vec::new();
         let mut latest_written = None;
+        let mut newest = None;
         for object in list(table, Some(&Path::from("_delta_log"))).await? {
             let Some(name) = object.location.filename() else {
                 continue;
             };
             if let Some(version) = name.strip_suffix(".json").and_then(|v| v.parse().ok()) {
-                if entries.iter().all(|v| *v < version) {
+                if newest < Some(version) {
+                    newest = Some(version);
                     latest_written = Some((object.last_modified, object.e_tag.clone()));
                 }
                 entries.push(version);

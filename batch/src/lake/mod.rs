@@ -358,6 +358,41 @@ pub async fn stored_ids<E: From<Error>>(
     Ok(count)
 }
 
+/// `events` (raw rows) without those whose (date, id) `raw` or an earlier row already holds:
+/// the deduplication of every writer of a raw table. Each date an event needs is loaded into
+/// `seen` from `raw` first; dates before `oldest` make room first
+/// ([`lambdaflow_dedup::SeenIds::dates_to_load`]).
+pub async fn deduplicate(
+    events: arrow::record_batch::RecordBatch,
+    seen: &mut lambdaflow_dedup::SeenIds,
+    raw: &DeltaTable,
+    id_field: &str,
+    oldest: Option<i32>,
+) -> Result<arrow::record_batch::RecordBatch> {
+    if events.num_rows() == 0 {
+        return Ok(events);
+    }
+    let dates = events
+        .column_by_name(EVENT_DATE)
+        .expect("event_date column")
+        .as_primitive::<arrow::datatypes::Date32Type>();
+    let needed: BTreeSet<i32> = dates.values().iter().copied().collect();
+    for date in seen.dates_to_load(&needed, oldest) {
+        let mut loading = seen.loading(date);
+        stored_ids(raw, id_field, date, |ids| {
+            Ok::<(), Error>(loading.add(ids.iter().flatten())?)
+        })
+        .await?;
+        seen.loaded(loading);
+    }
+    let ids = events.column(0).as_string::<i32>();
+    let keep = seen.keep(ids, dates)?;
+    if keep.true_count() == events.num_rows() {
+        return Ok(events);
+    }
+    Ok(arrow::compute::filter_record_batch(&events, &keep).expect("mask matches the batch"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

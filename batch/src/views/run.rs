@@ -595,12 +595,13 @@ fn transient(error: &Error) -> bool {
                 | Commit::MaxCommitAttempts(_) => true,
                 _ => false,
             },
-            Delta::Io { .. } | Delta::VersionAlreadyExists(_) => true,
+            Delta::Io { source } => io_transient(source),
+            Delta::VersionAlreadyExists(_) => true,
             _ => false,
         },
         Error::Query { source, .. } => match source.find_root() {
             datafusion::error::DataFusionError::ObjectStore(source) => store_transient(source),
-            datafusion::error::DataFusionError::IoError(_) => true,
+            datafusion::error::DataFusionError::IoError(source) => io_transient(source),
             _ => false,
         },
         #[cfg(feature = "faults")]
@@ -618,6 +619,22 @@ fn store_transient(error: &object_store::Error) -> bool {
             | object_store::Error::AlreadyExists { .. }
             | object_store::Error::Precondition { .. }
             | object_store::Error::JoinError { .. }
+    )
+}
+
+/// Whether an I/O error may not happen again: a timeout or a dropped connection, not a missing
+/// file or a refused permission.
+fn io_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        TimedOut
+            | Interrupted
+            | WouldBlock
+            | ConnectionReset
+            | ConnectionAborted
+            | BrokenPipe
+            | UnexpectedEof
     )
 }
 

@@ -165,6 +165,42 @@ pub async fn dates_changed(
     Ok(Some(dates))
 }
 
+/// The event dates of the rows added by the commits after `since` up to and including `upto`
+/// that `own` does not claim (given each commit's version and actions): what another writer
+/// stored (an import beside the archiver, the archiver beside an import), whose ids a writer's
+/// deduplication has not seen. Rewrites (`dataChange: false`) add no ids and are left out.
+/// `None` when a commit in between can no longer be read (the log was cleaned up) or names a
+/// date that is not one: the caller forgets every date.
+pub async fn dates_added_by_others(
+    raw: &DeltaTable,
+    since: Version,
+    upto: Version,
+    own: impl Fn(Version, &[serde_json::Value]) -> bool,
+) -> Result<Option<BTreeSet<i32>>> {
+    let mut dates = BTreeSet::new();
+    for version in since + 1..=upto {
+        let Some(actions) = commit_actions(raw, version).await? else {
+            return Ok(None);
+        };
+        if own(version, &actions) {
+            continue;
+        }
+        for action in &actions {
+            if action.pointer("/add/dataChange") == Some(&serde_json::Value::Bool(false)) {
+                continue;
+            }
+            let pointer = format!("/add/partitionValues/{EVENT_DATE}");
+            if let Some(text) = action.pointer(&pointer).and_then(|v| v.as_str()) {
+                let Some(date) = parse_date(text) else {
+                    return Ok(None);
+                };
+                dates.insert(date);
+            }
+        }
+    }
+    Ok(Some(dates))
+}
+
 /// Days since the epoch of a `YYYY-MM-DD` partition value.
 pub fn parse_date(text: &str) -> Option<i32> {
     let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;

@@ -16,7 +16,9 @@
 //! `DISTINCT ON`, joins, unions and the outputs of inner aggregates that pass their rows' values
 //! on (a per-group distinct count summed again is still distinct counts added) to the table it
 //! was read from, on the logical plan before optimisation. Columns a condition only tests
-//! (`CASE WHEN avg_order > 100 THEN orders END`) are not the value, and do not count.
+//! (`CASE WHEN avg_order > 100 THEN orders END`) are not the value, and do not count. A value
+//! keeps its kind through an inner selector too: the average of daily `max(avg_order)` is
+//! refused as an average of averages, which errs on the side of saying so.
 
 use std::collections::HashMap;
 

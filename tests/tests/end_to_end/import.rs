@@ -4,7 +4,8 @@
 //! `lambdaflow import`, which is killed with SIGKILL part way and run again; then every view
 //! answers what a direct aggregation of everything (Kafka and files) gives, the raw table holds
 //! each event once and the quarantine every refused record once, and importing the same files
-//! again changes nothing.
+//! again changes nothing; copies of imported events arriving on Kafka afterwards are dropped
+//! by the live archiver as duplicates.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -178,6 +179,25 @@ fn commits(table: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Messages the archiver has handled: archived, dropped as duplicates or quarantined.
+async fn archiver_handled(client: &reqwest::Client, api: &Api) -> usize {
+    let Ok(response) = client.get(format!("{}/metrics", api.base)).send().await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    let handled: f64 = ["archived", "duplicate", "quarantined"]
+        .iter()
+        .filter_map(|o| {
+            sample(
+                &text,
+                "lambdaflow_archiver_events_total",
+                &[("outcome", o), ("source", "events")],
+            )
+        })
+        .sum();
+    handled as usize
+}
+
 async fn sql_count(api: &Api, sql: &str) -> u64 {
     let (status, answer) = api
         .post("/v1/sql", &serde_json::json!({ "sql": sql }).to_string())
@@ -213,23 +233,7 @@ async fn imported_files_count_once_through_a_kill_and_a_second_import() {
     wait_for(
         "the archiver to store every message",
         Duration::from_secs(60),
-        || async {
-            let Ok(response) = client.get(format!("{}/metrics", api.base)).send().await else {
-                return false;
-            };
-            let text = response.text().await.unwrap_or_default();
-            let handled: f64 = ["archived", "duplicate", "quarantined"]
-                .iter()
-                .filter_map(|o| {
-                    sample(
-                        &text,
-                        "lambdaflow_archiver_events_total",
-                        &[("outcome", o), ("source", "events")],
-                    )
-                })
-                .sum();
-            handled as usize == everything.len()
-        },
+        || async { archiver_handled(&client, &api).await == everything.len() },
     )
     .await;
     let archived: Vec<Vec<u8>> = everything.iter().map(|(_, _, p)| p.clone()).collect();
@@ -328,6 +332,24 @@ async fn imported_files_count_once_through_a_kill_and_a_second_import() {
         assert_eq!(file["archived"], 0, "{file}");
     }
     assert_eq!(commits(&raw_table), version);
+
+    // Copies of imported events arrive on Kafka after the import: the live archiver, whose
+    // deduplication loaded today's ids before the import, must drop them too.
+    let copies: Vec<(String, Vec<u8>)> = everything
+        .iter()
+        .filter(|(p, o, payload)| *p == -1 && *o % 5_000 == 7 && valid(payload))
+        .filter(|(.., payload)| !archived.contains(payload))
+        .map(|(_, o, payload)| (format!("copy-{o}"), payload.clone()))
+        .collect();
+    assert!(copies.len() >= 10);
+    let kafka = everything.iter().filter(|(p, ..)| *p >= 0).count();
+    everything.extend(produce(&tansu.producer(), &copies).await);
+    wait_for(
+        "the archiver to handle the copies",
+        Duration::from_secs(60),
+        || async { archiver_handled(&client, &api).await == kafka + copies.len() },
+    )
+    .await;
 
     // Imported events count from the next batch version on.
     batch(&api, &config, "after the import").await;

@@ -8,7 +8,7 @@
 //! against the raw table and against each other, as the archiver does.
 //!
 //! Exactly once per file content: every commit carries a Delta `txn` whose app id is
-//! `import-<SHA-256 of the file>` and whose version is the last line (row) the table holds of
+//! `import-<BLAKE3 hash of the file>` and whose version is the last line (row) the table holds of
 //! the file, [`DONE`] once the whole file is in. An import reads a file from its start and
 //! appends to each table only the records past that table's version: one killed half way
 //! resumes where each of its commits left off, and a file already imported, under any name,
@@ -70,8 +70,8 @@ pub struct FileOutcome {
     pub file: String,
     /// Its format.
     pub format: Format,
-    /// The SHA-256 of its content.
-    pub sha256: String,
+    /// The BLAKE3 hash of its content.
+    pub blake3: String,
     /// `true` when both tables already held all of it: the file was read only to hash it.
     pub already_imported: bool,
     /// Records read (valid or not); a file an earlier import stopped part way through is read
@@ -242,11 +242,11 @@ impl Importer {
     ) -> Result<FileOutcome> {
         let started = Instant::now();
         let local = file.fetch().await?;
-        let app_id = format!("import-{}", local.sha256);
+        let app_id = format!("import-{}", local.blake3);
         let mut outcome = FileOutcome {
             file: file.name.clone(),
             format: file.format,
-            sha256: local.sha256.clone(),
+            blake3: local.blake3.clone(),
             already_imported: false,
             records: 0,
             archived: 0,
@@ -458,6 +458,7 @@ async fn append(
     txn: Transaction,
     partition_by: &str,
 ) -> Result<()> {
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
     let url = table.table_url().to_string();
     *table = table
         .clone()
@@ -466,6 +467,15 @@ async fn append(
         .with_save_mode(SaveMode::Append)
         .with_commit_properties(CommitProperties::default().with_application_transaction(txn))
         .await
-        .map_err(|source| Error::Delta { table: url, source })?;
+        .map_err(|source| match source {
+            deltalake::DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
+            } => Error::Import {
+                file: url,
+                message: "another import of the same file committed meanwhile; it goes on alone"
+                    .into(),
+            },
+            source => Error::Delta { table: url, source },
+        })?;
     Ok(())
 }

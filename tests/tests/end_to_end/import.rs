@@ -359,3 +359,68 @@ async fn imported_files_count_once_through_a_kill_and_a_second_import() {
         raw_count
     );
 }
+
+/// Two imports of one file at once, with no broker: whichever way their commits interleave, the
+/// raw table ends with every unique event once and the quarantine with every refused record
+/// once, at least one import succeeds, and one that stops says another import of the file
+/// moved under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_imports_of_one_file_at_once_store_it_once() {
+    let dir = scratch_dir();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let lake = dir.path().join("lake");
+    let text = test_config("127.0.0.1:9", &lake.display().to_string(), free_port());
+    let config_file = dir.path().join("lambdaflow.toml");
+    std::fs::write(&config_file, &text).unwrap();
+    let config = shop_config(&text);
+    let mut generator = shop(5, 500);
+    let records: Vec<(i32, i64, Vec<u8>)> = messages(&mut generator, 300_000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, payload))| (-1, i as i64, payload))
+        .collect();
+    let file = dir.path().join("twice.ndjson");
+    let payloads: Vec<Vec<u8>> = records.iter().map(|(.., p)| p.clone()).collect();
+    write_ndjson(&file, &payloads);
+    let mut truth = Truth::default();
+    truth.add(&config, &records);
+
+    let files = [file];
+    let start = |name| {
+        import(&config_file, &files, &logs, name)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut first, mut second) = (start("first"), start("second"));
+    let outcomes = [first.wait().unwrap(), second.wait().unwrap()];
+    assert!(outcomes.iter().any(|s| s.success()), "{outcomes:?}");
+    for (status, name) in outcomes.iter().zip(["first", "second"]) {
+        if !status.success() {
+            let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap();
+            assert!(log.contains("another import of the same file"), "{log}");
+        }
+    }
+    let count = |table: &str, sql: &str| {
+        let url = url::Url::from_directory_path(lake.join(table)).unwrap();
+        let sql = sql.to_owned();
+        async move {
+            let batches = lambdaflow_tests::query_table(&url, &sql).await.unwrap();
+            arrow::compute::cast(batches[0].column(0), &DataType::Int64)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .value(0) as usize
+        }
+    };
+    assert_eq!(
+        count("raw/events", "SELECT count(*) FROM t").await,
+        truth.unique.len()
+    );
+    assert_eq!(
+        count("quarantine/events", "SELECT count(*) FROM t").await,
+        truth.rejects()
+    );
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lambdaflow_common::config::Config;
 use lambdaflow_tests::e2e::{
-    Api, TOPIC, batch, check, messages, produce, shop, shop_config, test_config, wait_for,
+    Api, TOPIC, Truth, batch, check, messages, produce, shop, shop_config, test_config, wait_for,
 };
 use lambdaflow_tests::{Process, Tansu, free_port, python, scratch_dir};
 use object_store::ObjectStoreExt;
@@ -430,4 +430,74 @@ async fn vacuum_collects_a_killed_writers_file_in_the_bucket() {
     let dir = scratch_dir();
     let (_s3, endpoint) = start_moto(dir.path()).await;
     in_a_child("vacuum_in_the_bucket", &endpoint);
+}
+
+/// `lambdaflow import s3://bucket/prefix/` reads the objects of known formats under the prefix
+/// with the `AWS_*` settings (the lake stays local), imports each record once, and a second
+/// import of the same prefix finds the file already imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_reads_files_under_an_s3_prefix() {
+    let dir = scratch_dir();
+    let (_s3, endpoint) = start_moto(dir.path()).await;
+    let mut generator = shop(9, 100);
+    let records: Vec<(i32, i64, Vec<u8>)> = messages(&mut generator, 2_000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, payload))| (-1, i as i64, payload))
+        .collect();
+    let mut body = Vec::new();
+    for (.., payload) in &records {
+        body.extend_from_slice(payload);
+        body.push(b'\n');
+    }
+    let http = reqwest::Client::new();
+    for (key, body) in [
+        ("in/events.ndjson", body),
+        ("in/notes.txt", b"not data".to_vec()),
+    ] {
+        let put = http
+            .put(format!("{endpoint}/{BUCKET}/{key}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success(), "{key}: {}", put.status());
+    }
+    let lake = dir.path().join("lake");
+    let text = test_config("127.0.0.1:9", &lake.display().to_string(), free_port());
+    let config_file = dir.path().join("lambdaflow.toml");
+    std::fs::write(&config_file, &text).unwrap();
+    let mut truth = Truth::default();
+    truth.add(&shop_config(&text), &records);
+    let import = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
+            .args(["import", "--source", "events", "--no-batch", "--config"])
+            .arg(&config_file)
+            .arg(format!("s3://{BUCKET}/in/"))
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "lambdaflow")
+            .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = import();
+    let files = first["import"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{first}");
+    assert_eq!(files[0]["file"], format!("s3://{BUCKET}/in/events.ndjson"));
+    assert_eq!(files[0]["records"], records.len());
+    assert_eq!(files[0]["archived"], truth.unique.len());
+    assert_eq!(files[0]["quarantined"], truth.rejects());
+    let again = import();
+    assert_eq!(
+        again["import"]["files"][0]["already_imported"], true,
+        "{again}"
+    );
 }

@@ -37,17 +37,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::Int64Type;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use lambdaflow_common::config::Config;
-use lambdaflow_common::schema::{self, EVENT_DATE, INGEST_DATE, KAFKA_OFFSET};
+use lambdaflow_common::schema::{self, EVENT_DATE, INGEST_DATE, KAFKA_OFFSET, KAFKA_PARTITION};
 use lambdaflow_common::source::SourceConfig;
 use lambdaflow_common::validate::Validator;
+use lambdaflow_common::watermark::at_or_beyond;
 use lambdaflow_dedup::SeenIds;
 use serde::Serialize;
 
@@ -254,8 +254,8 @@ impl Importer {
             quarantined: 0,
             seconds: 0.0,
         };
-        // What each table holds of the file, read once: this import is its writer from here
-        // on, and a concurrent one is refused by Delta at commit.
+        // What each table holds of the file, read once and checked before every commit: this
+        // import is its one writer from here on.
         let mut held = Held {
             raw: held(&self.raw, &app_id).await?,
             quarantine: held(&self.quarantine, &app_id).await?,
@@ -310,8 +310,7 @@ impl Importer {
             self.raw_own.extend(self.raw.version());
         }
         if held.quarantine != DONE {
-            refresh(&mut self.quarantine, &mut self.quarantine_refreshes).await?;
-            check_held(&self.quarantine, &app_id, held.quarantine).await?;
+            self.check_quarantine(&app_id, held.quarantine).await?;
             let empty = RecordBatch::new_empty(schema::quarantine_schema());
             append(&mut self.quarantine, empty, done, INGEST_DATE).await?;
         }
@@ -330,7 +329,8 @@ impl Importer {
     ) -> Result<()> {
         let txn = Transaction::new(app_id, chunk.last);
         if chunk.last > held.raw {
-            let events = past(&chunk.validated.events, KAFKA_OFFSET, held.raw);
+            let columns = (KAFKA_PARTITION, KAFKA_OFFSET);
+            let events = past(&chunk.validated.events, columns, held.raw);
             let valid = events.num_rows() as u64;
             if valid > 0 {
                 self.check_raw(app_id, held.raw).await?;
@@ -347,16 +347,26 @@ impl Importer {
             }
         }
         if chunk.last > held.quarantine {
-            let rejects = past(&chunk.validated.rejects, "offset", held.quarantine);
+            let rejects = past(
+                &chunk.validated.rejects,
+                ("partition", "offset"),
+                held.quarantine,
+            );
             if rejects.num_rows() > 0 {
-                refresh(&mut self.quarantine, &mut self.quarantine_refreshes).await?;
-                check_held(&self.quarantine, app_id, held.quarantine).await?;
+                self.check_quarantine(app_id, held.quarantine).await?;
                 outcome.quarantined += rejects.num_rows() as u64;
                 append(&mut self.quarantine, rejects, txn, INGEST_DATE).await?;
                 held.quarantine = chunk.last;
             }
         }
         Ok(())
+    }
+
+    /// Moves the quarantine table to its latest version and refuses to go on if another import
+    /// of the file committed since this one (its `txn` is not at `held`).
+    async fn check_quarantine(&mut self, app_id: &str, held: i64) -> Result<()> {
+        refresh(&mut self.quarantine, &mut self.quarantine_refreshes).await?;
+        check_held(&self.quarantine, app_id, held).await
     }
 
     /// Moves the raw table to its latest version, refuses to go on if another import of the
@@ -437,13 +447,10 @@ async fn held(table: &DeltaTable, app_id: &str) -> Result<i64> {
 }
 
 /// The rows of `batch` whose `offset_col` is past `held`.
-fn past(batch: &RecordBatch, offset_col: &str, held: i64) -> RecordBatch {
-    let offsets = batch
-        .column_by_name(offset_col)
-        .expect("offset column")
-        .as_primitive::<Int64Type>();
-    let keep: arrow::array::BooleanArray =
-        offsets.values().iter().map(|o| Some(*o > held)).collect();
+fn past(batch: &RecordBatch, (partition_col, offset_col): (&str, &str), held: i64) -> RecordBatch {
+    let keep = at_or_beyond(batch, (partition_col, offset_col), |_| {
+        held.saturating_add(1)
+    });
     if keep.true_count() == batch.num_rows() {
         return batch.clone();
     }

@@ -57,6 +57,17 @@ async fn start_moto(logs: &std::path::Path) -> (Process, String) {
     (s3, endpoint)
 }
 
+/// The `AWS_*` settings that point `lambdaflow` at moto's S3 server at `endpoint`.
+fn s3_settings(endpoint: &str) -> [(&'static str, &str); 5] {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", "lambdaflow"),
+        ("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ]
+}
+
 /// Runs the ignored test `test` of this module in a child process (this test binary again)
 /// whose environment names the lake in the bucket and the S3 settings, as `lambdaflow` reads
 /// them; the child must have run exactly that one test, and passed it.
@@ -67,11 +78,7 @@ fn in_a_child(test: &str, endpoint: &str) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", &name, "--ignored", "--nocapture"])
         .env("LAMBDAFLOW_TEST_S3_LAKE", format!("s3://{BUCKET}/lake"))
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", "lambdaflow")
-        .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true")
+        .envs(s3_settings(endpoint))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -199,11 +206,7 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
             Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
                 .args(["run", "--config"])
                 .arg(&config_file)
-                .env("AWS_ENDPOINT_URL", &endpoint)
-                .env("AWS_ACCESS_KEY_ID", "lambdaflow")
-                .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
-                .env("AWS_REGION", "us-east-1")
-                .env("AWS_ALLOW_HTTP", "true")
+                .envs(s3_settings(&endpoint))
                 .current_dir(dir.path()),
             &logs,
         )
@@ -252,16 +255,10 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
         "pid": 1,
         "host": "another-host",
     });
-    let options: std::collections::HashMap<String, String> = [
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "lambdaflow"),
-        ("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ALLOW_HTTP", "true"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let options: std::collections::HashMap<String, String> = s3_settings(&endpoint)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let store_at = |path: &str| {
         let url = url::Url::parse(&format!("s3://{BUCKET}/lake/{path}")).unwrap();
         deltalake::DeltaTableBuilder::from_url(url)
@@ -474,11 +471,7 @@ async fn import_reads_files_under_an_s3_prefix() {
             .args(["import", "--source", "events", "--no-batch", "--config"])
             .arg(&config_file)
             .arg(format!("s3://{BUCKET}/in/"))
-            .env("AWS_ENDPOINT_URL", &endpoint)
-            .env("AWS_ACCESS_KEY_ID", "lambdaflow")
-            .env("AWS_SECRET_ACCESS_KEY", "lambdaflow-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ALLOW_HTTP", "true")
+            .envs(s3_settings(&endpoint))
             .output()
             .unwrap();
         assert!(

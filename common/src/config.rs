@@ -215,6 +215,10 @@ pub struct ServingConfig {
     /// PEM private key of `tls_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Where the same read-only SQL is served over the Postgres wire protocol
+    /// (`"127.0.0.1:5433"`); not served when absent. With auth on, the password is a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_listen: Option<String>,
 }
 
 impl Default for ServingConfig {
@@ -238,6 +242,7 @@ impl Default for ServingConfig {
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            pg_listen: None,
         }
     }
 }

@@ -28,6 +28,9 @@ pub enum Command {
         /// configured, the demo makes a token with every scope and prints it.
         #[arg(long)]
         listen: Option<String>,
+        /// Postgres wire protocol listen address (default 127.0.0.1:5433).
+        #[arg(long)]
+        pg_listen: Option<String>,
         /// Generated events per second, to each source.
         #[arg(long, default_value_t = 200.0)]
         rate: f64,

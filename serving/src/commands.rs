@@ -17,7 +17,7 @@ use lambdaflow_batch::views::records::{RunRecord, Task, TaskState, Trigger};
 use lambdaflow_batch::views::run::TaskProgress;
 use lambdaflow_batch::views::schedule::Batches;
 use lambdaflow_common::auth::{AuthConfig, AuthMode, Scope, TokenConfig, token_hash};
-use lambdaflow_common::config::Config;
+use lambdaflow_common::config::{Config, ServingConfig};
 use lambdaflow_common::sample::{Mix, Shape};
 use lambdaflow_common::view::fingerprint;
 use lambdaflow_kafka::embedded::EmbeddedBroker;
@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::generate::{self, GenOptions};
 use crate::http::guard::Guard;
 use crate::http::{self, AppState};
+use crate::postgres;
 use crate::speed_layer::{self, Speeds};
 
 /// Reads a config file and applies the `LAMBDAFLOW_*` environment.
@@ -282,6 +283,7 @@ pub async fn serve(config: Arc<Config>, shutdown: CancellationToken) -> Result<(
     let speeds = spawn_speed(&mut tasks, &config, &lake, &brokers, &shutdown).await?;
     rebuild_redefined(&speeds, &batches).await;
     let state = app_state(config, &brokers, batches.clone(), lake, speeds)?;
+    spawn_postgres(&mut tasks, &state, &shutdown).await?;
     spawn_http(&mut tasks, state, shutdown).await?;
     let outcome = tasks.join().await;
     batches.drain().await;
@@ -388,6 +390,7 @@ pub async fn run(
     rebuild_redefined(&speeds, &batches).await;
     let state = app_state(config.clone(), &brokers, batches.clone(), lake, speeds)?
         .with_archivers(archive_stats);
+    let pg_addr = spawn_postgres(&mut tasks, &state, &shutdown).await?;
     let addr = spawn_http(&mut tasks, state, shutdown.clone()).await?;
     for (topic, options) in generators {
         let producer = Producer::new(&brokers)?;
@@ -401,8 +404,11 @@ pub async fn run(
         });
     }
     let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
+    let postgres = pg_addr
+        .map(|addr| format!("  SQL postgres://{addr}/lambdaflow"))
+        .unwrap_or_default();
     println!(
-        "lambdaflow is running: API http://{addr}/  broker {}  topics {}  lake {}",
+        "lambdaflow is running: API http://{addr}/{postgres}  broker {}  topics {}  lake {}",
         brokers.brokers(),
         topics.join(", "),
         config.lake.uri
@@ -482,18 +488,29 @@ async fn check_exposure(config: &Config) -> Result<()> {
     if serving.auth.mode != AuthMode::None || serving.allow_public_without_auth {
         return Ok(());
     }
-    match beyond_loopback(&serving.listen).await? {
+    match beyond_loopback(serving).await? {
         Some(addr) => Err(Error::PublicWithoutAuth { addr }),
         None => Ok(()),
     }
 }
 
+/// The first address the API or the Postgres listener would listen on that other hosts can
+/// reach, if any.
+async fn beyond_loopback(serving: &ServingConfig) -> Result<Option<SocketAddr>> {
+    for listen in std::iter::once(&serving.listen).chain(&serving.pg_listen) {
+        if let Some(addr) = reachable(listen).await? {
+            return Ok(Some(addr));
+        }
+    }
+    Ok(None)
+}
+
 /// The first address `listen` resolves to that other hosts can reach, if any.
-async fn beyond_loopback(listen: &str) -> Result<Option<SocketAddr>> {
+async fn reachable(listen: &str) -> Result<Option<SocketAddr>> {
     let mut addrs = tokio::net::lookup_host(listen)
         .await
         .map_err(|source| Error::Listen {
-            what: "HTTP API",
+            what: "listen address",
             addr: listen.to_owned(),
             source,
         })?;
@@ -508,7 +525,7 @@ async fn demo_token(config: &mut Config) -> Result<Option<String>> {
     let serving = &mut config.serving;
     if serving.auth.mode != AuthMode::None
         || serving.allow_public_without_auth
-        || beyond_loopback(&serving.listen).await?.is_none()
+        || beyond_loopback(serving).await?.is_none()
     {
         return Ok(None);
     }
@@ -551,6 +568,40 @@ async fn spawn_http(
     Ok(addr)
 }
 
+/// Serves the SQL over the Postgres wire protocol on `serving.pg_listen`, when set; the
+/// address it listens on.
+async fn spawn_postgres(
+    tasks: &mut Tasks,
+    state: &AppState,
+    shutdown: &CancellationToken,
+) -> Result<Option<SocketAddr>> {
+    let Some(listen) = state.config.serving.pg_listen.clone() else {
+        return Ok(None);
+    };
+    let listening = |source| Error::Listen {
+        what: "Postgres wire protocol",
+        addr: listen.clone(),
+        source,
+    };
+    let tls = http::tls(&state.config)
+        .await
+        .map_err(Error::Serve)?
+        .map(|tls| tls.get_inner());
+    let listener = TcpListener::bind(&listen).await.map_err(listening)?;
+    let addr = listener.local_addr().map_err(listening)?;
+    tracing::info!(%addr, tls = tls.is_some(), "Postgres wire protocol listening");
+    let (state, shutdown) = (state.clone(), shutdown.clone());
+    tasks.spawn("postgres", async move {
+        postgres::serve(listener, state, tls, shutdown)
+            .await
+            .map_err(Error::Serve)
+    });
+    Ok(Some(addr))
+}
+
+/// Where the demo serves Postgres clients unless told otherwise.
+pub const DEMO_PG_LISTEN: &str = "127.0.0.1:5433";
+
 /// Options of `lambdaflow demo`.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -558,6 +609,8 @@ pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     /// Listen address of the API, overriding the demo config's.
     pub listen: Option<String>,
+    /// Listen address of the Postgres wire protocol; [`DEMO_PG_LISTEN`] when `None`.
+    pub pg_listen: Option<String>,
     /// Generator rate in events per second.
     pub rate: f64,
 }
@@ -587,6 +640,11 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> Result<(
     if let Some(listen) = options.listen {
         config.serving.listen = listen;
     }
+    config.serving.pg_listen = Some(
+        options
+            .pg_listen
+            .unwrap_or_else(|| DEMO_PG_LISTEN.to_owned()),
+    );
     if !config.kafka.is_embedded() {
         return Err(Error::DemoNeedsEmbeddedBroker);
     }

@@ -9,6 +9,7 @@
 //!   for deduplication and every new view version by a watcher.
 //! - [`sql`]: read-only SQL over the merged views and the lake tables, within limits; the
 //!   only module that runs DataFusion.
+//! - [`postgres`]: the same SQL over the Postgres wire protocol (`serving.pg_listen`).
 //! - [`metrics`]: the Prometheus exposition: counters, request latency, scrape-time gauges.
 //! - [`generate`]: producing synthetic shop events at a rate.
 //! - [`shutdown`]: SIGINT/SIGTERM into one cancellation token.
@@ -23,6 +24,7 @@ pub mod generate;
 pub mod http;
 pub mod import;
 pub mod metrics;
+pub mod postgres;
 pub mod shutdown;
 pub mod speed_layer;
 pub mod sql;

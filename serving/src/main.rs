@@ -63,11 +63,13 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Demo {
             data_dir,
             listen,
+            pg_listen,
             rate,
         } => {
             let options = DemoOptions {
                 data_dir,
                 listen,
+                pg_listen,
                 rate,
             };
             Ok(commands::demo(options, token).await?)

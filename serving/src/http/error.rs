@@ -182,7 +182,9 @@ impl From<SqlError> for ApiError {
             SqlError::TooManyRows(_) => "row_limit_exceeded",
             SqlError::Memory { .. } => "memory_limit_exceeded",
             SqlError::Timeout(_) => return Self::Timeout(e.to_string()),
-            SqlError::Forbidden(_) => return Self::forbidden(e.to_string()),
+            SqlError::Forbidden(_) | SqlError::NoQueryScope => {
+                return Self::forbidden(e.to_string());
+            }
             SqlError::Starting => return Self::Unavailable(e.to_string()),
             SqlError::Rebuilding(view) => return Self::Rebuilding(view.clone()),
             SqlError::Internal(detail) => return Self::Internal(detail.clone()),

@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use datafusion::common::DataFusionError;
+use datafusion::common::{DataFusionError, ParamValues};
 use datafusion::config::Dialect;
 use datafusion::datasource::MemTable;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as Sql;
@@ -36,6 +37,7 @@ use lambdaflow_common::layout::ViewLayout;
 use lambdaflow_common::table::merged_batch;
 use lambdaflow_common::view::fingerprint;
 
+use crate::postgres::PgSessions;
 use crate::speed_layer::Speeds;
 
 /// Why a statement got no answer.
@@ -76,6 +78,9 @@ pub enum SqlError {
         "table `{0}` holds every event's payload: reading it needs a token with the admin scope"
     )]
     Forbidden(String),
+    /// The caller's token does not have the `query` scope.
+    #[error("SQL needs a token with the query scope")]
+    NoQueryScope,
     /// The view was redefined and its batch side is being recomputed.
     #[error("view `{0}` was redefined and is being recomputed under its new definition")]
     Rebuilding(String),
@@ -126,35 +131,73 @@ pub async fn query(
     tables: Tables,
 ) -> Result<Answer, SqlError> {
     let limits = &config.serving;
-    tokio::time::timeout(limits.sql_timeout, run(config, lake, speeds, sql, tables))
+    let run = async {
+        let statement = SessionContext::new()
+            .state()
+            .sql_to_statement(sql, &Dialect::Generic)
+            .map_err(|e| classify(e, limits))?;
+        prepare(config, lake, speeds, statement, tables, Catalog::Sql)
+            .await?
+            .run(limits, None)
+            .await
+    };
+    within_timeout(limits, run).await
+}
+
+/// `work` cancelled once it has run for `serving.sql_timeout`.
+pub async fn within_timeout<T>(
+    limits: &ServingConfig,
+    work: impl Future<Output = Result<T, SqlError>>,
+) -> Result<T, SqlError> {
+    tokio::time::timeout(limits.sql_timeout, work)
         .await
         .unwrap_or(Err(SqlError::Timeout(limits.sql_timeout)))
 }
 
-async fn run(
+/// Which catalogue of itself a session shows.
+#[derive(Debug, Clone)]
+pub enum Catalog {
+    /// `information_schema` and `SHOW TABLES`.
+    Sql,
+    /// Also Postgres's `pg_catalog` and its functions, which `psql`'s `\d` and BI tools read:
+    /// the server's own, whose object ids outlive the session ([`crate::postgres`]).
+    Postgres(PgSessions),
+}
+
+/// A statement planned and checked in a session of its own, its tables registered: nothing
+/// has run yet.
+pub struct Prepared {
+    ctx: SessionContext,
+    plan: LogicalPlan,
+}
+
+/// Plans `statement` in a new session holding the tables it names (every table when it
+/// looks at the catalogue), refusing what is not a query, what `tables` does not cover and
+/// what adds up what cannot be added.
+pub async fn prepare(
     config: &Config,
     lake: &LakeReader,
     speeds: &Speeds,
-    sql: &str,
+    statement: Statement,
     tables: Tables,
-) -> Result<Answer, SqlError> {
+    catalog: Catalog,
+) -> Result<Prepared, SqlError> {
     let limits = &config.serving;
-    let ctx = session(limits)?;
-    let state = ctx.state();
-    let statement = state
-        .sql_to_statement(sql, &Dialect::Generic)
-        .map_err(|e| classify(e, limits))?;
+    let postgres = matches!(catalog, Catalog::Postgres(_));
+    let ctx = session(limits, catalog, tables)?;
     read_only(&statement)?;
-    let references = state
+    let references = ctx
+        .state()
         .resolve_table_references(&statement)
         .map_err(|e| classify(e, limits))?;
-    // A look at the catalogue (`SHOW TABLES`, `information_schema`) sees every table; any
-    // other statement gets only the tables it names, so a query on one view never pays for
-    // merging the others or opening the lake.
+    // A look at the catalogue (`SHOW TABLES`, `information_schema`, `pg_catalog`) sees every
+    // table; any other statement gets only the tables it names, so a query on one view never
+    // pays for merging the others or opening the lake.
     let catalogue = matches!(&statement, Statement::Statement(s) if matches!(s.as_ref(), Sql::ShowTables { .. }))
-        || references
-            .iter()
-            .any(|r| r.schema() == Some("information_schema"));
+        || references.iter().any(|r| {
+            matches!(r.schema(), Some("information_schema" | "pg_catalog"))
+                || (postgres && r.table().starts_with("pg_"))
+        });
     let names: std::collections::BTreeSet<String> = if catalogue {
         let sources = config.sources.iter().filter(|_| tables == Tables::All);
         config
@@ -185,29 +228,57 @@ async fn run(
     rollup::FinishedColumns::of(config)
         .check(&plan)
         .map_err(SqlError::InexactRollup)?;
-    let frame = ctx
-        .execute_logical_plan(plan)
-        .await
-        .map_err(|e| classify(e, limits))?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let mut stream = frame
-        .execute_stream()
-        .await
-        .map_err(|e| classify(e, limits))?;
-    let mut batches = Vec::new();
-    let mut rows = 0;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| classify(e, limits))?;
-        rows += batch.num_rows();
-        if rows > limits.sql_max_rows {
-            return Err(SqlError::TooManyRows(limits.sql_max_rows));
-        }
-        batches.push(batch);
-    }
-    Ok(Answer { schema, batches })
+    Ok(Prepared { ctx, plan })
 }
 
-fn session(limits: &ServingConfig) -> Result<SessionContext, SqlError> {
+impl Prepared {
+    /// The checked plan, its parameters (`$1`...) not yet bound.
+    pub fn plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
+    /// Runs the plan with `params` bound, holding its answer to `serving.sql_max_rows`.
+    pub async fn run(
+        self,
+        limits: &ServingConfig,
+        params: Option<ParamValues>,
+    ) -> Result<Answer, SqlError> {
+        let plan = match params {
+            Some(params) => self
+                .plan
+                .replace_params_with_values(&params)
+                .map_err(|e| classify(e, limits))?,
+            None => self.plan,
+        };
+        let frame = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| classify(e, limits))?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let mut stream = frame
+            .execute_stream()
+            .await
+            .map_err(|e| classify(e, limits))?;
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| classify(e, limits))?;
+            rows += batch.num_rows();
+            if rows > limits.sql_max_rows {
+                return Err(SqlError::TooManyRows(limits.sql_max_rows));
+            }
+            batches.push(batch);
+        }
+        Ok(Answer { schema, batches })
+    }
+}
+
+fn session(
+    limits: &ServingConfig,
+    catalog: Catalog,
+    tables: Tables,
+) -> Result<SessionContext, SqlError> {
     // No spilling: the memory limit is a hard limit, and a query never writes temporary files
     // on the serving host.
     let runtime = RuntimeEnvBuilder::new()
@@ -217,16 +288,32 @@ fn session(limits: &ServingConfig) -> Result<SessionContext, SqlError> {
         )
         .build_arc()
         .map_err(|e| SqlError::Internal(e.to_string()))?;
-    let config = SessionConfig::new()
+    match catalog {
+        Catalog::Sql => {
+            let mut ctx = SessionContext::new_with_config_rt(session_config(), runtime);
+            functions(&mut ctx).map_err(|e| SqlError::Internal(e.to_string()))?;
+            Ok(ctx)
+        }
+        Catalog::Postgres(sessions) => sessions
+            .session(runtime, tables)
+            .map_err(|e| SqlError::Internal(format!("pg_catalog: {e}"))),
+    }
+}
+
+/// The settings of every SQL session.
+pub(crate) fn session_config() -> SessionConfig {
+    SessionConfig::new()
         .with_information_schema(true)
-        .with_target_partitions(2);
-    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
-    lambdaflow_batch::views::sketch_udf::register(&mut ctx)
-        .map_err(|e| SqlError::Internal(e.to_string()))?;
+        .with_target_partitions(2)
+}
+
+/// Gives `ctx` the sketch functions and takes away the ones that allocate beyond its limits.
+pub(crate) fn functions(ctx: &mut SessionContext) -> Result<(), DataFusionError> {
+    lambdaflow_batch::views::sketch_udf::register(ctx)?;
     for name in UNBOUNDED_FUNCTIONS {
         ctx.deregister_udf(name);
     }
-    Ok(ctx)
+    Ok(())
 }
 
 /// Refuses every statement but a query and the catalogue's read-only views of itself.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{call, state_with};
 
 /// Tokens `ingest-token`, `query-token` and `admin-token`, one scope each.
-fn with_tokens(mut config: Config) -> Config {
+pub(crate) fn with_tokens(mut config: Config) -> Config {
     let token = |scope: Scope| TokenConfig {
         name: scope.as_str().into(),
         sha256: Some(hex::encode(token_hash(&format!(

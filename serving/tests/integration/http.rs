@@ -858,7 +858,7 @@ fn fixed_messages() -> Vec<Vec<u8>> {
 
 /// A state whose views hold `fixed_messages`, the first 25 valid events on the batch side and
 /// the rest on the speed side, and whose lake holds them in the raw and quarantine tables.
-async fn state_with_data(broker: &EmbeddedBroker, lake: &tempfile::TempDir) -> AppState {
+pub(crate) async fn state_with_data(broker: &EmbeddedBroker, lake: &tempfile::TempDir) -> AppState {
     state_with_data_at(broker, lake, caught_up()).await
 }
 
@@ -946,7 +946,7 @@ async fn state_with_data_at(
     }
 }
 
-fn sql(text: &str) -> Request<Body> {
+pub(crate) fn sql(text: &str) -> Request<Body> {
     Request::post("/v1/sql")
         .header("content-type", "application/json")
         .body(Body::from(json!({ "sql": text }).to_string()))
@@ -977,27 +977,30 @@ fn golden(name: &str, got: &Value) {
     );
 }
 
+/// The statements whose `/v1/sql` answers over [`state_with_data`] are `tests/golden/sql.json`.
+pub(crate) const GOLDEN_SQL: [&str; 7] = [
+    "SELECT bucket, country, orders, revenue, max_order, min_order, avg_order, buyers \
+     FROM sales_by_country ORDER BY bucket, country",
+    "SELECT country, sum(orders) AS orders, sum(revenue) AS revenue, \
+     sum(avg_order__sum) / sum(avg_order__count) AS avg_order, \
+     hll_estimate(hll_merge(buyers__hll)) AS buyers \
+     FROM sales_by_country GROUP BY country ORDER BY country",
+    "WITH daily AS (SELECT date_trunc('day', bucket) AS day, sum(events) AS events \
+     FROM traffic_by_minute GROUP BY 1) SELECT * FROM daily ORDER BY day",
+    "SELECT event_date, count(*) AS events, count(DISTINCT user_id) AS users, \
+     sum(amount) AS amount FROM raw_events GROUP BY event_date ORDER BY event_date",
+    "SELECT reason, \"offset\", CAST(raw AS VARCHAR) AS raw FROM quarantine_events ORDER BY \"offset\"",
+    "SELECT buyers__hll IS NOT NULL AS has_sketch, bucket FROM sales_by_country ORDER BY bucket LIMIT 1",
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
+];
+
 #[tokio::test]
 async fn sql_answers_over_merged_views_and_lake_tables() {
     let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let state = state_with_data(&broker, &lake).await;
 
-    let statements = [
-        "SELECT bucket, country, orders, revenue, max_order, min_order, avg_order, buyers \
-         FROM sales_by_country ORDER BY bucket, country",
-        "SELECT country, sum(orders) AS orders, sum(revenue) AS revenue, \
-         sum(avg_order__sum) / sum(avg_order__count) AS avg_order, \
-         hll_estimate(hll_merge(buyers__hll)) AS buyers \
-         FROM sales_by_country GROUP BY country ORDER BY country",
-        "WITH daily AS (SELECT date_trunc('day', bucket) AS day, sum(events) AS events \
-         FROM traffic_by_minute GROUP BY 1) SELECT * FROM daily ORDER BY day",
-        "SELECT event_date, count(*) AS events, count(DISTINCT user_id) AS users, \
-         sum(amount) AS amount FROM raw_events GROUP BY event_date ORDER BY event_date",
-        "SELECT reason, \"offset\", CAST(raw AS VARCHAR) AS raw FROM quarantine_events ORDER BY \"offset\"",
-        "SELECT buyers__hll IS NOT NULL AS has_sketch, bucket FROM sales_by_country ORDER BY bucket LIMIT 1",
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
-    ];
+    let statements = GOLDEN_SQL;
     let mut answers = Vec::new();
     for statement in statements {
         let (status, answer) = call(&state, sql(statement)).await;

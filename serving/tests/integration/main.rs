@@ -3,4 +3,5 @@
 
 mod guard;
 mod http;
+mod postgres;
 mod support;

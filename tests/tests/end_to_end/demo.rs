@@ -13,6 +13,7 @@ pub fn start(dir: &Path, logs: &Path, listen: &str, rate: u32) -> Process {
         "demo",
         Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
             .args(["demo", "--rate", &rate.to_string(), "--listen", listen])
+            .args(["--pg-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.join("data")),
         logs,

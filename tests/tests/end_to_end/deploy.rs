@@ -260,6 +260,16 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
         published.contains(&"8480:8080".to_owned()),
         "the dashboard is published on 8480"
     );
+    let compose_config = std::fs::read_to_string(deploy.join("compose/lambdaflow.toml")).unwrap();
+    let pg_port = compose_config
+        .lines()
+        .find_map(|l| l.strip_prefix("pg_listen = "))
+        .and_then(|listen| listen.trim_matches('"').rsplit(':').next())
+        .expect("the compose config serves Postgres clients");
+    assert!(
+        published.contains(&format!("{pg_port}:{pg_port}")),
+        "the Postgres port {pg_port} is published: {published:?}"
+    );
 
     // Kafka keeps its log on its volume: a restart must not empty the topics the lake holds
     // offsets of.
@@ -350,27 +360,30 @@ fn the_dockerfile_builds_the_binary_into_a_slim_non_root_image() {
         .unwrap_or_else(|e| panic!("CMD {cmd}: {e}"));
     let Sub::Demo {
         listen: Some(listen),
+        pg_listen: Some(pg_listen),
         ..
     } = cli.command
     else {
-        panic!("CMD {cmd} runs the demo on a given address");
+        panic!("CMD {cmd} runs the demo's API and Postgres listener on given addresses");
     };
-    let listen: std::net::SocketAddr = listen.parse().unwrap();
-    assert!(
-        listen.ip().is_unspecified(),
-        "the demo listens beyond the container: {listen}"
-    );
     let exposed = runtime
         .iter()
         .find_map(|l| l.strip_prefix("EXPOSE "))
         .expect("the runtime stage exposes its ports");
-    assert!(
-        exposed
-            .split_whitespace()
-            .any(|p| p == listen.port().to_string()),
-        "EXPOSE {exposed} has the demo's port {}",
-        listen.port()
-    );
+    for listen in [listen, pg_listen] {
+        let listen: std::net::SocketAddr = listen.parse().unwrap();
+        assert!(
+            listen.ip().is_unspecified(),
+            "the demo listens beyond the container: {listen}"
+        );
+        assert!(
+            exposed
+                .split_whitespace()
+                .any(|p| p == listen.port().to_string()),
+            "EXPOSE {exposed} has the demo's port {}",
+            listen.port()
+        );
+    }
     for line in runtime
         .iter()
         .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))

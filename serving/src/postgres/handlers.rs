@@ -1,0 +1,324 @@
+//! What each statement of a Postgres connection gets: `SET`, `SHOW <setting>` and
+//! transaction statements answered by `datafusion-postgres`'s hooks (a read-only session
+//! needs nothing more of them), everything else by [`Sandbox`], which runs it the way
+//! `/v1/sql` does.
+//!
+//! `datafusion-postgres` serves one shared `SessionContext`; here that context holds no table
+//! and runs nothing: the sandbox answers every statement that reaches it, and the extended
+//! protocol's execute step is [`Extended`]'s own, so that an answer is encoded in the formats
+//! (text or binary) the client bound.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast::Statement as Sql;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::hooks::{HookClient, QueryHook};
+use datafusion_postgres::pgwire::api::portal::{Format, Portal};
+use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::results::{QueryResponse, Response};
+use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::types::format::FormatOptions;
+use datafusion_postgres::{DfSessionService, Parser};
+use lambdaflow_common::auth::Scope;
+
+use super::sessions::PgSessions;
+use super::startup::TokenStartup;
+use crate::http::AppState;
+use crate::http::guard::Caller;
+use crate::sql::{self, Answer, Catalog, SqlError, Tables};
+
+/// The handlers of every connection.
+pub struct Handlers {
+    service: Arc<DfSessionService>,
+    extended: Arc<Extended>,
+    startup: Arc<TokenStartup>,
+}
+
+impl Handlers {
+    /// Handlers answering from `state`, refusing connections without TLS when `tls`.
+    pub fn new(state: AppState, tls: bool) -> std::io::Result<Self> {
+        let sessions = PgSessions::new(&state.config)
+            .map_err(|e| std::io::Error::other(format!("pg_catalog: {e}")))?;
+        let sandbox = Arc::new(Sandbox {
+            state: state.clone(),
+            sessions,
+        });
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+            sandbox.clone(),
+        ];
+        let service = Arc::new(DfSessionService::new_with_hooks(
+            Arc::new(SessionContext::new()),
+            hooks,
+        ));
+        Ok(Self {
+            extended: Arc::new(Extended {
+                service: service.clone(),
+                sandbox,
+            }),
+            startup: Arc::new(TokenStartup::new(state.guard.clone(), tls)),
+            service,
+        })
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.extended.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+}
+
+/// Runs statements as `/v1/sql` does, for the caller the connection authenticated.
+struct Sandbox {
+    state: AppState,
+    sessions: PgSessions,
+}
+
+impl Sandbox {
+    /// `statement` planned and checked for the connection's caller.
+    async fn prepare(
+        &self,
+        statement: &Sql,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> Result<sql::Prepared, SqlError> {
+        let tables = match client.session_extensions().get::<Caller>() {
+            Some(caller) if caller.may(Scope::Admin) => Tables::All,
+            Some(caller) if caller.may(Scope::Query) => Tables::Views,
+            _ => return Err(SqlError::NoQueryScope),
+        };
+        let state = &self.state;
+        sql::prepare(
+            &state.config,
+            &state.lake,
+            &state.speeds,
+            Statement::Statement(Box::new(statement.clone())),
+            tables,
+            Catalog::Postgres(self.sessions.clone()),
+        )
+        .await
+    }
+
+    /// The answer to `statement` with `params` bound, in `format`, within the SQL limits.
+    async fn answer(
+        &self,
+        statement: &Sql,
+        params: Option<ParamValues>,
+        format: &Format,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> PgWireResult<Response> {
+        let limits = &self.state.config.serving;
+        let Ok(_slot) = self.state.sql_slots.clone().try_acquire_owned() else {
+            return Err(error(
+                "53000",
+                format!(
+                    "{} SQL queries are running, the most allowed at once (serving.sql_max_concurrent); retry shortly",
+                    limits.sql_max_concurrent
+                ),
+            ));
+        };
+        let answer = sql::within_timeout(limits, async {
+            self.prepare(statement, client)
+                .await?
+                .run(limits, params)
+                .await
+        })
+        .await
+        .map_err(refusal)?;
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        encode(answer, format, options).map(Response::Query)
+    }
+}
+
+#[async_trait]
+impl QueryHook for Sandbox {
+    async fn handle_simple_query(
+        &self,
+        statement: &Sql,
+        _context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Some(
+            self.answer(statement, None, &Format::UnifiedText, &*client)
+                .await,
+        )
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Sql,
+        _context: &SessionContext,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        let limits = &self.state.config.serving;
+        let prepared = sql::within_timeout(limits, self.prepare(statement, client)).await;
+        Some(prepared.map(|p| p.plan().clone()).map_err(refusal))
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Sql,
+        _plan: &LogicalPlan,
+        params: &ParamValues,
+        _context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Some(
+            self.answer(
+                statement,
+                Some(params.clone()),
+                &Format::UnifiedText,
+                &*client,
+            )
+            .await,
+        )
+    }
+}
+
+/// The extended protocol: parsing and describing as `datafusion-postgres` does (the plan
+/// comes from [`Sandbox`]), executing a query in the sandbox with the formats the client
+/// bound.
+struct Extended {
+    service: Arc<DfSessionService>,
+    sandbox: Arc<Sandbox>,
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Extended {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.service.query_parser()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        match &portal.statement.statement {
+            (_, Some((statement, plan))) if is_query(statement) => {
+                let params = bound_parameters(portal, plan)?;
+                self.sandbox
+                    .answer(
+                        statement,
+                        Some(params),
+                        &portal.result_column_format,
+                        &*client,
+                    )
+                    .await
+            }
+            _ => ExtendedQueryHandler::do_query(&*self.service, client, portal, max_rows).await,
+        }
+    }
+}
+
+/// Whether the sandbox answers `statement` with rows (the rest is `SET`, `SHOW <setting>`,
+/// transactions, or refused).
+fn is_query(statement: &Sql) -> bool {
+    matches!(
+        statement,
+        Sql::Query(_)
+            | Sql::Explain { .. }
+            | Sql::ShowTables { .. }
+            | Sql::ShowColumns { .. }
+            | Sql::ExplainTable { .. }
+    )
+}
+
+/// The portal's parameters, decoded as the types the client sent or the plan inferred.
+fn bound_parameters(
+    portal: &Portal<<DfSessionService as ExtendedQueryHandler>::Statement>,
+    plan: &LogicalPlan,
+) -> PgWireResult<ParamValues> {
+    let inferred = plan
+        .get_parameter_types()
+        .map_err(|e| error("42P18", e.strip_backtrace()))?;
+    let mut ordered: Vec<(usize, Option<DataType>)> = inferred
+        .into_iter()
+        .filter_map(|(id, ty)| Some((id.strip_prefix('$')?.parse().ok()?, ty)))
+        .collect();
+    ordered.sort_by_key(|(position, _)| *position);
+    let types: Vec<Option<&DataType>> = ordered.iter().map(|(_, ty)| ty.as_ref()).collect();
+    deserialize_parameters(portal, &types)
+}
+
+/// `answer` as Postgres rows, each column in `format`.
+fn encode(
+    answer: Answer,
+    format: &Format,
+    options: Arc<FormatOptions>,
+) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        &answer.schema,
+        format,
+        Some(options),
+    )?);
+    let rows = {
+        let fields = fields.clone();
+        answer
+            .batches
+            .into_iter()
+            .flat_map(move |batch| encode_recordbatch(fields.clone(), batch))
+    };
+    Ok(QueryResponse::new(fields, futures::stream::iter(rows)))
+}
+
+/// The Postgres error for a statement that got no answer, with the SQLSTATE a client can act
+/// on.
+fn refusal(error_: SqlError) -> PgWireError {
+    let code = match &error_ {
+        SqlError::NotAQuery(_) => "25006",
+        SqlError::Invalid(_) => "42000",
+        SqlError::TooManyRows(_) => "54000",
+        SqlError::Memory { .. } => "53200",
+        SqlError::Timeout(_) => "57014",
+        SqlError::Starting => "57P03",
+        SqlError::InexactRollup(_) => "42803",
+        SqlError::Forbidden(_) | SqlError::NoQueryScope => "42501",
+        SqlError::Rebuilding(_) => "55000",
+        SqlError::Internal(_) => "XX000",
+    };
+    error(code, error_.to_string())
+}
+
+fn error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_owned(),
+        code.to_owned(),
+        message,
+    )))
+}

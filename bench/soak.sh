@@ -102,7 +102,7 @@ end
 LUA
 load "POST /v1/events/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
-echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,speed_id_bytes,archiver_id_bytes,id_disk_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files" > bench/soak.csv
+echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,speed_id_bytes,archiver_id_bytes,id_disk_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files,batch_groups,speed_state_bytes" > bench/soak.csv
 samples=$(( MINUTES * 2 ))
 started=$SECONDS
 forced=$SECONDS
@@ -113,7 +113,7 @@ for i in $(seq 0 "$samples"); do
   fi
   rss="$(awk '/VmRSS/ { print $2 }' "/proc/$PID/status")"
   fds="$(ls "/proc/$PID/fd" | wc -l)"
-  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_dedup_id_bytes),$(series 'lambdaflow_archiver_dedup_id_bytes{place="memory",source="events"}'),$(( $(metric lambdaflow_speed_dedup_id_disk_bytes) + $(series 'lambdaflow_archiver_dedup_id_bytes{place="disk",source="events"}') )),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",source="events",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total)" >> bench/soak.csv
+  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_dedup_id_bytes),$(series 'lambdaflow_archiver_dedup_id_bytes{place="memory",source="events"}'),$(( $(metric lambdaflow_speed_dedup_id_disk_bytes) + $(series 'lambdaflow_archiver_dedup_id_bytes{place="disk",source="events"}') )),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",source="events",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total),$(metric lambdaflow_view_batch_groups),$(metric lambdaflow_speed_state_bytes)" >> bench/soak.csv
   [ "$i" -lt "$samples" ] && sleep 30
 done
 
@@ -124,14 +124,15 @@ done
   echo "Batch schedule \`$LAMBDAFLOW_BATCH__SCHEDULE\`, a forced run every $FORCE_EVERY s, raw retention"
   echo "$LAMBDAFLOW_RETENTION__RAW, vacuum retention $LAMBDAFLOW_LAKE__VACUUM_RETENTION. Plot: bench/soak.svg."
   echo
-  "${LAMBDAFLOW_PYTHON:-python3}" - bench/soak.csv bench/soak.svg <<'PY'
+  "${LAMBDAFLOW_PYTHON:-python3}" - bench/soak.csv bench/soak.svg "$FORCE_EVERY" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
+cycle_seconds = float(sys.argv[3])
 half = rows[len(rows) // 2:]
 keys = ["rss_kib", "allocated_kib", "jemalloc_resident_kib", "open_files", "lag", "retained", "retained_bytes",
         "speed_id_bytes", "archiver_id_bytes", "id_disk_bytes", "messages", "view_version",
         "raw_delta_versions", "raw_live_files", "raw_files", "raw_log_files", "view_files",
-        "lake_bytes", "expired_dates", "vacuumed_files"]
+        "lake_bytes", "expired_dates", "vacuumed_files", "batch_groups", "speed_state_bytes"]
 print("| series | first | middle | last | max | second half trend |")
 print("| --- | --- | --- | --- | --- | --- |")
 for key in keys:
@@ -139,6 +140,20 @@ for key in keys:
     tail = [int(float(r[key] or 0)) for r in half]
     trend = (tail[-1] - tail[0]) / max(1, abs(tail[0]))
     print(f"| {key} | {values[0]} | {values[len(values) // 2]} | {values[-1]} | {max(values)} | {trend:+.1%} |")
+
+# Per cycle of forced runs: the resident set's low and peak, and the batch groups the views
+# hold at its end (memory that follows the answer's size, not the events').
+cycles = {}
+for r in rows:
+    cycles.setdefault(int(float(r["minute"]) * 60 // cycle_seconds) + 1, []).append(r)
+print()
+print("| cycle | RSS low / peak, MB | allocated low / peak, MB | batch groups at its end | dedup ids in memory, speed / archiver, MB |")
+print("| --- | --- | --- | --- | --- |")
+for n, part in sorted(cycles.items()):
+    mb = lambda key, f: f(int(float(r[key] or 0)) for r in part) / 1024
+    last = part[-1]
+    print(f"| {n} | {mb('rss_kib', min):.0f} / {mb('rss_kib', max):.0f} | {mb('allocated_kib', min):.0f} / {mb('allocated_kib', max):.0f} "
+          f"| {last['batch_groups']} | {int(last['speed_id_bytes']) / 2**20:.1f} / {int(last['archiver_id_bytes']) / 2**20:.1f} |")
 
 # Each plotted series relative to its own maximum, against minutes.
 plotted = {"rss_kib": "#1f77b4", "allocated_kib": "#17becf", "lake_bytes": "#d62728", "raw_live_files": "#2ca02c",

@@ -28,7 +28,8 @@ pub enum Command {
         /// configured, the demo makes a token with every scope and prints it.
         #[arg(long)]
         listen: Option<String>,
-        /// Postgres wire protocol listen address (default 127.0.0.1:5433).
+        /// Postgres wire protocol listen address (default 127.0.0.1:5433, or a free loopback
+        /// port when that one is taken).
         #[arg(long)]
         pg_listen: Option<String>,
         /// Generated events per second, to each source.

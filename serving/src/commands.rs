@@ -587,20 +587,34 @@ async fn spawn_postgres(
         .await
         .map_err(Error::Serve)?
         .map(|tls| tls.get_inner());
+    let encrypted = tls.is_some();
+    let server = postgres::Server::new(state.clone(), tls).map_err(Error::Serve)?;
     let listener = TcpListener::bind(&listen).await.map_err(listening)?;
     let addr = listener.local_addr().map_err(listening)?;
-    tracing::info!(%addr, tls = tls.is_some(), "Postgres wire protocol listening");
-    let (state, shutdown) = (state.clone(), shutdown.clone());
+    tracing::info!(%addr, tls = encrypted, "Postgres wire protocol listening");
+    let shutdown = shutdown.clone();
     tasks.spawn("postgres", async move {
-        postgres::serve(listener, state, tls, shutdown)
-            .await
-            .map_err(Error::Serve)
+        server.serve(listener, shutdown).await;
+        Ok(())
     });
     Ok(Some(addr))
 }
 
 /// Where the demo serves Postgres clients unless told otherwise.
 pub const DEMO_PG_LISTEN: &str = "127.0.0.1:5433";
+
+/// [`DEMO_PG_LISTEN`], or any free loopback port when something else (a Postgres, say)
+/// already listens there: the demo's Postgres listener is an extra that must not keep the
+/// demo from starting. The address taken is printed with the others.
+async fn demo_pg_listen() -> String {
+    match TcpListener::bind(DEMO_PG_LISTEN).await {
+        Ok(_) => DEMO_PG_LISTEN.to_owned(),
+        Err(error) => {
+            tracing::warn!(%error, "{DEMO_PG_LISTEN} is taken: the demo serves Postgres clients on another port");
+            "127.0.0.1:0".to_owned()
+        }
+    }
+}
 
 /// Options of `lambdaflow demo`.
 #[derive(Debug, Clone)]
@@ -640,11 +654,10 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> Result<(
     if let Some(listen) = options.listen {
         config.serving.listen = listen;
     }
-    config.serving.pg_listen = Some(
-        options
-            .pg_listen
-            .unwrap_or_else(|| DEMO_PG_LISTEN.to_owned()),
-    );
+    config.serving.pg_listen = Some(match options.pg_listen {
+        Some(listen) => listen,
+        None => demo_pg_listen().await,
+    });
     if !config.kafka.is_embedded() {
         return Err(Error::DemoNeedsEmbeddedBroker);
     }

@@ -1,13 +1,16 @@
-//! What each statement of a Postgres connection gets: `SET`, `SHOW <setting>` and
-//! transaction statements answered by `datafusion-postgres`'s hooks (a read-only session
-//! needs nothing more of them), everything else by [`Sandbox`], which runs it the way
-//! `/v1/sql` does.
+//! What each statement of a Postgres connection gets: refused outright on a connection that
+//! did not log in; `SET`, `SHOW <setting>` and transaction statements answered by
+//! `datafusion-postgres`'s hooks (a read-only session needs nothing more of them); everything
+//! else by [`Sandbox`], which runs it the way `/v1/sql` does.
 //!
-//! `datafusion-postgres` serves one shared `SessionContext`; here that context holds no table
-//! and runs nothing: the sandbox answers every statement that reaches it, and the extended
-//! protocol's execute step is [`Extended`]'s own, so that an answer is encoded in the formats
-//! (text or binary) the client bound.
-
+//! `datafusion-postgres` serves one shared `SessionContext`; here it holds no table and only
+//! the `SET` hook writes its settings there, which no statement reads: the sandbox answers
+//! every other statement, in a session of its own. The simple protocol's statements are
+//! parsed once here first, so that a syntax error is reported as one and a message holds at
+//! most [`MAX_STATEMENTS`] of them (each answer is held until the last is done). The extended
+//! protocol plans a statement at Parse over the views' columns alone and runs it at Execute
+//! ([`Extended`]), so that nothing is merged twice nor held between the two, and the answer is
+//! encoded in the formats (text or binary) the client bound.
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,14 +20,16 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as Sql;
-use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::{QueryResponse, Response};
+use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
@@ -37,11 +42,14 @@ use super::sessions::PgSessions;
 use super::startup::TokenStartup;
 use crate::http::AppState;
 use crate::http::guard::Caller;
-use crate::sql::{self, Answer, Catalog, SqlError, Tables};
+use crate::sql::{self, Answer, Catalog, SqlError, Tables, Views};
+
+/// Statements one simple-protocol message may hold.
+pub const MAX_STATEMENTS: usize = 16;
 
 /// The handlers of every connection.
 pub struct Handlers {
-    service: Arc<DfSessionService>,
+    simple: Arc<Simple>,
     extended: Arc<Extended>,
     startup: Arc<TokenStartup>,
 }
@@ -56,6 +64,7 @@ impl Handlers {
             sessions,
         });
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(LoggedIn),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
             sandbox.clone(),
@@ -65,19 +74,19 @@ impl Handlers {
             hooks,
         ));
         Ok(Self {
-            extended: Arc::new(Extended {
+            simple: Arc::new(Simple {
                 service: service.clone(),
-                sandbox,
+                parser: PostgresCompatibilityParser::new(),
             }),
+            extended: Arc::new(Extended { service, sandbox }),
             startup: Arc::new(TokenStartup::new(state.guard.clone(), tls)),
-            service,
         })
     }
 }
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.service.clone()
+        self.simple.clone()
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
@@ -89,6 +98,52 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
+/// Refuses every statement of a connection whose login was refused: pgwire goes on reading
+/// its messages after the error.
+struct LoggedIn;
+
+impl LoggedIn {
+    fn refusal<T>(client: &(dyn ClientInfo + Send + Sync)) -> Option<PgWireResult<T>> {
+        client
+            .session_extensions()
+            .get::<Caller>()
+            .is_none()
+            .then(|| Err(error("28000", "not logged in".into())))
+    }
+}
+
+#[async_trait]
+impl QueryHook for LoggedIn {
+    async fn handle_simple_query(
+        &self,
+        _statement: &Sql,
+        _context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Self::refusal(&*client)
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        _statement: &Sql,
+        _context: &SessionContext,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        Self::refusal(client)
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Sql,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Self::refusal(&*client)
+    }
+}
+
 /// Runs statements as `/v1/sql` does, for the caller the connection authenticated.
 struct Sandbox {
     state: AppState,
@@ -96,10 +151,11 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    /// `statement` planned and checked for the connection's caller.
+    /// `statement` planned and checked for the connection's caller, over `views`.
     async fn prepare(
         &self,
         statement: &Sql,
+        views: Views,
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Result<sql::Prepared, SqlError> {
         let tables = match client.session_extensions().get::<Caller>() {
@@ -115,6 +171,7 @@ impl Sandbox {
             Statement::Statement(Box::new(statement.clone())),
             tables,
             Catalog::Postgres(self.sessions.clone()),
+            views,
         )
         .await
     }
@@ -138,7 +195,7 @@ impl Sandbox {
             ));
         };
         let answer = sql::within_timeout(limits, async {
-            self.prepare(statement, client)
+            self.prepare(statement, Views::Merged, client)
                 .await?
                 .run(limits, params)
                 .await
@@ -171,27 +228,59 @@ impl QueryHook for Sandbox {
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         let limits = &self.state.config.serving;
-        let prepared = sql::within_timeout(limits, self.prepare(statement, client)).await;
+        let prepared =
+            sql::within_timeout(limits, self.prepare(statement, Views::Columns, client)).await;
         Some(prepared.map(|p| p.plan().clone()).map_err(refusal))
     }
 
+    /// Not reached: [`Extended`] runs every statement the sandbox planned at Parse, and the
+    /// sandbox plans only queries. Refused rather than left to the shared context.
     async fn handle_extended_query(
         &self,
         statement: &Sql,
         _plan: &LogicalPlan,
-        params: &ParamValues,
+        _params: &ParamValues,
         _context: &SessionContext,
-        client: &mut dyn HookClient,
+        _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        Some(
-            self.answer(
-                statement,
-                Some(params.clone()),
-                &Format::UnifiedText,
-                &*client,
-            )
-            .await,
-        )
+        Some(Err(refusal(SqlError::NotAQuery(statement.to_string()))))
+    }
+}
+
+/// The simple protocol: `datafusion-postgres`'s, once the message parsed and counted.
+struct Simple {
+    service: Arc<DfSessionService>,
+    parser: PostgresCompatibilityParser,
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Simple {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = self
+            .parser
+            .parse(query)
+            .map_err(|e| error("42601", e.to_string()))?;
+        if statements.len() > MAX_STATEMENTS {
+            return Err(error(
+                "54000",
+                format!(
+                    "{} statements in one message; at most {MAX_STATEMENTS} are run together",
+                    statements.len()
+                ),
+            ));
+        }
+        SimpleQueryHandler::do_query(&*self.service, client, query).await
     }
 }
 
@@ -231,7 +320,7 @@ impl ExtendedQueryHandler for Extended {
     {
         match &portal.statement.statement {
             (_, Some((statement, plan))) if is_query(statement) => {
-                let params = bound_parameters(portal, plan)?;
+                let params = bound_parameters(portal, plan, &self.service.query_parser())?;
                 self.sandbox
                     .answer(
                         statement,
@@ -259,21 +348,39 @@ fn is_query(statement: &Sql) -> bool {
     )
 }
 
-/// The portal's parameters, decoded as the types the client sent or the plan inferred.
+/// The portal's parameters, decoded as the client says they are typed, else as the types
+/// Parse described to it, else as the plan infers them.
 fn bound_parameters(
     portal: &Portal<<DfSessionService as ExtendedQueryHandler>::Statement>,
     plan: &LogicalPlan,
+    parser: &Parser,
 ) -> PgWireResult<ParamValues> {
     let inferred = plan
         .get_parameter_types()
         .map_err(|e| error("42P18", e.strip_backtrace()))?;
-    let mut ordered: Vec<(usize, Option<DataType>)> = inferred
-        .into_iter()
-        .filter_map(|(id, ty)| Some((id.strip_prefix('$')?.parse().ok()?, ty)))
-        .collect();
-    ordered.sort_by_key(|(position, _)| *position);
-    let types: Vec<Option<&DataType>> = ordered.iter().map(|(_, ty)| ty.as_ref()).collect();
-    deserialize_parameters(portal, &types)
+    let mut types: Vec<Option<DataType>> = Vec::new();
+    for (id, ty) in inferred {
+        let position = id
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                error(
+                    "42P02",
+                    format!("parameter {id}: only $1, $2, ... are bound"),
+                )
+            })?;
+        if types.len() < position {
+            types.resize(position, None);
+        }
+        types[position - 1] = ty;
+    }
+    let described = parser.get_parameter_types(&portal.statement.statement)?;
+    deserialize_parameters_with_server_types(
+        portal,
+        &types.iter().map(Option::as_ref).collect::<Vec<_>>(),
+        &described.iter().map(Some).collect::<Vec<_>>(),
+    )
 }
 
 /// `answer` as Postgres rows, each column in `format`.

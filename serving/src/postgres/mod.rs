@@ -21,6 +21,7 @@ mod sessions;
 mod startup;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion_postgres::pgwire::tokio::process_socket;
 use tokio::net::TcpListener;
@@ -31,56 +32,70 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::AppState;
 
-pub use handlers::Handlers;
+use handlers::Handlers;
+pub use handlers::MAX_STATEMENTS;
 pub use sessions::PgSessions;
 
 /// Connections served at once, as Postgres's own default `max_connections`; one more is
 /// closed as it arrives.
 pub const MAX_CONNECTIONS: usize = 100;
 
-/// Serves Postgres clients on `listener` (TLS offered with `tls`) until `shutdown` is
-/// cancelled, then ends the connections still open.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let tls = tls.map(|config| {
-        let mut config = (*config).clone();
-        config.alpn_protocols = vec![b"postgresql".to_vec()];
-        TlsAcceptor::from(Arc::new(config))
-    });
-    let handlers = Arc::new(Handlers::new(state, tls.is_some())?);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let connections = TaskTracker::new();
-    loop {
-        let (socket, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "Postgres listener: accept failed");
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "Postgres connection refused: {MAX_CONNECTIONS} are open");
-            continue;
-        };
-        let (handlers, tls, shutdown) = (handlers.clone(), tls.clone(), shutdown.clone());
-        connections.spawn(async move {
-            let _slot = slot;
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                served = process_socket(socket, tls, handlers) => if let Err(error) = served {
-                    tracing::debug!(%peer, %error, "Postgres connection ended with an error");
-                },
-            }
+/// A Postgres listener's handlers and TLS, ready before it listens.
+pub struct Server {
+    handlers: Arc<Handlers>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Server {
+    /// Serves from `state`, over TLS only when `tls` is given.
+    pub fn new(state: AppState, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Self> {
+        let tls = tls.map(|config| {
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+            TlsAcceptor::from(Arc::new(config))
         });
+        Ok(Self {
+            handlers: Arc::new(Handlers::new(state, tls.is_some())?),
+            tls,
+        })
     }
-    connections.close();
-    connections.wait().await;
-    Ok(())
+
+    /// Serves Postgres clients on `listener` until `shutdown` is cancelled, then ends the
+    /// connections still open.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let connections = TaskTracker::new();
+        loop {
+            let (socket, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors, say: wait for connections to end rather
+                        // than spin.
+                        tracing::warn!(%error, "Postgres listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "Postgres connection refused: {MAX_CONNECTIONS} are open");
+                continue;
+            };
+            let (handlers, tls, shutdown) =
+                (self.handlers.clone(), self.tls.clone(), shutdown.clone());
+            connections.spawn(async move {
+                let _slot = slot;
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    served = process_socket(socket, tls, handlers) => if let Err(error) = served {
+                        tracing::debug!(%peer, %error, "Postgres connection ended with an error");
+                    },
+                }
+            });
+        }
+        connections.close();
+        connections.wait().await;
+    }
 }

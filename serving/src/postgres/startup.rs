@@ -68,10 +68,14 @@ impl StartupHandler for TokenStartup {
         match message {
             PgWireFrontendMessage::Startup(startup) => {
                 if self.tls && !client.is_secure() {
-                    return Err(refusal(
-                        "08P01",
-                        "this server speaks TLS only: connect with sslmode=require".into(),
-                    ));
+                    return hang_up(
+                        client,
+                        refusal(
+                            "08P01",
+                            "this server speaks TLS only: connect with sslmode=require".into(),
+                        ),
+                    )
+                    .await;
                 }
                 protocol_negotiation(client, &startup).await?;
                 save_startup_parameters_to_metadata(client, &startup);
@@ -83,11 +87,10 @@ impl StartupHandler for TokenStartup {
                         ))
                         .await?;
                 } else {
-                    let caller = self
-                        .guard
-                        .identify("")
-                        .map_err(|e| refusal("28000", e.to_string()))?;
-                    self.admit(client, caller).await?;
+                    match self.guard.identify("") {
+                        Ok(caller) => self.admit(client, caller).await?,
+                        Err(e) => return hang_up(client, refusal("28000", e.to_string())).await,
+                    }
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(password) => {
@@ -97,7 +100,11 @@ impl StartupHandler for TokenStartup {
                     Ok(caller) => self.admit(client, caller).await?,
                     Err(_) => {
                         tracing::info!(user = ?user, peer = %client.socket_addr(), "Postgres login refused: unknown token");
-                        return Err(PgWireError::InvalidPassword(user.unwrap_or_default()));
+                        return hang_up(
+                            client,
+                            PgWireError::InvalidPassword(user.unwrap_or_default()),
+                        )
+                        .await;
                     }
                 }
             }
@@ -105,6 +112,26 @@ impl StartupHandler for TokenStartup {
         }
         Ok(())
     }
+}
+
+/// Sends `error` and closes the connection: pgwire would otherwise go on reading the
+/// messages of a client it refused.
+async fn hang_up<C>(client: &mut C, error: PgWireError) -> PgWireResult<()>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let info = ErrorInfo::from(error);
+    let message = info.message.clone();
+    client
+        .send(PgWireBackendMessage::ErrorResponse(info.into()))
+        .await?;
+    client.close().await?;
+    Err(PgWireError::IoError(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        message,
+    )))
 }
 
 fn refusal(code: &str, message: String) -> PgWireError {

@@ -24,6 +24,7 @@ use arrow::array::RecordBatch;
 use datafusion::common::{DataFusionError, ParamValues};
 use datafusion::config::Dialect;
 use datafusion::datasource::MemTable;
+use datafusion::datasource::empty::EmptyTable;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -136,10 +137,18 @@ pub async fn query(
             .state()
             .sql_to_statement(sql, &Dialect::Generic)
             .map_err(|e| classify(e, limits))?;
-        prepare(config, lake, speeds, statement, tables, Catalog::Sql)
-            .await?
-            .run(limits, None)
-            .await
+        prepare(
+            config,
+            lake,
+            speeds,
+            statement,
+            tables,
+            Catalog::Sql,
+            Views::Merged,
+        )
+        .await?
+        .run(limits, None)
+        .await
     };
     within_timeout(limits, run).await
 }
@@ -164,6 +173,17 @@ pub enum Catalog {
     Postgres(PgSessions),
 }
 
+/// What a session holds of each view it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Views {
+    /// Its batch and speed states merged at this moment: to run the statement.
+    Merged,
+    /// Its columns and no rows: to plan a statement that runs later (the Postgres extended
+    /// protocol describes a statement's answer before it binds and runs it), without merging
+    /// anything or holding the merge until then.
+    Columns,
+}
+
 /// A statement planned and checked in a session of its own, its tables registered: nothing
 /// has run yet.
 pub struct Prepared {
@@ -171,7 +191,7 @@ pub struct Prepared {
     plan: LogicalPlan,
 }
 
-/// Plans `statement` in a new session holding the tables it names (every table when it
+/// Plans `statement` in a new session holding the tables it names, views as `views` says (every table when it
 /// looks at the catalogue), refusing what is not a query, what `tables` does not cover and
 /// what adds up what cannot be added.
 pub async fn prepare(
@@ -181,23 +201,23 @@ pub async fn prepare(
     statement: Statement,
     tables: Tables,
     catalog: Catalog,
+    views: Views,
 ) -> Result<Prepared, SqlError> {
     let limits = &config.serving;
-    let postgres = matches!(catalog, Catalog::Postgres(_));
     let ctx = session(limits, catalog, tables)?;
     read_only(&statement)?;
     let references = ctx
         .state()
         .resolve_table_references(&statement)
         .map_err(|e| classify(e, limits))?;
-    // A look at the catalogue (`SHOW TABLES`, `information_schema`, `pg_catalog`) sees every
-    // table; any other statement gets only the tables it names, so a query on one view never
-    // pays for merging the others or opening the lake.
+    // A look at the catalogue (`SHOW TABLES`, `information_schema`) sees every table; any
+    // other statement gets only the tables it names, so a query on one view never pays for
+    // merging the others or opening the lake. (Postgres's `pg_catalog` describes the tables
+    // from the config alone: see `crate::postgres`.)
     let catalogue = matches!(&statement, Statement::Statement(s) if matches!(s.as_ref(), Sql::ShowTables { .. }))
-        || references.iter().any(|r| {
-            matches!(r.schema(), Some("information_schema" | "pg_catalog"))
-                || (postgres && r.table().starts_with("pg_"))
-        });
+        || references
+            .iter()
+            .any(|r| r.schema() == Some("information_schema"));
     let names: std::collections::BTreeSet<String> = if catalogue {
         let sources = config.sources.iter().filter(|_| tables == Tables::All);
         config
@@ -212,7 +232,7 @@ pub async fn prepare(
         references.iter().map(|r| r.table().to_owned()).collect()
     };
     for name in &names {
-        register(config, lake, speeds, &ctx, name, tables).await?;
+        register(config, lake, speeds, &ctx, name, tables, views).await?;
     }
     let plan = ctx
         .state()
@@ -354,12 +374,18 @@ async fn register(
     ctx: &SessionContext,
     name: &str,
     tables: Tables,
+    views: Views,
 ) -> Result<(), SqlError> {
     let internal = |e: &dyn std::fmt::Display| SqlError::Internal(format!("table `{name}`: {e}"));
     if let Some(at) = speeds.view(name) {
         let view = &config.views[at.global];
         let source = config.source_of(view);
         let layout = ViewLayout::new(source, view).map_err(|e| internal(&e))?;
+        if views == Views::Columns {
+            ctx.register_table(name, Arc::new(EmptyTable::new(layout.schema)))
+                .map_err(|e| internal(&e))?;
+            return Ok(());
+        }
         let pair = {
             let Some(snapshot) = speeds.served(at.source).snapshot() else {
                 return Err(SqlError::Starting);

@@ -1,6 +1,6 @@
 //! The SQL over the Postgres wire protocol, driven by real clients: Debian's `psql` and
 //! Python's `psycopg` (from `LAMBDAFLOW_PYTHON`, which `bash .ci/run` sets up) against
-//! [`lambdaflow_serving::postgres::serve`] on a loopback port, compared with `/v1/sql`.
+//! [`lambdaflow_serving::postgres::Server`] on a loopback port, compared with `/v1/sql`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,7 +29,8 @@ async fn listening(state: AppState) -> (SocketAddr, tokio_util::sync::DropGuard)
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(postgres::serve(listener, state, tls, shutdown.clone()));
+    let server = postgres::Server::new(state, tls).unwrap();
+    tokio::spawn(server.serve(listener, shutdown.clone()));
     (addr, shutdown.drop_guard())
 }
 
@@ -139,17 +140,20 @@ with psycopg.connect(conninfo) as conn:
                 cur.execute(sql)
                 answers.append(answer(cur))
         out["binary" if binary else "text"] = answers
-    with conn.cursor() as cur:
-        cur.execute("SELECT country, orders FROM sales_by_country WHERE country = %s AND orders >= %s ORDER BY bucket", ("DE", 1))
-        out["params"] = answer(cur)
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("SELECT country, orders FROM sales_by_country WHERE country = %s AND orders >= %s ORDER BY bucket", ("DE", 1))
+            out["params_binary" if binary else "params"] = answer(cur)
     with conn.cursor() as cur:
         cur.execute("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1")
         out["pg_class"] = [r[0] for r in cur.fetchall()]
-    try:
-        conn.execute("DELETE FROM sales_by_country")
-        out["write"] = None
-    except psycopg.Error as e:
-        out["write"] = [e.sqlstate, str(e)]
+    for key, sql in (("write", "DELETE FROM sales_by_country"), ("syntax", "SELEC 1")):
+        try:
+            conn.rollback()
+            conn.execute(sql)
+            out[key] = None
+        except psycopg.Error as e:
+            out[key] = [e.sqlstate, str(e)]
 print(json.dumps(out))
 "#;
 
@@ -210,6 +214,9 @@ async fn psql_and_psycopg_get_the_answers_of_the_http_api() {
     let (ok, _, err) = output(&mut psql(addr, None, "CREATE TABLE t (a INT)")).await;
     assert!(!ok, "psql ran a CREATE TABLE");
     assert!(err.contains("only queries are allowed"), "{err}");
+    let many = vec!["SELECT 1"; postgres::MAX_STATEMENTS + 1].join("; ");
+    let (ok, _, err) = output(&mut psql(addr, None, &many)).await;
+    assert!(!ok && err.contains("statements in one message"), "{err}");
     let (ok, _, err) = output(&mut psql(
         addr,
         None,
@@ -286,7 +293,13 @@ async fn psql_and_psycopg_get_the_answers_of_the_http_api() {
         .filter_map(Value::as_str)
         .collect();
     assert!(pg_class.contains(&"sales_by_country"), "{pg_class:?}");
+    assert_eq!(got["params_binary"], got["params"]);
     assert_eq!(got["write"][0], "25006", "a DELETE: {}", got["write"]);
+    assert_eq!(
+        got["syntax"][0], "42601",
+        "a syntax error: {}",
+        got["syntax"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

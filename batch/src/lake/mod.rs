@@ -220,7 +220,8 @@ pub async fn open(url: &Url, version: Option<u64>) -> Result<Option<DeltaTable>>
 }
 
 /// Opens the Delta table at `url`, creating it with `schema` and `partition_by` if there is none
-/// (with delta-rs' own log cleanup off: [`LOG_CLEANUP_PROPERTY`]).
+/// (with delta-rs' own log cleanup off: [`LOG_CLEANUP_PROPERTY`]); when another process
+/// creates it at the same moment, the table it created.
 pub async fn open_or_create(
     url: &Url,
     schema: &SchemaRef,
@@ -249,13 +250,21 @@ pub async fn open_or_create(
         .as_ref()
         .try_into_kernel()
         .map_err(|e| delta(e.into()))?;
-    table
+    let created = table
         .create()
         .with_columns(columns.fields().cloned())
         .with_partition_columns(partition_by.iter().copied())
         .with_configuration_property(LOG_CLEANUP_PROPERTY, Some("false"))
-        .await
-        .map_err(delta)
+        .await;
+    match created {
+        Ok(table) => Ok(table),
+        // Another process (an archiver, an import) created it since we looked: its version 0
+        // is the table, with the same columns from the same config.
+        Err(error) => match DeltaTable::try_from_url(url.clone()).await {
+            Ok(table) if table.version().is_some() => Ok(table),
+            _ => Err(delta(error)),
+        },
+    }
 }
 
 /// The table property that lets delta-rs delete log entries after every commit: lambdaflow
@@ -407,6 +416,23 @@ mod tests {
         assert!(lake.root().as_str().ends_with("/lake/"));
         assert!(lake.raw("events").as_str().ends_with("/lake/raw/events/"));
         assert!(dir.path().join("lake").is_dir());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creators_at_the_same_moment_open_one_table() {
+        use lambdaflow_common::schema::quarantine_schema;
+        for _ in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let lake = Lake::new(&LakeConfig::at(dir.path().display().to_string())).unwrap();
+            let url = lake.quarantine("events");
+            let schema = quarantine_schema();
+            let create = || open_or_create(&url, &schema, &[INGEST_DATE]);
+            let (a, b) = tokio::join!(create(), create());
+            for table in [a.unwrap(), b.unwrap()] {
+                let columns = table.snapshot().unwrap().schema().fields().count();
+                assert_eq!(columns, schema.fields().len());
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
@@ -349,38 +348,40 @@ fn is_query(statement: &Sql) -> bool {
 }
 
 /// The portal's parameters, decoded as the client says they are typed, else as the types
-/// Parse described to it, else as the plan infers them.
+/// Parse described to it (listed in the order of the placeholders' numbers), else as the plan
+/// infers them.
 fn bound_parameters(
     portal: &Portal<<DfSessionService as ExtendedQueryHandler>::Statement>,
     plan: &LogicalPlan,
     parser: &Parser,
 ) -> PgWireResult<ParamValues> {
-    let inferred = plan
+    let bound = portal.parameter_len();
+    let mut placeholders = Vec::new();
+    for (id, ty) in plan
         .get_parameter_types()
-        .map_err(|e| error("42P18", e.strip_backtrace()))?;
-    let mut types: Vec<Option<DataType>> = Vec::new();
-    for (id, ty) in inferred {
+        .map_err(|e| error("42P18", e.strip_backtrace()))?
+    {
         let position = id
             .strip_prefix('$')
             .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n >= 1)
+            .filter(|n| (1..=bound).contains(n))
             .ok_or_else(|| {
                 error(
-                    "42P02",
-                    format!("parameter {id}: only $1, $2, ... are bound"),
+                    "08P01",
+                    format!("parameter {id} is not one of the {bound} the client bound"),
                 )
             })?;
-        if types.len() < position {
-            types.resize(position, None);
-        }
-        types[position - 1] = ty;
+        placeholders.push((position, ty));
     }
+    placeholders.sort_by_key(|(position, _)| *position);
     let described = parser.get_parameter_types(&portal.statement.statement)?;
-    deserialize_parameters_with_server_types(
-        portal,
-        &types.iter().map(Option::as_ref).collect::<Vec<_>>(),
-        &described.iter().map(Some).collect::<Vec<_>>(),
-    )
+    let mut inferred = vec![None; bound];
+    let mut server = vec![None; bound];
+    for ((position, ty), wire) in placeholders.iter().zip(described.iter()) {
+        inferred[position - 1] = ty.as_ref();
+        server[position - 1] = Some(wire);
+    }
+    deserialize_parameters_with_server_types(portal, &inferred, &server)
 }
 
 /// `answer` as Postgres rows, each column in `format`.

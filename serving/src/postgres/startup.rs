@@ -77,7 +77,9 @@ impl StartupHandler for TokenStartup {
                     )
                     .await;
                 }
-                protocol_negotiation(client, &startup).await?;
+                if let Err(error) = protocol_negotiation(client, &startup).await {
+                    return hang_up(client, error).await;
+                }
                 save_startup_parameters_to_metadata(client, &startup);
                 if self.guard.needs_token() {
                     client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -94,7 +96,10 @@ impl StartupHandler for TokenStartup {
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(password) => {
-                let password = password.into_password()?;
+                let password = match password.into_password() {
+                    Ok(password) => password,
+                    Err(error) => return hang_up(client, error).await,
+                };
                 let user = client.metadata().get(METADATA_USER).cloned();
                 match self.guard.identify(password.password.trim()) {
                     Ok(caller) => self.admit(client, caller).await?,

@@ -36,6 +36,18 @@ pub(crate) fn with_tokens(mut config: Config) -> Config {
     config
 }
 
+/// `config` serving with a self-signed certificate for `localhost`, written with its key to
+/// `dir`; the certificate's PEM, for clients to trust.
+pub(crate) fn with_certificate(mut config: Config, dir: &std::path::Path) -> (Config, String) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    config.serving.tls_cert = Some(cert);
+    config.serving.tls_key = Some(key);
+    (config, made.cert.pem())
+}
+
 fn request(method: &str, path: &str, token: Option<&str>) -> Request<Body> {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(token) = token {
@@ -282,13 +294,7 @@ async fn the_api_speaks_tls_with_the_configured_certificate() {
     let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let mut config = with_tokens(Config::shop());
-    config.serving.tls_cert = Some(cert);
-    config.serving.tls_key = Some(key);
+    let (config, cert) = with_certificate(with_tokens(Config::shop()), dir.path());
     let state: AppState = state_with(&broker, &lake, config);
     let tls = http::tls(&state.config).await.unwrap();
     assert!(tls.is_some());
@@ -298,7 +304,7 @@ async fn the_api_speaks_tls_with_the_configured_certificate() {
     let server = tokio::spawn(http::serve(listener, state, tls, shutdown.clone()));
 
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let root = reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap();
+    let root = reqwest::Certificate::from_pem(cert.as_bytes()).unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(root)
         .timeout(Duration::from_secs(10))

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::guard::with_tokens;
+use crate::guard::{with_certificate, with_tokens};
 use crate::http::{GOLDEN_SQL, sql, state_with_data};
 use crate::support::{call, state_with};
 
@@ -338,13 +338,7 @@ async fn with_a_certificate_it_speaks_tls_only() {
     let broker = EmbeddedBroker::start(&[("events", 1)]).unwrap();
     let lake = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let mut config = with_tokens(Config::shop());
-    config.serving.tls_cert = Some(cert);
-    config.serving.tls_key = Some(key);
+    let (config, _) = with_certificate(with_tokens(Config::shop()), dir.path());
     let (addr, _server) = listening(state_with(&broker, &lake, config)).await;
 
     let (ok, out, err) = output(&mut psql_with(

@@ -27,6 +27,7 @@ use datafusion::datasource::MemTable;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
@@ -133,8 +134,9 @@ pub async fn query(
 ) -> Result<Answer, SqlError> {
     let limits = &config.serving;
     let run = async {
-        let statement = SessionContext::new()
-            .state()
+        // A state with no functions registered: parsing needs only its settings.
+        let statement = SessionStateBuilder::new()
+            .build()
             .sql_to_statement(sql, &Dialect::Generic)
             .map_err(|e| classify(e, limits))?;
         prepare(
@@ -191,8 +193,8 @@ pub struct Prepared {
     plan: LogicalPlan,
 }
 
-/// Plans `statement` in a new session holding the tables it names, views as `views` says (every table when it
-/// looks at the catalogue), refusing what is not a query, what `tables` does not cover and
+/// Plans `statement` in a new session holding the tables it names, views as `views` says
+/// (every table when it looks at the catalogue), refusing what is not a query, what `tables` does not cover and
 /// what adds up what cannot be added.
 pub async fn prepare(
     config: &Config,

@@ -5,7 +5,10 @@
 //! `cargo bench -p lambdaflow-batch --bench recompute`. Environment:
 //! - `LAMBDAFLOW_BENCH_EVENTS`: raw events (default 10,000,000), spread over 30 days;
 //! - `LAMBDAFLOW_BENCH_DIR`: keep the lake there and reuse its raw table on the next run;
-//! - `LAMBDAFLOW_PYTHON`: a Python with `duckdb` and `deltalake` (`.ci/run` makes one).
+//! - `LAMBDAFLOW_PYTHON`: a Python with `duckdb` and `deltalake` (`.ci/run` makes one);
+//! - `LAMBDAFLOW_BENCH_CLUSTER=1`: also on a Ballista cluster of one scheduler and two
+//!   one-slot executors, each a process of this benchmark's binary (`lambdaflow cluster`'s code)
+//!   on localhost, with each run's stages and tasks and a per-task time.
 //!
 //! Both sides read every raw file and write their results (lambdaflow: three Delta view
 //! tables; DuckDB: three Parquet files); DuckDB's `approx_count_distinct` stands in for our
@@ -71,6 +74,10 @@ print(json.dumps({"seconds": statistics.median(times), "threads": duckdb.connect
 "#;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(role) = args.iter().position(|a| a == CLUSTER_ROLE) {
+        return cluster_process(&args[role + 1..]);
+    }
     let n: usize = std::env::var("LAMBDAFLOW_BENCH_EVENTS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -136,6 +143,10 @@ fn main() {
         ours.as_secs_f64()
     );
 
+    let cluster = std::env::var("LAMBDAFLOW_BENCH_CLUSTER")
+        .is_ok_and(|v| v == "1")
+        .then(|| on_cluster(&runtime, &config, &lake, events));
+
     let out = dir.join("duckdb-out");
     std::fs::create_dir_all(&out).expect("duckdb output dir");
     let python = std::env::var("LAMBDAFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -172,18 +183,34 @@ fn main() {
             duck.as_secs_f64(),
         )),
     );
+    if let Some((t, _)) = &cluster {
+        record(
+            "recompute",
+            &format!(
+                "full recompute of the 3 demo views on Ballista (2 executors x 1 slot), {} M raw events",
+                events / 1_000_000
+            ),
+            t.as_secs_f64(),
+            "s",
+            Better::Lower,
+            Some((
+                &format!("DuckDB {} threads", reply["threads"]),
+                duck.as_secs_f64(),
+            )),
+        );
+    }
     println!();
     println!(
         "| full recompute of the 3 demo views | seconds (median of {RUNS}) | M raw events/s | ratio to DuckDB |"
     );
     println!("| --- | --- | --- | --- |");
-    for (name, t) in [
-        ("lambdaflow (DataFusion → Delta)", ours),
-        (
-            &*format!("DuckDB {} threads (Parquet → Parquet)", reply["threads"]),
-            duck,
-        ),
-    ] {
+    let duck_name = format!("DuckDB {} threads (Parquet → Parquet)", reply["threads"]);
+    let mut rows = vec![("lambdaflow (DataFusion → Delta)", ours)];
+    if let Some((t, _)) = &cluster {
+        rows.push(("lambdaflow on Ballista, 2 executors × 1 slot", *t));
+    }
+    rows.push((&duck_name, duck));
+    for (name, t) in rows {
         println!(
             "| {name} | {:.2} | {:.2} | {:.2}x |",
             t.as_secs_f64(),
@@ -191,6 +218,114 @@ fn main() {
             t.as_secs_f64() / duck.as_secs_f64()
         );
     }
+}
+
+/// The argument that makes this binary a cluster process (`scheduler PORT` or `executor
+/// SCHEDULER_PORT BIND_PORT`) instead of the benchmark.
+const CLUSTER_ROLE: &str = "--cluster-process";
+
+fn cluster_process(args: &[String]) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let port = |i: usize| -> u16 { args[i].parse().expect("a port") };
+    let result = match args[0].as_str() {
+        "scheduler" => runtime.block_on(lambdaflow_batch::cluster::scheduler::run(
+            ([127, 0, 0, 1], port(1)).into(),
+            None,
+        )),
+        _ => runtime.block_on(lambdaflow_batch::cluster::executor::run(
+            lambdaflow_batch::cluster::executor::ExecutorOptions {
+                scheduler: format!("127.0.0.1:{}", port(1)),
+                slots: 1,
+                bind: ([127, 0, 0, 1], port(2)).into(),
+                advertise: None,
+            },
+        )),
+    };
+    result.expect("cluster process");
+}
+
+/// A free loopback port whose next port is free too (an executor takes both).
+fn free_ports() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The same full recompute on a scheduler and two one-slot executors, each a child process;
+/// the median time and, of that run, its tasks and the time per task.
+fn on_cluster(
+    runtime: &tokio::runtime::Runtime,
+    config: &Arc<Config>,
+    lake: &Lake,
+    events: usize,
+) -> (Duration, u64) {
+    struct Killed(Vec<std::process::Child>);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let me = std::env::current_exe().expect("this binary");
+    let scheduler = free_ports();
+    let spawn = |args: Vec<String>| {
+        Command::new(&me)
+            .arg(CLUSTER_ROLE)
+            .args(args)
+            .env("LAMBDAFLOW_LOG", "warn")
+            .spawn()
+            .expect("starting a cluster process")
+    };
+    let mut children = Killed(vec![spawn(vec!["scheduler".into(), scheduler.to_string()])]);
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..2 {
+        let bind = free_ports();
+        children.0.push(spawn(vec![
+            "executor".into(),
+            scheduler.to_string(),
+            bind.to_string(),
+        ]));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let mut config = (**config).clone();
+    config.batch.engine = format!("ballista://127.0.0.1:{scheduler}");
+    let config = Arc::new(config);
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let run = BatchRun::new(
+            config.clone(),
+            lake.clone(),
+            History::new(lake).expect("history"),
+        )
+        .with_full(true);
+        let started = Instant::now();
+        let record = runtime
+            .block_on(run.run())
+            .expect("batch run on the cluster");
+        let took = started.elapsed();
+        assert_eq!(record.rows_read as usize, events * config.views.len());
+        let job = record
+            .cluster
+            .expect("a cluster run counts its stages and tasks");
+        println!(
+            "on the cluster: {:.2} s, {} stages, {} tasks, {:.3} s per task on 2 slots",
+            took.as_secs_f64(),
+            job.stages,
+            job.tasks,
+            took.as_secs_f64() * 2.0 / job.tasks as f64
+        );
+        runs.push((took, job.tasks));
+    }
+    runs.sort();
+    runs[RUNS / 2]
 }
 
 /// Writes `n` valid events spread over [`DAYS`] days (5% hours to days late) in chunks of

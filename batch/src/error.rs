@@ -16,6 +16,14 @@ pub enum Error {
         #[source]
         source: deltalake::DeltaTableError,
     },
+    /// The Ballista cluster could not be reached, or a cluster process could not start.
+    #[error("Ballista scheduler at {address}: {message}")]
+    Cluster {
+        /// The scheduler's `host:port`.
+        address: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A query over a Delta table failed.
     #[error("query over {table}: {source}")]
     Query {

@@ -19,6 +19,8 @@
 //!   [`views::watermark`] reads what a table covers and what changed; [`views::schedule`]
 //!   runs on the cron schedule or on request, never two at once; [`views::records`] and
 //!   [`views::lock`] are the run records and the run lock under `<lake>/_lambdaflow/`.
+//! - [`cluster`]: the view plans on an Apache DataFusion Ballista cluster (`batch.engine`), and
+//!   the scheduler and executor processes that know our functions and the lake.
 //! - `faults` (cargo feature `faults`, for the fault suite only): failpoints in the object
 //!   store (`LAMBDAFLOW_FAULTS`).
 //! - [`metrics`]: archiver commit latency and outcomes, batch run durations and rows.
@@ -34,6 +36,7 @@
 //! [`lake::reader`] and nothing else.
 
 pub mod archive;
+pub mod cluster;
 pub mod error;
 #[cfg(feature = "faults")]
 pub mod faults;

@@ -260,12 +260,36 @@ pub struct BatchConfig {
     /// Retries of a task whose error is transient (the store, a lost commit race).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Where the view plans run: `"local"` (in this process) or `"ballista://host:port"`, the
+    /// scheduler of an Apache DataFusion Ballista cluster (`lambdaflow cluster scheduler`).
+    #[serde(default = "default_engine")]
+    pub engine: String,
 }
 
 impl BatchConfig {
     /// The parsed schedule; [`Config::check`] has made sure it parses.
     pub fn cron(&self) -> cron::Schedule {
         cron::Schedule::from_str(&self.schedule).expect("checked when the config was loaded")
+    }
+
+    /// The Ballista scheduler's `host:port` when the engine is a cluster, `None` when local;
+    /// [`Config::check`] has made sure the engine parses.
+    pub fn scheduler(&self) -> Option<String> {
+        parse_engine(&self.engine).expect("checked when the config was loaded")
+    }
+}
+
+/// `"local"` → `None`; `"ballista://host:port"` → `Some("host:port")`.
+fn parse_engine(engine: &str) -> std::result::Result<Option<String>, String> {
+    if engine == "local" {
+        return Ok(None);
+    }
+    let url = url::Url::parse(engine).map_err(|e| e.to_string())?;
+    match (url.scheme(), url.host_str(), url.port()) {
+        ("ballista", Some(host), Some(port)) if url.path().is_empty() || url.path() == "/" => {
+            Ok(Some(format!("{host}:{port}")))
+        }
+        _ => Err("not of the form ballista://host:port".into()),
     }
 }
 
@@ -275,6 +299,7 @@ impl Default for BatchConfig {
             schedule: default_schedule(),
             parallelism: default_parallelism(),
             retries: default_retries(),
+            engine: default_engine(),
         }
     }
 }
@@ -548,6 +573,15 @@ impl Config {
                 format!("must be between 1 and 64, got {}", self.batch.parallelism),
             );
         }
+        if let Err(e) = parse_engine(&self.batch.engine) {
+            return invalid(
+                "batch.engine".into(),
+                format!(
+                    "`{}` is neither \"local\" nor \"ballista://host:port\": {e}",
+                    self.batch.engine
+                ),
+            );
+        }
         if self.batch.retries > 10 {
             return invalid(
                 "batch.retries".into(),
@@ -796,6 +830,9 @@ fn default_parallelism() -> usize {
 }
 fn default_retries() -> u32 {
     2
+}
+fn default_engine() -> String {
+    "local".into()
 }
 fn default_commit_interval() -> Duration {
     Duration::from_secs(2)

@@ -104,6 +104,43 @@ pub enum Command {
         #[command(subcommand)]
         command: LakeCommand,
     },
+    /// The processes of an Apache DataFusion Ballista cluster that runs the batch views
+    /// (`batch.engine = "ballista://host:port"`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// The scheduler: plans each view's job into stages and hands their tasks to executors.
+    Scheduler {
+        /// Listen address, for batch runs and executors.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+        /// The host name executors and clients reach the scheduler by (default: the bind
+        /// address).
+        #[arg(long)]
+        advertise: Option<String>,
+    },
+    /// An executor: runs the tasks it is given and serves their output; it reads the lake
+    /// with the same settings as the other commands (`AWS_*` for S3).
+    Executor {
+        /// The scheduler's `host:port`.
+        #[arg(long)]
+        scheduler: String,
+        /// Tasks run at once (default: the cores).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Listen address of its result service; its task service listens on the next port.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: std::net::SocketAddr,
+        /// The host name the scheduler and the other executors reach it by (default: the bind
+        /// address).
+        #[arg(long)]
+        advertise: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use lambdaflow_batch::cluster::executor::ExecutorOptions;
 use lambdaflow_common::sample::{Mix, Shape};
-use lambdaflow_serving::cli::{BatchCommand, Cli, Command, LakeCommand};
+use lambdaflow_serving::cli::{BatchCommand, Cli, ClusterCommand, Command, LakeCommand};
 use lambdaflow_serving::commands::{self, DemoOptions};
 use lambdaflow_serving::generate::GenOptions;
 use lambdaflow_serving::import::{self, ImportOptions};
@@ -25,7 +26,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAMBDAFLOW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,buoyant_kernel=off,deltalake_core::writer::stats=error,lambdaflow=info,lambdaflow_serving=info,lambdaflow_batch=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,buoyant_kernel=off,deltalake_core::writer::stats=error,lambdaflow=info,lambdaflow_serving=info,lambdaflow_batch=info,ballista_scheduler=info,ballista_executor=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -168,5 +169,26 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::Cluster { command } => match command {
+            ClusterCommand::Scheduler { bind, advertise } => {
+                Ok(lambdaflow_batch::cluster::scheduler::run(bind, advertise).await?)
+            }
+            ClusterCommand::Executor {
+                scheduler,
+                slots,
+                bind,
+                advertise,
+            } => {
+                let slots = slots
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let options = ExecutorOptions {
+                    scheduler,
+                    slots,
+                    bind,
+                    advertise,
+                };
+                Ok(lambdaflow_batch::cluster::executor::run(options).await?)
+            }
+        },
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! tansu must be on `PATH` (`.ci/run` installs it; see `CONTRIBUTING.md`).
 
+pub mod cluster;
 pub mod e2e;
 
 use std::net::TcpListener;

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::cluster::JobShape;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use deltalake::DeltaTableBuilder;
 use futures::TryStreamExt;
@@ -160,6 +161,9 @@ pub struct ViewOutcome {
     pub kept_dates: usize,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// The stages and tasks of its job, when it ran on a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<JobShape>,
 }
 
 /// One source's part of a run.
@@ -187,6 +191,12 @@ pub struct RunRecord {
     pub trigger: Trigger,
     /// Whether every date of every view was recomputed.
     pub full: bool,
+    /// Where the view plans ran: `local`, or the cluster's `ballista://host:port`.
+    #[serde(default = "local")]
+    pub engine: String,
+    /// The stages and tasks of its views' cluster jobs, summed (absent for a local run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<JobShape>,
     /// When it was accepted.
     #[serde(with = "time")]
     pub queued_at: DateTime<Utc>,
@@ -231,6 +241,10 @@ pub struct RunRecord {
     pub edges: Vec<[String; 2]>,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+fn local() -> String {
+    "local".into()
 }
 
 /// Now, to the millisecond: the precision records are stored with, so that a record read back
@@ -336,6 +350,8 @@ impl RunRecord {
             status: RunStatus::Queued,
             trigger,
             full,
+            engine: local(),
+            cluster: None,
             queued_at,
             started_at: None,
             finished_at: None,

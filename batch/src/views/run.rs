@@ -52,6 +52,8 @@ use lambdaflow_common::view::fingerprint;
 use lambdaflow_common::watermark::Watermark;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::scan::RawFiles;
+use crate::cluster::{Cluster, JobShape};
 use crate::error::{Error, Result};
 use crate::lake::retention::Expire;
 use crate::lake::status::status;
@@ -142,6 +144,11 @@ impl BatchRun {
     /// Takes the lock, runs, records the outcome, and returns the final record. An error
     /// after the lock was taken is in the record (`failed`) as well as returned.
     pub async fn run(mut self) -> Result<RunRecord> {
+        // A cluster that is down fails the run before it takes the lock.
+        if let Some(cluster) = self.cluster() {
+            cluster.check().await?;
+            self.record.engine = self.config.batch.engine.clone();
+        }
         let lock = BatchLock::new(self.history.clone())
             .acquire(&self.record.id)
             .await?;
@@ -354,7 +361,7 @@ impl BatchRun {
                 pinned => break pinned,
             }
         };
-        let (raw, raw_dates, watermark, ctx, provider) = match pinned {
+        let (raw, raw_dates, watermark, ctx, scan) = match pinned {
             Ok(pinned) => pinned,
             Err(e) => {
                 for view in views {
@@ -380,7 +387,7 @@ impl BatchRun {
             source,
             raw: &raw,
             raw_dates: &raw_dates,
-            provider,
+            scan,
             watermark: &watermark,
             lock,
         };
@@ -453,6 +460,11 @@ impl BatchRun {
                     tracing::info!(run = %self.record.id, view = %outcome.name, mode = ?outcome.mode, dates = outcome.dates, rows_read = outcome.rows_read, rows_written = outcome.rows_written, seconds = format!("{seconds:.2}"), "view published");
                     self.record.rows_read += outcome.rows_read;
                     self.record.rows_written += outcome.rows_written;
+                    if let Some(job) = outcome.cluster {
+                        let all = self.record.cluster.get_or_insert_default();
+                        all.stages += job.stages;
+                        all.tasks += job.tasks;
+                    }
                     dates.extend(published.iter().map(|d| format_date(*d)));
                     self.record.dates = dates.iter().cloned().collect();
                     self.record.views.push(ViewOutcome { seconds, ..outcome });
@@ -477,23 +489,34 @@ impl BatchRun {
         }
     }
 
+    /// The cluster the view plans run on, when the engine is not local.
+    fn cluster(&self) -> Option<Cluster> {
+        self.config.batch.scheduler().map(Cluster::new)
+    }
+
     /// Opens `source`'s raw table and pins its current version: the dates it holds, the
-    /// watermark it covers, and a DataFusion session reading it.
+    /// watermark it covers, and a DataFusion session and scan reading it, on the engine.
     async fn pin(
         &self,
         source: &SourceConfig,
-    ) -> Result<(
-        DeltaTable,
-        BTreeSet<i32>,
-        Watermark,
-        SessionContext,
-        Arc<dyn datafusion::catalog::TableProvider>,
-    )> {
+    ) -> Result<(DeltaTable, BTreeSet<i32>, Watermark, SessionContext, Scan)> {
         let raw_url = self.lake.raw(&source.name);
-        let raw = open_or_create(&raw_url, &raw_schema(source), &[EVENT_DATE]).await?;
+        let schema = raw_schema(source);
+        let raw = open_or_create(&raw_url, &schema, &[EVENT_DATE]).await?;
         let raw_dates = partition_dates(&raw, EVENT_DATE)?;
         let watermark = raw_watermark(&raw, &source.topic).await?;
-        tracing::info!(run = %self.record.id, source = %source.name, raw_version = watermark.raw_version, offsets = ?watermark.offsets, "batch run reading the raw table");
+        tracing::info!(run = %self.record.id, source = %source.name, raw_version = watermark.raw_version, offsets = ?watermark.offsets, engine = %self.config.batch.engine, "batch run reading the raw table");
+        if let Some(cluster) = self.cluster() {
+            let ctx = cluster.session().await?;
+            let files = RawFiles::pinned(&raw, &schema)?;
+            return Ok((
+                raw,
+                raw_dates,
+                watermark,
+                ctx,
+                Scan::Cluster(cluster, files),
+            ));
+        }
         let mut ctx = SessionContext::new();
         sketch_udf::register(&mut ctx).map_err(|source| query_err(&raw_url, source))?;
         raw.update_datafusion_session(&ctx.state())
@@ -505,7 +528,7 @@ impl BatchRun {
             .table_provider()
             .await
             .map_err(|source| query_err(&raw_url, source))?;
-        Ok((raw, raw_dates, watermark, ctx, provider))
+        Ok((raw, raw_dates, watermark, ctx, Scan::Delta(provider)))
     }
 
     /// Vacuums every table once the views are published, then refreshes the storage gauges.
@@ -654,6 +677,14 @@ fn fault(id: &str) -> Option<Error> {
     }
 }
 
+/// How a run reads the pinned raw version.
+enum Scan {
+    /// In this process, through delta-rs.
+    Delta(Arc<dyn datafusion::catalog::TableProvider>),
+    /// On a cluster, as a listing of the version's files.
+    Cluster(Cluster, RawFiles),
+}
+
 /// What every view of one source shares within a run.
 struct ViewJob<'a> {
     lake: &'a Lake,
@@ -664,7 +695,7 @@ struct ViewJob<'a> {
     raw: &'a DeltaTable,
     /// The dates the raw table holds after retention.
     raw_dates: &'a BTreeSet<i32>,
-    provider: Arc<dyn datafusion::catalog::TableProvider>,
+    scan: Scan,
     watermark: &'a Watermark,
     lock: &'a RunLock,
 }
@@ -695,6 +726,7 @@ impl ViewJob<'_> {
             version: None,
             kept_dates: 0,
             seconds: 0.0,
+            cluster: None,
         };
         let commit = ViewCommit {
             watermark: self.watermark.clone(),
@@ -751,18 +783,39 @@ impl ViewJob<'_> {
         let (rows_read, scanned) = raw_rows(self.raw, dates.as_ref())?;
         outcome.rows_read = rows_read;
         outcome.dates = scanned.len();
-        let frame = view_frame(
-            self.ctx,
-            self.provider.clone(),
-            source,
-            view,
-            &layout,
-            dates.as_ref(),
-        )
-        .map_err(|source| query_err(&url, source))?;
-        let batches = with_progress(&view.name, frame.collect())
-            .await
-            .map_err(|source| query_err(&url, source))?;
+        let batches = match &self.scan {
+            Scan::Delta(provider) => {
+                let frame = view_frame(
+                    self.ctx,
+                    provider.clone(),
+                    source,
+                    view,
+                    &layout,
+                    dates.as_ref(),
+                )
+                .map_err(|source| query_err(&url, source))?;
+                with_progress(&view.name, frame.collect())
+                    .await
+                    .map_err(|source| query_err(&url, source))?
+            }
+            // The listing holds the dates' files alone: the plan filters no date.
+            Scan::Cluster(cluster, files) => match files.scan(dates.as_ref())? {
+                Some(provider) => {
+                    let frame = view_frame(self.ctx, provider, source, view, &layout, None)
+                        .map_err(|source| query_err(&url, source))?;
+                    let (batches, shape) =
+                        with_progress(&view.name, cluster.collect(self.ctx, frame))
+                            .await
+                            .map_err(|source| query_err(&url, source))?;
+                    outcome.cluster = Some(shape);
+                    batches
+                }
+                None => {
+                    outcome.cluster = Some(JobShape::default());
+                    Vec::new()
+                }
+            },
+        };
         outcome.rows_written = batches.iter().map(|b| b.num_rows() as u64).sum();
         Ok(Computed {
             outcome,

@@ -89,11 +89,14 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
         BTreeSet::from([
             "archive",
             "batch",
+            "executor-1",
+            "executor-2",
             "gen",
             "kafka",
             "minio",
             "minio-init",
             "prometheus",
+            "scheduler",
             "serve"
         ])
     );
@@ -125,6 +128,7 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
         .flat_map(|job| strings(&job["static_configs"][0]["targets"]))
         .collect();
     let mut scraped = BTreeSet::new();
+    let mut cluster = Vec::new();
 
     for (name, service) in services {
         assert!(
@@ -185,6 +189,11 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
                 );
                 (config.config.clone(), None)
             }
+            Sub::Cluster { command } => {
+                assert_eq!(strings(&service["profiles"]), ["cluster"], "{name}");
+                cluster.push((name.clone(), command.clone()));
+                continue;
+            }
             other => panic!(
                 "{name} runs {other:?}; the compose file runs archive, serve, batch schedule and gen"
             ),
@@ -202,10 +211,13 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
             .unwrap()
             .iter()
             .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-                )
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                // `${NAME:-default}` is what compose gives when NAME is unset.
+                let v = match v.strip_prefix("${").and_then(|r| r.split_once(":-")) {
+                    Some((_, default)) => default.trim_end_matches('}').to_owned(),
+                    None => v,
+                };
+                (k.clone(), v)
             })
             .collect();
         let text = std::fs::read_to_string(&mount).unwrap();
@@ -254,6 +266,38 @@ fn the_compose_file_runs_real_commands_with_real_configs() {
     assert_eq!(
         scraped, targets,
         "every Prometheus target is a lambdaflow process"
+    );
+    // The cluster profile: one scheduler, two executors that reach it by its service name, and
+    // batch runs sent to it when LAMBDAFLOW_BATCH_ENGINE says so.
+    use lambdaflow_serving::cli::ClusterCommand;
+    let scheduler = cluster.iter().find_map(|(name, c)| match c {
+        ClusterCommand::Scheduler { bind, advertise } => {
+            assert_eq!(advertise.as_deref(), Some(name.as_str()));
+            Some(format!("{name}:{}", bind.port()))
+        }
+        ClusterCommand::Executor { .. } => None,
+    });
+    let scheduler = scheduler.expect("the cluster profile has a scheduler");
+    let executors: Vec<&String> = cluster
+        .iter()
+        .filter_map(|(name, c)| match c {
+            ClusterCommand::Executor {
+                scheduler: to,
+                advertise,
+                ..
+            } => {
+                assert_eq!(to, &scheduler, "{name} registers with the scheduler");
+                assert_eq!(advertise.as_deref(), Some(name.as_str()));
+                Some(name)
+            }
+            ClusterCommand::Scheduler { .. } => None,
+        })
+        .collect();
+    assert_eq!(executors.len(), 2, "{executors:?}");
+    let header = std::fs::read_to_string(deploy.join("docker-compose.yml")).unwrap();
+    assert!(
+        header.contains(&format!("LAMBDAFLOW_BATCH_ENGINE=ballista://{scheduler} ")),
+        "the compose file says how to send batch runs to {scheduler}"
     );
     let published = strings(&services["serve"]["ports"]);
     assert!(

@@ -5,6 +5,7 @@
 //! sketches byte for byte) and every query at every granularity and group_by subset. Two
 //! sources of the shop's shape on topics of different partition counts share the lake and
 //! every batch run; their events share ids, which each source deduplicates on its own.
+//! The property is checked with the batch layer local and on a Ballista cluster.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -25,11 +26,15 @@ use lambdaflow_common::view::fingerprint;
 use lambdaflow_serving::speed_layer::load_batch_view;
 use lambdaflow_speed::engine::Speed;
 use lambdaflow_speed::served::Served;
-use lambdaflow_tests::every_query;
+use lambdaflow_tests::cluster::BallistaCluster;
+use lambdaflow_tests::{every_query, scratch_dir};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 
 /// The sources, each with the partition count of its topic.
 const SOURCES: [(&str, usize); 2] = [("events", 3), ("returns", 2)];
+/// The binary under test, which starts the Ballista cluster.
+const BINARY: &str = env!("CARGO_BIN_EXE_lambdaflow-e2e");
 /// 2026-11-20T00:00:00Z.
 const BASE_US: i64 = 20_777 * MICROS_PER_DAY;
 /// The Kafka timestamp of every message: events are judged against it (max_future, max_past).
@@ -176,10 +181,11 @@ struct Feed {
 }
 
 /// The shop with `max_past`, and a second source of its shape, `returns`, with a copy of
-/// each of its views.
-fn deployment(lake: &std::path::Path) -> Config {
+/// each of its views, batched on `engine`.
+fn deployment(lake: &std::path::Path, engine: &str) -> Config {
     let mut config = Config::shop();
     config.lake.uri = lake.display().to_string();
+    config.batch.engine = engine.to_owned();
     config.sources[0].max_past = Some(std::time::Duration::from_micros(MAX_PAST_US as u64));
     let (name, _) = SOURCES[1];
     let mut returns = config.sources[0].clone();
@@ -200,9 +206,9 @@ fn deployment(lake: &std::path::Path) -> Config {
 }
 
 impl World {
-    async fn new() -> Self {
+    async fn new(engine: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let deployment = Arc::new(deployment(dir.path()));
+        let deployment = Arc::new(deployment(dir.path(), engine));
         let lake = Lake::new(&deployment.lake).unwrap();
         let mut feeds = Vec::new();
         for (source, partitions) in SOURCES {
@@ -243,10 +249,11 @@ impl World {
     /// One batch run over every source, then each speed layer swaps in its views.
     async fn batch(&mut self) {
         let history = History::new(&self.lake).unwrap();
-        BatchRun::new(self.deployment.clone(), self.lake.clone(), history)
+        let record = BatchRun::new(self.deployment.clone(), self.lake.clone(), history)
             .run()
             .await
             .unwrap();
+        assert_eq!(record.engine, self.deployment.batch.engine);
         for feed in &mut self.feeds {
             feed.swap(&self.lake).await;
         }
@@ -558,8 +565,9 @@ fn assert_states_equal(view: &str, got: &ViewState, want: &ViewState) {
     }
 }
 
-async fn play(steps: Vec<Step>) {
-    let mut world = World::new().await;
+/// Plays `steps` with the batch layer on `engine` (`local`, or a Ballista cluster).
+async fn play(steps: Vec<Step>, engine: &str) {
+    let mut world = World::new(engine).await;
     // The first payload of each (source, id): a stray copy repeats it on another partition.
     let mut firsts: HashMap<(usize, u16), Vec<u8>> = HashMap::new();
     for step in steps {
@@ -626,7 +634,7 @@ fn a_copy_archived_from_another_partition_counts_once() {
     ];
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(play(steps));
+        .block_on(play(steps, "local"));
 }
 
 /// A filter change: until a batch run recomputes the view, its batch side is of the old
@@ -669,13 +677,35 @@ fn a_redefined_view_is_exact_again_after_its_batch_run() {
     ];
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(play(steps));
+        .block_on(play(steps, "local"));
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, max_shrink_iters: 30, .. ProptestConfig::default() })]
     #[test]
     fn batch_plus_speed_equals_direct_aggregation(steps in proptest::collection::vec(step(), 1..14)) {
-        tokio::runtime::Runtime::new().unwrap().block_on(play(steps));
+        tokio::runtime::Runtime::new().unwrap().block_on(play(steps, "local"));
+    }
+}
+
+/// The same property with the batch layer on a Ballista cluster of two executors: the views
+/// it publishes, merged with the speed layer, are exact at every check.
+#[test]
+fn batch_on_ballista_plus_speed_equals_direct_aggregation() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let logs = scratch_dir();
+    let cluster = runtime.block_on(BallistaCluster::start(BINARY, logs.path()));
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 4,
+        max_shrink_iters: 10,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let outcome = runner.run(&proptest::collection::vec(step(), 4..14), |steps| {
+        runtime.block_on(play(steps, &cluster.engine));
+        Ok(())
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}; cluster logs in {}", logs.path().display());
     }
 }

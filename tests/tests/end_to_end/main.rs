@@ -4,6 +4,7 @@
 
 mod api_fuzz;
 mod archive_exactly_once;
+mod ballista;
 mod batch_views;
 mod cli;
 mod dashboard;

@@ -408,3 +408,31 @@ pub fn every_query(
         })
         .collect()
 }
+
+/// Every row of `batches` as text, sorted: every cell exactly (sketches byte for byte) except
+/// floats, which are given to `digits` significant digits, as a sum of floats depends on the
+/// order it adds them in (two runs of one plan may differ in the last bit).
+pub fn sorted_rows(batches: &[RecordBatch], digits: usize) -> Vec<String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float64Type};
+    use arrow::util::display::array_value_to_string;
+    let mut rows = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Float64 if c.is_valid(i) => {
+                        let value = c.as_primitive::<Float64Type>().value(i);
+                        format!("{value:.*e}", digits - 1)
+                    }
+                    _ => array_value_to_string(c, i).expect("a printable cell"),
+                })
+                .collect();
+            rows.push(cells.join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}

@@ -9,17 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float64Type};
 use arrow::record_batch::RecordBatch;
-use arrow::util::display::array_value_to_string;
 use lambdaflow_batch::lake::Lake;
 use lambdaflow_batch::views::records::{History, Mode, RunRecord, RunStatus};
 use lambdaflow_common::config::{Config, DEMO_CONFIG};
 use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_tests::cluster::BallistaCluster;
-use lambdaflow_tests::{Process, RawWriter, free_port, query_table, scratch_dir};
+use lambdaflow_tests::{Process, RawWriter, free_port, query_table, scratch_dir, sorted_rows};
 
 const PARTITIONS: i32 = 4;
 const BINARY: &str = env!("CARGO_BIN_EXE_lambdaflow-e2e");
@@ -50,29 +47,10 @@ fn batch_run_ok(config_file: &Path, lake: &Path, engine: &str, logs: &Path, name
     assert!(status.success(), "{name} failed; see {}", logs.display());
 }
 
-/// Every row of `batches` as text, sorted: every cell exactly (sketches byte for byte), but
-/// floats to 12 significant digits, as a sum of floats depends on the order it adds them in
-/// and the cluster's tasks meet the files in another order than a local run (which itself
-/// differs from run to run by the last bit).
+/// Every row of `batches` as text, sorted, floats to 12 significant digits: the cluster's
+/// tasks meet the files in another order than a local run.
 fn exact(batches: &[RecordBatch]) -> Vec<String> {
-    let mut rows = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    DataType::Float64 if c.is_valid(i) => {
-                        format!("{:.11e}", c.as_primitive::<Float64Type>().value(i))
-                    }
-                    _ => array_value_to_string(c, i).unwrap(),
-                })
-                .collect();
-            rows.push(cells.join("|"));
-        }
-    }
-    rows.sort();
-    rows
+    sorted_rows(batches, 12)
 }
 
 async fn assert_same_views(config: &Config, ours: &Lake, theirs: &Lake, step: &str) {
@@ -127,19 +105,85 @@ fn payloads(generator: &mut Generator, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Two lakes over one raw table: the cluster's, which the test appends to, and a local one
+/// that gets a copy of its raw table before each comparison.
+struct Twins {
+    config_file: PathBuf,
+    logs: PathBuf,
+    cluster_dir: PathBuf,
+    local_dir: PathBuf,
+    config: Config,
+    lake: Lake,
+    local_lake: Lake,
+}
+
+impl Twins {
+    fn new(dir: &Path) -> Self {
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let config_file = dir.join("lambdaflow.toml");
+        std::fs::write(&config_file, DEMO_CONFIG).unwrap();
+        let (cluster_dir, local_dir) = (dir.join("cluster"), dir.join("local"));
+        let config = config_for(&cluster_dir);
+        let lake = Lake::new(&config.lake).unwrap();
+        let local_lake = Lake::new(&config_for(&local_dir).lake).unwrap();
+        Self {
+            config_file,
+            logs,
+            cluster_dir,
+            local_dir,
+            config,
+            lake,
+            local_lake,
+        }
+    }
+
+    /// Copies the cluster lake's raw table over the local lake's.
+    fn copy_raw(&self) {
+        copy_dir(&self.cluster_dir.join("raw"), &self.local_dir.join("raw"));
+    }
+
+    /// `batch run` on the cluster lake with `engine`, to completion.
+    fn run_cluster_lake(&self, engine: &str, name: &str) {
+        batch_run_ok(
+            &self.config_file,
+            &self.cluster_dir,
+            engine,
+            &self.logs,
+            name,
+        );
+    }
+
+    /// `batch run` on the local lake, locally, to completion.
+    fn run_local_lake(&self, name: &str) {
+        batch_run_ok(
+            &self.config_file,
+            &self.local_dir,
+            "local",
+            &self.logs,
+            name,
+        );
+    }
+
+    /// Copies the raw table, runs the cluster lake on `engine` and the local one locally, and
+    /// compares every view.
+    async fn run_both(&self, engine: &str, step: &str) {
+        self.copy_raw();
+        self.run_cluster_lake(engine, &format!("cluster-{step}"));
+        self.run_local_lake(&format!("local-{step}"));
+        self.assert_same_views(step).await;
+    }
+
+    async fn assert_same_views(&self, step: &str) {
+        assert_same_views(&self.config, &self.lake, &self.local_lake, step).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_on_the_cluster_equal_a_local_run_full_and_incremental() {
     let dir = scratch_dir();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let config_file = dir.path().join("lambdaflow.toml");
-    std::fs::write(&config_file, DEMO_CONFIG).unwrap();
-    let cluster = BallistaCluster::start(BINARY, &logs).await;
-
-    let (on_cluster, local) = (dir.path().join("cluster"), dir.path().join("local"));
-    let config = config_for(&on_cluster);
-    let lake = Lake::new(&config.lake).unwrap();
-    let local_lake = Lake::new(&config_for(&local).lake).unwrap();
+    let twins = Twins::new(dir.path());
+    let cluster = BallistaCluster::start(BINARY, &twins.logs).await;
     let mut generator = Generator::shop(
         7,
         3_000,
@@ -149,20 +193,10 @@ async fn views_on_the_cluster_equal_a_local_run_full_and_incremental() {
             invalid: 0.0,
         },
     );
-    let mut raw = RawWriter::open(&config, PARTITIONS).await;
+    let mut raw = RawWriter::open(&twins.config, PARTITIONS).await;
     raw.append(&payloads(&mut generator, 30_000)).await;
-    copy_dir(&on_cluster.join("raw"), &local.join("raw"));
-
-    batch_run_ok(
-        &config_file,
-        &on_cluster,
-        &cluster.engine,
-        &logs,
-        "cluster-full",
-    );
-    batch_run_ok(&config_file, &local, "local", &logs, "local-full");
-    assert_same_views(&config, &lake, &local_lake, "full").await;
-    let record = last_run(&lake).await;
+    twins.run_both(&cluster.engine, "full").await;
+    let record = last_run(&twins.lake).await;
     assert_eq!(record.status, RunStatus::Succeeded);
     assert_eq!(record.engine, cluster.engine);
     let job = record
@@ -170,27 +204,18 @@ async fn views_on_the_cluster_equal_a_local_run_full_and_incremental() {
         .expect("a cluster run counts its stages and tasks");
     assert!(job.stages >= 2 && job.tasks >= job.stages, "{job:?}");
     assert!(record.views.iter().all(|v| v.mode == Mode::Full));
-    assert_eq!(last_run(&local_lake).await.engine, "local");
+    assert_eq!(last_run(&twins.local_lake).await.engine, "local");
 
     // Late events land in old dates too: the incremental run recomputes a subset of dates.
     raw.append(&payloads(&mut generator, 10_000)).await;
-    copy_dir(&on_cluster.join("raw"), &local.join("raw"));
-    batch_run_ok(
-        &config_file,
-        &on_cluster,
-        &cluster.engine,
-        &logs,
-        "cluster-incremental",
-    );
-    batch_run_ok(&config_file, &local, "local", &logs, "local-incremental");
-    assert_same_views(&config, &lake, &local_lake, "incremental").await;
-    let record = last_run(&lake).await;
+    twins.run_both(&cluster.engine, "incremental").await;
+    let record = last_run(&twins.lake).await;
     let shop: Vec<_> = record
         .views
         .iter()
-        .filter(|v| config.views.iter().any(|d| d.name == v.name))
+        .filter(|v| twins.config.views.iter().any(|d| d.name == v.name))
         .collect();
-    assert_eq!(shop.len(), config.views.len());
+    assert_eq!(shop.len(), twins.config.views.len());
     assert!(
         shop.iter()
             .all(|v| v.mode == Mode::Incremental && v.cluster.is_some_and(|j| j.tasks > 0)),
@@ -246,26 +271,20 @@ async fn a_scheduler_that_is_down_fails_the_run_at_once_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_killed_mid_run_leaves_whole_views_or_none() {
     let dir = scratch_dir();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let config_file = dir.path().join("lambdaflow.toml");
-    std::fs::write(&config_file, DEMO_CONFIG).unwrap();
-    let mut cluster = BallistaCluster::start(BINARY, &logs).await;
-    let (on_cluster, local) = (dir.path().join("cluster"), dir.path().join("local"));
-    let config = config_for(&on_cluster);
-    let lake = Lake::new(&config.lake).unwrap();
-    let local_lake = Lake::new(&config_for(&local).lake).unwrap();
+    let twins = Twins::new(dir.path());
+    let logs = &twins.logs;
+    let mut cluster = BallistaCluster::start(BINARY, logs).await;
     let mut generator = Generator::shop(11, 3_000, Mix::default());
-    let mut raw = RawWriter::open(&config, PARTITIONS).await;
+    let mut raw = RawWriter::open(&twins.config, PARTITIONS).await;
     for _ in 0..4 {
         raw.append(&payloads(&mut generator, 20_000)).await;
     }
-    copy_dir(&on_cluster.join("raw"), &local.join("raw"));
+    twins.copy_raw();
 
     let mut run = Process::start(
         "cluster-run",
-        &mut batch_run(&config_file, &on_cluster, &cluster.engine),
-        &logs,
+        &mut batch_run(&twins.config_file, &twins.cluster_dir, &cluster.engine),
+        logs,
     );
     // Kill one executor as the run starts its jobs: the scheduler has tasks for it.
     let started = Instant::now();
@@ -282,8 +301,8 @@ async fn an_executor_killed_mid_run_leaves_whole_views_or_none() {
     let status = run
         .wait_exit(Duration::from_secs(240))
         .expect("the run neither finished nor failed within 4 minutes");
-    let record = last_run(&lake).await;
-    batch_run_ok(&config_file, &local, "local", &logs, "local");
+    let record = last_run(&twins.lake).await;
+    twins.run_local_lake("local");
     match record.status {
         RunStatus::Succeeded => {
             assert!(status.success());
@@ -292,28 +311,29 @@ async fn an_executor_killed_mid_run_leaves_whole_views_or_none() {
                 scheduler.contains("Removing executor"),
                 "the scheduler never lost the executor: the kill came too late to matter"
             );
-            assert_same_views(&config, &lake, &local_lake, "executor killed").await;
+            twins.assert_same_views("executor killed").await;
         }
         RunStatus::Failed => {
             assert!(!status.success());
             // Every view is whole: either published by this run, equal to a local run, or
             // not published at all.
             for view in &record.views {
+                let sql = "SELECT * FROM t";
                 let cluster_rows = exact(
-                    &query_table(&lake.view(&view.name), "SELECT * FROM t")
+                    &query_table(&twins.lake.view(&view.name), sql)
                         .await
                         .unwrap(),
                 );
                 let local_rows = exact(
-                    &query_table(&local_lake.view(&view.name), "SELECT * FROM t")
+                    &query_table(&twins.local_lake.view(&view.name), sql)
                         .await
                         .unwrap(),
                 );
                 assert_eq!(cluster_rows, local_rows, "{} is partial", view.name);
             }
             // The lock is released: a local run over the same lake goes through.
-            batch_run_ok(&config_file, &on_cluster, "local", &logs, "after");
-            assert_same_views(&config, &lake, &local_lake, "after a failed cluster run").await;
+            twins.run_cluster_lake("local", "after");
+            twins.assert_same_views("after a failed cluster run").await;
         }
         other => panic!("the run ended {other:?}"),
     }

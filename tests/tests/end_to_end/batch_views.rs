@@ -11,17 +11,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::array::AsArray;
+use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
-use arrow::util::display::array_value_to_string;
 use datafusion::prelude::SessionContext;
 use lambdaflow_batch::lake::Lake;
 use lambdaflow_batch::views::watermark::view_commit;
 use lambdaflow_common::config::{Config, DEMO_CONFIG};
 use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::timestamp::now_micros;
-use lambdaflow_tests::{Process, RawWriter, python, query_table, scratch_dir};
+use lambdaflow_tests::{Process, RawWriter, python, query_table, scratch_dir, sorted_rows};
 use rand::{Rng, SeedableRng};
 
 const PARTITIONS: i32 = 4;
@@ -62,29 +61,6 @@ fn batch_run_ok(config_file: &Path, lake: &Path, log_dir: &Path, name: &str) -> 
         .unwrap();
     assert!(status.success(), "{name} failed; see {}", log_dir.display());
     started.elapsed()
-}
-
-/// Rows of `batches` as text, floats to 9 significant digits (sums of floats may be added in
-/// another order), sorted.
-fn canonical(batches: &[RecordBatch]) -> Vec<String> {
-    let mut rows = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    DataType::Float64 if c.is_valid(i) => {
-                        format!("{:.8e}", c.as_primitive::<Float64Type>().value(i))
-                    }
-                    _ => array_value_to_string(c, i).unwrap(),
-                })
-                .collect();
-            rows.push(cells.join("|"));
-        }
-    }
-    rows.sort();
-    rows
 }
 
 fn count_of(batch: &RecordBatch, column: &str, value: &str) -> u64 {
@@ -220,7 +196,7 @@ async fn killed_runs_publish_nothing_partial_and_the_next_run_equals_a_clean_one
         let theirs = query_table(&clean_lake.view(&view.name), sql)
             .await
             .unwrap();
-        let (ours, theirs) = (canonical(&ours), canonical(&theirs));
+        let (ours, theirs) = (sorted_rows(&ours, 9), sorted_rows(&theirs, 9));
         assert!(!ours.is_empty(), "{} is empty", view.name);
         assert_eq!(ours, theirs, "{} differs from a clean run", view.name);
     }

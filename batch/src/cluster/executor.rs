@@ -57,6 +57,11 @@ pub async fn run(options: ExecutorOptions) -> Result<()> {
         scheduler_port: port,
         vcores: options.slots.max(1),
         executor_heartbeat_interval_seconds: 5,
+        // The scheduler has an executor delete a job's shuffle files 5 minutes after the job
+        // ends; files a scheduler never asked to delete (it restarted meanwhile) are collected
+        // hourly once a day old, and all of them when the executor stops.
+        job_data_clean_up_interval_seconds: 3600,
+        job_data_ttl_seconds: 86_400,
         override_function_registry: Some(Arc::new(super::functions())),
         override_runtime_producer: Some(Arc::new(runtime)),
         ..ExecutorProcessConfig::default()

@@ -12,15 +12,34 @@ use crate::{Process, free_port};
 pub struct BallistaCluster {
     /// The `batch.engine` that runs on this cluster: `ballista://127.0.0.1:PORT`.
     pub engine: String,
-    _scheduler: Process,
+    scheduler: Process,
     /// The executors, `executor-0` and `executor-1` in the logs; a test may kill one.
     pub executors: Vec<Process>,
 }
 
 impl BallistaCluster {
     /// Starts the cluster from `binary` with its logs in `logs` and waits until both
-    /// executors have registered with the scheduler.
+    /// executors have registered with the scheduler. A process that exits before (a port taken
+    /// by another test between its pick and its bind) has the cluster started again on other
+    /// ports, up to three times.
     pub async fn start(binary: &str, logs: &Path) -> Self {
+        for _ in 0..3 {
+            // Logs are appended to: only what this attempt writes counts.
+            let seen: Vec<u64> = (0..2)
+                .map(|i| executor_log(logs, i).metadata().map_or(0, |m| m.len()))
+                .collect();
+            let mut cluster = Self::spawn(binary, logs);
+            if cluster.registered(logs, &seen).await {
+                return cluster;
+            }
+        }
+        panic!(
+            "the cluster did not start three times over; see {}",
+            logs.display()
+        );
+    }
+
+    fn spawn(binary: &str, logs: &Path) -> Self {
         let port = free_port();
         let scheduler = Process::start(
             "scheduler",
@@ -57,27 +76,31 @@ impl BallistaCluster {
                 )
             })
             .collect();
-        let cluster = Self {
+        Self {
             engine: format!("ballista://127.0.0.1:{port}"),
-            _scheduler: scheduler,
+            scheduler,
             executors,
-        };
-        cluster.wait_for_executors(logs).await;
-        cluster
+        }
     }
 
-    /// Waits until both executors have registered, as their logs say.
-    async fn wait_for_executors(&self, logs: &Path) {
+    /// Waits until both executors have registered, as their logs say: `false` as soon as a
+    /// process of the cluster has exited.
+    async fn registered(&mut self, logs: &Path, seen: &[u64]) -> bool {
         let started = Instant::now();
         loop {
             let registered = (0..2)
-                .filter(|i| {
-                    std::fs::read_to_string(logs.join(format!("executor-{i}.log")))
-                        .is_ok_and(|log| log.contains("registration succeed"))
+                .filter(|&i| {
+                    std::fs::read(executor_log(logs, i)).is_ok_and(|log| {
+                        String::from_utf8_lossy(&log[seen[i] as usize..])
+                            .contains("registration succeed")
+                    })
                 })
                 .count();
             if registered == 2 {
-                return;
+                return true;
+            }
+            if !self.scheduler.is_running() || !self.executors.iter_mut().all(Process::is_running) {
+                return false;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
@@ -87,4 +110,8 @@ impl BallistaCluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+fn executor_log(logs: &Path, i: usize) -> std::path::PathBuf {
+    logs.join(format!("executor-{i}.log"))
 }

@@ -436,3 +436,19 @@ pub fn sorted_rows(batches: &[RecordBatch], digits: usize) -> Vec<String> {
     rows.sort();
     rows
 }
+
+/// Copies the directory tree `from` into `to`, creating `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating the copy's directory");
+    for entry in std::fs::read_dir(from)
+        .expect("listing the directory")
+        .flatten()
+    {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copying a file");
+        }
+    }
+}

@@ -16,7 +16,9 @@ use lambdaflow_common::config::{Config, DEMO_CONFIG};
 use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::timestamp::now_micros;
 use lambdaflow_tests::cluster::BallistaCluster;
-use lambdaflow_tests::{Process, RawWriter, free_port, query_table, scratch_dir, sorted_rows};
+use lambdaflow_tests::{
+    Process, RawWriter, copy_dir, free_port, query_table, scratch_dir, sorted_rows,
+};
 
 const PARTITIONS: i32 = 4;
 const BINARY: &str = env!("CARGO_BIN_EXE_lambdaflow-e2e");
@@ -69,18 +71,6 @@ async fn assert_same_views(config: &Config, ours: &Lake, theirs: &Lake, step: &s
 
 async fn last_run(lake: &Lake) -> RunRecord {
     History::new(lake).unwrap().list(1).await.unwrap().remove(0)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn lock_files(lake: &Path) -> Vec<PathBuf> {

@@ -20,7 +20,9 @@ use lambdaflow_batch::views::watermark::view_commit;
 use lambdaflow_common::config::{Config, DEMO_CONFIG};
 use lambdaflow_common::sample::{Generator, Mix};
 use lambdaflow_common::timestamp::now_micros;
-use lambdaflow_tests::{Process, RawWriter, python, query_table, scratch_dir, sorted_rows};
+use lambdaflow_tests::{
+    Process, RawWriter, copy_dir, python, query_table, scratch_dir, sorted_rows,
+};
 use rand::{Rng, SeedableRng};
 
 const PARTITIONS: i32 = 4;
@@ -213,18 +215,6 @@ async fn killed_runs_publish_nothing_partial_and_the_next_run_equals_a_clean_one
     );
 
     readable_from_python(&lake_dir, &totals, raw.version());
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 const READER: &str = r#"

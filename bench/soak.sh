@@ -17,12 +17,23 @@
 # LAMBDAFLOW_SOAK_BROKERS=host:port runs the demo's config against that broker instead (`run`
 # and a `gen` per source): the embedded broker keeps up to 5 MB or 100,000 messages of log per
 # partition in the process, which the demo's memory columns then include.
+# LAMBDAFLOW_SOAK_GRANULARITY=day (with LAMBDAFLOW_SOAK_BROKERS) gives every view of that config
+# this granularity. The demo's per-minute views gain groups every minute of the day, and their
+# memory with them; at day granularity the groups stop growing within the first cycle, so any
+# growth left is not the answer's.
+# LAMBDAFLOW_SOAK_OUT names the results' prefix (default bench/soak: .csv, .md, .svg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 MINUTES="${1:-10}"
 RATE="${2:-200}"
 FORCE_EVERY="${3:-900}"
+OUT="${LAMBDAFLOW_SOAK_OUT:-bench/soak}"
+GRANULARITY="${LAMBDAFLOW_SOAK_GRANULARITY:-}"
+if [ -n "$GRANULARITY" ] && [ -z "${LAMBDAFLOW_SOAK_BROKERS:-}" ]; then
+  echo "LAMBDAFLOW_SOAK_GRANULARITY needs LAMBDAFLOW_SOAK_BROKERS: the demo's views are built in" >&2
+  exit 1
+fi
 export LAMBDAFLOW_BATCH__SCHEDULE="${LAMBDAFLOW_BATCH__SCHEDULE:-0 0 0 * * *}"
 export LAMBDAFLOW_RETENTION__RAW="${LAMBDAFLOW_RETENTION__RAW:-2d}"
 export LAMBDAFLOW_LAKE__VACUUM_RETENTION="${LAMBDAFLOW_LAKE__VACUUM_RETENTION:-10m}"
@@ -46,7 +57,9 @@ else
   # process measured holds no broker log of its own.
   sed -e "s#^brokers = .*#brokers = \"$LAMBDAFLOW_SOAK_BROKERS\"#" \
       -e "s#^uri = .*#uri = \"$DATA/lake\"#" \
-      -e "s#^listen = .*#listen = \"127.0.0.1:$PORT\"#" common/src/demo.toml > "$DATA/soak.toml"
+      -e "s#^listen = .*#listen = \"127.0.0.1:$PORT\"#" \
+      -e "${GRANULARITY:+s#^granularity = .*#granularity = \"$GRANULARITY\"#}" \
+      common/src/demo.toml > "$DATA/soak.toml"
   "$BIN" run --config "$DATA/soak.toml" > "$DATA/run.log" 2>&1 &
   PID=$!
   gens=()
@@ -76,7 +89,7 @@ delta_version() { ls "$DATA/lake/$1/_delta_log" 2>/dev/null | grep -c '\.json$' 
   echo
   echo '| load | requests/s | latency p50 | latency p99 | errors |'
   echo '| --- | --- | --- | --- | --- |'
-} > bench/soak.md
+} > "$OUT.md"
 load() {
   local name="$1"; shift
   local out
@@ -86,7 +99,7 @@ load() {
   p50="$(awk '$1 == "50%" { print $2 }' <<<"$out")"
   p99="$(awk '$1 == "99%" { print $2 }' <<<"$out")"
   errors="$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')"
-  echo "| $name | $rps | $p50 | $p99 | ${errors:-none} |" >> bench/soak.md
+  echo "| $name | $rps | $p50 | $p99 | ${errors:-none} |" >> "$OUT.md"
 }
 load "GET query: sales_by_country by day and country" -t2 -c16 -d20s \
   "$BASE/v1/views/sales_by_country/query?granularity=day&group_by=country"
@@ -102,7 +115,7 @@ end
 LUA
 load "POST /v1/events/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
-echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,speed_id_bytes,archiver_id_bytes,id_disk_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files,batch_groups,speed_state_bytes" > bench/soak.csv
+echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,speed_id_bytes,archiver_id_bytes,id_disk_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files,batch_groups,speed_state_bytes" > "$OUT.csv"
 samples=$(( MINUTES * 2 ))
 started=$SECONDS
 forced=$SECONDS
@@ -113,18 +126,18 @@ for i in $(seq 0 "$samples"); do
   fi
   rss="$(awk '/VmRSS/ { print $2 }' "/proc/$PID/status")"
   fds="$(ls "/proc/$PID/fd" | wc -l)"
-  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_dedup_id_bytes),$(series 'lambdaflow_archiver_dedup_id_bytes{place="memory",source="events"}'),$(( $(metric lambdaflow_speed_dedup_id_disk_bytes) + $(series 'lambdaflow_archiver_dedup_id_bytes{place="disk",source="events"}') )),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",source="events",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total),$(metric lambdaflow_view_batch_groups),$(metric lambdaflow_speed_state_bytes)" >> bench/soak.csv
+  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_dedup_id_bytes),$(series 'lambdaflow_archiver_dedup_id_bytes{place="memory",source="events"}'),$(( $(metric lambdaflow_speed_dedup_id_disk_bytes) + $(series 'lambdaflow_archiver_dedup_id_bytes{place="disk",source="events"}') )),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",source="events",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total),$(metric lambdaflow_view_batch_groups),$(metric lambdaflow_speed_state_bytes)" >> "$OUT.csv"
   [ "$i" -lt "$samples" ] && sleep 30
 done
 
 {
   echo
-  echo "## Soak: $MINUTES minutes at $RATE events/s to each of the demo's two sources, one sample every 30 s (bench/soak.csv)"
+  echo "## Soak: $MINUTES minutes at $RATE events/s to each of the demo's two sources, one sample every 30 s ($OUT.csv)"
   echo
   echo "Batch schedule \`$LAMBDAFLOW_BATCH__SCHEDULE\`, a forced run every $FORCE_EVERY s, raw retention"
-  echo "$LAMBDAFLOW_RETENTION__RAW, vacuum retention $LAMBDAFLOW_LAKE__VACUUM_RETENTION. Plot: bench/soak.svg."
+  echo "$LAMBDAFLOW_RETENTION__RAW, vacuum retention $LAMBDAFLOW_LAKE__VACUUM_RETENTION${GRANULARITY:+, every view at $GRANULARITY granularity}. Plot: $OUT.svg."
   echo
-  "${LAMBDAFLOW_PYTHON:-python3}" - bench/soak.csv bench/soak.svg "$FORCE_EVERY" <<'PY'
+  "${LAMBDAFLOW_PYTHON:-python3}" - "$OUT.csv" "$OUT.svg" "$FORCE_EVERY" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 cycle_seconds = float(sys.argv[3])
@@ -178,5 +191,5 @@ for n, (key, color) in enumerate(plotted.items()):
 out.append("</svg>")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 PY
-} >> bench/soak.md
-cat bench/soak.md
+} >> "$OUT.md"
+cat "$OUT.md"

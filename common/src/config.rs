@@ -1110,6 +1110,39 @@ mod tests {
     }
 
     #[test]
+    fn the_batch_engine_is_local_or_a_ballista_scheduler() {
+        let engine = |value: &str| {
+            Config::from_toml(
+                DEMO_CONFIG,
+                "t",
+                env(&[("LAMBDAFLOW_BATCH__ENGINE", value)]),
+            )
+        };
+        assert_eq!(engine("local").unwrap().batch.scheduler(), None);
+        assert_eq!(
+            engine("ballista://scheduler:50050")
+                .unwrap()
+                .batch
+                .scheduler(),
+            Some("scheduler:50050".to_owned())
+        );
+        for bad in [
+            "ballista://scheduler",
+            "ballista://scheduler:50050/jobs",
+            "http://scheduler:50050",
+            "scheduler:50050",
+            "Local",
+            "",
+        ] {
+            let err = engine(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("batch.engine") && err.contains(&format!("`{bad}`")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn sum_of_a_string_field_is_rejected() {
         let text = DEMO_CONFIG.replacen(
             "agg = \"sum\", field = \"amount\"",

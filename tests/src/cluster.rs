@@ -23,12 +23,18 @@ impl BallistaCluster {
     /// by another test between its pick and its bind) has the cluster started again on other
     /// ports, up to three times.
     pub async fn start(binary: &str, logs: &Path) -> Self {
+        Self::start_with_env(binary, logs, &[]).await
+    }
+
+    /// [`Self::start`] with `env` set in every process of the cluster: the `AWS_*` settings
+    /// of a lake in a bucket, read by the executors as by every other process.
+    pub async fn start_with_env(binary: &str, logs: &Path, env: &[(&str, &str)]) -> Self {
         for _ in 0..3 {
             // Logs are appended to: only what this attempt writes counts.
             let seen: Vec<u64> = (0..2)
                 .map(|i| executor_log(logs, i).metadata().map_or(0, |m| m.len()))
                 .collect();
-            let mut cluster = Self::spawn(binary, logs);
+            let mut cluster = Self::spawn(binary, logs, env);
             if cluster.registered(logs, &seen).await {
                 return cluster;
             }
@@ -39,11 +45,11 @@ impl BallistaCluster {
         );
     }
 
-    fn spawn(binary: &str, logs: &Path) -> Self {
+    fn spawn(binary: &str, logs: &Path, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let scheduler = Process::start(
             "scheduler",
-            Command::new(binary).args([
+            Command::new(binary).envs(env.iter().copied()).args([
                 "cluster",
                 "scheduler",
                 "--bind",
@@ -62,7 +68,7 @@ impl BallistaCluster {
                 };
                 Process::start(
                     &format!("executor-{i}"),
-                    Command::new(binary).args([
+                    Command::new(binary).envs(env.iter().copied()).args([
                         "cluster",
                         "executor",
                         "--scheduler",

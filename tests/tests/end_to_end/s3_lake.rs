@@ -1,14 +1,15 @@
 //! The lake on S3-compatible storage: `lambdaflow run` with `lake.uri = "s3://…"` against a
 //! real S3 server process (moto's, from PyPI; `.ci/run` installs it beside the Python readers),
 //! configured the usual way through `AWS_*` variables with an endpoint override. Archive,
-//! batch through the API, answers equal to the truth, SIGKILL and restart, a second batch: the
-//! same checks as on a local lake, and the tables, the run history and the run lock live in
-//! the bucket.
+//! batch through the API, answers equal to the truth, SIGKILL and restart, a second batch, a
+//! third on a Ballista cluster whose executors read the bucket: the same checks as on a local
+//! lake, and the tables, the run history and the run lock live in the bucket.
 
 use std::process::Command;
 use std::time::Duration;
 
 use lambdaflow_common::config::Config;
+use lambdaflow_tests::cluster::BallistaCluster;
 use lambdaflow_tests::e2e::{
     Api, TOPIC, Truth, batch, check, messages, produce, shop, shop_config, test_config, wait_for,
 };
@@ -16,6 +17,7 @@ use lambdaflow_tests::{Process, Tansu, free_port, python, scratch_dir};
 use object_store::ObjectStoreExt;
 
 const BUCKET: &str = "lambdaflow";
+const BINARY: &str = env!("CARGO_BIN_EXE_lambdaflow-e2e");
 
 /// moto's server (`moto.server.main`), with its object puts made one at a time. moto answers
 /// requests on concurrent threads and checks `If-None-Match: *` and writes the object in two
@@ -203,7 +205,7 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     let start = |name: &str| {
         Process::start(
             name,
-            Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
+            Command::new(BINARY)
                 .args(["run", "--config"])
                 .arg(&config_file)
                 .envs(s3_settings(&endpoint))
@@ -306,12 +308,64 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     batch(&api, &config, "s3: second batch").await;
     check(&api, &config, &produced, "s3: after the second batch").await;
 
-    // The raw table in the bucket holds every first occurrence once: as many rows as the
-    // unfiltered view counts events.
+    // A batch run on a Ballista cluster whose executors read the raw table's files from the
+    // bucket, through the same `AWS_*` settings: the views it publishes answer as exactly.
+    produced.extend(produce(&producer, &wave(150)).await);
+    check(&api, &config, &produced, "s3: a third wave").await;
+    wait_for_raw(&api, produced_events(&api).await).await;
+    let cluster = BallistaCluster::start_with_env(BINARY, &logs, &s3_settings(&endpoint)).await;
+    let status = Command::new(BINARY)
+        .args(["batch", "run", "--config"])
+        .arg(&config_file)
+        .envs(s3_settings(&endpoint))
+        .env("LAMBDAFLOW_BATCH__ENGINE", &cluster.engine)
+        .current_dir(dir.path())
+        .stdout(std::fs::File::create(logs.join("cluster-run.out")).unwrap())
+        .stderr(std::fs::File::create(logs.join("cluster-run.log")).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the run on the cluster failed; see {}",
+        logs.display()
+    );
+    let (_, runs) = api.get("/v1/batch/runs?limit=1").await;
+    let record = &runs["runs"][0];
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["engine"], cluster.engine.as_str(), "{record}");
+    assert!(record["cluster"]["tasks"].as_u64() > Some(0), "{record}");
+    let raw_version = record["sources"][0]["raw_version"].as_u64().unwrap();
+    for view in &config.views {
+        wait_for(
+            &format!("{} to swap in the cluster's run", view.name),
+            Duration::from_secs(30),
+            || async {
+                let (_, body) = api.get(&format!("/v1/views/{}", view.name)).await;
+                body["watermark"]["raw_version"].as_u64() == Some(raw_version)
+            },
+        )
+        .await;
+    }
+    check(
+        &api,
+        &config,
+        &produced,
+        "s3: after a run on a Ballista cluster",
+    )
+    .await;
+}
+
+/// How many events the unfiltered view counts: every first occurrence produced so far.
+async fn produced_events(api: &Api) -> u64 {
     let (_, all) = api
         .get("/v1/views/traffic_by_minute/query?granularity=all&measures=events")
         .await;
-    let events = all["rows"][0]["events"].as_u64().unwrap();
+    all["rows"][0]["events"].as_u64().unwrap()
+}
+
+/// Waits until the raw table in the bucket holds `events` rows: every first occurrence once,
+/// the archiver caught up.
+async fn wait_for_raw(api: &Api, events: u64) {
     wait_for(
         "the archiver to catch up",
         Duration::from_secs(30),
@@ -467,7 +521,7 @@ async fn import_reads_files_under_an_s3_prefix() {
     let mut truth = Truth::default();
     truth.add(&shop_config(&text), &records);
     let import = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_lambdaflow-e2e"))
+        let out = Command::new(BINARY)
             .args(["import", "--source", "events", "--no-batch", "--config"])
             .arg(&config_file)
             .arg(format!("s3://{BUCKET}/in/"))

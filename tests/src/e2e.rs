@@ -323,7 +323,11 @@ pub async fn batch(api: &Api, config: &Config, step: &str) {
     let source = &config.source().name;
     let sources = record["sources"].as_array().unwrap();
     let read = sources.iter().find(|s| s["name"] == **source).unwrap();
-    let raw_version = read["raw_version"].as_u64().unwrap();
+    swapped_in(api, config, read["raw_version"].as_u64().unwrap(), step).await;
+}
+
+/// Waits until every view of `config` serves the batch side computed from `raw_version`.
+pub async fn swapped_in(api: &Api, config: &Config, raw_version: u64, step: &str) {
     for view in &config.views {
         wait_for(
             &format!("{step}: {} to swap in raw version {raw_version}", view.name),

@@ -11,7 +11,8 @@ use std::time::Duration;
 use lambdaflow_common::config::Config;
 use lambdaflow_tests::cluster::BallistaCluster;
 use lambdaflow_tests::e2e::{
-    Api, TOPIC, Truth, batch, check, messages, produce, shop, shop_config, test_config, wait_for,
+    Api, TOPIC, Truth, batch, check, messages, produce, shop, shop_config, swapped_in, test_config,
+    wait_for,
 };
 use lambdaflow_tests::{Process, Tansu, free_port, python, scratch_dir};
 use object_store::ObjectStoreExt;
@@ -335,17 +336,7 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     assert_eq!(record["engine"], cluster.engine.as_str(), "{record}");
     assert!(record["cluster"]["tasks"].as_u64() > Some(0), "{record}");
     let raw_version = record["sources"][0]["raw_version"].as_u64().unwrap();
-    for view in &config.views {
-        wait_for(
-            &format!("{} to swap in the cluster's run", view.name),
-            Duration::from_secs(30),
-            || async {
-                let (_, body) = api.get(&format!("/v1/views/{}", view.name)).await;
-                body["watermark"]["raw_version"].as_u64() == Some(raw_version)
-            },
-        )
-        .await;
-    }
+    swapped_in(&api, &config, raw_version, "s3: the cluster's run").await;
     check(
         &api,
         &config,

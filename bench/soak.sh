@@ -115,7 +115,7 @@ end
 LUA
 load "POST /v1/events/events, one event per request" -t2 -c16 -d20s -s "$DATA/post.lua" "$BASE"
 
-echo "minute,rss_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,speed_id_bytes,archiver_id_bytes,id_disk_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files,batch_groups,speed_state_bytes" > "$OUT.csv"
+echo "minute,rss_kib,rss_anon_kib,rss_file_kib,allocated_kib,jemalloc_resident_kib,open_files,lag,retained,retained_bytes,speed_id_bytes,archiver_id_bytes,id_disk_bytes,messages,view_version,raw_delta_versions,raw_live_files,raw_files,raw_log_files,view_files,lake_bytes,expired_dates,vacuumed_files,batch_groups,speed_state_bytes" > "$OUT.csv"
 samples=$(( MINUTES * 2 ))
 started=$SECONDS
 forced=$SECONDS
@@ -125,8 +125,12 @@ for i in $(seq 0 "$samples"); do
     forced=$SECONDS
   fi
   rss="$(awk '/VmRSS/ { print $2 }' "/proc/$PID/status")"
+  # The resident set's two parts: anonymous memory (the heap and stacks) and the pages of
+  # mapped files (the binary's code, loaded as code paths first run).
+  anon="$(awk '/RssAnon/ { print $2 }' "/proc/$PID/status")"
+  file="$(awk '/RssFile/ { print $2 }' "/proc/$PID/status")"
   fds="$(ls "/proc/$PID/fd" | wc -l)"
-  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_dedup_id_bytes),$(series 'lambdaflow_archiver_dedup_id_bytes{place="memory",source="events"}'),$(( $(metric lambdaflow_speed_dedup_id_disk_bytes) + $(series 'lambdaflow_archiver_dedup_id_bytes{place="disk",source="events"}') )),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",source="events",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total),$(metric lambdaflow_view_batch_groups),$(metric lambdaflow_speed_state_bytes)" >> "$OUT.csv"
+  echo "$(awk -v s="$(( SECONDS - started ))" 'BEGIN { printf "%.1f", s / 60 }'),$rss,$anon,$file,$(( $(metric lambdaflow_memory_allocated_bytes) / 1024 )),$(( $(metric lambdaflow_memory_resident_bytes) / 1024 )),$fds,$(metric lambdaflow_speed_lag_messages),$(metric lambdaflow_speed_retained_events),$(metric lambdaflow_speed_retained_bytes),$(metric lambdaflow_speed_dedup_id_bytes),$(series 'lambdaflow_archiver_dedup_id_bytes{place="memory",source="events"}'),$(( $(metric lambdaflow_speed_dedup_id_disk_bytes) + $(series 'lambdaflow_archiver_dedup_id_bytes{place="disk",source="events"}') )),$(metric lambdaflow_speed_messages_total),$(series 'lambdaflow_view_batch_version{view="sales_by_country"}'),$(delta_version raw/events),$(series 'lambdaflow_archiver_table{measure="files",source="events",table="raw"}'),$(lake_files raw),$(log_files raw/events),$(lake_files views),$(lake_bytes ""),$(metric lambdaflow_lake_expired_dates_total),$(metric lambdaflow_lake_vacuumed_files_total),$(metric lambdaflow_view_batch_groups),$(metric lambdaflow_speed_state_bytes)" >> "$OUT.csv"
   [ "$i" -lt "$samples" ] && sleep 30
 done
 
@@ -142,7 +146,7 @@ import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 cycle_seconds = float(sys.argv[3])
 half = rows[len(rows) // 2:]
-keys = ["rss_kib", "allocated_kib", "jemalloc_resident_kib", "open_files", "lag", "retained", "retained_bytes",
+keys = ["rss_kib", "rss_anon_kib", "rss_file_kib", "allocated_kib", "jemalloc_resident_kib", "open_files", "lag", "retained", "retained_bytes",
         "speed_id_bytes", "archiver_id_bytes", "id_disk_bytes", "messages", "view_version",
         "raw_delta_versions", "raw_live_files", "raw_files", "raw_log_files", "view_files",
         "lake_bytes", "expired_dates", "vacuumed_files", "batch_groups", "speed_state_bytes"]
@@ -160,16 +164,17 @@ cycles = {}
 for r in rows:
     cycles.setdefault(int(float(r["minute"]) * 60 // cycle_seconds) + 1, []).append(r)
 print()
-print("| cycle | RSS low / peak, MB | allocated low / peak, MB | batch groups at its end | dedup ids in memory, speed / archiver, MB |")
-print("| --- | --- | --- | --- | --- |")
+print("| cycle | RSS low / peak, MB | anonymous RSS low / peak, MB | file-backed RSS at its end, MB | allocated low / peak, MB | batch groups at its end | dedup ids in memory, speed / archiver, MB |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for n, part in sorted(cycles.items()):
     mb = lambda key, f: f(int(float(r[key] or 0)) for r in part) / 1024
     last = part[-1]
-    print(f"| {n} | {mb('rss_kib', min):.0f} / {mb('rss_kib', max):.0f} | {mb('allocated_kib', min):.0f} / {mb('allocated_kib', max):.0f} "
+    print(f"| {n} | {mb('rss_kib', min):.0f} / {mb('rss_kib', max):.0f} | {mb('rss_anon_kib', min):.0f} / {mb('rss_anon_kib', max):.0f} "
+          f"| {int(last['rss_file_kib']) / 1024:.0f} | {mb('allocated_kib', min):.0f} / {mb('allocated_kib', max):.0f} "
           f"| {last['batch_groups']} | {int(last['speed_id_bytes']) / 2**20:.1f} / {int(last['archiver_id_bytes']) / 2**20:.1f} |")
 
 # Each plotted series relative to its own maximum, against minutes.
-plotted = {"rss_kib": "#1f77b4", "allocated_kib": "#17becf", "lake_bytes": "#d62728", "raw_live_files": "#2ca02c",
+plotted = {"rss_kib": "#1f77b4", "rss_anon_kib": "#8c564b", "allocated_kib": "#17becf", "lake_bytes": "#d62728", "raw_live_files": "#2ca02c",
            "raw_files": "#9467bd", "raw_log_files": "#ff7f0e"}
 width, height, pad = 720, 360, 40
 minutes = [float(r["minute"]) for r in rows]

@@ -158,20 +158,28 @@ for key in keys:
     trend = (tail[-1] - tail[0]) / max(1, abs(tail[0]))
     print(f"| {key} | {values[0]} | {values[len(values) // 2]} | {values[-1]} | {max(values)} | {trend:+.1%} |")
 
-# Per cycle of forced runs: the resident set's low and peak, and the batch groups the views
-# hold at its end (memory that follows the answer's size, not the events').
+# Per cycle of forced runs: the resident set's low and peak, the batch groups the views hold
+# at its end (memory that follows the answer's size, not the events'), and the lake's bytes,
+# files and log files on storage, which fall at each run's vacuum. A last cycle cut short by
+# the end of the soak is marked partial: its low and peak are of a few samples.
 cycles = {}
 for r in rows:
     cycles.setdefault(int(float(r["minute"]) * 60 // cycle_seconds) + 1, []).append(r)
+full = max(len(part) for part in cycles.values())
 print()
-print("| cycle | RSS low / peak, MB | anonymous RSS low / peak, MB | file-backed RSS at its end, MB | allocated low / peak, MB | batch groups at its end | dedup ids in memory, speed / archiver, MB |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| cycle | RSS low / peak, MB | anonymous RSS low / peak, MB | file-backed RSS at its end, MB | allocated low / peak, MB "
+      "| batch groups at its end | dedup ids in memory, speed / archiver, MB | bytes on storage low / peak, MB "
+      "| raw files on storage low / peak | raw/events log files low / peak |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for n, part in sorted(cycles.items()):
-    mb = lambda key, f: f(int(float(r[key] or 0)) for r in part) / 1024
+    low_peak = lambda key, scale=1024: (f"{min(int(float(r[key] or 0)) for r in part) / scale:.0f} / "
+                                        f"{max(int(float(r[key] or 0)) for r in part) / scale:.0f}")
     last = part[-1]
-    print(f"| {n} | {mb('rss_kib', min):.0f} / {mb('rss_kib', max):.0f} | {mb('rss_anon_kib', min):.0f} / {mb('rss_anon_kib', max):.0f} "
-          f"| {int(last['rss_file_kib']) / 1024:.0f} | {mb('allocated_kib', min):.0f} / {mb('allocated_kib', max):.0f} "
-          f"| {last['batch_groups']} | {int(last['speed_id_bytes']) / 2**20:.1f} / {int(last['archiver_id_bytes']) / 2**20:.1f} |")
+    label = f"{n}" if len(part) * 2 >= full else f"{n} (partial, {len(part)} samples)"
+    print(f"| {label} | {low_peak('rss_kib')} | {low_peak('rss_anon_kib')} | {int(last['rss_file_kib']) / 1024:.0f} "
+          f"| {low_peak('allocated_kib')} | {last['batch_groups']} "
+          f"| {int(last['speed_id_bytes']) / 2**20:.1f} / {int(last['archiver_id_bytes']) / 2**20:.1f} "
+          f"| {low_peak('lake_bytes', 2**20)} | {low_peak('raw_files', 1)} | {low_peak('raw_log_files', 1)} |")
 
 # Each plotted series relative to its own maximum, against minutes.
 plotted = {"rss_kib": "#1f77b4", "rss_anon_kib": "#8c564b", "allocated_kib": "#17becf", "lake_bytes": "#d62728", "raw_live_files": "#2ca02c",

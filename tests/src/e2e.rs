@@ -320,10 +320,15 @@ pub async fn batch(api: &Api, config: &Config, step: &str) {
     )
     .await;
     let (_, record) = api.get(&format!("/v1/batch/runs/{id}")).await;
+    swapped_in(api, config, raw_version_read(&record, config), step).await;
+}
+
+/// The raw version a batch run's `record` read for `config`'s source.
+pub fn raw_version_read(record: &serde_json::Value, config: &Config) -> u64 {
     let source = &config.source().name;
     let sources = record["sources"].as_array().unwrap();
     let read = sources.iter().find(|s| s["name"] == **source).unwrap();
-    swapped_in(api, config, read["raw_version"].as_u64().unwrap(), step).await;
+    read["raw_version"].as_u64().unwrap()
 }
 
 /// Waits until every view of `config` serves the batch side computed from `raw_version`.

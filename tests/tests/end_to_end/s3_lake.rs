@@ -11,8 +11,8 @@ use std::time::Duration;
 use lambdaflow_common::config::Config;
 use lambdaflow_tests::cluster::BallistaCluster;
 use lambdaflow_tests::e2e::{
-    Api, TOPIC, Truth, batch, check, messages, produce, shop, shop_config, swapped_in, test_config,
-    wait_for,
+    Api, TOPIC, Truth, batch, check, messages, produce, raw_version_read, shop, shop_config,
+    swapped_in, test_config, wait_for,
 };
 use lambdaflow_tests::{Process, Tansu, free_port, python, scratch_dir};
 use object_store::ObjectStoreExt;
@@ -313,7 +313,25 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     // bucket, through the same `AWS_*` settings: the views it publishes answer as exactly.
     produced.extend(produce(&producer, &wave(150)).await);
     check(&api, &config, &produced, "s3: a third wave").await;
-    wait_for_raw(&api, produced_events(&api).await).await;
+
+    // The raw table in the bucket holds every first occurrence once: as many rows as the
+    // unfiltered view counts events.
+    let (_, all) = api
+        .get("/v1/views/traffic_by_minute/query?granularity=all&measures=events")
+        .await;
+    let events = all["rows"][0]["events"].as_u64().unwrap();
+    wait_for(
+        "the archiver to catch up",
+        Duration::from_secs(30),
+        || async {
+            let (status, raw) = api
+                .post("/v1/sql", r#"{"sql": "SELECT count(*) FROM raw_events"}"#)
+                .await;
+            status == 200 && raw["rows"][0][0].as_u64() == Some(events)
+        },
+    )
+    .await;
+
     let cluster = BallistaCluster::start_with_env(BINARY, &logs, &s3_settings(&endpoint)).await;
     let status = Command::new(BINARY)
         .args(["batch", "run", "--config"])
@@ -335,37 +353,18 @@ async fn the_lake_on_s3_archives_batches_answers_and_survives_a_kill() {
     assert_eq!(record["status"], "succeeded", "{record}");
     assert_eq!(record["engine"], cluster.engine.as_str(), "{record}");
     assert!(record["cluster"]["tasks"].as_u64() > Some(0), "{record}");
-    let raw_version = record["sources"][0]["raw_version"].as_u64().unwrap();
-    swapped_in(&api, &config, raw_version, "s3: the cluster's run").await;
+    swapped_in(
+        &api,
+        &config,
+        raw_version_read(record, &config),
+        "s3: the cluster's run",
+    )
+    .await;
     check(
         &api,
         &config,
         &produced,
         "s3: after a run on a Ballista cluster",
-    )
-    .await;
-}
-
-/// How many events the unfiltered view counts: every first occurrence produced so far.
-async fn produced_events(api: &Api) -> u64 {
-    let (_, all) = api
-        .get("/v1/views/traffic_by_minute/query?granularity=all&measures=events")
-        .await;
-    all["rows"][0]["events"].as_u64().unwrap()
-}
-
-/// Waits until the raw table in the bucket holds `events` rows: every first occurrence once,
-/// the archiver caught up.
-async fn wait_for_raw(api: &Api, events: u64) {
-    wait_for(
-        "the archiver to catch up",
-        Duration::from_secs(30),
-        || async {
-            let (status, raw) = api
-                .post("/v1/sql", r#"{"sql": "SELECT count(*) FROM raw_events"}"#)
-                .await;
-            status == 200 && raw["rows"][0][0].as_u64() == Some(events)
-        },
     )
     .await;
 }
